@@ -1,0 +1,152 @@
+"""Reading a shard folder: the manifest in the parent, shards lazily per process.
+
+h5py handles neither survive a fork nor pickle, so `ShardStore` holds only paths
+and the manifest; each DataLoader worker opens the files it reads itself, with
+`locking=False` (NFS and Lustre refuse HDF5 file locks) and a chunk cache sized
+to the chunks it reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from clasp.store.digest import file_sha256
+from clasp.store.errors import StoreError
+from clasp.store.manifest import Manifest, ShardEntry
+from clasp.store.schema import (
+    CHUNK_ROWS, FIELD_NAMES, FIELDS, FORMAT_VERSION, SHARD_FORMAT, LabelRows, row_shape,
+)
+
+# Enough for one chunk of every dataset of a default shard, several times over.
+DEFAULT_CHUNK_CACHE_BYTES = 64 << 20
+
+
+@dataclass
+class ShardStore:
+    """A shard folder whose manifest parsed and whose listed shards exist."""
+
+    root: Path
+    manifest: Manifest
+
+    @classmethod
+    def open(cls, root: str | Path, verify: bool = False) -> "ShardStore":
+        """Load the manifest and check the shards it lists exist (and hash, if `verify`)."""
+        root = Path(root)
+        manifest = Manifest.load(root)
+        store = cls(root, manifest)
+        for entry in manifest.shards:
+            path = store.path_of(entry)
+            if not path.is_file():
+                raise StoreError(path, "shard listed in the manifest is missing")
+            size = path.stat().st_size
+            if size != entry.bytes:
+                raise StoreError(path, f"shard has {size} bytes, the manifest says {entry.bytes} (truncated or replaced?)")
+            if verify:
+                digest = file_sha256(path)
+                if digest != entry.sha256:
+                    raise StoreError(path, f"sha256 mismatch: file {digest[:12]}…, manifest {entry.sha256[:12]}…")
+        return store
+
+    def path_of(self, entry: ShardEntry) -> Path:
+        return self.root / entry.file
+
+    @property
+    def shards(self) -> list[ShardEntry]:
+        return self.manifest.shards
+
+    def open_shard(self, entry: ShardEntry, chunk_cache_bytes: int = DEFAULT_CHUNK_CACHE_BYTES) -> "ShardFile":
+        return ShardFile(self.path_of(entry), self.manifest, expected_rows=entry.rows,
+                         chunk_cache_bytes=chunk_cache_bytes)
+
+
+class ShardFile:
+    """One open shard, checked against the manifest on open. Use as a context manager."""
+
+    def __init__(self, path: str | Path, manifest: Manifest, expected_rows: int | None = None,
+                 chunk_cache_bytes: int = DEFAULT_CHUNK_CACHE_BYTES) -> None:
+        self.path = Path(path)
+        self.manifest = manifest
+        try:
+            self._file = h5py.File(self.path, "r", locking=False, rdcc_nbytes=chunk_cache_bytes)
+        except FileNotFoundError:
+            raise StoreError(self.path, "shard file not found") from None
+        except OSError as exc:
+            raise StoreError(self.path, f"cannot open as HDF5 (truncated or corrupt?): {exc}") from None
+        try:
+            self._check(expected_rows)
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _check(self, expected_rows: int | None) -> None:
+        attrs = self._file.attrs
+        fmt = _text(attrs.get("format"))
+        if fmt != SHARD_FORMAT:
+            raise StoreError(self.path, f"not a CLASP shard (format attribute {fmt!r})")
+        version = attrs.get("version")
+        if version is None or int(version) != FORMAT_VERSION:
+            raise StoreError(self.path, f"unknown shard format version {version!r}; this clasp reads version {FORMAT_VERSION}")
+        vocab = _text(attrs.get("vocab_sha256"))
+        if vocab != self.manifest.vocab.sha256:
+            raise StoreError(self.path, f"shard is from another vocabulary (vocab_sha256 {vocab!r}, manifest {self.manifest.vocab.sha256!r})")
+        missing = [n for n in FIELD_NAMES if n not in self._file]
+        if missing:
+            raise StoreError(self.path, f"shard lacks datasets {missing}")
+        n = int(attrs.get("rows", -1))
+        grid, num_attr = self.manifest.label_grid, self.manifest.vocab.num_attributes
+        for field in FIELDS:
+            ds = self._file[field.name]
+            want = (n, *row_shape(field, grid, num_attr))
+            if ds.shape != want:
+                raise StoreError(self.path, f"dataset {field.name} has shape {ds.shape}, expected {want} (rows={n}, label grid {list(grid)}, {num_attr} attributes)")
+            if field.name not in ("image", "path") and ds.dtype != field.dtype:
+                raise StoreError(self.path, f"dataset {field.name} has dtype {ds.dtype}, expected {field.dtype}")
+        if expected_rows is not None and n != expected_rows:
+            raise StoreError(self.path, f"shard has {n} rows, the manifest says {expected_rows}")
+        self.rows = n
+
+    @property
+    def chunk_rows(self) -> int:
+        chunks = self._file["key"].chunks
+        return chunks[0] if chunks else CHUNK_ROWS
+
+    def read(self, start: int = 0, stop: int | None = None, fields: tuple[str, ...] = FIELD_NAMES) -> LabelRows:
+        """Rows [start, stop) of the requested fields; fields not requested are left empty."""
+        stop = self.rows if stop is None else min(stop, self.rows)
+        n = max(0, stop - start)
+        out = LabelRows.empty(self.manifest.label_grid, self.manifest.vocab.num_attributes)
+        if n == 0:
+            return out
+        f = self._file
+        for name in fields:
+            data = f[name][start:stop]
+            if name == "image":
+                out.image = [row.tobytes() for row in data]
+            elif name == "key":
+                out.key = [k.decode("ascii") for k in data]
+            elif name == "path":
+                out.path = [p.decode("utf-8") if isinstance(p, bytes) else str(p) for p in data]
+            else:
+                setattr(out, name, np.asarray(data))
+        if "key" not in fields:  # keep len() meaningful for partial reads
+            out.key = [""] * n
+        return out
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "ShardFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _text(value) -> str | None:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return None if value is None else str(value)

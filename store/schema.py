@@ -1,0 +1,107 @@
+"""Format version 1 of a label shard: names, dtypes and shapes of its datasets.
+
+This file is the single place the layout is spelled out; the writer, the reader
+and `verify` all take it from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import h5py
+import numpy as np
+
+FORMAT_VERSION = 1
+SHARD_FORMAT = "clasp-shard"
+MANIFEST_FORMAT = "clasp-shards"
+MANIFEST_NAME = "manifest.json"
+SHARD_PATTERN = "shard-{index:06d}.h5"
+CHUNK_ROWS = 256
+GZIP_LEVEL = 4
+
+IMAGE_DTYPE = h5py.vlen_dtype(np.uint8)
+PATH_DTYPE = h5py.string_dtype("utf-8")
+KEY_DTYPE = np.dtype("S40")
+
+
+def shard_name(index: int) -> str:
+    return SHARD_PATTERN.format(index=index)
+
+
+@dataclass(frozen=True)
+class Field:
+    """One dataset of a shard: dtype and the shape of one row."""
+
+    name: str
+    dtype: np.dtype
+    row_shape: tuple[str, ...]  # symbolic: "h", "w", "A" or literal sizes as strings
+
+
+FIELDS: tuple[Field, ...] = (
+    Field("image", IMAGE_DTYPE, ()),
+    Field("key", KEY_DTYPE, ()),
+    Field("path", PATH_DTYPE, ()),
+    Field("orig_hw", np.dtype(np.uint16), ("2",)),
+    Field("part_mask", np.dtype(np.uint8), ("h", "w")),
+    Field("part_conf", np.dtype(np.float16), ("h", "w")),
+    Field("attr_logits", np.dtype(np.float16), ("A",)),
+)
+FIELD_NAMES = tuple(f.name for f in FIELDS)
+
+
+def row_shape(field: Field, grid: tuple[int, int], num_attributes: int) -> tuple[int, ...]:
+    sizes = {"h": grid[0], "w": grid[1], "A": num_attributes}
+    return tuple(sizes[s] if s in sizes else int(s) for s in field.row_shape)
+
+
+@dataclass
+class LabelRows:
+    """A block of consecutive rows of one shard, as plain Python/NumPy values."""
+
+    image: list[bytes]
+    key: list[str]
+    path: list[str]
+    orig_hw: np.ndarray  # (N, 2) uint16
+    part_mask: np.ndarray  # (N, h, w) uint8
+    part_conf: np.ndarray  # (N, h, w) float16
+    attr_logits: np.ndarray  # (N, A) float16
+
+    def __len__(self) -> int:
+        return len(self.key)
+
+    def check(self, grid: tuple[int, int], num_attributes: int, source: str = "<rows>") -> None:
+        """Raise ValueError unless every field has N rows of the expected shape."""
+        n = len(self)
+        for name in ("image", "path"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"{source}: field {name} has {len(getattr(self, name))} rows, key has {n}")
+        for field in FIELDS[3:]:
+            arr = getattr(self, field.name)
+            want = (n, *row_shape(field, grid, num_attributes))
+            if tuple(arr.shape) != want:
+                raise ValueError(f"{source}: field {field.name} has shape {tuple(arr.shape)}, expected {want}")
+
+    @classmethod
+    def concat(cls, parts: list["LabelRows"]) -> "LabelRows":
+        if not parts:
+            raise ValueError("nothing to concatenate")
+        return cls(
+            image=[b for p in parts for b in p.image],
+            key=[k for p in parts for k in p.key],
+            path=[s for p in parts for s in p.path],
+            orig_hw=np.concatenate([p.orig_hw for p in parts]),
+            part_mask=np.concatenate([p.part_mask for p in parts]),
+            part_conf=np.concatenate([p.part_conf for p in parts]),
+            attr_logits=np.concatenate([p.attr_logits for p in parts]),
+        )
+
+    @classmethod
+    def empty(cls, grid: tuple[int, int], num_attributes: int) -> "LabelRows":
+        h, w = grid
+        return cls(
+            image=[], key=[], path=[],
+            orig_hw=np.zeros((0, 2), np.uint16),
+            part_mask=np.zeros((0, h, w), np.uint8),
+            part_conf=np.zeros((0, h, w), np.float16),
+            attr_logits=np.zeros((0, num_attributes), np.float16),
+        )

@@ -1,0 +1,72 @@
+"""`clasp verify`: check every shard against the manifest without trusting either."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from clasp.store.digest import file_sha256
+from clasp.store.errors import StoreError
+from clasp.store.manifest import Manifest
+from clasp.store.reader import ShardFile
+
+
+@dataclass
+class ShardProblem:
+    file: str
+    problem: str
+
+
+@dataclass
+class VerifyReport:
+    root: Path
+    shards_checked: int = 0
+    rows: int = 0
+    problems: list[ShardProblem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_store(root: str | Path) -> VerifyReport:
+    """Check schema, sha256, byte size and row count of every listed shard.
+
+    A manifest that cannot be read is reported as one problem; each bad shard
+    gets one line. Nothing is modified.
+    """
+    root = Path(root)
+    report = VerifyReport(root)
+    try:
+        manifest = Manifest.load(root)
+    except StoreError as exc:
+        report.problems.append(ShardProblem(exc.path.name, exc.problem))
+        return report
+    for entry in manifest.shards:
+        report.shards_checked += 1
+        path = root / entry.file
+        problem = _check_one(path, entry, manifest)
+        if problem:
+            report.problems.append(ShardProblem(entry.file, problem))
+        else:
+            report.rows += entry.rows
+    return report
+
+
+def _check_one(path: Path, entry, manifest: Manifest) -> str | None:
+    if not path.is_file():
+        return "missing"
+    size = path.stat().st_size
+    if size != entry.bytes:
+        return f"size {size} bytes, manifest says {entry.bytes}"
+    digest = file_sha256(path)
+    if digest != entry.sha256:
+        return f"sha256 mismatch (file {digest[:12]}…, manifest {entry.sha256[:12]}…)"
+    try:
+        with ShardFile(path, manifest, expected_rows=entry.rows) as shard:
+            shard.read(0, min(shard.rows, 1))  # the datasets decode
+    except StoreError as exc:
+        return exc.problem
+    except OSError as exc:
+        return f"unreadable: {exc}"
+    return None
