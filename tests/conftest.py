@@ -1,0 +1,74 @@
+"""Shared fixtures. Tests are offline, CPU-only and use tiny models and stores."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clasp.store import ClipInfo, LabelRows, Manifest, Vocabulary, record_shard, shard_name, write_shard_for
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test may reach a model hub."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def vocab() -> Vocabulary:
+    return Vocabulary.default()
+
+
+def encode_jpeg(array: np.ndarray, quality: int = 95) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def synthetic_rows(n: int, vocab: Vocabulary, grid: tuple[int, int] = (16, 8), hw: tuple[int, int] = (256, 128),
+                   seed: int = 0, start: int = 0) -> LabelRows:
+    """Rows with random images and labels; row i's key encodes its global index `start + i`."""
+    rng = np.random.default_rng(seed)
+    images = [encode_jpeg(rng.integers(0, 255, (*hw, 3), dtype=np.uint8)) for _ in range(n)]
+    return LabelRows(
+        image=images,
+        key=[f"{start + i:040d}" for i in range(n)],
+        path=[f"cam{(start + i) % 3}/img_{start + i:06d}.jpg" for i in range(n)],
+        orig_hw=np.tile(np.array(hw, np.uint16), (n, 1)),
+        part_mask=rng.integers(0, vocab.num_parts, (n, *grid)).astype(np.uint8),
+        part_conf=rng.random((n, *grid)).astype(np.float16),
+        attr_logits=rng.normal(size=(n, vocab.num_attributes)).astype(np.float16),
+    )
+
+
+@pytest.fixture
+def make_store(tmp_path: Path, vocab: Vocabulary) -> Callable[..., Path]:
+    """Factory: `make_store([rows per shard], grid=(16, 8))` writes a shard folder and returns it.
+
+    Row keys are global indices (`int(key)`), so tests can check which rows were read.
+    """
+    counter = {"n": 0}
+
+    def make(shard_rows: list[int], grid: tuple[int, int] = (16, 8), hw: tuple[int, int] = (256, 128),
+             seed: int = 0, name: str | None = None) -> Path:
+        counter["n"] += 1
+        root = tmp_path / (name or f"shards{counter['n']}")
+        manifest = Manifest(ClipInfo("tiny-test-clip", input_hw=(hw[0], hw[1])), vocab, grid)
+        manifest.image_store.hw = hw
+        start = 0
+        for index, n in enumerate(shard_rows):
+            rows = synthetic_rows(n, vocab, grid, hw, seed=seed + index, start=start)
+            entry = write_shard_for(manifest, root, shard_name(index), rows)
+            record_shard(manifest, root, entry)
+            start += n
+        if not shard_rows:
+            manifest.save(root)
+        return root
+
+    return make
