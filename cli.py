@@ -54,7 +54,7 @@ def verify(shards: Path) -> None:
 
     report = verify_store(shards)
     for p in report.problems:
-        click.echo(f"BAD {shards / p.file}: {p.problem}")
+        click.echo(f"BAD {p.path}: {p.problem}")
     if report.ok:
         click.echo(f"ok: {report.shards_checked} shards, {report.rows} rows in {shards}")
     else:

@@ -13,7 +13,7 @@ from clasp.store.reader import ShardFile
 
 @dataclass
 class ShardProblem:
-    file: str
+    path: Path
     problem: str
 
 
@@ -40,14 +40,14 @@ def verify_store(root: str | Path) -> VerifyReport:
     try:
         manifest = Manifest.load(root)
     except StoreError as exc:
-        report.problems.append(ShardProblem(exc.path.name, exc.problem))
+        report.problems.append(ShardProblem(exc.path, exc.problem))
         return report
     for entry in manifest.shards:
         report.shards_checked += 1
         path = root / entry.file
         problem = _check_one(path, entry, manifest)
         if problem:
-            report.problems.append(ShardProblem(entry.file, problem))
+            report.problems.append(ShardProblem(path, problem))
         else:
             report.rows += entry.rows
     return report

@@ -34,6 +34,7 @@ def write_shard(
     path = Path(path)
     rows.check(label_grid, num_attributes, str(path))
     tmp = path.with_name(path.name + ".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
     n = len(rows)
     values = {
         "image": _vlen_bytes(rows.image),
