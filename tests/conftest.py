@@ -72,3 +72,11 @@ def make_store(tmp_path: Path, vocab: Vocabulary) -> Callable[..., Path]:
         return root
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled tiny offline CLIP (seed 0), written once per test session; load with `load_clip`."""
+    from clasp.labeling.tiny_clip import write_tiny_clip
+
+    return write_tiny_clip(tmp_path_factory.mktemp("tiny-clip") / "clip", seed=0)
