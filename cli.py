@@ -48,13 +48,21 @@ def main() -> None:
 def verify(shards: Path) -> None:
     """Check every shard of SHARDS against its manifest (schema, sha256, rows).
 
-    Exit 0 when all are good; otherwise exit 1 with one line per bad shard.
+    \b
+    Exit 0: every listed shard is good.
+    Exit 1: one line per bad shard (or a manifest that cannot be accepted).
+    Exit 2: SHARDS is missing, not a folder, or has no manifest.json.
     """
-    from clasp.store import verify_store
+    from clasp.store import NotAStoreError, verify_store
 
-    report = verify_store(shards)
+    try:
+        report = verify_store(shards)
+    except NotAStoreError as exc:
+        raise UserError(str(exc)) from None
     for p in report.problems:
         click.echo(f"BAD {p.path}: {p.problem}")
+    for path in report.unlisted:
+        click.echo(f"note: {path} is not listed in the manifest (ignored by readers)", err=True)
     if report.ok:
         click.echo(f"ok: {report.shards_checked} shards, {report.rows} rows in {shards}")
     else:

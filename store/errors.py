@@ -16,3 +16,11 @@ class StoreError(Exception):
         self.path = Path(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+
+class NotAStoreError(StoreError):
+    """The path is not a shard folder at all (missing, not a folder, no manifest).
+
+    Kept apart from damage to an existing store: commands treat it as a usage
+    error (exit 2) while a damaged store is what `clasp verify` reports (exit 1).
+    """

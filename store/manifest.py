@@ -8,14 +8,13 @@ flight.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
 from clasp import __version__
-from clasp.store.errors import StoreError
-from clasp.store.schema import FORMAT_VERSION, MANIFEST_FORMAT, MANIFEST_NAME
+from clasp.store.durable import write_json_atomic
+from clasp.store.errors import NotAStoreError, StoreError
+from clasp.store.schema import FORMAT_VERSION, MANIFEST_FORMAT, MANIFEST_NAME, SHARD_SUFFIX
 from clasp.store.vocabulary import Vocabulary
 
 
@@ -91,6 +90,8 @@ class Manifest:
             raise StoreError(source, f"unknown format version {version!r}; this clasp reads version {FORMAT_VERSION}")
         try:
             vocab_data = data["vocab"]
+            if not isinstance(vocab_data, dict):
+                raise TypeError("vocab is not an object")
             vocab = Vocabulary.from_dict(vocab_data, source)
             if vocab_data.get("sha256") != vocab.sha256:
                 raise StoreError(source, f"vocabulary hash {vocab_data.get('sha256')!r} does not match its content ({vocab.sha256})")
@@ -112,24 +113,32 @@ class Manifest:
             raise StoreError(source, f"malformed manifest ({type(exc).__name__}: {exc})") from None
         if len(manifest.label_grid) != 2 or min(manifest.label_grid) < 1:
             raise StoreError(source, f"label_grid must be two positive sizes, got {manifest.label_grid}")
+        seen: set[str] = set()
         for entry in manifest.shards:
             check_shard_file_name(entry.file, source)
+            if entry.file in seen:
+                raise StoreError(source, f"shard {entry.file!r} is listed twice")
+            seen.add(entry.file)
+            if not isinstance(entry.rows, int) or entry.rows < 0 or not isinstance(entry.bytes, int):
+                raise StoreError(source, f"shard {entry.file!r}: rows and bytes must be non-negative integers")
         return manifest
 
     @classmethod
     def load(cls, root: str | Path) -> "Manifest":
         root = Path(root)
         if not root.exists():
-            raise StoreError(root, "shard folder does not exist")
+            raise NotAStoreError(root, "shard folder does not exist")
         if not root.is_dir():
-            raise StoreError(root, "not a folder")
+            raise NotAStoreError(root, "not a folder")
         path = root / MANIFEST_NAME
         if not path.exists():
-            raise StoreError(path, "manifest not found (is this a folder written by `clasp label`?)")
+            raise NotAStoreError(path, "manifest not found (is this a folder written by `clasp label`?)")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise StoreError(path, f"manifest does not parse as JSON ({exc})") from None
+        except OSError as exc:
+            raise StoreError(path, f"cannot read manifest ({exc.strerror or exc})") from None
         return cls.from_dict(data, path)
 
     def save(self, root: str | Path) -> None:
@@ -138,22 +147,16 @@ class Manifest:
 
 
 def check_shard_file_name(name: str, source: str | Path) -> None:
-    """Reject shard entries that would make a reader open a file outside the folder."""
+    """Reject shard entries that would make a reader open a file outside the folder.
+
+    Only a plain file name ending in `.h5` is accepted: no folders, no `..`, no
+    absolute paths, and never a writer's `.tmp` file.
+    """
+    if not isinstance(name, str) or not name:
+        raise StoreError(source, f"shard path {name!r} is not a file name")
     pure = PurePosixPath(name)
-    if pure.is_absolute() or len(pure.parts) != 1 or name in (".", "..") or "\\" in name or not name:
+    if pure.is_absolute() or len(pure.parts) != 1 or name in (".", "..") or "\\" in name or "\0" in name:
         raise StoreError(source, f"shard path {name!r} leaves the shard folder")
+    if not name.endswith(SHARD_SUFFIX):
+        raise StoreError(source, f"shard path {name!r} does not end in {SHARD_SUFFIX}")
 
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

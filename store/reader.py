@@ -8,6 +8,7 @@ to the chunks it reads.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,23 +89,28 @@ class ShardFile:
         if fmt != SHARD_FORMAT:
             raise StoreError(self.path, f"not a CLASP shard (format attribute {fmt!r})")
         version = attrs.get("version")
-        if version is None or int(version) != FORMAT_VERSION:
-            raise StoreError(self.path, f"unknown shard format version {version!r}; this clasp reads version {FORMAT_VERSION}")
+        if _int_or_none(version) != FORMAT_VERSION:
+            raise StoreError(self.path, f"unknown shard format version {_plain(version)!r}; this clasp reads version {FORMAT_VERSION}")
         vocab = _text(attrs.get("vocab_sha256"))
         if vocab != self.manifest.vocab.sha256:
             raise StoreError(self.path, f"shard is from another vocabulary (vocab_sha256 {vocab!r}, manifest {self.manifest.vocab.sha256!r})")
+        model = _text(attrs.get("clip_model"))
+        if model != self.manifest.clip.model:
+            raise StoreError(self.path, f"shard was labeled by CLIP model {model!r}, the manifest says {self.manifest.clip.model!r}")
         missing = [n for n in FIELD_NAMES if n not in self._file]
         if missing:
             raise StoreError(self.path, f"shard lacks datasets {missing}")
-        n = int(attrs.get("rows", -1))
+        n = _int_or_none(attrs.get("rows"))
+        if n is None or n < 0:
+            raise StoreError(self.path, f"shard has no valid rows attribute ({_plain(attrs.get('rows'))!r})")
         grid, num_attr = self.manifest.label_grid, self.manifest.vocab.num_attributes
         for field in FIELDS:
             ds = self._file[field.name]
             want = (n, *row_shape(field, grid, num_attr))
             if ds.shape != want:
                 raise StoreError(self.path, f"dataset {field.name} has shape {ds.shape}, expected {want} (rows={n}, label grid {list(grid)}, {num_attr} attributes)")
-            if field.name not in ("image", "path") and ds.dtype != field.dtype:
-                raise StoreError(self.path, f"dataset {field.name} has dtype {ds.dtype}, expected {field.dtype}")
+            if not _dtype_matches(field.name, ds.dtype, field.dtype):
+                raise StoreError(self.path, f"dataset {field.name} has dtype {ds.dtype}, expected {_describe(field.name, field.dtype)}")
         if expected_rows is not None and n != expected_rows:
             raise StoreError(self.path, f"shard has {n} rows, the manifest says {expected_rows}")
         self.rows = n
@@ -116,6 +122,11 @@ class ShardFile:
 
     def read(self, start: int = 0, stop: int | None = None, fields: tuple[str, ...] = FIELD_NAMES) -> LabelRows:
         """Rows [start, stop) of the requested fields; fields not requested are left empty."""
+        unknown = [name for name in fields if name not in FIELD_NAMES]
+        if unknown:
+            raise ValueError(f"unknown fields {unknown}; a shard has {list(FIELD_NAMES)}")
+        if start < 0:
+            raise ValueError(f"start must be >= 0, got {start}")
         stop = self.rows if stop is None else min(stop, self.rows)
         n = max(0, stop - start)
         out = LabelRows.empty(self.manifest.label_grid, self.manifest.vocab.num_attributes)
@@ -136,6 +147,25 @@ class ShardFile:
             out.key = [""] * n
         return out
 
+    def iter_chunks(self, fields: tuple[str, ...] = FIELD_NAMES) -> Iterator[LabelRows]:
+        """The whole shard, one storage chunk of rows at a time (each chunk decompressed once)."""
+        step = self.chunk_rows
+        for start in range(0, self.rows, step):
+            yield self.read(start, start + step, fields)
+
+    def read_rows(self, indices: Sequence[int], fields: tuple[str, ...] = FIELD_NAMES) -> LabelRows:
+        """Rows at `indices` (any order, repeats allowed), in that order.
+
+        For a few scattered rows (a contact sheet, a spot check); the chunk cache
+        keeps rows that share a chunk from decompressing it twice.
+        """
+        bad = [i for i in indices if not 0 <= i < self.rows]
+        if bad:
+            raise IndexError(f"{self.path}: rows {bad[:5]} outside [0, {self.rows})")
+        if not indices:
+            return self.read(0, 0, fields)
+        return LabelRows.concat([self.read(i, i + 1, fields) for i in indices])
+
     def close(self) -> None:
         self._file.close()
 
@@ -144,6 +174,34 @@ class ShardFile:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _int_or_none(value) -> int | None:
+    try:
+        arr = np.asarray(value)
+        if arr.shape != () or arr.dtype.kind not in "iu":
+            return None
+        return int(arr)
+    except (TypeError, ValueError):
+        return None
+
+
+def _plain(value):
+    """An attribute value as a plain Python object, for error messages."""
+    return value.tolist() if isinstance(value, np.ndarray | np.generic) else value
+
+
+def _dtype_matches(name: str, found: np.dtype, expected: np.dtype) -> bool:
+    if name == "image":
+        return h5py.check_vlen_dtype(found) == np.dtype(np.uint8)
+    if name == "path":
+        info = h5py.check_string_dtype(found)
+        return info is not None and info.length is None
+    return found == expected
+
+
+def _describe(name: str, dtype: np.dtype) -> str:
+    return {"image": "vlen uint8", "path": "vlen utf-8 string"}.get(name, str(dtype))
 
 
 def _text(value) -> str | None:

@@ -15,7 +15,9 @@ FORMAT_VERSION = 1
 SHARD_FORMAT = "clasp-shard"
 MANIFEST_FORMAT = "clasp-shards"
 MANIFEST_NAME = "manifest.json"
-SHARD_PATTERN = "shard-{index:06d}.h5"
+SHARD_SUFFIX = ".h5"
+SHARD_PATTERN = "shard-{index:06d}" + SHARD_SUFFIX
+TMP_SUFFIX = ".tmp"  # a shard being written; never listed in a manifest
 CHUNK_ROWS = 256
 GZIP_LEVEL = 4
 
@@ -69,8 +71,14 @@ class LabelRows:
     def __len__(self) -> int:
         return len(self.key)
 
-    def check(self, grid: tuple[int, int], num_attributes: int, source: str = "<rows>") -> None:
-        """Raise ValueError unless every field has N rows of the expected shape."""
+    def check(self, grid: tuple[int, int], num_attributes: int, source: str = "<rows>",
+              num_parts: int | None = None) -> None:
+        """Raise ValueError unless every field has N rows of the expected shape.
+
+        Values that the on-disk dtypes would silently mangle are refused too: keys
+        longer than the 40 bytes of `S40` or not ASCII, sizes beyond uint16, and
+        (given `num_parts`) part indices outside the vocabulary.
+        """
         n = len(self)
         for name in ("image", "path"):
             if len(getattr(self, name)) != n:
@@ -80,6 +88,15 @@ class LabelRows:
             want = (n, *row_shape(field, grid, num_attributes))
             if tuple(arr.shape) != want:
                 raise ValueError(f"{source}: field {field.name} has shape {tuple(arr.shape)}, expected {want}")
+        for key in self.key:
+            if not key or len(key) > KEY_DTYPE.itemsize or not key.isascii() or "\0" in key:
+                raise ValueError(f"{source}: key {key!r} is not 1-{KEY_DTYPE.itemsize} ASCII characters")
+        hw = np.asarray(self.orig_hw)
+        if hw.size and (hw.min() < 0 or hw.max() > np.iinfo(np.uint16).max):
+            raise ValueError(f"{source}: orig_hw values must fit uint16, got range [{hw.min()}, {hw.max()}]")
+        mask = np.asarray(self.part_mask)
+        if num_parts is not None and mask.size and (mask.min() < 0 or mask.max() >= num_parts):
+            raise ValueError(f"{source}: part_mask values must be in [0, {num_parts}), got [{mask.min()}, {mask.max()}]")
 
     @classmethod
     def concat(cls, parts: list["LabelRows"]) -> "LabelRows":

@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clasp.store.digest import file_sha256
-from clasp.store.errors import StoreError
-from clasp.store.manifest import Manifest
+from clasp.store.errors import NotAStoreError, StoreError
+from clasp.store.manifest import Manifest, ShardEntry
 from clasp.store.reader import ShardFile
+from clasp.store.schema import MANIFEST_NAME, SHARD_SUFFIX, TMP_SUFFIX
 
 
 @dataclass
@@ -23,6 +24,9 @@ class VerifyReport:
     shards_checked: int = 0
     rows: int = 0
     problems: list[ShardProblem] = field(default_factory=list)
+    # Shard-like files the manifest does not list (e.g. a `.tmp` left by a crash).
+    # Readers never open them, so they are not problems; a rerun overwrites them.
+    unlisted: list[Path] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -32,16 +36,26 @@ class VerifyReport:
 def verify_store(root: str | Path) -> VerifyReport:
     """Check schema, sha256, byte size and row count of every listed shard.
 
-    A manifest that cannot be read is reported as one problem; each bad shard
-    gets one line. Nothing is modified.
+    A path that is not a shard folder at all (missing, not a folder, no
+    manifest) raises `NotAStoreError`. A manifest that exists but cannot be
+    accepted is reported as one problem; each bad shard gets one. Nothing is
+    modified.
     """
     root = Path(root)
     report = VerifyReport(root)
     try:
         manifest = Manifest.load(root)
+    except NotAStoreError:
+        raise
     except StoreError as exc:
         report.problems.append(ShardProblem(exc.path, exc.problem))
         return report
+    listed = {entry.file for entry in manifest.shards}
+    report.unlisted = sorted(
+        p for p in root.iterdir()
+        if p.name not in listed and p.name != MANIFEST_NAME
+        and (p.name.endswith(SHARD_SUFFIX) or p.name.endswith(SHARD_SUFFIX + TMP_SUFFIX))
+    )
     for entry in manifest.shards:
         report.shards_checked += 1
         path = root / entry.file
@@ -53,18 +67,20 @@ def verify_store(root: str | Path) -> VerifyReport:
     return report
 
 
-def _check_one(path: Path, entry, manifest: Manifest) -> str | None:
+def _check_one(path: Path, entry: ShardEntry, manifest: Manifest) -> str | None:
     if not path.is_file():
         return "missing"
     size = path.stat().st_size
     if size != entry.bytes:
-        return f"size {size} bytes, manifest says {entry.bytes}"
+        return f"size {size} bytes, manifest says {entry.bytes} (truncated or replaced)"
     digest = file_sha256(path)
     if digest != entry.sha256:
         return f"sha256 mismatch (file {digest[:12]}…, manifest {entry.sha256[:12]}…)"
     try:
         with ShardFile(path, manifest, expected_rows=entry.rows) as shard:
-            shard.read(0, min(shard.rows, 1))  # the datasets decode
+            # The first and last rows decode: the datasets are readable end to end.
+            shard.read(0, min(shard.rows, 1))
+            shard.read(max(shard.rows - 1, 0), shard.rows)
     except StoreError as exc:
         return exc.problem
     except OSError as exc:

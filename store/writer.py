@@ -13,10 +13,11 @@ import h5py
 import numpy as np
 
 from clasp.store.digest import file_sha256
+from clasp.store.durable import fsync_dir
 from clasp.store.manifest import Manifest, ShardEntry
 from clasp.store.schema import (
     CHUNK_ROWS, FIELDS, FORMAT_VERSION, GZIP_LEVEL, IMAGE_DTYPE, KEY_DTYPE, PATH_DTYPE,
-    SHARD_FORMAT, LabelRows, row_shape,
+    SHARD_FORMAT, TMP_SUFFIX, LabelRows, row_shape,
 )
 
 
@@ -29,11 +30,12 @@ def write_shard(
     label_grid: tuple[int, int],
     num_attributes: int,
     inputs_sha256: str | None = None,
+    num_parts: int | None = None,
 ) -> ShardEntry:
     """Write `rows` as one shard at `path` (atomically) and return its manifest entry."""
     path = Path(path)
-    rows.check(label_grid, num_attributes, str(path))
-    tmp = path.with_name(path.name + ".tmp")
+    rows.check(label_grid, num_attributes, str(path), num_parts=num_parts)
+    tmp = path.with_name(path.name + TMP_SUFFIX)
     path.parent.mkdir(parents=True, exist_ok=True)
     n = len(rows)
     values = {
@@ -79,6 +81,7 @@ def write_shard(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
     return ShardEntry(file=path.name, rows=n, sha256=digest, bytes=size, inputs_sha256=inputs_sha256)
 
 
@@ -93,6 +96,7 @@ def write_shard_for(manifest: Manifest, root: str | Path, file: str, rows: Label
         label_grid=manifest.label_grid,
         num_attributes=manifest.vocab.num_attributes,
         inputs_sha256=inputs_sha256,
+        num_parts=manifest.vocab.num_parts,
     )
 
 

@@ -80,3 +80,14 @@ def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from clasp.labeling.tiny_clip import write_tiny_clip
 
     return write_tiny_clip(tmp_path_factory.mktemp("tiny-clip") / "clip", seed=0)
+
+
+@pytest.fixture
+def make_rows(vocab: Vocabulary) -> Callable[..., LabelRows]:
+    """Factory: `make_rows(n, grid=(16, 8), hw=(256, 128), seed=0, start=0)` -> synthetic `LabelRows`."""
+
+    def make(n: int, grid: tuple[int, int] = (16, 8), hw: tuple[int, int] = (256, 128), seed: int = 0,
+             start: int = 0) -> LabelRows:
+        return synthetic_rows(n, vocab, grid, hw, seed=seed, start=start)
+
+    return make
