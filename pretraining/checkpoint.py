@@ -1,0 +1,219 @@
+"""Checkpoints of a training run: everything exact resume needs, and no pickle.
+
+Accelerate's `save_state` writes the RNG states and registered objects with
+pickle and reads registered objects back with `weights_only=False` (accelerate
+1.x, `load_custom_state`), and it swallows a failed RNG restore. So the pieces
+are written here, each in a format that loads without unpickling code:
+
+```
+OUT/checkpoints/step-00000100/
+  model.safetensors   the whole training model: student, EMA teacher, heads, loss state (DINO centre)
+  optimizer.pt        AdamW state_dict        (torch.save; loaded with weights_only=True)
+  scaler.pt           fp16 GradScaler state   (only with --precision fp16)
+  rng-rank{R}.pt      RNG states of process R (python, numpy, torch, cuda) as tensors/ints
+  stream-rank{R}.pt   data stream position of process R (its state_dict)
+  config.json         the resolved run config
+  trainer.json        global step, world size, clasp version
+```
+
+A checkpoint is written into `step-XXXXXXXX.tmp/` and renamed when every
+process has written its part, so a crash (even `kill -9`) during a save leaves
+the previous checkpoint as the newest complete one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_model, save_model
+
+CHECKPOINTS_DIR = "checkpoints"
+STEP_DIR = re.compile(r"^step-(\d{8})$")
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.pt"
+SCALER_FILE = "scaler.pt"
+TRAINER_FILE = "trainer.json"
+CONFIG_FILE = "config.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; the message names the file."""
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run, oldest first, as (step, folder)."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        match = STEP_DIR.match(child.name)
+        if match and child.is_dir() and (child / TRAINER_FILE).is_file():
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def find_checkpoint(run_dir: str | Path, step: int | None = None) -> Path | None:
+    """The newest complete checkpoint, or the one at `step`; None when there is none."""
+    found = list_checkpoints(run_dir)
+    if step is None:
+        return found[-1][1] if found else None
+    for s, path in found:
+        if s == step:
+            return path
+    return None
+
+
+# ----------------------------------------------------------------------------- RNG
+
+
+def capture_rng() -> dict[str, Any]:
+    """Process RNG states as tensors and plain numbers (loadable with weights_only=True)."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python_version": int(py_version),
+        "python_state": torch.tensor(py_state, dtype=torch.int64),
+        "python_gauss": py_gauss,
+        "numpy_name": str(np_name),
+        "numpy_keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+        "numpy_pos": int(np_pos),
+        "numpy_has_gauss": int(np_has_gauss),
+        "numpy_gauss": float(np_gauss),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    random.setstate((state["python_version"], tuple(int(x) for x in state["python_state"].tolist()),
+                     state["python_gauss"]))
+    np.random.set_state((state["numpy_name"], state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"],
+                         state["numpy_has_gauss"], state["numpy_gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------- save / load
+
+
+def safe_load(path: Path) -> Any:
+    """torch.load restricted to tensors and plain containers; a bad file names itself."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing from the checkpoint") from None
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means an unusable file
+        raise CheckpointError(f"{path}: cannot be read ({type(exc).__name__}: {' '.join(str(exc).split())[:300]})") from None
+
+
+@dataclass
+class CheckpointWriter:
+    """Writes checkpoints of one run; the same object on every process."""
+
+    run_dir: Path
+    rank: int
+    is_main: bool
+    keep: int
+
+    def begin(self, step: int) -> Path:
+        """Main process: an empty temp folder for `step` (call `barrier` before others write)."""
+        tmp = self.run_dir / CHECKPOINTS_DIR / (step_dir_name(step) + ".tmp")
+        if self.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        return tmp
+
+    def write_shared(self, tmp: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     scaler: Any, saved_config: dict[str, Any]) -> None:
+        """Main process: the pieces every process holds identically."""
+        save_model(model, str(tmp / MODEL_FILE))
+        torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+        if scaler is not None:
+            torch.save(scaler.state_dict(), tmp / SCALER_FILE)
+        _write_json(tmp / CONFIG_FILE, saved_config)
+
+    def write_own(self, tmp: Path, stream_state: Any) -> None:
+        """Every process: its RNG states and data position."""
+        torch.save(capture_rng(), tmp / f"rng-rank{self.rank}.pt")
+        torch.save(stream_state, tmp / f"stream-rank{self.rank}.pt")
+
+    def commit(self, tmp: Path, step: int, trainer_state: dict[str, Any]) -> Path:
+        """Main process, after every process wrote: mark complete, rename, prune old ones."""
+        final = tmp.with_name(step_dir_name(step))
+        _write_json(tmp / TRAINER_FILE, trainer_state)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+        for _, old in list_checkpoints(self.run_dir)[:-self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+
+@dataclass
+class LoadedCheckpoint:
+    path: Path
+    trainer: dict[str, Any]
+    stream_state: Any
+    rng: dict[str, Any]
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+                    scaler: Any, rank: int) -> LoadedCheckpoint:
+    """Load weights and optimizer/scaler state in place; return the rest (RNG restored by the caller)."""
+    try:
+        trainer = json.loads((path / TRAINER_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path / TRAINER_FILE}: cannot be read ({exc})") from None
+    try:
+        missing, unexpected = load_model(model, str(path / MODEL_FILE), strict=False)
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"{path / MODEL_FILE}: cannot be loaded ({type(exc).__name__}: {exc})") from None
+    if missing or unexpected:
+        raise CheckpointError(f"{path / MODEL_FILE}: does not match the model (missing {sorted(missing)[:5]}, "
+                              f"unexpected {sorted(unexpected)[:5]})")
+    if optimizer is not None:
+        optimizer.load_state_dict(safe_load(path / OPTIMIZER_FILE))
+    if scaler is not None and (path / SCALER_FILE).exists():
+        scaler.load_state_dict(safe_load(path / SCALER_FILE))
+    rng_file = path / f"rng-rank{rank}.pt"
+    stream_file = path / f"stream-rank{rank}.pt"
+    return LoadedCheckpoint(path, trainer, safe_load(stream_file), safe_load(rng_file))
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,252 @@
+"""Every setting of `clasp pretrain`, with its default, in one place.
+
+A run is configured by, in increasing priority: the defaults below, a
+`--config FILE` (YAML or JSON, keys = field names), and command-line flags.
+The resolved config is saved as JSON beside every checkpoint; `--resume`
+compares it with the new one and refuses when a setting that decides the
+model's shape, the data, the batch or the schedule differs
+(`incompatible_differences`).
+
+Learning rate: `lr` is the peak rate for a *total* batch of 256 images and is
+scaled linearly by `batch_size x processes x grad_accum / 256`, as DINO does, so
+a config keeps its meaning when the number of GPUs changes. `peak_lr` in the
+saved config's `derived` block is the rate actually used.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PRESETS = ("tiny", "small", "base")
+PRECISIONS = ("no", "bf16", "fp16")
+CONFIG_NAME = "config.json"
+
+
+class ConfigError(ValueError):
+    """A setting or config file the run cannot use; the message is one line naming it."""
+
+
+@dataclass
+class PretrainConfig:
+    # --- data and run folder
+    shards: str = ""  # shard folder written by `clasp label` (required)
+    out: str = ""  # run folder: checkpoints, metrics, config (required)
+    # --- model
+    preset: str = "small"  # ViT size: tiny | small | base
+    moe_layers: int = 4  # last blocks whose MLP is a prompt-controlled mixture of experts
+    experts: int = 6  # experts per MoE layer
+    top_k: int = 2  # experts each token is routed to
+    # --- objectives
+    w_part: float = 1.0  # weight of the per-token part loss
+    w_attr: float = 1.0  # weight of the attribute loss
+    w_balance: float = 0.01  # weight of the MoE load-balancing loss
+    global_crops: int = 2  # 256x128 crops per image (teacher and student)
+    local_crops: int = 6  # 128x64 crops per image (student only)
+    # --- length: `steps` (optimizer steps) wins when set, else `epochs` passes over the store
+    steps: int | None = None
+    epochs: int | None = 100
+    # --- optimisation (AdamW; schedules are cosine, one value per optimizer step)
+    batch_size: int = 32  # images per process per micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 5e-4  # peak lr for a total batch of 256, scaled linearly (see module doc)
+    min_lr: float = 1e-6  # lr at the end of the cosine
+    warmup: float = 0.1  # fraction of the optimizer steps with linear lr warm-up
+    weight_decay: float = 0.04  # at the start of training ...
+    weight_decay_end: float = 0.4  # ... and at the end (cosine in between)
+    momentum_teacher: float = 0.996  # EMA momentum of the teacher at the start (cosine to 1)
+    momentum_teacher_end: float = 1.0
+    clip_grad: float = 3.0  # max gradient norm; 0 disables clipping
+    precision: str = "bf16"  # mixed precision: no | bf16 | fp16 (fp16 needs a GPU)
+    # --- data loading
+    num_workers: int = 4  # DataLoader worker processes per training process
+    shuffle_buffer: int = 1024  # rows held by each worker's shuffle buffer
+    # --- checkpoints, logging, stopping
+    save_every: int = 1000  # optimizer steps between checkpoints (plus one at the end)
+    keep_checkpoints: int = 3  # newest checkpoints kept in OUT/checkpoints
+    log_every: int = 10  # optimizer steps between lines of OUT/metrics.jsonl
+    stop_at: int | None = None  # stop cleanly after this step with a checkpoint; schedule unchanged
+    seed: int = 0
+    resume: bool = False  # continue from the newest checkpoint in `out`
+    force: bool = False  # start over in an `out` that holds another run
+    log_rows: bool = False  # debug: write the row ids each process reads to OUT/rows-rankR.jsonl
+
+    def validate(self) -> "PretrainConfig":
+        """Raise ConfigError naming the first setting that cannot work."""
+        if not self.shards:
+            raise ConfigError("`shards` is required (--shards DIR)")
+        if not self.out:
+            raise ConfigError("`out` is required (--out DIR)")
+        if self.preset not in PRESETS:
+            raise ConfigError(f"preset must be one of {'|'.join(PRESETS)}, got {self.preset!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {'|'.join(PRECISIONS)}, got {self.precision!r}")
+        if self.steps is None and self.epochs is None:
+            raise ConfigError("set `steps` or `epochs`")
+        positive = ["batch_size", "grad_accum", "global_crops", "save_every", "log_every",
+                    "keep_checkpoints", "experts", "top_k", "shuffle_buffer"]
+        for name in positive + (["steps"] if self.steps is not None else ["epochs"]):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("local_crops", "num_workers", "moe_layers", "seed"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
+        for name in ("lr", "min_lr", "weight_decay", "weight_decay_end", "clip_grad", "w_part", "w_attr", "w_balance"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.top_k > self.experts:
+            raise ConfigError(f"top_k ({self.top_k}) cannot exceed experts ({self.experts})")
+        if not 0 <= self.warmup < 1:
+            raise ConfigError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
+        for name in ("momentum_teacher", "momentum_teacher_end"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.stop_at is not None and self.stop_at < 1:
+            raise ConfigError(f"stop_at must be at least 1, got {self.stop_at}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+KEYS: tuple[str, ...] = tuple(f.name for f in fields(PretrainConfig))
+DEFAULTS = PretrainConfig()
+
+# Settings that may change between a checkpoint and `--resume` without breaking
+# the run: where things are, how often to save/log, when to stop, and the
+# arithmetic precision. Everything else (model shape, data, batch, schedule,
+# seed, and the derived values) must match; a new setting is incompatible until
+# listed here.
+RESUMABLE_CHANGES = frozenset({
+    "shards", "out", "resume", "force", "stop_at", "save_every", "log_every", "keep_checkpoints",
+    "precision", "log_rows",
+})
+
+
+def default_of(name: str) -> Any:
+    return getattr(DEFAULTS, name)
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON file of settings; unknown keys and bad values name the key and file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        one_line = " ".join(str(exc).split())
+        raise ConfigError(f"{path}: does not parse ({one_line})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    # A saved run config ({"config": {...}, "derived": {...}}) can seed a new run.
+    if set(data) >= {"config", "derived"} and isinstance(data["config"], dict):
+        data = data["config"]
+    unknown = sorted(set(data) - set(KEYS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown setting {unknown[0]!r}" + (f" (and {unknown[1:]})" if unknown[1:] else "")
+                          + f"; known settings: {', '.join(KEYS)}")
+    return {key: _coerce(key, value, str(path)) for key, value in data.items()}
+
+
+def build_config(config_file: str | Path | None = None, **overrides: Any) -> PretrainConfig:
+    """Defaults <- config file <- overrides (None means 'not given'); validated.
+
+    Giving `steps` clears `epochs` from a lower layer and vice versa, so that a
+    flag always decides the run length.
+    """
+    given = {k: v for k, v in overrides.items() if v is not None}
+    unknown = sorted(set(given) - set(KEYS))
+    if unknown:
+        raise ConfigError(f"unknown setting {unknown[0]!r}")
+    layers = [load_config_file(config_file) if config_file is not None else {},
+              {k: _coerce(k, v, "command line") for k, v in given.items()}]
+    values: dict[str, Any] = {}
+    for layer in layers:
+        if "steps" in layer and "epochs" not in layer:
+            values["epochs"] = None
+        if "epochs" in layer and "steps" not in layer:
+            values["steps"] = None
+        values.update(layer)
+    return PretrainConfig(**values).validate()
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    """Check a value against the field's type (ints stay ints; '1e-4' from YAML becomes a float)."""
+    kind = type(default_of(key))
+    optional_int = key in ("steps", "epochs", "stop_at")
+    if value is None:
+        if optional_int:
+            return None
+        raise ConfigError(f"{source}: setting {key!r} cannot be empty")
+    try:
+        if optional_int or kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if kind is str:
+            if not isinstance(value, (str, Path)):
+                raise ValueError
+            return str(value)
+    except (TypeError, ValueError):
+        pass
+    else:
+        return value
+    raise ConfigError(f"{source}: setting {key!r} must be {'an integer' if optional_int else kind.__name__}, got {value!r}")
+
+
+# ----------------------------------------------------------------------------- saved form
+
+
+def saved_form(config: PretrainConfig, derived: dict[str, Any]) -> dict[str, Any]:
+    """What `config.json` holds: the settings plus values derived from them and the data."""
+    from clasp import __version__
+
+    return {"clasp_version": __version__, "config": config.to_dict(), "derived": dict(derived)}
+
+
+def load_saved(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(settings, derived) of a saved `config.json`."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return dict(data["config"]), dict(data.get("derived", {}))
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path}: not a saved run config ({type(exc).__name__}: {exc})") from None
+
+
+def incompatible_differences(saved: dict[str, Any], saved_derived: dict[str, Any],
+                             config: PretrainConfig, derived: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(key, saved value, new value) for every difference that forbids an exact resume."""
+    now = config.to_dict()
+    out = []
+    for key in KEYS:
+        if key in RESUMABLE_CHANGES:
+            continue
+        if saved.get(key, default_of(key)) != now[key]:
+            out.append((key, saved.get(key, default_of(key)), now[key]))
+    for key in sorted(set(saved_derived) | set(derived)):
+        if saved_derived.get(key) != derived.get(key):
+            out.append((f"derived.{key}", saved_derived.get(key), derived.get(key)))
+    return out
+
+
+def describe_differences(diffs: list[tuple[str, Any, Any]], path: str | Path) -> str:
+    parts = [f"{key}: checkpoint {old!r}, now {new!r}" for key, old, new in diffs]
+    return (f"{path}: cannot resume, settings differ from the run's ({'; '.join(parts)}); "
+            "use the run's settings, or --force to start over")

@@ -1,0 +1,83 @@
+"""Config loading and resume compatibility, schedules, and the pickle-free RNG capture."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from clasp.pretraining.checkpoint import capture_rng, restore_rng
+from clasp.pretraining.config import (
+    KEYS, ConfigError, PretrainConfig, build_config, describe_differences, incompatible_differences,
+)
+from clasp.pretraining.schedules import Schedules, cosine_schedule
+
+
+def test_file_then_flags_override(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text("preset: tiny\nlr: 1e-3\nsteps: 50\nbatch_size: 8\n")
+    cfg = build_config(cfg_file, shards="s", out="o", batch_size=4)
+    assert (cfg.preset, cfg.lr, cfg.steps, cfg.batch_size) == ("tiny", 1e-3, 50, 4)
+    assert cfg.epochs is None  # steps in the file replaces the default length in epochs
+    assert build_config(cfg_file, shards="s", out="o", epochs=3).steps is None
+
+
+def test_json_config_and_unknown_key_named(tmp_path: Path) -> None:
+    good = tmp_path / "run.json"
+    good.write_text(json.dumps({"experts": 8, "top_k": 1}))
+    assert build_config(good, shards="s", out="o").experts == 8
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("preset: tiny\nlearning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*'learning_rate'"):
+        build_config(bad, shards="s", out="o")
+
+
+@pytest.mark.parametrize("text, match", [
+    ("batch_size: many\n", "batch_size"),
+    ("steps: 2.5\n", "steps"),
+    ("precision: fp8\n", "precision"),
+    ("- a list\n", "mapping"),
+    ("lr: [1\n", "does not parse"),
+])
+def test_bad_values_named(tmp_path: Path, text: str, match: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        build_config(path, shards="s", out="o")
+
+
+def test_incompatible_keys_named_with_both_values() -> None:
+    saved = PretrainConfig(shards="a", out="o", steps=10).to_dict()
+    new = PretrainConfig(shards="moved", out="o", steps=10, batch_size=16, save_every=5, experts=8)
+    diffs = incompatible_differences(saved, {"world_size": 1}, new, {"world_size": 2})
+    assert {d[0] for d in diffs} == {"batch_size", "experts", "derived.world_size"}
+    message = describe_differences(diffs, "run/config.json")
+    assert "batch_size: checkpoint 32, now 16" in message and "experts: checkpoint 6, now 8" in message
+    assert "derived.world_size: checkpoint 1, now 2" in message
+    # every key is either allowed to change or checked
+    assert set(KEYS) >= {"seed", "preset", "lr", "num_workers"}
+
+
+def test_cosine_schedule_shape() -> None:
+    s = cosine_schedule(1.0, 0.0, 10, warmup_steps=4)
+    assert np.allclose(s[:4], [0, 0.25, 0.5, 0.75])
+    assert s[4] == pytest.approx(1.0) and s[-1] == pytest.approx(0.0)
+    assert np.all(np.diff(s[4:]) <= 0)
+    sched = Schedules.build(100, 1e-3, 1e-6, 0.1, 0.04, 0.4, 0.996, 1.0)
+    lr, wd, m = sched.at(0)
+    assert (lr, wd, m) == (0.0, pytest.approx(0.04), pytest.approx(0.996))
+    assert sched.at(99)[1:] == (pytest.approx(0.4), pytest.approx(1.0))
+    assert sched.lr.max() == pytest.approx(1e-3)
+
+
+def test_rng_round_trip_without_pickle(tmp_path: Path) -> None:
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    torch.save(capture_rng(), tmp_path / "rng.pt")
+    want = (random.random(), np.random.rand(), torch.rand(1).item())
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    restore_rng(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == want
