@@ -1,0 +1,360 @@
+"""The shard stream: label shards -> multi-crop batches, split over ranks and workers.
+
+The chain, one named step each (webdataset style):
+
+    shards --epoch_segments--> row sequence --plan_rank--> this rank's rows
+      --plan_worker--> this worker's rows and batch order (shuffle buffer simulated)
+      --read_rows--> raw rows, chunk by chunk --decode_image--> PIL image
+      --MultiCrop--> crops + part labels --collate--> MultiCropBatch
+
+The plan (`epoch_plan.py`) is integers derived from the manifest before the epoch
+starts: every rank yields the same number of batches K (DDP never waits on a
+rank that ran out), and every row of an epoch is read exactly once over all
+ranks and workers. A batch is a pure function of (seed, epoch, rank, batch
+index) for a given store, world size, worker count, batch size and buffer size.
+
+Batch order with W DataLoader workers: the rank's batch k is made by worker
+k mod W, and the DataLoader collects from its workers round-robin, so the loader
+yields batches 0, 1, ..., K-1 in order (a worker with fewer batches simply
+finishes first). W = 0 (no worker processes) gives the same batches as W = 1.
+
+Resume: `state_dict()` holds (epoch, batches yielded this epoch by this rank);
+after `load_state_dict`, iteration starts at that batch. Skipped batches are
+never decoded nor augmented, and shard chunks holding only skipped rows are
+never read.
+
+h5py files are opened inside the process that iterates (each DataLoader
+worker), never in the constructor: the stream holds only the manifest and
+paths, pickles cleanly and survives fork, spawn and forkserver alike.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from clasp.pretraining.augment import MultiCrop, MultiCropConfig
+from clasp.pretraining.batch import MultiCropBatch
+from clasp.pretraining.epoch_plan import (
+    Segment, WorkerPlan, augment_seed, batches_per_rank, epoch_segments, plan_rank, plan_worker,
+)
+from clasp.store import ShardFile, ShardStore, StoreError
+from clasp.store.schema import CHUNK_ROWS
+
+LABEL_FIELDS = ("image", "part_mask", "part_conf", "attr_logits")
+
+
+@dataclass
+class StreamConfig:
+    """Settings of the shard stream; crop settings live in `crops`.
+
+    Nothing is dropped: a rank with fewer rows ends its epoch with a smaller
+    batch instead of fewer batches.
+    """
+
+    shards: Path  # shard folder (manifest.json + shard-*.h5)
+    batch_size: int = 64  # per process
+    shuffle_buffer: int = 2048  # rows per worker
+    seed: int = 0
+    chunk_cache_bytes: int = 16 << 20  # h5py chunk cache per open shard (one chunk per dataset is enough)
+    crops: MultiCropConfig = field(default_factory=MultiCropConfig)
+
+    def __post_init__(self) -> None:
+        self.shards = Path(self.shards)
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.shuffle_buffer < 1:
+            raise ValueError(f"shuffle_buffer must be at least 1, got {self.shuffle_buffer}")
+
+
+@dataclass
+class RawRow:
+    """One row as stored, before decoding."""
+
+    image: bytes
+    part_mask: np.ndarray  # (h, w) uint8
+    part_conf: np.ndarray  # (h, w) float16
+    attr_logits: np.ndarray  # (A,) float16
+    row_id: int
+
+
+def validate_store(root: str | Path) -> ShardStore:
+    """Open every shard once in the parent and check it against the manifest.
+
+    Catches, before the first training step, a missing or empty folder, a
+    manifest that does not parse, a missing or truncated shard, another
+    vocabulary, an unknown version, a label grid or row count that differs from
+    the manifest, and a first image that does not decode. Raises StoreError
+    naming the file; closes every file it opened.
+    """
+    store = ShardStore.open(root)
+    if not store.shards or store.manifest.total_rows == 0:
+        raise StoreError(Path(root) / "manifest.json", "the store lists no rows (no finished shard)")
+    for entry in store.shards:
+        with store.open_shard(entry) as shard:
+            if shard.rows == 0:
+                continue
+            first = shard.read(0, 1, fields=("image",))
+        try:
+            decode_image(first.image[0])
+        except Exception as exc:  # PIL raises several types for bad data
+            raise StoreError(store.path_of(entry), f"row 0 does not decode as an image ({exc})") from None
+    return store
+
+
+def steps_per_epoch(total_rows: int, batch_size: int, world_size: int = 1) -> int:
+    """Batches every rank yields per epoch: ceil(ceil(rows / world_size) / batch_size)."""
+    return batches_per_rank(total_rows, world_size, batch_size)
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """JPEG (or any PIL format) bytes -> RGB image, fully loaded."""
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def read_rows(store: ShardStore, segments: list[Segment], needed: np.ndarray, row_offsets: list[int],
+              chunk_cache_bytes: int) -> Iterator[tuple[int, RawRow | None]]:
+    """Yield (local row number, row) in reading order; rows not `needed` come as None.
+
+    Reads one segment (at most one chunk) per h5py call and skips segments with
+    no needed row entirely. Keeps one shard open at a time: a shard's chunks
+    are consecutive in the sequence.
+    """
+    shard: ShardFile | None = None
+    shard_index = -1
+    local = 0
+    try:
+        for seg in segments:
+            wanted = needed[local:local + len(seg)]
+            if not wanted.any():
+                for i in range(len(seg)):
+                    yield local + i, None
+                local += len(seg)
+                continue
+            if seg.shard != shard_index:
+                if shard is not None:
+                    shard.close()
+                shard = store.open_shard(store.shards[seg.shard], chunk_cache_bytes=chunk_cache_bytes)
+                shard_index = seg.shard
+            block = shard.read(seg.start, seg.stop, fields=LABEL_FIELDS)
+            base = row_offsets[seg.shard] + seg.start
+            for i in range(len(seg)):
+                row = RawRow(block.image[i], block.part_mask[i], block.part_conf[i], block.attr_logits[i],
+                             base + i) if wanted[i] else None
+                yield local + i, row
+            local += len(seg)
+    finally:
+        if shard is not None:
+            shard.close()
+
+
+def collate(crop_sets: list, rows: list[RawRow], crops: MultiCropConfig) -> MultiCropBatch:
+    """Stack per-image crops into the (G, B, ...) / (L, B, ...) uint8 batch."""
+    n = len(rows)
+    gh, gw = crops.global_size
+    lh, lw = crops.local_size
+    th, tw = crops.token_grid
+    global_crops = np.empty((crops.global_crops, n, 3, gh, gw), np.uint8)
+    local_crops = np.empty((crops.local_crops, n, 3, lh, lw), np.uint8)
+    part_mask = np.empty((crops.global_crops, n, th, tw), np.int64)
+    part_conf = np.empty((crops.global_crops, n, th, tw), np.float32)
+    for b, cs in enumerate(crop_sets):
+        for g, crop in enumerate(cs.global_crops):
+            global_crops[g, b] = crop.transpose(2, 0, 1)
+        for l, crop in enumerate(cs.local_crops):
+            local_crops[l, b] = crop.transpose(2, 0, 1)
+        part_mask[:, b] = cs.part_mask
+        part_conf[:, b] = cs.part_conf
+    attr = np.stack([r.attr_logits for r in rows]).astype(np.float32)
+    return MultiCropBatch(
+        global_crops=torch.from_numpy(global_crops),
+        local_crops=torch.from_numpy(local_crops),
+        part_mask=torch.from_numpy(part_mask),
+        part_conf=torch.from_numpy(part_conf),
+        attr_logits=torch.from_numpy(attr),
+        row_id=torch.tensor([r.row_id for r in rows], dtype=torch.int64),
+    )
+
+
+class ShardStream(IterableDataset):
+    """Multi-crop batches of this rank, `batches_per_epoch` of them every epoch.
+
+    `rank`/`world_size` come from the training loop (accelerator.process_index /
+    num_processes); the worker split comes from `get_worker_info()`. Build the
+    DataLoader with `make_loader`, which also keeps the resume position.
+    """
+
+    # Keys of state_dict() that must match on load: they decide the batch order.
+    FINGERPRINT_KEYS = ("seed", "world_size", "batch_size", "num_workers", "shuffle_buffer", "total_rows", "num_shards")
+
+    def __init__(self, config: StreamConfig, rank: int = 0, world_size: int = 1,
+                 store: ShardStore | None = None) -> None:
+        super().__init__()
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, {world_size})")
+        self.config = config
+        self.rank = rank
+        self.world_size = world_size
+        self.store = store if store is not None else ShardStore.open(config.shards)
+        self.shard_rows = [e.rows for e in self.store.shards]
+        self.row_offsets = [0, *np.cumsum(self.shard_rows).tolist()][:-1] if self.shard_rows else []
+        self.total_rows = int(sum(self.shard_rows))
+        self.multicrop = MultiCrop(config.crops)
+        plan_rank(self.total_rows, world_size, config.batch_size, rank)  # fail now if no plan exists
+        self.batches_per_epoch = batches_per_rank(self.total_rows, world_size, config.batch_size)
+        self.num_workers = 1  # set by make_loader; 0 and 1 give the same batches
+        # [epoch, batches yielded this epoch]; in shared memory so that persistent
+        # DataLoader workers see set_epoch/load_state_dict made in the parent.
+        self._position = torch.zeros(2, dtype=torch.int64).share_memory_()
+
+    # ------------------------------------------------------------- position
+
+    @property
+    def epoch(self) -> int:
+        return int(self._position[0])
+
+    @property
+    def batches_yielded(self) -> int:
+        return int(self._position[1])
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start `epoch` from its first batch; the current epoch keeps its position (after a resume)."""
+        if epoch != self.epoch:
+            self._position[0] = epoch
+            self._position[1] = 0
+
+    def note_consumed(self) -> None:
+        """One more batch of this epoch reached the loop (called in the parent)."""
+        self._position[1] += 1
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batches_yielded": self.batches_yielded, **self._fingerprint()}
+
+    def load_state_dict(self, state: dict) -> None:
+        mine = self._fingerprint()
+        differ = [k for k in self.FINGERPRINT_KEYS if k in state and int(state[k]) != mine[k]]
+        if differ:
+            raise ValueError("cannot resume the data stream: " + ", ".join(
+                f"{k} was {state[k]}, is now {mine[k]}" for k in differ))
+        batches = int(state["batches_yielded"])
+        if not 0 <= batches <= self.batches_per_epoch:
+            raise ValueError(f"cannot resume the data stream at batch {batches} of {self.batches_per_epoch}")
+        self._position[0] = int(state["epoch"])
+        self._position[1] = batches
+
+    def _fingerprint(self) -> dict[str, int]:
+        return {"seed": self.config.seed, "world_size": self.world_size, "batch_size": self.config.batch_size,
+                "num_workers": max(1, self.num_workers), "shuffle_buffer": self.config.shuffle_buffer,
+                "total_rows": self.total_rows, "num_shards": len(self.shard_rows)}
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    # ------------------------------------------------------------- iteration
+
+    def __iter__(self) -> Iterator[MultiCropBatch]:
+        info = get_worker_info()
+        if info is None:
+            # Iterated in this process: count what is handed out, so state_dict is current.
+            for batch in self.iter_worker(0, 1):
+                self.note_consumed()
+                yield batch
+            return
+        if info.num_workers != max(1, self.num_workers):
+            raise RuntimeError(f"the stream was planned for {self.num_workers} workers but runs in "
+                               f"{info.num_workers}; build the DataLoader with make_loader")
+        yield from self.iter_worker(info.id, info.num_workers)
+
+    def plan(self, worker: int, num_workers: int, epoch: int | None = None) -> WorkerPlan:
+        """The worker's rows, order and batches for `epoch` (default: the current one)."""
+        epoch = self.epoch if epoch is None else epoch
+        cfg = self.config
+        segments = epoch_segments(self.shard_rows, cfg.seed, epoch, CHUNK_ROWS)
+        return plan_worker(segments, self.total_rows, self.world_size, self.rank, num_workers, worker,
+                           cfg.batch_size, cfg.shuffle_buffer, cfg.seed, epoch)
+
+    def iter_worker(self, worker: int, num_workers: int) -> Iterator[MultiCropBatch]:
+        """The batches worker `worker` of `num_workers` yields, from the current position on."""
+        epoch, start = self.epoch, self.batches_yielded
+        plan = self.plan(worker, num_workers, epoch)
+        todo = [j for j, k in enumerate(plan.batch_ids) if k >= start]
+        if not todo:
+            return
+        local_rows = sum(len(s) for s in plan.segments)
+        needed = np.zeros(local_rows, dtype=bool)
+        for j in todo:
+            needed[plan.batches[j]] = True
+        rows = read_rows(self.store, plan.segments, needed, self.row_offsets, self.config.chunk_cache_bytes)
+        waiting: dict[int, RawRow] = {}  # rows read, waiting for their batch: the shuffle buffer
+        read_upto = 0
+        try:
+            for j in todo:
+                members = plan.batches[j]
+                last = int(members.max())
+                while read_upto <= last:
+                    local, row = next(rows)
+                    if row is not None:
+                        waiting[local] = row
+                    read_upto = local + 1
+                batch_rows = [waiting.pop(int(i)) for i in members]
+                yield self.make_batch(batch_rows, epoch, plan.batch_ids[j])
+        finally:
+            rows.close()
+
+    def make_batch(self, rows: list[RawRow], epoch: int, batch_index: int) -> MultiCropBatch:
+        """Decode, augment and collate one batch; randomness from (seed, epoch, rank, batch_index)."""
+        seeds = augment_seed(self.config.seed, epoch, self.rank, batch_index).spawn(len(rows))
+        crop_sets = []
+        for row, seq in zip(rows, seeds):
+            geometry_seq, colour_seq = seq.spawn(2)
+            image = decode_image(row.image)
+            crop_sets.append(self.multicrop(image, row.part_mask, row.part_conf,
+                                            np.random.default_rng(geometry_seq), np.random.default_rng(colour_seq)))
+        return collate(crop_sets, rows, self.config.crops)
+
+
+class StreamLoader(DataLoader):
+    """A DataLoader that tells its ShardStream how many batches reached the loop.
+
+    With worker processes the stream's own copy lives in the workers, so the
+    parent counts here; without workers the stream counts itself.
+    """
+
+    def __iter__(self):
+        iterator = super().__iter__()
+        if self.num_workers == 0:
+            yield from iterator
+            return
+        for batch in iterator:
+            self.dataset.note_consumed()
+            yield batch
+
+
+def _single_thread_worker(worker_id: int) -> None:
+    # Several workers with several intra-op threads each only fight over the cores.
+    torch.set_num_threads(1)
+
+
+def make_loader(stream: ShardStream, num_workers: int = 1, prefetch_factor: int = 2) -> StreamLoader:
+    """The DataLoader for `stream`: batches come ready-made (batch_size=None).
+
+    Do not pass it through accelerator.prepare: the stream already splits by
+    rank (prepare would re-create the loader, dispatch batches from rank 0 and
+    lose the resume position). Move batches with `batch.to(device)`.
+    """
+    stream.num_workers = max(1, num_workers)
+    kwargs = {}
+    if num_workers > 0:
+        kwargs = {"persistent_workers": True, "worker_init_fn": _single_thread_worker,
+                  "prefetch_factor": prefetch_factor}
+    return StreamLoader(stream, batch_size=None, num_workers=num_workers,
+                        pin_memory=torch.cuda.is_available(), **kwargs)
