@@ -1,0 +1,118 @@
+"""Prompt-controlled mixture of experts (PC-MoE): the MLP of the upper ViT blocks.
+
+A router scores the experts from the token *and* the task prompt,
+
+    logits = W_tok · x + W_prompt · p_task        (x: the normalised token, p_task: the learned prompt)
+
+so the same token can be sent to different experts for different tasks. Each
+token goes to its top-k experts; their outputs are mixed with the router's
+probabilities renormalised over the chosen k.
+
+Dispatch groups the (token, slot) pairs by expert with one sort, runs each
+expert once on its contiguous slice and puts the results back with the inverse
+permutation: a loop over experts, never over tokens. Every expert is called
+every step, even on an empty slice, so each parameter is in the autograd graph
+and DDP needs no `find_unused_parameters`.
+
+Load balancing (Switch Transformer / GShard):
+
+    balance = E · Σ_e f_e · P_e
+
+with f_e the fraction of routed (token, slot) pairs that go to expert e (no
+gradient) and P_e the mean router probability of expert e. It equals 1 when
+routing is uniform (f_e = P_e = 1/E) and grows to E when every token goes to one
+expert with certainty. Statistics are accumulated over every call between
+`reset_stats()` and `stats()`, so crops of different sizes run as separate calls
+still give one loss over all tokens of a step.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def load_balancing_loss(router_probs: torch.Tensor, expert_index: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """E · Σ_e f_e · P_e for one set of tokens.
+
+    router_probs: (T, E) softmax over experts; expert_index: (T, k) chosen experts.
+    """
+    counts = torch.bincount(expert_index.reshape(-1), minlength=num_experts).to(router_probs.dtype)
+    fraction = counts / expert_index.numel()
+    mean_prob = router_probs.mean(0)
+    return num_experts * (fraction * mean_prob).sum()
+
+
+class ExpertMLP(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class PCMoE(nn.Module):
+    """Top-k mixture of `num_experts` MLPs routed by token and task prompt."""
+
+    def __init__(self, dim: int, hidden: int, num_experts: int, top_k: int) -> None:
+        super().__init__()
+        if not 1 <= top_k <= num_experts:
+            raise ValueError(f"top_k must be in [1, num_experts={num_experts}], got {top_k}")
+        self.num_experts = num_experts
+        self.top_k = top_k
+        self.router = nn.Linear(dim, num_experts)
+        self.prompt_router = nn.Linear(dim, num_experts, bias=False)
+        self.experts = nn.ModuleList(ExpertMLP(dim, hidden) for _ in range(num_experts))
+        self.reset_stats()
+
+    def reset_stats(self) -> None:
+        self._counts = torch.zeros(self.num_experts)
+        self._prob_sum: torch.Tensor | float = 0.0
+        self._tokens = 0
+
+    def stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(balance loss, expert load) over all tokens routed since `reset_stats()`.
+
+        Expert load is the fraction of routed (token, slot) pairs per expert, shape (E,).
+        """
+        if self._tokens == 0:
+            zero = self.router.weight.new_zeros(())
+            return zero, torch.zeros(self.num_experts)
+        fraction = self._counts / self._counts.sum()
+        mean_prob = self._prob_sum / self._tokens
+        balance = self.num_experts * (fraction.to(mean_prob.device) * mean_prob).sum()
+        return balance, fraction
+
+    def route(self, x: torch.Tensor, prompt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Router probabilities (R, S, E) in fp32, chosen experts (R, S, k) and their renormalised gates.
+
+        x: (R, S, D) tokens; prompt: (R, D) the task prompt of each row.
+        """
+        logits = self.router(x) + self.prompt_router(prompt).unsqueeze(1)
+        probs = logits.float().softmax(-1)
+        gate, index = probs.topk(self.top_k, dim=-1)
+        gate = gate / gate.sum(-1, keepdim=True)
+        return probs, index, gate
+
+    def forward(self, x: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+        rows, seq, dim = x.shape
+        probs, index, gate = self.route(x, prompt)
+        flat = x.reshape(rows * seq, dim)
+        slots = index.reshape(-1)  # (T*k,) expert of each (token, slot) pair
+        order = torch.argsort(slots, stable=True)
+        counts = torch.bincount(slots, minlength=self.num_experts)
+        grouped = flat[order // self.top_k]  # tokens sorted by expert
+        chunks = grouped.split(counts.tolist())
+        outputs = torch.cat([expert(chunk) for expert, chunk in zip(self.experts, chunks)])
+        outputs = outputs * gate.reshape(-1)[order].unsqueeze(-1).to(outputs.dtype)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=order.device)
+        mixed = outputs[inverse].reshape(rows * seq, self.top_k, dim).sum(1)
+
+        self._counts = self._counts + counts.detach().cpu().float()
+        self._prob_sum = self._prob_sum + probs.reshape(-1, self.num_experts).sum(0)
+        self._tokens += rows * seq
+        return mixed.reshape(rows, seq, dim).to(x.dtype)

@@ -1,0 +1,312 @@
+"""The backbone: a ViT (patch 16) whose upper blocks are task-conditioned PC-MoE blocks.
+
+Layout for a 256×128 crop (16×8 patch tokens):
+
+    patch embed + CLS + position embedding
+    → `depth - moe_layers` shared blocks                    (run once per image)
+    → insert the task's prompt token after CLS
+    → `moe_layers` PC-MoE blocks, router sees the prompt   (run once per image *and task*)
+    → final LayerNorm → CLS (B, D), patches (B, N, D)
+
+Task conditioning lives inside the backbone (as in SOLIDER): each task
+(`instance`, `part`, `attribute`) owns one learned prompt vector. It enters the
+upper blocks twice: as an extra token that every token attends to, and as the
+router's second input. The lower blocks never see it, which is why they can be
+shared between tasks. All requested tasks of one crop size run through the
+upper blocks as one batch (rows stacked task after task), so three branches cost
+one larger call rather than three small ones.
+
+With `moe_layers = 0` the model is a plain ViT: there is nothing task-specific,
+every requested task gets the same features and no prompt is created.
+
+Images are uint8 (0..255) or float in [0, 1]; the backbone normalises them with
+the ImageNet mean/std held as buffers, so an exported backbone takes the same
+input as the training stream produces. Crops of other sizes (128×64 local crops:
+8×4 tokens) use the position embedding resized bicubically.
+
+This module and `moe.py` depend on torch only: an exported backbone is rebuilt
+from `ViTConfig` and a state dict without any training code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clasp.pretraining.moe import PCMoE
+
+TASKS: tuple[str, ...] = ("instance", "part", "attribute")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+PRESETS: dict[str, dict[str, int]] = {
+    "tiny": {"dim": 192, "depth": 12, "heads": 3},
+    "small": {"dim": 384, "depth": 12, "heads": 6},
+    "base": {"dim": 768, "depth": 12, "heads": 12},
+}
+
+
+@dataclass
+class ViTConfig:
+    """Everything needed to rebuild the backbone; saved beside exported weights.
+
+    `expert_mlp_ratio` None means `mlp_ratio / top_k`: each expert is that much
+    narrower than the dense MLP, so a token's top-k experts together cost what
+    one dense MLP costs (fine-grained experts). Set it to `mlp_ratio` for
+    full-width experts (top_k times the MLP compute in the MoE blocks).
+    """
+
+    dim: int = 384
+    depth: int = 12
+    heads: int = 6
+    patch_size: int = 16
+    img_hw: tuple[int, int] = (256, 128)
+    mlp_ratio: float = 4.0
+    moe_layers: int = 4
+    num_experts: int = 6
+    top_k: int = 2
+    expert_mlp_ratio: float | None = None
+    tasks: tuple[str, ...] = TASKS
+
+    def __post_init__(self) -> None:
+        self.img_hw = tuple(self.img_hw)
+        self.tasks = tuple(self.tasks)
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
+        if not 0 <= self.moe_layers <= self.depth:
+            raise ValueError(f"moe_layers must be in [0, depth={self.depth}], got {self.moe_layers}")
+        if self.moe_layers and not 1 <= self.top_k <= self.num_experts:
+            raise ValueError(f"top_k must be in [1, num_experts={self.num_experts}], got {self.top_k}")
+        if any(h % self.patch_size for h in self.img_hw):
+            raise ValueError(f"img_hw {self.img_hw} is not a multiple of patch {self.patch_size}")
+        if not self.tasks:
+            raise ValueError("at least one task is needed")
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "ViTConfig":
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.img_hw[0] // self.patch_size, self.img_hw[1] // self.patch_size
+
+    @property
+    def expert_hidden(self) -> int:
+        ratio = self.expert_mlp_ratio if self.expert_mlp_ratio is not None else self.mlp_ratio / self.top_k
+        return max(1, int(round(self.dim * ratio)))
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["img_hw"] = list(self.img_hw)
+        out["tasks"] = list(self.tasks)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ViTConfig":
+        return cls(**data)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with a dense MLP (the shared lower blocks)."""
+
+    def __init__(self, dim: int, heads: int, hidden: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = MLP(dim, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class MoEBlock(nn.Module):
+    """Pre-norm transformer block whose MLP is a PC-MoE routed by token and task prompt."""
+
+    def __init__(self, dim: int, heads: int, hidden: int, num_experts: int, top_k: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.moe = PCMoE(dim, hidden, num_experts, top_k)
+
+    def forward(self, x: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.moe(self.norm2(x), prompt)
+
+
+@dataclass
+class RoutingStats:
+    """What the MoE blocks report for one forward (zeros / empty without MoE)."""
+
+    balance_loss: torch.Tensor  # scalar, mean over MoE layers of E·Σ f_e·P_e
+    expert_load: torch.Tensor  # (moe_layers, num_experts) fraction of routed token slots per expert
+
+
+Features = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+class PromptedViT(nn.Module):
+    """ViT with task prompts and PC-MoE upper blocks; see the module docstring."""
+
+    def __init__(self, config: ViTConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        h, w = c.grid
+        self.num_shared = c.depth - c.moe_layers
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.patch_embed = nn.Conv2d(3, c.dim, c.patch_size, c.patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, c.dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + h * w, c.dim))
+        hidden = int(round(c.dim * c.mlp_ratio))
+        self.blocks = nn.ModuleList(Block(c.dim, c.heads, hidden) for _ in range(self.num_shared))
+        self.moe_blocks = nn.ModuleList(
+            MoEBlock(c.dim, c.heads, c.expert_hidden, c.num_experts, c.top_k) for _ in range(c.moe_layers))
+        if c.moe_layers:
+            self.task_prompts = nn.Parameter(torch.zeros(len(c.tasks), c.dim))
+        self.norm = nn.LayerNorm(c.dim, eps=1e-6)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        if self.config.moe_layers:
+            nn.init.trunc_normal_(self.task_prompts, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    # -- pieces -------------------------------------------------------------------------------------
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 0..255 or float 0..1 → ImageNet-normalised float."""
+        x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+        return (x - self.pixel_mean) / self.pixel_std
+
+    def position_embedding(self, h: int, w: int) -> torch.Tensor:
+        """(1, 1 + h*w, D): the learned embedding, patch part resized bicubically to an h×w grid."""
+        gh, gw = self.config.grid
+        if (h, w) == (gh, gw):
+            return self.pos_embed
+        cls_pos, patch_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:]
+        grid = patch_pos.reshape(1, gh, gw, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid.float(), size=(h, w), mode="bicubic", align_corners=False).to(patch_pos.dtype)
+        return torch.cat([cls_pos, grid.permute(0, 2, 3, 1).reshape(1, h * w, -1)], dim=1)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(self.normalize(images))
+        h, w = x.shape[-2:]
+        x = x.flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+        return x + self.position_embedding(h, w).to(x.dtype)
+
+    def task_index(self, task: str) -> int:
+        if task not in self.config.tasks:
+            raise ValueError(f"unknown task {task!r}; this backbone has {list(self.config.tasks)}")
+        return self.config.tasks.index(task)
+
+    def forward_shared(self, images: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, 1 + N, D) after the shared lower blocks."""
+        x = self.embed(images)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+    def forward_tasks(self, tokens: torch.Tensor, tasks: Sequence[str]) -> Features:
+        """Run the task-specific upper blocks for every task on the shared tokens."""
+        if not self.config.moe_layers:
+            out = self.norm(tokens)
+            cls, patches = out[:, 0], out[:, 1:]
+            return {task: (cls, patches) for task in tasks}
+        b = tokens.shape[0]
+        ids = torch.tensor([self.task_index(t) for t in tasks], device=tokens.device)
+        prompt = self.task_prompts[ids]  # (T, D)
+        row_prompt = prompt.repeat_interleave(b, dim=0)  # (T*B, D), rows task after task
+        x = tokens.repeat(len(tasks), 1, 1)
+        x = torch.cat([x[:, :1], row_prompt.unsqueeze(1).to(x.dtype), x[:, 1:]], dim=1)
+        for block in self.moe_blocks:
+            x = block(x, row_prompt)
+        x = self.norm(x)
+        cls, patches = x[:, 0], x[:, 2:]
+        return {task: (cls[i * b:(i + 1) * b], patches[i * b:(i + 1) * b]) for i, task in enumerate(tasks)}
+
+    def routing_stats(self) -> RoutingStats:
+        if not self.config.moe_layers:
+            zero = self.pos_embed.new_zeros(())
+            return RoutingStats(zero, torch.zeros(0, self.config.num_experts))
+        per_layer = [block.moe.stats() for block in self.moe_blocks]
+        balance = torch.stack([b for b, _ in per_layer]).mean()
+        return RoutingStats(balance, torch.stack([load for _, load in per_layer]))
+
+    # -- entry points -------------------------------------------------------------------------------
+
+    def forward_groups(self, groups: Sequence[tuple[torch.Tensor, Sequence[str]]]) -> tuple[list[Features], RoutingStats]:
+        """Several image groups (e.g. global and local crops: one size per group), each with its tasks.
+
+        Routing statistics cover all tokens of all groups, so the balance loss is one loss per step.
+        """
+        for block in self.moe_blocks:
+            block.moe.reset_stats()
+        features = [self.forward_tasks(self.forward_shared(images), tasks) for images, tasks in groups]
+        return features, self.routing_stats()
+
+    def forward(self, images: torch.Tensor, tasks: Sequence[str] = ("instance",)) -> tuple[Features, RoutingStats]:
+        """images (B, 3, H, W) → ({task: (cls (B, D), patches (B, N, D))}, routing stats)."""
+        features, stats = self.forward_groups([(images, tasks)])
+        return features[0], stats
+
+    def for_task(self, task: str) -> "TaskBackbone":
+        return TaskBackbone(self, task)
+
+
+class TaskBackbone(nn.Module):
+    """A backbone fixed to one task prompt: images → (cls (B, D), patches (B, N, D))."""
+
+    def __init__(self, backbone: PromptedViT, task: str) -> None:
+        super().__init__()
+        if backbone.config.moe_layers:
+            backbone.task_index(task)
+        self.backbone = backbone
+        self.task = task
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features, _ = self.backbone(images, (self.task,))
+        return features[self.task]
