@@ -70,5 +70,97 @@ def verify(shards: Path) -> None:
         sys.exit(1)
 
 
+# --------------------------------------------------------------------------- label
+
+
+def _parse_hw(ctx, param, value: str) -> tuple[int, int]:
+    try:
+        h, w = (int(x) for x in value.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not HEIGHTxWIDTH, e.g. 448x224") from None
+    if h < 1 or w < 1:
+        raise click.BadParameter(f"{value!r}: both sizes must be positive")
+    return h, w
+
+
+@main.command()
+@click.option("--images", required=True, type=click.Path(path_type=Path),
+              help="Folder of person images, scanned recursively for jpg/jpeg/png/bmp/webp.")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Shard folder to write (manifest.json + shard-*.h5); a rerun finishes or updates it.")
+@click.option("--clip-model", default="openai/clip-vit-base-patch16", show_default=True,
+              help="CLIP to label with: a hub id or a local folder (`clasp tiny-clip DIR` writes an offline one).")
+@click.option("--revision", default=None, show_default=True, help="Hub revision (branch, tag or commit) of --clip-model.")
+@click.option("--clip-size", default="448x224", show_default=True, callback=_parse_hw,
+              help="CLIP input size HEIGHTxWIDTH; with patch 16, 448x224 gives a 28x14 label grid.")
+@click.option("--dense-mode", type=click.Choice(["maskclip", "naive"]), default="maskclip", show_default=True,
+              help="Patch features: maskclip (last block's value path) or naive (last-layer patch tokens).")
+@click.option("--vocab", type=click.Path(path_type=Path), default=None, show_default="the shipped default vocabulary",
+              help="Vocabulary JSON file (parts and attribute groups with their prompts).")
+@click.option("--shard-size", type=click.IntRange(min=1), default=4096, show_default=True, help="Input images per shard.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Images per CLIP forward.")
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="0: label in this process (torch uses every core). N: start a local dask cluster of N processes.")
+@click.option("--scheduler", default=None, show_default=True,
+              help="Address of an existing dask scheduler (e.g. tcp://host:8786); its workers must see --images and --out.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="CLIP compute precision (bf16 autocast is much faster on CPUs with AMX).")
+@click.option("--device", default="cpu", show_default=True, help="Torch device for CLIP, e.g. cpu, cuda, cuda:1.")
+@click.option("--strict", is_flag=True, default=False, show_default=True,
+              help="Exit with code 1, naming them, when any input was skipped (the shards are still written).")
+@click.option("--force", is_flag=True, default=False, show_default=True,
+              help="Relabel an --out folder made with another model, size, dense mode, vocabulary or shard size.")
+def label(images: Path, out: Path, clip_model: str, revision: str | None, clip_size: tuple[int, int], dense_mode: str,
+          vocab: Path | None, shard_size: int, batch_size: int, workers: int, scheduler: str | None,
+          precision: str, device: str, strict: bool, force: bool) -> None:
+    """Label a folder of person images with CLIP part masks and attribute logits.
+
+    Writes SHARDS to --out. Unreadable inputs are skipped and recorded with a
+    reason in the manifest. Rerunning the same command keeps finished shards
+    whose inputs did not change and does the rest.
+    """
+    from clasp.labeling.errors import LabelingError
+    from clasp.labeling.run import LabelConfig, run_labeling
+
+    config = LabelConfig(images=images, out=out, clip_model=clip_model, revision=revision, clip_size=clip_size,
+                         dense_mode=dense_mode, vocab=vocab, shard_size=shard_size, batch_size=batch_size,
+                         workers=workers, scheduler=scheduler, precision=precision, device=device,
+                         strict=strict, force=force)
+    try:
+        summary = run_labeling(config)
+    except LabelingError as exc:
+        raise UserError(str(exc)) from None
+    click.echo(summary.line())
+    if strict and summary.skipped_inputs:
+        click.echo(f"error: {len(summary.skipped_inputs)} inputs skipped (--strict):", err=True)
+        for s in summary.skipped_inputs:
+            click.echo(f"  {s.path}: {s.reason}", err=True)
+        sys.exit(1)
+
+
+@main.command("tiny-clip")
+@click.argument("out_dir", metavar="DIR", type=click.Path(path_type=Path))
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights (same seed, same files).")
+@click.option("--vocab", type=click.Path(path_type=Path), default=None, show_default="the shipped default vocabulary only",
+              help="Extra vocabulary JSON whose prompts the tokenizer is also trained on.")
+def tiny_clip(out_dir: Path, seed: int, vocab: Path | None) -> None:
+    """Write a small offline CLIP (random weights, a few MB) to DIR.
+
+    Use it with `clasp label --clip-model DIR` where no hub model can be
+    downloaded (tests, demos, HF_HUB_OFFLINE=1). Its labels carry no meaning:
+    the weights are random.
+    """
+    from clasp.labeling.tiny_clip import write_tiny_clip
+    from clasp.store import StoreError
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir}: exists and is not a folder")
+    try:
+        written = write_tiny_clip(out_dir, seed=seed, vocab_file=vocab)
+    except StoreError as exc:
+        raise UserError(str(exc)) from None
+    click.echo(f"wrote tiny CLIP (seed {seed}) to {written}; use --clip-model {written}")
+
+
 if __name__ == "__main__":
     main()

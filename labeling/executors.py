@@ -1,0 +1,119 @@
+"""Where shards are labeled: in this process, or as dask tasks (one task = one shard).
+
+Both executors offer the same two calls, so `run_labeling` does not care which
+one it has: `labeler_info` (build the labeler once, report its grid and CLIP
+identity) and `run` (yield each shard's outcome as it finishes, in any order).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Callable, Iterator
+
+from clasp.labeling.shard_worker import (
+    LabelerFactory, LabelerSpec, ShardJob, ShardOutcome, label_shard, labeler_info,
+)
+from clasp.store import ClipInfo
+
+PROGRESS_TOPIC = "clasp-label-progress"
+Progress = Callable[[int], None]
+
+
+class InProcessExecutor:
+    """No cluster: shards run one after another here, torch uses all cores. Best for one GPU and small jobs."""
+
+    def __init__(self, factory: LabelerFactory) -> None:
+        self.factory = factory
+
+    def labeler_info(self, spec: LabelerSpec) -> tuple[ClipInfo, tuple[int, int]]:
+        return labeler_info(self.factory, spec)
+
+    def run(self, jobs: list[ShardJob], progress: Progress) -> Iterator[ShardOutcome]:
+        for job in jobs:
+            yield label_shard(job, on_batch=progress)
+
+
+class DaskExecutor:
+    """Shards as dask tasks on a local cluster (`workers`) or an existing one (`scheduler`).
+
+    Each worker process builds the labeler once and keeps it; torch gets an equal
+    share of its host's cores. Workers report progress per batch through a dask
+    event topic, so the bar moves between finished shards.
+    """
+
+    def __init__(self, factory: LabelerFactory, client) -> None:
+        self.factory = factory
+        self.client = client
+        self.torch_threads = share_cores(client)
+
+    def labeler_info(self, spec: LabelerSpec) -> tuple[ClipInfo, tuple[int, int]]:
+        future = self.client.submit(labeler_info, self.factory, spec, pure=False, key=f"clasp-labeler-info-{os.getpid()}")
+        return future.result()
+
+    def run(self, jobs: list[ShardJob], progress: Progress) -> Iterator[ShardOutcome]:
+        from distributed import as_completed
+
+        self.client.subscribe_topic(PROGRESS_TOPIC, lambda event: progress(int(event[1])))
+        futures = [self.client.submit(label_shard_on_worker, job, pure=False, key=f"clasp-{job.plan.file}-{os.getpid()}")
+                   for job in jobs]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        finally:
+            for future in futures:
+                future.cancel()
+            with contextlib.suppress(Exception):
+                self.client.unsubscribe_topic(PROGRESS_TOPIC)
+
+
+def label_shard_on_worker(job: ShardJob) -> ShardOutcome:
+    from distributed import get_worker
+
+    worker = get_worker()
+    return label_shard(job, on_batch=lambda n: worker.log_event(PROGRESS_TOPIC, n))
+
+
+def share_cores(client) -> dict[str, int]:
+    """Give each worker process torch threads = its host's cores / worker processes on that host.
+
+    Dask starts workers with OMP_NUM_THREADS=1; without this, every worker would
+    run the model on a single core.
+    """
+    hosts = client.run(_host_and_cores)
+    per_host: dict[str, int] = {}
+    for host, _ in hosts.values():
+        per_host[host] = per_host.get(host, 0) + 1
+    threads = {addr: max(1, cores // per_host[host]) for addr, (host, cores) in hosts.items()}
+    client.run(_set_torch_threads, threads)
+    return threads
+
+
+def _host_and_cores(dask_worker=None) -> tuple[str, int]:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return dask_worker.ip, cores
+
+
+def _set_torch_threads(threads: dict[str, int], dask_worker=None) -> int:
+    import torch
+
+    n = threads.get(dask_worker.address, 1)
+    torch.set_num_threads(n)
+    return n
+
+
+@contextlib.contextmanager
+def open_executor(workers: int, scheduler: str | None, factory: LabelerFactory) -> Iterator[InProcessExecutor | DaskExecutor]:
+    """The executor for `--workers`/`--scheduler`; a local cluster lives as long as the block."""
+    if not scheduler and workers == 0:
+        yield InProcessExecutor(factory)
+        return
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        with Client(scheduler) as client:
+            yield DaskExecutor(factory, client)
+        return
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                      memory_limit=0, silence_logs="error") as cluster, Client(cluster) as client:
+        yield DaskExecutor(factory, client)

@@ -1,0 +1,165 @@
+"""`clasp label`: a folder of person images -> a verified shard folder.
+
+The parent process discovers the inputs, plans the shards, hands them to an
+executor and records each finished shard in the manifest as soon as it arrives
+(atomically), so `kill -9` loses at most the shards in flight and a rerun of the
+same command does only what is missing (see `plan.py` for the rule).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from clasp.labeling.discover import discover_images
+from clasp.labeling.errors import LabelingError
+from clasp.labeling.executors import open_executor
+from clasp.labeling.plan import new_manifest, plan_run, plan_shards
+from clasp.labeling.shard_worker import LabelerFactory, LabelerSpec, ShardJob, build_clip_labeler, settings_only
+from clasp.store import Manifest, SkippedInput, StoreError, Vocabulary, record_shard
+
+DENSE_MODES = ("maskclip", "naive")
+PRECISIONS = ("fp32", "bf16", "fp16")
+STORE_HW = (256, 128)
+
+
+@dataclass
+class LabelConfig:
+    images: Path
+    out: Path
+    clip_model: str = "openai/clip-vit-base-patch16"
+    revision: str | None = None
+    clip_size: tuple[int, int] = (448, 224)  # height, width
+    dense_mode: str = "maskclip"
+    vocab: Path | None = None  # None: the shipped default vocabulary
+    shard_size: int = 4096
+    batch_size: int = 32
+    # 0 runs in this process (no cluster; torch uses every core). N > 0 starts a
+    # local dask cluster of N processes; `scheduler` uses an existing cluster.
+    workers: int = 0
+    scheduler: str | None = None
+    precision: str = "fp32"
+    device: str = "cpu"
+    strict: bool = False  # the caller fails the run when inputs were skipped
+    force: bool = False  # relabel an output folder made with other settings
+    progress: bool = True  # show a progress bar on stderr
+
+
+@dataclass
+class LabelSummary:
+    images: int  # image files found
+    labeled: int  # rows in the shard folder now
+    skipped: int  # inputs skipped (with reasons in the manifest)
+    labeled_now: int  # rows labeled by this run (the rest were kept)
+    shards_written: int
+    shards_kept: int
+    shards_dropped: int
+    seconds: float
+    skipped_inputs: list[SkippedInput] = field(default_factory=list)
+
+    @property
+    def shards(self) -> int:
+        return self.shards_written + self.shards_kept
+
+    @property
+    def images_per_second(self) -> float:
+        return self.labeled_now / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        return (f"labeled {self.labeled} images ({self.labeled_now} this run), skipped {self.skipped}, "
+                f"shards {self.shards} ({self.shards_written} written, {self.shards_kept} kept), "
+                f"{self.seconds:.1f} s, {self.images_per_second:.1f} images/s")
+
+
+def run_labeling(config: LabelConfig, factory: LabelerFactory = build_clip_labeler) -> LabelSummary:
+    """Label every image under `config.images` into shards in `config.out`.
+
+    `factory` builds the labeler from a `LabelerSpec` (the CLIP labeler by
+    default; tests pass a stand-in). Raises `LabelingError` for problems the
+    user can fix.
+    """
+    started = time.perf_counter()
+    check_config(config)
+    images, out = Path(config.images).absolute(), Path(config.out).absolute()
+    if out.exists() and not out.is_dir():
+        raise LabelingError(f"{config.out}: --out must be a folder, this is a file")
+    vocab = load_vocab(config.vocab)
+    inputs = discover_images(images)
+    shards = plan_shards(inputs, config.shard_size)
+    spec = LabelerSpec(config.clip_model, config.revision, tuple(config.clip_size), config.dense_mode,
+                       config.precision, config.device, vocab)
+    with open_executor(config.workers, config.scheduler, factory) as executor:
+        clip_info, grid = executor.labeler_info(spec)
+        wanted = new_manifest(clip_info, vocab, grid, config.shard_size, STORE_HW)
+        plan = plan_run(out, wanted, shards, force=config.force)
+        manifest = plan.manifest
+        _prepare_folder(out, manifest, plan.dropped)
+        by_file = {p.file: p for p in plan.todo}
+        settings = settings_only(manifest)
+        jobs = [ShardJob(str(images), str(out), settings, p, spec, config.batch_size, factory=factory) for p in plan.todo]
+        labeled_now = 0
+        with _progress_bar(len(inputs), len(inputs) - sum(len(p.inputs) for p in plan.todo), config.progress) as bar:
+            for outcome in executor.run(jobs, bar.update):
+                shard_paths = {f.path for f in by_file[outcome.entry.file].inputs}
+                manifest.skipped = sorted([s for s in manifest.skipped if s.path not in shard_paths] + outcome.skipped,
+                                          key=lambda s: s.path)
+                record_shard(manifest, out, outcome.entry)
+                labeled_now += outcome.labeled
+    return LabelSummary(
+        images=len(inputs), labeled=manifest.total_rows, skipped=len(manifest.skipped), labeled_now=labeled_now,
+        shards_written=len(plan.todo), shards_kept=len(plan.kept), shards_dropped=len(plan.dropped),
+        seconds=time.perf_counter() - started, skipped_inputs=list(manifest.skipped))
+
+
+def check_config(config: LabelConfig) -> None:
+    if config.dense_mode not in DENSE_MODES:
+        raise LabelingError(f"unknown dense mode {config.dense_mode!r}; choose one of {', '.join(DENSE_MODES)}")
+    if config.precision not in PRECISIONS:
+        raise LabelingError(f"unknown precision {config.precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if len(config.clip_size) != 2 or min(config.clip_size) < 1:
+        raise LabelingError(f"--clip-size must be two positive sizes HxW, got {config.clip_size}")
+    for name, value, low in (("--shard-size", config.shard_size, 1), ("--batch-size", config.batch_size, 1),
+                             ("--workers", config.workers, 0)):
+        if value < low:
+            raise LabelingError(f"{name} must be at least {low}, got {value}")
+    if config.scheduler and config.workers:
+        raise LabelingError("give --workers N (a local cluster) or --scheduler ADDRESS (an existing one), not both")
+
+
+def load_vocab(path: Path | None) -> Vocabulary:
+    if path is None:
+        return Vocabulary.default()
+    try:
+        return Vocabulary.load(path)
+    except StoreError as exc:
+        raise LabelingError(str(exc)) from None
+
+
+def _prepare_folder(out: Path, manifest: Manifest, dropped: list[str]) -> None:
+    """Create the folder, clear leftovers of an interrupted run, and save the surviving manifest."""
+    out.mkdir(parents=True, exist_ok=True)
+    for tmp in out.glob("shard-*.tmp"):
+        tmp.unlink(missing_ok=True)
+    for name in dropped:
+        (out / name).unlink(missing_ok=True)
+    manifest.save(out)
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def __enter__(self) -> "_NoBar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="img", desc="labeling", dynamic_ncols=True, smoothing=0.1)

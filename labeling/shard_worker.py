@@ -1,0 +1,213 @@
+"""Labeling one shard: the unit of work a dask task (or the in-process loop) runs.
+
+Inside a shard, a background thread reads, decodes, resizes and preprocesses
+images batch by batch while the calling thread runs the model, so the model is
+never left waiting on Pillow (both release the GIL for their heavy parts). The
+labeler is built once per process and cached, because loading CLIP and
+embedding the vocabulary costs far more than one shard of small images.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, replace
+from typing import Callable, Protocol
+
+import numpy as np
+
+from clasp.labeling.decode import DecodedImage, DecodeSkip, decode_input
+from clasp.labeling.plan import ShardPlan
+from clasp.store import ClipInfo, LabelRows, Manifest, ShardEntry, SkippedInput, Vocabulary, write_shard_for
+
+PREFETCH_BATCHES = 2  # batches decoded ahead of the model: enough to hide decoding, little memory
+
+
+class Labeler(Protocol):
+    """What the run needs from a labeler (`clasp.labeling.labeler.ClipLabeler`)."""
+
+    label_grid: tuple[int, int]
+    clip_info: ClipInfo
+
+    def preprocess(self, images: list) -> object: ...
+
+    def label(self, pixels) -> tuple: ...
+
+
+@dataclass(frozen=True)
+class LabelerSpec:
+    """Everything that decides which labeler a process builds; hashable, so it keys the cache."""
+
+    clip_model: str
+    revision: str | None
+    clip_size: tuple[int, int]
+    dense_mode: str
+    precision: str
+    device: str
+    vocab: Vocabulary
+
+
+def build_clip_labeler(spec: LabelerSpec) -> Labeler:
+    from clasp.labeling.labeler import ClipLabeler, ClipLabelerConfig
+
+    config = ClipLabelerConfig(clip_model=spec.clip_model, revision=spec.revision, clip_size=tuple(spec.clip_size),
+                               dense_mode=spec.dense_mode, precision=spec.precision, device=spec.device)
+    return ClipLabeler(config, spec.vocab)
+
+
+LabelerFactory = Callable[[LabelerSpec], Labeler]
+_CACHE: dict[tuple, Labeler] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def cached_labeler(factory: LabelerFactory, spec: LabelerSpec, torch_threads: int | None = None) -> Labeler:
+    """The process's labeler for `spec`, built on first use."""
+    key = (factory, spec)
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            if torch_threads:
+                import torch
+
+                torch.set_num_threads(torch_threads)
+            _CACHE.clear()  # one model per process: a new spec replaces the old one
+            _CACHE[key] = factory(spec)
+        return _CACHE[key]
+
+
+def labeler_info(factory: LabelerFactory, spec: LabelerSpec, torch_threads: int | None = None) -> tuple[ClipInfo, tuple[int, int]]:
+    """(clip info, label grid) of the labeler, building it (and so checking it loads) on the way."""
+    labeler = cached_labeler(factory, spec, torch_threads)
+    return labeler.clip_info, tuple(labeler.label_grid)
+
+
+@dataclass
+class ShardJob:
+    """One shard to label, with everything a worker process needs (picklable)."""
+
+    images: str
+    out: str
+    manifest: Manifest  # settings only (no shard list): written into the shard's attributes
+    plan: ShardPlan
+    spec: LabelerSpec
+    batch_size: int = 32
+    torch_threads: int | None = None
+    factory: LabelerFactory = build_clip_labeler
+
+
+@dataclass
+class ShardOutcome:
+    entry: ShardEntry
+    skipped: list[SkippedInput]
+    labeled: int
+    seconds: float
+
+
+def label_shard(job: ShardJob, on_batch: Callable[[int], None] | None = None) -> ShardOutcome:
+    """Decode, label and write one shard (atomically); `on_batch(n)` reports progress in inputs."""
+    start = time.perf_counter()
+    labeler = cached_labeler(job.factory, job.spec, job.torch_threads)
+    grid, num_attr = tuple(labeler.label_grid), job.manifest.vocab.num_attributes
+    parts: list[LabelRows] = []
+    skipped: list[SkippedInput] = []
+    for decoded, skips, pixels in _prefetched_batches(job, labeler):
+        skipped.extend(SkippedInput(s.path, s.reason) for s in skips)
+        if decoded:
+            mask, conf, logits = labeler.label(pixels)
+            parts.append(LabelRows(
+                image=[d.store_jpeg for d in decoded],
+                key=[d.key for d in decoded],
+                path=[d.path for d in decoded],
+                orig_hw=np.array([d.orig_hw for d in decoded], dtype=np.uint16).reshape(len(decoded), 2),
+                part_mask=_numpy(mask).astype(np.uint8, copy=False),
+                part_conf=_numpy(conf).astype(np.float16, copy=False),
+                attr_logits=_numpy(logits).astype(np.float16, copy=False),
+            ))
+        if on_batch is not None:
+            on_batch(len(decoded) + len(skips))
+    rows = LabelRows.concat(parts) if parts else LabelRows.empty(grid, num_attr)
+    entry = write_shard_for(job.manifest, job.out, job.plan.file, rows, inputs_sha256=job.plan.inputs_sha256)
+    return ShardOutcome(entry, skipped, len(rows), time.perf_counter() - start)
+
+
+_DONE = object()
+
+
+@dataclass
+class _Failure:
+    exc: BaseException
+
+
+def _prefetched_batches(job: ShardJob, labeler: Labeler):
+    """Yield (decoded images, skips, preprocessed pixels) per batch, produced by a background thread."""
+    out: queue.Queue = queue.Queue(maxsize=PREFETCH_BATCHES)
+    stop = threading.Event()
+    label_hw = tuple(job.spec.clip_size)
+    store_hw = tuple(job.manifest.image_store.hw)
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            decoded: list[DecodedImage] = []
+            skips: list[DecodeSkip] = []
+            for f in job.plan.inputs:
+                if stop.is_set():
+                    return
+                result = decode_input(job.images, f.path, store_hw, label_hw)
+                if isinstance(result, DecodeSkip):
+                    skips.append(result)
+                    continue
+                decoded.append(result)
+                if len(decoded) == job.batch_size:
+                    if not put(_batch(labeler, decoded, skips)):
+                        return
+                    decoded, skips = [], []
+            if decoded or skips:
+                if not put(_batch(labeler, decoded, skips)):
+                    return
+            put(_DONE)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            put(_Failure(exc))
+
+    thread = threading.Thread(target=produce, name=f"clasp-decode-{job.plan.file}", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = out.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Failure):
+                raise item.exc
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _batch(labeler: Labeler, decoded: list[DecodedImage], skips: list[DecodeSkip]):
+    pixels = labeler.preprocess([d.label_image for d in decoded]) if decoded else None
+    for d in decoded:
+        d.label_image = None  # the pixels tensor holds what the model needs; free the PIL copy
+    return decoded, skips, pixels
+
+
+def _numpy(x) -> np.ndarray:
+    if hasattr(x, "detach"):  # a torch tensor; numpy has no bfloat16
+        x = x.detach().cpu()
+        if str(x.dtype) == "torch.bfloat16":
+            x = x.float()
+        return x.numpy()
+    return np.asarray(x)
+
+
+def settings_only(manifest: Manifest) -> Manifest:
+    """A copy without the shard and skipped lists, small enough to send with every task."""
+    return replace(manifest, shards=[], skipped=[])
