@@ -162,5 +162,30 @@ def tiny_clip(out_dir: Path, seed: int, vocab: Path | None) -> None:
     click.echo(f"wrote tiny CLIP (seed {seed}) to {written}; use --clip-model {written}")
 
 
+@main.command("inspect")
+@click.argument("shards", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, default=False, show_default=True,
+              help="Print the summary as JSON (machine-readable) instead of text.")
+@click.option("--examples", default=3, show_default=True, type=click.IntRange(min=0),
+              help="Example paths listed for each skip reason.")
+def inspect_command(shards: Path, as_json: bool, examples: int) -> None:
+    """Summarise the shard folder SHARDS: images, shards, bytes, CLIP settings, vocabulary,
+    share of label cells per part, top attribute value per group, skipped inputs by reason.
+
+    Reads the labels chunk by chunk; images are not decoded. Exit 2 with one line
+    when SHARDS is not a readable shard folder (run `clasp verify` for a full check).
+    """
+    import json
+
+    from clasp.store import StoreError
+    from clasp.store.inspect import InspectConfig, inspect_store, render_summary
+
+    try:
+        summary = inspect_store(InspectConfig(shards, examples_per_reason=examples))
+    except StoreError as exc:
+        raise UserError(str(exc)) from None
+    click.echo(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False) if as_json else render_summary(summary))
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,217 @@
+"""`clasp inspect`: what a shard folder holds, in numbers a person can sanity-check.
+
+The label statistics are accumulated chunk by chunk (one HDF5 storage chunk of
+rows at a time, images never read), so a folder of any size is summarised in
+constant memory.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from clasp.store.attributes import group_argmax
+from clasp.store.manifest import SkippedInput
+from clasp.store.reader import ShardStore
+
+LABEL_FIELDS = ("part_mask", "part_conf", "attr_logits")
+
+
+@dataclass
+class InspectConfig:
+    root: Path
+    examples_per_reason: int = 3  # example paths shown for each skip reason
+
+
+@dataclass
+class PartShare:
+    name: str
+    cells: int
+    share: float  # of all label cells of all images
+    mean_conf: float | None  # mean part_conf over the cells labelled with this part
+
+
+@dataclass
+class ValueShare:
+    name: str
+    images: int  # images whose top value in the group is this one
+    share: float
+
+
+@dataclass
+class GroupDistribution:
+    group: str
+    values: list[ValueShare]
+
+
+@dataclass
+class SkipReason:
+    reason: str  # the first clause of the recorded reasons
+    count: int
+    examples: list[str]
+
+
+@dataclass
+class StoreSummary:
+    root: str
+    clasp_version: str
+    images: int
+    shards: int
+    total_bytes: int
+    bytes_per_image: float | None
+    clip_model: str
+    clip_revision: str | None
+    clip_size: list[int]
+    dense_mode: str
+    label_grid: list[int]
+    image_store: dict
+    vocab_sha256: str
+    parts: list[PartShare]
+    attributes: list[GroupDistribution]
+    skipped: int
+    skipped_by_reason: list[SkipReason]
+    # Label cells whose part index is outside the vocabulary (0 in a healthy store).
+    invalid_part_cells: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def inspect_store(config: InspectConfig) -> StoreSummary:
+    """Summarise the shard folder at `config.root` (raises `StoreError` for a bad one)."""
+    store = ShardStore.open(config.root)
+    manifest = store.manifest
+    vocab = manifest.vocab
+    part_cells = np.zeros(vocab.num_parts, np.int64)
+    part_conf_sum = np.zeros(vocab.num_parts, np.float64)
+    group_counts = [np.zeros(len(g.values), np.int64) for g in vocab.attributes]
+    invalid = 0
+    images = 0
+    for entry in store.shards:
+        with store.open_shard(entry) as shard:
+            for chunk in shard.iter_chunks(LABEL_FIELDS):
+                images += len(chunk)
+                mask = chunk.part_mask.ravel()
+                counts = np.bincount(mask, minlength=vocab.num_parts)
+                conf = np.bincount(mask, weights=chunk.part_conf.ravel().astype(np.float64),
+                                   minlength=vocab.num_parts)
+                part_cells += counts[: vocab.num_parts]
+                part_conf_sum += conf[: vocab.num_parts]
+                invalid += int(counts[vocab.num_parts:].sum())
+                for counter, top in zip(group_counts, group_argmax(chunk.attr_logits, vocab)):
+                    counter += np.bincount(top, minlength=len(counter))
+    total_cells = max(int(part_cells.sum()) + invalid, 1)
+    parts = [
+        PartShare(name, int(n), int(n) / total_cells, float(part_conf_sum[i] / n) if n else None)
+        for i, (name, n) in enumerate(zip(vocab.part_names, part_cells))
+    ]
+    attributes = [
+        GroupDistribution(g.group, [ValueShare(v.name, int(n), int(n) / max(images, 1))
+                                    for v, n in zip(g.values, counts)])
+        for g, counts in zip(vocab.attributes, group_counts)
+    ]
+    total_bytes = sum(e.bytes for e in manifest.shards)
+    return StoreSummary(
+        root=str(config.root),
+        clasp_version=manifest.clasp_version,
+        images=images,
+        shards=len(manifest.shards),
+        total_bytes=total_bytes,
+        bytes_per_image=total_bytes / images if images else None,
+        clip_model=manifest.clip.model,
+        clip_revision=manifest.clip.revision,
+        clip_size=list(manifest.clip.input_hw),
+        dense_mode=manifest.clip.dense_mode,
+        label_grid=list(manifest.label_grid),
+        image_store={"hw": list(manifest.image_store.hw), "codec": manifest.image_store.codec,
+                     "quality": manifest.image_store.quality},
+        vocab_sha256=vocab.sha256,
+        parts=parts,
+        attributes=attributes,
+        skipped=len(manifest.skipped),
+        skipped_by_reason=group_skipped(manifest.skipped, config.examples_per_reason),
+        invalid_part_cells=invalid,
+        notes=[] if images else ["the store holds no images"],
+    )
+
+
+def reason_head(reason: str) -> str:
+    """The first clause of a skip reason: 'cannot decode: broken data stream' -> 'cannot decode'.
+
+    Reasons carry file-specific details after a colon or in parentheses; cutting
+    them off lets identical problems be counted together.
+    """
+    head = re.split(r"[:;(]|, ", reason, maxsplit=1)[0].strip()
+    return head or reason.strip() or "(no reason given)"
+
+
+def group_skipped(skipped: list[SkippedInput], examples: int = 3) -> list[SkipReason]:
+    """Skipped inputs counted by reason head, most frequent first, with a few example paths."""
+    paths: dict[str, list[str]] = defaultdict(list)
+    for s in skipped:
+        paths[reason_head(s.reason)].append(s.path)
+    counts = Counter({reason: len(p) for reason, p in paths.items()})
+    return [SkipReason(reason, n, paths[reason][:examples]) for reason, n in counts.most_common()]
+
+
+# --------------------------------------------------------------------------- text
+
+
+def render_summary(s: StoreSummary) -> str:
+    """The summary as aligned plain text for a terminal."""
+    grid_h, grid_w = s.label_grid
+    lines = [
+        f"{s.root}  (written by clasp {s.clasp_version})",
+        f"  images      {s.images:,} in {s.shards} shard{'s' if s.shards != 1 else ''}, "
+        f"{_bytes(s.total_bytes)}" + (f" ({_bytes(s.bytes_per_image)} per image)" if s.bytes_per_image else ""),
+        f"  CLIP        {s.clip_model}" + (f" @ {s.clip_revision}" if s.clip_revision else "")
+        + f", input {s.clip_size[0]}x{s.clip_size[1]}, dense mode {s.dense_mode}",
+        f"  label grid  {grid_h}x{grid_w} ({grid_h * grid_w} cells per image)",
+        f"  stored      {s.image_store['hw'][0]}x{s.image_store['hw'][1]} "
+        f"{s.image_store['codec']} q{s.image_store['quality']}",
+        f"  vocabulary  sha256 {s.vocab_sha256[:16]}…, {len(s.parts)} parts, {len(s.attributes)} attribute groups, "
+        f"{sum(len(g.values) for g in s.attributes)} values",
+        "",
+        "parts: share of label cells, mean confidence",
+    ]
+    name_w = max((len(p.name) for p in s.parts), default=0)
+    for p in s.parts:
+        conf = f"conf {p.mean_conf:.2f}" if p.mean_conf is not None else "conf -"
+        lines.append(f"  {p.name:<{name_w}}  {_pct(p.share)}  {_bar(p.share)}  {conf}")
+    if s.invalid_part_cells:
+        lines.append(f"  (outside the vocabulary: {s.invalid_part_cells:,} cells)")
+    lines += ["", "attributes: share of images whose top value in the group is …"]
+    group_w = max((len(g.group) for g in s.attributes), default=0)
+    for g in s.attributes:
+        ranked = sorted(g.values, key=lambda v: -v.images)
+        values = "  ".join(f"{v.name} {_pct(v.share).strip()}" for v in ranked)
+        lines.append(f"  {g.group:<{group_w}}  {values}")
+    lines += ["", f"skipped inputs: {s.skipped:,}"]
+    reason_w = max((len(r.reason) for r in s.skipped_by_reason), default=0)
+    for r in s.skipped_by_reason:
+        lines.append(f"  {r.reason:<{reason_w}}  {r.count:>6,}  e.g. {', '.join(r.examples)}")
+    for note in s.notes:
+        lines.append(f"note: {note}")
+    return "\n".join(lines)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:5.1f}%"
+
+
+def _bar(x: float, width: int = 20) -> str:
+    n = int(round(x * width))
+    return "#" * n + "." * (width - n)
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
