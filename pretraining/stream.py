@@ -14,9 +14,11 @@ ranks and workers. A batch is a pure function of (seed, epoch, rank, batch
 index) for a given store, world size, worker count, batch size and buffer size.
 
 Batch order with W DataLoader workers: the rank's batch k is made by worker
-k mod W, and the DataLoader collects from its workers round-robin, so the loader
-yields batches 0, 1, ..., K-1 in order (a worker with fewer batches simply
-finishes first). W = 0 (no worker processes) gives the same batches as W = 1.
+k mod W, and the DataLoader collects from its workers round-robin starting at
+worker 0, so the loader yields batches 0, 1, ..., K-1 in order (a worker with
+fewer batches simply finishes first). After resuming at batch s, worker p
+makes the batches of plan worker (p + s) mod W, so the order is again
+s, s+1, ..., K-1. W = 0 (no worker processes) gives the same batches as W = 1.
 
 Resume: `state_dict()` holds (epoch, batches yielded this epoch by this rank);
 after `load_state_dict`, iteration starts at that batch. Skipped batches are
@@ -283,9 +285,15 @@ class ShardStream(IterableDataset):
                            cfg.batch_size, cfg.shuffle_buffer, cfg.seed, epoch)
 
     def iter_worker(self, worker: int, num_workers: int) -> Iterator[MultiCropBatch]:
-        """The batches worker `worker` of `num_workers` yields, from the current position on."""
+        """The batches DataLoader worker `worker` of `num_workers` yields, from the current position on.
+
+        The DataLoader always asks worker 0 first, so after resuming at batch
+        `start` worker p plays the part of plan worker (p + start) mod W: it
+        makes batches start+p, start+p+W, ... and the loader still yields
+        start, start+1, ... in order.
+        """
         epoch, start = self.epoch, self.batches_yielded
-        plan = self.plan(worker, num_workers, epoch)
+        plan = self.plan((worker + start) % num_workers, num_workers, epoch)
         todo = [j for j, k in enumerate(plan.batch_ids) if k >= start]
         if not todo:
             return
