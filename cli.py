@@ -187,5 +187,43 @@ def inspect_command(shards: Path, as_json: bool, examples: int) -> None:
     click.echo(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False) if as_json else render_summary(summary))
 
 
+@main.command("show")
+@click.argument("shards", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Folder to write contact_sheet.png into (created if missing).")
+@click.option("-n", "n", default=16, show_default=True, type=click.IntRange(min=1), help="Number of images on the sheet.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random sample of images.")
+@click.option("--shard", default=None, show_default=True,
+              help="Sample from this shard only: its file name (shard-000003.h5) or its index. Default: all shards.")
+@click.option("--columns", default=None, show_default=True, type=click.IntRange(min=1),
+              help="Images per row of the sheet. Default: ceil(sqrt(n)), at most 8.")
+@click.option("--attributes", "attribute_lines", default=4, show_default=True, type=click.IntRange(min=0),
+              help="Attribute groups listed under each image, most confident first.")
+@click.option("--image-height", default=256, show_default=True, type=click.IntRange(min=16),
+              help="Display height of each image in pixels.")
+def show(shards: Path, out: Path, n: int, seed: int, shard: str | None, columns: int | None,
+         attribute_lines: int, image_height: int) -> None:
+    """Draw a PNG contact sheet of N sampled images of SHARDS with their part masks and top attributes.
+
+    Each image is shown plain and, beside it, greyed with its part mask in colour
+    (legend on top); under it the source path and the top value of its most
+    confident attribute groups with the probability (softmax within the group).
+    Writes OUT/contact_sheet.png and prints its path. Exit 2 with one line when
+    SHARDS is not a readable shard folder or OUT is not a folder.
+    """
+    from clasp.store import StoreError
+    from clasp.store.contact_sheet import ContactSheetConfig, make_contact_sheet
+
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: --out exists and is not a folder")
+    config = ContactSheetConfig(shards, out, n=n, seed=seed, shard=shard, columns=columns,
+                                image_height=image_height, attribute_lines=attribute_lines)
+    try:
+        sheet = make_contact_sheet(config)
+    except StoreError as exc:
+        raise UserError(str(exc)) from None
+    click.echo(str(sheet.path))
+
+
 if __name__ == "__main__":
     main()
