@@ -66,7 +66,10 @@ def verify(shards: Path) -> None:
     if report.ok:
         click.echo(f"ok: {report.shards_checked} shards, {report.rows} rows in {shards}")
     else:
-        click.echo(f"{len(report.problems)} of {max(report.shards_checked, 1)} shards bad in {shards}", err=True)
+        if report.manifest_ok:
+            click.echo(f"{len(report.problems)} of {report.shards_checked} shards bad in {shards}", err=True)
+        else:
+            click.echo(f"manifest refused, no shard checked in {shards}", err=True)
         sys.exit(1)
 
 

@@ -142,8 +142,8 @@ def make_contact_sheet(config: ContactSheetConfig) -> ContactSheet:
     colours = part_colours(vocab.num_parts)
     title = (f"{store.root} - {len(samples)} of {total:,} images"
              + (f" in {entries[0].file}" if config.shard is not None else "") + f", seed {config.seed}")
-    draw.text((layout.margin, layout.margin), _fit(title, layout.font_title, layout.size[0] - 2 * layout.margin, from_left=True),
-              fill=INK, font=layout.font_title)
+    title = _fit(title, layout.font_title, layout.size[0] - 2 * layout.margin, from_left=True)
+    draw.text((layout.margin, layout.margin), title, fill=INK, font=layout.font_title)
     _draw_legend(draw, layout, vocab.part_names, colours)
 
     tiles = []

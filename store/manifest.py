@@ -142,7 +142,11 @@ class Manifest:
         return cls.from_dict(data, path)
 
     def save(self, root: str | Path) -> None:
-        """Write atomically: a temp file in the same folder, fsync, rename."""
+        """Write atomically: a temp file in the same folder, fsync, rename.
+
+        The manifest records the clasp version that last wrote it.
+        """
+        self.clasp_version = __version__
         write_json_atomic(Path(root) / MANIFEST_NAME, self.to_dict())
 
 

@@ -24,6 +24,7 @@ class VerifyReport:
     shards_checked: int = 0
     rows: int = 0
     problems: list[ShardProblem] = field(default_factory=list)
+    manifest_ok: bool = True  # False: the manifest itself was refused and no shard was checked
     # Shard-like files the manifest does not list (e.g. a `.tmp` left by a crash).
     # Readers never open them, so they are not problems; a rerun overwrites them.
     unlisted: list[Path] = field(default_factory=list)
@@ -49,6 +50,7 @@ def verify_store(root: str | Path) -> VerifyReport:
         raise
     except StoreError as exc:
         report.problems.append(ShardProblem(exc.path, exc.problem))
+        report.manifest_ok = False
         return report
     listed = {entry.file for entry in manifest.shards}
     report.unlisted = sorted(

@@ -133,6 +133,10 @@ class Vocabulary:
             raise StoreError(path, "vocabulary file not found") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise StoreError(path, f"vocabulary is not valid JSON ({exc})") from None
+        except OSError as exc:
+            raise StoreError(path, f"cannot read vocabulary ({exc.strerror or exc})") from None
+        if not isinstance(data, dict):
+            raise StoreError(path, "not a vocabulary (expected a JSON object with parts and attributes)")
         return cls.from_dict(data, path)
 
     @classmethod

@@ -223,3 +223,28 @@ def test_manifest_round_trip(make_store):
     assert again == first
     assert again.to_dict()["totals"]["rows"] == 4
     assert np.array_equal(again.label_grid, (16, 8))
+
+
+def test_save_records_the_writing_clasp_version(make_store):
+    from clasp import __version__
+
+    root = make_store([1])
+    data = _manifest_json(root)
+    data["clasp_version"] = "0.0.1"
+    _save_json(root, data)
+    manifest = Manifest.load(root)
+    assert manifest.clasp_version == "0.0.1"
+    manifest.save(root)
+    assert _manifest_json(root)["clasp_version"] == __version__
+
+
+def test_vocabulary_file_errors_name_the_file(tmp_path):
+    from clasp.store import Vocabulary
+
+    (tmp_path / "list.json").write_text("[1, 2]", encoding="utf-8")
+    (tmp_path / "short.json").write_text(json.dumps({"parts": [{"name": "bg", "prompts": ["x"]}], "attributes": []}))
+    for path, match in [(tmp_path / "missing.json", "not found"), (tmp_path, "cannot read vocabulary"),
+                        (tmp_path / "list.json", "not a vocabulary"), (tmp_path / "short.json", "background plus")]:
+        with pytest.raises(StoreError, match=match) as info:
+            Vocabulary.load(path)
+        assert info.value.path == path

@@ -59,6 +59,7 @@ def test_unreadable_manifest_is_one_bad_line(make_store):
     assert result.exit_code == 1
     [line] = result.stdout.strip().splitlines()
     assert line.startswith(f"BAD {root / 'manifest.json'}: manifest does not parse as JSON")
+    assert "manifest refused, no shard checked" in result.stderr
 
 
 def test_leftover_tmp_is_a_note_not_a_failure(make_store):
