@@ -153,8 +153,12 @@ def tiny_clip(out_dir: Path, seed: int, vocab: Path | None) -> None:
     downloaded (tests, demos, HF_HUB_OFFLINE=1). Its labels carry no meaning:
     the weights are random.
     """
+    from transformers.utils import logging as transformers_logging
+
     from clasp.labeling.tiny_clip import write_tiny_clip
     from clasp.store import StoreError
+
+    transformers_logging.disable_progress_bar()
 
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir}: exists and is not a folder")

@@ -91,3 +91,8 @@ def make_rows(vocab: Vocabulary) -> Callable[..., LabelRows]:
         return synthetic_rows(n, vocab, grid, hw, seed=seed, start=start)
 
     return make
+
+
+# huggingface_hub reads HF_HUB_OFFLINE once, when it is first imported (during collection, before
+# any fixture runs), so the autouse fixture above comes too late for it: set it at conftest import.
+__import__("os").environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -12,7 +11,9 @@ from clasp.labeling.tiny_clip import learn_bpe_merges, vocabulary_prompts, write
 
 
 def test_tiny_clip_is_a_few_mb_and_loads_offline(tiny_clip_dir: Path, vocab) -> None:
-    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    from huggingface_hub import constants
+
+    assert constants.HF_HUB_OFFLINE
     size = sum(f.stat().st_size for f in tiny_clip_dir.iterdir())
     assert 1_000_000 < size < 8_000_000
     model = CLIPModel.from_pretrained(tiny_clip_dir)
@@ -43,3 +44,24 @@ def test_bpe_merges_follow_frequency_with_deterministic_ties() -> None:
     assert merges[0] == ("a", "b</w>")  # 3 occurrences beat 1
     assert merges[1] == ("c", "d</w>")
     assert len(merges) == 2  # nothing left to merge
+
+
+def test_cli_writes_a_model_load_clip_reads(tmp_path: Path, tiny_clip_dir: Path) -> None:
+    from click.testing import CliRunner
+
+    from clasp.cli import main
+    from clasp.labeling.clip_loading import load_clip
+
+    result = CliRunner().invoke(main, ["tiny-clip", str(tmp_path / "clip"), "--seed", "0"])
+    assert result.exit_code == 0, result.output
+    assert "--clip-model" in result.output
+    model, tokenizer = load_clip(tmp_path / "clip")
+    reference, _ = load_clip(tiny_clip_dir)
+    pixels = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        a = model.vision_model(pixel_values=pixels).pooler_output
+        b = reference.vision_model(pixel_values=pixels).pooler_output
+    assert torch.equal(a, b)
+    (tmp_path / "file").write_text("x")
+    result = CliRunner().invoke(main, ["tiny-clip", str(tmp_path / "file")])
+    assert result.exit_code == 2 and "not a folder" in result.output

@@ -1,0 +1,88 @@
+"""Load a CLIP (hub id or local folder) through `transformers`, failing with advice the user can act on.
+
+A hub model and the bundled offline model (`clasp tiny-clip DIR`) take the same
+`from_pretrained` path, so what the tests exercise is what a real run does.
+Remote code is never trusted: only the stock `CLIPModel` and `CLIPTokenizer`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import CLIPModel, CLIPTokenizer
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from transformers.utils import cached_file
+
+from clasp.labeling.errors import LabelingError
+
+PROCESSOR_CONFIG = "preprocessor_config.json"
+
+
+class ClipLoadError(LabelingError):
+    """The CLIP model could not be loaded; the one-line message says how to proceed."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        self.reason = reason
+        super().__init__(
+            f"cannot load CLIP model {name!r} ({reason}); pass a local model folder with --clip-model DIR, "
+            f"or create the bundled offline model with `clasp tiny-clip DIR` and use --clip-model DIR"
+        )
+
+
+@dataclass(frozen=True)
+class ImageNormalization:
+    """Per-channel mean and std the model was trained with (from its image-processor config)."""
+
+    mean: tuple[float, float, float] = tuple(OPENAI_CLIP_MEAN)
+    std: tuple[float, float, float] = tuple(OPENAI_CLIP_STD)
+
+
+def _looks_like_path(name: str) -> bool:
+    """Hub ids are `name` or `owner/name`; anything else that was meant is a folder."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or Path(name).expanduser().exists()
+
+
+def _reason(name: str, exc: BaseException) -> str:
+    folder = Path(name).expanduser()
+    if _looks_like_path(name) and not folder.exists():
+        return "no such folder"
+    if folder.exists() and not folder.is_dir():
+        return "not a folder"
+    first_line = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first_line[:200]}"
+
+
+def load_clip(name_or_folder: str | os.PathLike, revision: str | None = None,
+              device: str | torch.device = "cpu") -> tuple[CLIPModel, CLIPTokenizer]:
+    """The CLIP model (eval mode, fp32, on `device`) and its tokenizer, or a `ClipLoadError`."""
+    name = str(name_or_folder)
+    try:
+        model = CLIPModel.from_pretrained(name, revision=revision, trust_remote_code=False)
+        tokenizer = CLIPTokenizer.from_pretrained(name, revision=revision, trust_remote_code=False)
+    except Exception as exc:  # from_pretrained raises OSError, ValueError, safetensors and JSON errors alike
+        raise ClipLoadError(name, _reason(name, exc)) from exc
+    return model.to(device=device, dtype=torch.float32).eval(), tokenizer
+
+
+def load_image_normalization(name_or_folder: str | os.PathLike, revision: str | None = None) -> ImageNormalization:
+    """Mean/std from the model's `preprocessor_config.json`; OpenAI's CLIP values when it has none."""
+    try:
+        path = cached_file(str(name_or_folder), PROCESSOR_CONFIG, revision=revision,
+                           _raise_exceptions_for_missing_entries=False)
+    except OSError:
+        path = None
+    if path is None:
+        return ImageNormalization()
+    config = json.loads(Path(path).read_text(encoding="utf-8"))
+    default = ImageNormalization()
+    return ImageNormalization(tuple(config.get("image_mean", default.mean)), tuple(config.get("image_std", default.std)))
+
+
+def loaded_revision(model: CLIPModel, requested: str | None) -> str | None:
+    """The revision to record: the one asked for, else the hub commit the files came from (None for folders)."""
+    return requested or getattr(model.config, "_commit_hash", None)

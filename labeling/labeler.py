@@ -1,0 +1,117 @@
+"""`ClipLabeler`: images in, stored labels out. The only CLIP object the labeling run talks to.
+
+The run calls `preprocess` in a prefetch thread while `label` runs the model on
+the previous batch, so `preprocess` touches no shared mutable state and does its
+work in PIL and torch kernels that release the GIL.
+
+Preprocessing resizes the whole image to `clip_size` (bicubic, antialiased, as
+PIL does for CLIP's own processor) instead of CLIP's shortest-edge resize and
+centre crop: a crop would cut off the head or feet of a person, and the label
+grid must cover the whole stored image.
+
+Precision: `fp32`, `bf16` (autocast; fast on CPUs with AMX and on recent GPUs) or
+`fp16` (autocast, CUDA only). Asking for fp16 on another device is an error rather
+than a silent fallback, so a run never records labels made at a precision other
+than the one it was asked for. Text embeddings, cosines and softmaxes are always
+computed in float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from clasp.labeling.clip_loading import load_clip, load_image_normalization, loaded_revision
+from clasp.labeling.dense_features import DENSE_MODES, dense_features
+from clasp.labeling.errors import LabelingError
+from clasp.labeling.pseudo_labels import attribute_logits, part_labels, part_logits
+from clasp.labeling.text_embeddings import build_text_embeddings
+from clasp.store import ClipInfo, Vocabulary
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class ClipLabelerConfig:
+    clip_model: str = "openai/clip-vit-base-patch16"
+    revision: str | None = None
+    clip_size: tuple[int, int] = (448, 224)  # H, W
+    dense_mode: str = "maskclip"  # or "naive"
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 needs CUDA)
+    device: str = "cpu"
+
+
+def check_config(config: ClipLabelerConfig) -> None:
+    """Reject settings the labeler cannot honour, before any model is loaded."""
+    if config.dense_mode not in DENSE_MODES:
+        raise LabelingError(f"unknown dense mode {config.dense_mode!r}; choose one of {', '.join(DENSE_MODES)}")
+    if config.precision not in PRECISIONS:
+        raise LabelingError(f"unknown precision {config.precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if config.precision == "fp16" and torch.device(config.device).type != "cuda":
+        raise LabelingError(f"precision fp16 needs a CUDA device (got {config.device!r}); use --precision bf16 "
+                            "or fp32 on this device")
+    if len(config.clip_size) != 2 or min(config.clip_size) <= 0:
+        raise LabelingError(f"clip size must be two positive numbers HxW, got {config.clip_size!r}")
+
+
+class ClipLabeler:
+    """Loads CLIP and the vocabulary's text embeddings once; labels batches of preprocessed images."""
+
+    def __init__(self, config: ClipLabelerConfig, vocab: Vocabulary) -> None:
+        check_config(config)
+        self.config = config
+        self.vocab = vocab
+        self.device = torch.device(config.device)
+        self.model, self.tokenizer = load_clip(config.clip_model, config.revision, self.device)
+        patch = self.model.config.vision_config.patch_size
+        height, width = config.clip_size
+        if height % patch or width % patch:
+            raise LabelingError(f"clip size {height}x{width} is not a multiple of the model's patch size {patch}")
+        self.label_grid: tuple[int, int] = (height // patch, width // patch)
+        normalization = load_image_normalization(config.clip_model, config.revision)
+        self._mean = torch.tensor(normalization.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self._std = torch.tensor(normalization.std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.text = build_text_embeddings(self.model, self.tokenizer, vocab)
+        self.logit_scale = self.model.logit_scale.detach().float()
+        self.clip_info = ClipInfo(
+            model=config.clip_model,
+            revision=loaded_revision(self.model, config.revision),
+            input_hw=(height, width),
+            dense_mode=config.dense_mode,
+        )
+
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        """(N, 3, H, W) float32 normalised pixels at `clip_size`, on the CPU; thread-safe."""
+        height, width = self.config.clip_size
+        arrays = []
+        for image in images:
+            if image.mode != "RGB":
+                image = image.convert("RGB")
+            arrays.append(np.asarray(image.resize((width, height), Image.Resampling.BICUBIC)))
+        pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
+        return pixels.sub_(self._mean).div_(self._std)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.config.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=PRECISIONS[self.config.precision])
+
+    def label(self, pixels: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(part_mask (N,h,w) uint8, part_conf (N,h,w) float16, attr_logits (N,A) float16)."""
+        with torch.inference_mode(), self._autocast():
+            features = dense_features(self.model, pixels.to(self.device, non_blocking=True), self.config.dense_mode)
+        with torch.inference_mode():
+            mask, conf = part_labels(part_logits(features.patches, self.text, self.logit_scale))
+            attrs = attribute_logits(features.image, self.text, self.logit_scale)
+        return (mask.cpu().numpy(), conf.to(torch.float16).cpu().numpy(), attrs.to(torch.float16).cpu().numpy())
+
+    def vision_forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The bare CLIP vision tower at the same size, precision and mode: the benchmark's baseline."""
+        with torch.inference_mode(), self._autocast():
+            out = self.model.vision_model(pixel_values=pixels.to(self.device, non_blocking=True),
+                                          interpolate_pos_encoding=True)
+        return out.last_hidden_state
