@@ -2,11 +2,13 @@
 
 A router scores the experts from the token *and* the task prompt,
 
-    logits = W_tok · x + W_prompt · p_task        (x: the normalised token, p_task: the learned prompt)
+    logits = W_tok · x + W_prompt · LN(p_task)     (x: the normalised token, p_task: the learned prompt)
 
 so the same token can be sent to different experts for different tasks. Each
 token goes to its top-k experts; their outputs are mixed with the router's
-probabilities renormalised over the chosen k.
+probabilities renormalised over the chosen k. The prompt is layer-normalised
+(no affine) before its projection so that it enters the router at the same
+scale as the normalised token: neither input dominates at initialisation.
 
 Dispatch groups the (token, slot) pairs by expert with one sort, runs each
 expert once on its contiguous slice and puts the results back with the inverse
@@ -91,6 +93,7 @@ class PCMoE(nn.Module):
 
         x: (R, S, D) tokens; prompt: (R, D) the task prompt of each row.
         """
+        prompt = F.layer_norm(prompt, prompt.shape[-1:])
         logits = self.router(x) + self.prompt_router(prompt).unsqueeze(1)
         probs = logits.float().softmax(-1)
         gate, index = probs.topk(self.top_k, dim=-1)
