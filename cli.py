@@ -232,5 +232,182 @@ def show(shards: Path, out: Path, n: int, seed: int, shard: str | None, columns:
     click.echo(str(sheet.path))
 
 
+# --------------------------------------------------------------------------- pretrain
+
+
+def _setting(flag: str, name: str, kind, help: str, **extra):
+    """An option that overrides the config setting `name`; its default is the dataclass's, shown in --help."""
+    from clasp.pretraining.config import default_of
+
+    default = default_of(name)
+    shown = "from the preset" if default is None and name in ("dim", "depth", "heads") else (
+        "none" if default is None else str(default))
+    return click.option(flag, name, type=kind, default=None, show_default=shown, help=help, **extra)
+
+
+@main.command()
+@click.option("--shards", type=click.Path(path_type=Path), default=None, help="Shard folder written by `clasp label`.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Run folder: config.json, metrics.jsonl, checkpoints/.")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
+              help="YAML or JSON file of settings (keys as in the README); flags override it.")
+@_setting("--preset", "preset", click.Choice(["tiny", "small", "base"]), "ViT size.")
+@_setting("--steps", "steps", click.IntRange(min=1), "Optimizer steps; wins over --epochs.")
+@_setting("--epochs", "epochs", click.IntRange(min=1), "Passes over the store (when --steps is not set).")
+@_setting("--batch-size", "batch_size", click.IntRange(min=1), "Images per process per micro-batch.")
+@_setting("--lr", "lr", click.FloatRange(min=0), "Peak learning rate per 256 images of total batch (scaled linearly).")
+@_setting("--min-lr", "min_lr", click.FloatRange(min=0), "Learning rate at the end of the cosine.")
+@_setting("--warmup", "warmup", click.FloatRange(0, 1, max_open=True), "Fraction of the steps with linear lr warm-up.")
+@_setting("--weight-decay", "weight_decay", click.FloatRange(min=0), "Weight decay at the start (cosine to --weight-decay-end).")
+@_setting("--weight-decay-end", "weight_decay_end", click.FloatRange(min=0), "Weight decay at the end.")
+@_setting("--momentum-teacher", "momentum_teacher", click.FloatRange(0, 1), "EMA momentum of the teacher at the start (cosine to 1).")
+@_setting("--clip-grad", "clip_grad", click.FloatRange(min=0), "Max gradient norm (0: no clipping).")
+@_setting("--moe-layers", "moe_layers", click.IntRange(min=0), "Last blocks whose MLP is a prompt-controlled MoE.")
+@_setting("--experts", "experts", click.IntRange(min=1), "Experts per MoE layer.")
+@_setting("--top-k", "top_k", click.IntRange(min=1), "Experts per token.")
+@_setting("--w-part", "w_part", click.FloatRange(min=0), "Weight of the part loss (0: no part branch).")
+@_setting("--w-attr", "w_attr", click.FloatRange(min=0), "Weight of the attribute loss (0: no attribute branch).")
+@_setting("--w-balance", "w_balance", click.FloatRange(min=0), "Weight of the MoE load-balancing loss.")
+@_setting("--global-crops", "global_crops", click.IntRange(min=1), "256x128 crops per image.")
+@_setting("--local-crops", "local_crops", click.IntRange(min=0), "128x64 crops per image.")
+@_setting("--precision", "precision", click.Choice(["no", "bf16", "fp16"]), "Mixed precision (fp16 needs a GPU).")
+@_setting("--grad-accum", "grad_accum", click.IntRange(min=1), "Micro-batches per optimizer step.")
+@_setting("--num-workers", "num_workers", click.IntRange(min=0), "DataLoader worker processes per training process.")
+@_setting("--save-every", "save_every", click.IntRange(min=1), "Optimizer steps between checkpoints.")
+@_setting("--keep-checkpoints", "keep_checkpoints", click.IntRange(min=1), "Newest checkpoints to keep.")
+@_setting("--log-every", "log_every", click.IntRange(min=1), "Optimizer steps between lines of metrics.jsonl.")
+@_setting("--stop-at", "stop_at", click.IntRange(min=1),
+          "Stop cleanly after this step with a checkpoint (schedule unchanged); --resume continues.")
+@_setting("--seed", "seed", click.IntRange(min=0), "Seed of the model init, data order and augmentation.")
+@click.option("--resume", is_flag=True, default=False, help="Continue the run in --out from its newest checkpoint.")
+@click.option("--force", is_flag=True, default=False, help="Start over in an --out that holds another run.")
+@click.option("--log-rows", is_flag=True, default=False, hidden=True,
+              help="Debug: write the row ids each process reads to OUT/rows-rankR.jsonl.")
+def pretrain(config_file: Path | None, resume: bool, force: bool, log_rows: bool, **settings) -> None:
+    """Pre-train the backbone on a shard folder (also under `accelerate launch`).
+
+    Settings come from the defaults, then --config FILE, then the flags. The
+    resolved config is saved as OUT/config.json and beside every checkpoint.
+    SIGTERM or Ctrl-C stop at the next step with a checkpoint.
+    """
+    from clasp.pretraining.config import ConfigError, build_config
+    from clasp.pretraining.run_folder import write_error_log
+    from clasp.pretraining.train import NonFiniteLossError, PretrainInputError, run_pretraining
+
+    flags = {**settings, "resume": resume or None, "force": force or None, "log_rows": log_rows or None}
+    try:
+        config = build_config(config_file, **{k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items()})
+    except ConfigError as exc:
+        if settings.get("out") is not None:
+            write_error_log(settings["out"], str(exc))
+        raise UserError(str(exc)) from None
+    try:
+        result = run_pretraining(config)
+    except PretrainInputError as exc:
+        raise UserError(str(exc)) from None
+    except NonFiniteLossError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    if result.stopped_by not in ("end", "stop_at"):
+        click.echo(f"stopped by {result.stopped_by} after step {result.step}; continue with --resume", err=True)
+
+
+@main.command("export")
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for model.safetensors + config.json.")
+@click.option("--task", type=click.Choice(["instance", "part", "attribute"]), default="instance", show_default=True,
+              help="Task prompt the exported backbone is fixed to.")
+@click.option("--checkpoint", type=click.IntRange(min=0), default=None, show_default="the newest",
+              help="Step of the checkpoint to export.")
+@click.option("--student", is_flag=True, default=False, show_default=True,
+              help="Export the student backbone instead of the EMA teacher.")
+def export_command(run: Path, out: Path, task: str, checkpoint: int | None, student: bool) -> None:
+    """Export the backbone of a pre-training RUN as safetensors + config.json.
+
+    Load it with `clasp.pretraining.load_backbone(OUT)`: images (B, 3, 256, 128),
+    uint8 or float in [0, 1] -> (CLS (B, D), patch features (B, N, D)).
+    """
+    from clasp.pretraining.export import ExportConfig, ExportError, export_backbone
+
+    try:
+        folder = export_backbone(ExportConfig(run=run, out=out, task=task, checkpoint=checkpoint, student=student))
+    except ExportError as exc:
+        raise UserError(str(exc)) from None
+    click.echo(f"exported the {'student' if student else 'teacher'} backbone ({task}) to {folder}")
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@main.command()
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Folder for images/ and truth/ (created).")
+@click.option("--identities", type=click.IntRange(min=1), default=100, show_default=True, help="Number of people.")
+@click.option("--images-per-id", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Images of each person; image n is taken by camera (id + n) % cameras.")
+@click.option("--cameras", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Cameras, each with its own background, lighting and colour cast.")
+@click.option("--seed", type=int, default=0, show_default=True, help="The world; the same seed gives the same files.")
+def synth(out: Path, identities: int, images_per_id: int, cameras: int, seed: int) -> None:
+    """Draw a synthetic person world with ground truth: OUT/images/ (for `clasp label`) and OUT/truth/."""
+    from clasp.evaluation.synth import SynthConfig, synthesize
+
+    summary = synthesize(SynthConfig(out=out, identities=identities, images_per_id=images_per_id,
+                                     cameras=cameras, seed=seed))
+    click.echo(f"wrote {summary.images} images of {summary.identities} identities from {summary.cameras} cameras "
+               f"to {out} in {summary.seconds:.1f} s ({summary.images_per_second:.0f} images/s)")
+
+
+@main.command("eval")
+@click.option("--backbone", required=True, type=click.Path(path_type=Path), help="Folder written by `clasp export`.")
+@click.option("--data", required=True, type=click.Path(path_type=Path),
+              help="A `clasp synth` folder (all tasks) or a Market-1501 folder (reid).")
+@click.option("--tasks", default=None, show_default="every task the data supports",
+              help="Comma-separated subset of attributes,parsing,reid.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, show_default="no file",
+              help="Write the results as JSON here.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Images per forward pass when extracting features.")
+@click.option("--probe-steps", type=click.IntRange(min=1), default=300, show_default=True,
+              help="Full-batch AdamW steps of the linear probes.")
+def eval_command(backbone: Path, data: Path, tasks: str | None, out: Path | None, batch_size: int,
+                 probe_steps: int) -> None:
+    """Probe a frozen backbone: attributes (linear, mA), parsing (linear on patches, mIoU), re-ID (cosine kNN, mAP, rank-1)."""
+    from clasp.evaluation.errors import EvalInputError
+    from clasp.evaluation.probes import ProbeSettings
+    from clasp.evaluation.run_eval import EvalConfig, evaluate, format_table
+
+    chosen = tuple(t.strip() for t in tasks.split(",") if t.strip()) if tasks else None
+    config = EvalConfig(backbone=backbone, data=data, tasks=chosen, out=out, batch_size=batch_size,
+                        probe=ProbeSettings(steps=probe_steps))
+    try:
+        results = evaluate(config, log=lambda msg: click.echo(msg, err=True))
+    except EvalInputError as exc:
+        raise UserError(str(exc)) from None
+    click.echo(format_table(results))
+    if out is not None:
+        click.echo(f"results written to {out}")
+
+
+@main.command("eval-labels")
+@click.option("--shards", required=True, type=click.Path(path_type=Path), help="Shard folder written by `clasp label`.")
+@click.option("--truth", required=True, type=click.Path(path_type=Path), help="The `clasp synth` folder the images came from.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, show_default="no file",
+              help="Write the results as JSON here.")
+def eval_labels(shards: Path, truth: Path, out: Path | None) -> None:
+    """Quality of pseudo-labels against synthetic ground truth: IoU per part, accuracy per attribute group."""
+    from clasp.evaluation.errors import EvalInputError
+    from clasp.evaluation.label_quality import LabelQualityConfig, evaluate_labels, format_label_quality
+    from clasp.store import StoreError
+
+    try:
+        results = evaluate_labels(LabelQualityConfig(shards=shards, truth=truth, out=out))
+    except (EvalInputError, StoreError) as exc:
+        raise UserError(str(exc)) from None
+    click.echo(format_label_quality(results))
+    if out is not None:
+        click.echo(f"results written to {out}")
+
+
 if __name__ == "__main__":
     main()

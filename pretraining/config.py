@@ -41,6 +41,12 @@ class PretrainConfig:
     moe_layers: int = 4  # last blocks whose MLP is a prompt-controlled mixture of experts
     experts: int = 6  # experts per MoE layer
     top_k: int = 2  # experts each token is routed to
+    dim: int | None = None  # token width; None = the preset's (tiny 192, small 384, base 768)
+    depth: int | None = None  # transformer blocks; None = the preset's (12)
+    heads: int | None = None  # attention heads; None = the preset's (3, 6, 12)
+    dino_out_dim: int = 8192  # prototypes of the DINO head
+    dino_hidden_dim: int = 2048  # hidden width of the DINO head's MLP
+    dino_bottleneck_dim: int = 256  # bottleneck of the DINO head
     # --- objectives
     w_part: float = 1.0  # weight of the per-token part loss
     w_attr: float = 1.0  # weight of the attribute loss
@@ -92,6 +98,12 @@ class PretrainConfig:
         for name in positive + (["steps"] if self.steps is not None else ["epochs"]):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("dim", "depth", "heads"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("dino_out_dim", "dino_hidden_dim", "dino_bottleneck_dim"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("local_crops", "num_workers", "moe_layers", "seed"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
@@ -125,6 +137,9 @@ RESUMABLE_CHANGES = frozenset({
     "shards", "out", "resume", "force", "stop_at", "save_every", "log_every", "keep_checkpoints",
     "precision", "log_rows",
 })
+
+
+OPTIONAL_INTS = frozenset({"steps", "epochs", "stop_at", "dim", "depth", "heads"})
 
 
 def default_of(name: str) -> Any:
@@ -181,7 +196,7 @@ def build_config(config_file: str | Path | None = None, **overrides: Any) -> Pre
 def _coerce(key: str, value: Any, source: str) -> Any:
     """Check a value against the field's type (ints stay ints; '1e-4' from YAML becomes a float)."""
     kind = type(default_of(key))
-    optional_int = key in ("steps", "epochs", "stop_at")
+    optional_int = key in OPTIONAL_INTS
     if value is None:
         if optional_int:
             return None

@@ -1,0 +1,114 @@
+"""`clasp export`: a checkpoint's backbone as safetensors + config, nothing else.
+
+Users of DINO, DINOv2 and SOLIDER trip over teacher/student key prefixes,
+leftover head weights and `module.` wrappers. The export keeps only the
+backbone (the EMA teacher's by default), with the keys `PromptedViT` itself
+uses, and writes what a user needs to run it into config.json (see
+backbone.py for the format and the loader).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from clasp import __version__
+from clasp.pretraining.backbone import BACKBONE_FORMAT, BACKBONE_VERSION, CONFIG_FILE, WEIGHTS_FILE
+from clasp.pretraining.checkpoint import CONFIG_FILE as RUN_CONFIG_FILE
+from clasp.pretraining.checkpoint import MODEL_FILE, find_checkpoint, list_checkpoints
+from clasp.pretraining.vit import IMAGENET_MEAN, IMAGENET_STD, TASKS, PromptedViT, ViTConfig
+
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+class ExportError(ValueError):
+    """A run or checkpoint that cannot be exported; the message names the file."""
+
+
+@dataclass
+class ExportConfig:
+    run: Path  # run folder of `clasp pretrain`
+    out: Path  # export folder to write
+    task: str = "instance"  # task prompt the backbone is fixed to: instance | part | attribute
+    checkpoint: int | None = None  # step of the checkpoint; None = the newest
+    student: bool = False  # export the student instead of the EMA teacher
+
+
+def strip_wrappers(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key, changed = key[len(prefix):], True
+    return key
+
+
+def backbone_state(state: dict, which: str) -> dict:
+    """The keys of `which` ('teacher' or 'student') backbone, prefixes removed; heads and the rest dropped."""
+    prefix = f"{which}.backbone."
+    out = {}
+    for key, value in state.items():
+        key = strip_wrappers(key)
+        if key.startswith(prefix):
+            out[key[len(prefix):]] = value.contiguous()
+    return out
+
+
+def export_backbone(config: ExportConfig) -> Path:
+    """Write `config.out`/model.safetensors and config.json; return the folder."""
+    run = Path(config.run)
+    if not run.is_dir():
+        raise ExportError(f"{run}: run folder not found")
+    checkpoint = find_checkpoint(run, config.checkpoint)
+    if checkpoint is None:
+        steps = [s for s, _ in list_checkpoints(run)]
+        wanted = "no checkpoint" if config.checkpoint is None else f"no checkpoint at step {config.checkpoint}"
+        raise ExportError(f"{run}: {wanted} (available steps: {steps or 'none'})")
+    try:
+        saved = json.loads((checkpoint / RUN_CONFIG_FILE).read_text(encoding="utf-8"))
+        architecture = ViTConfig.from_dict(saved["model"]["vit"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ExportError(f"{checkpoint / RUN_CONFIG_FILE}: no model architecture ({type(exc).__name__}: {exc})") from None
+    if config.task not in TASKS:
+        raise ExportError(f"unknown task {config.task!r}; choose one of {'|'.join(TASKS)}")
+    if architecture.moe_layers and config.task not in architecture.tasks:
+        raise ExportError(f"{checkpoint}: the run trained no {config.task!r} prompt (its tasks: "
+                          f"{list(architecture.tasks)})")
+    try:
+        state = load_file(str(checkpoint / MODEL_FILE))
+    except Exception as exc:  # noqa: BLE001
+        raise ExportError(f"{checkpoint / MODEL_FILE}: cannot be read ({exc})") from None
+    which = "student" if config.student else "teacher"
+    weights = backbone_state(state, which)
+    # The weights must rebuild the backbone exactly, or the export is useless.
+    check = PromptedViT(architecture).load_state_dict(weights, strict=False)
+    if check.missing_keys or check.unexpected_keys:
+        raise ExportError(f"{checkpoint / MODEL_FILE}: {which} backbone does not match its config "
+                          f"(missing {check.missing_keys[:5]}, unexpected {check.unexpected_keys[:5]})")
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(weights, str(out / WEIGHTS_FILE), metadata={"format": BACKBONE_FORMAT, "task": config.task})
+    grid = architecture.grid
+    description = {
+        "format": BACKBONE_FORMAT,
+        "version": BACKBONE_VERSION,
+        "clasp_version": __version__,
+        "architecture": architecture.to_dict(),
+        "task": config.task,
+        "weights": which,
+        "image_hw": list(architecture.img_hw),
+        "input": "RGB images (B, 3, H, W): uint8 0..255 or float in [0, 1]; normalised inside",
+        "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        "outputs": {"cls": "(B, dim)", "patches": f"(B, {grid[0] * grid[1]}, dim), {grid[0]}x{grid[1]} row-major"},
+        "feature_dim": architecture.dim,
+        "source": {"run": str(run.resolve()), "checkpoint": checkpoint.name,
+                   "step": int(checkpoint.name.split("-")[-1])},
+    }
+    with open(out / CONFIG_FILE, "w", encoding="utf-8") as f:
+        json.dump(description, f, indent=2)
+        f.write("\n")
+    return out

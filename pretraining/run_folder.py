@@ -1,0 +1,111 @@
+"""The run folder (`--out`): what belongs to a run, and whether a new run may use it.
+
+```
+OUT/
+  config.json         resolved settings of the run (+ derived values), rewritten at every start
+  metrics.jsonl       one JSON object per logged step
+  checkpoints/        step-XXXXXXXX/ (see checkpoint.py)
+  rows-rankR.jsonl    row ids read by process R (only with log_rows)
+  error.log           the last input error that stopped a start
+```
+
+A folder that holds another run is only reused with `resume` (continue it,
+after checking the settings are compatible) or `force` (delete the run's files
+listed above and start over; other files are left alone).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from clasp.pretraining.checkpoint import CHECKPOINTS_DIR, CONFIG_FILE, find_checkpoint
+from clasp.pretraining.config import PretrainConfig, describe_differences, incompatible_differences, load_saved
+
+METRICS_FILE = "metrics.jsonl"
+ERROR_LOG = "error.log"
+ROWS_LOG = "rows-rank{rank}.jsonl"
+
+
+class RunFolderError(Exception):
+    """The run folder cannot be used as asked; the message is one line naming it."""
+
+
+def _is_run_file(name: str) -> bool:
+    return (name in (CONFIG_FILE, METRICS_FILE, CHECKPOINTS_DIR, ERROR_LOG)
+            or (name.startswith("rows-rank") and name.endswith(".jsonl")))
+
+
+@dataclass
+class RunPlan:
+    """What the start of a run will do with its folder."""
+
+    out: Path
+    resume_from: Path | None  # checkpoint folder to continue from
+    wipe: bool  # delete the previous run's files first (force)
+
+
+def plan_run_folder(config: PretrainConfig, derived: dict[str, Any]) -> RunPlan:
+    """Decide, without writing anything, how to use `config.out`; raise RunFolderError if it may not be used."""
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"{out}: exists and is not a folder")
+    if not out.exists():
+        return RunPlan(out, None, False)
+    checkpoint = find_checkpoint(out)
+    saved_config = (checkpoint / CONFIG_FILE) if checkpoint else out / CONFIG_FILE
+    if config.resume:
+        if saved_config.is_file():
+            saved, saved_derived = load_saved(saved_config)
+            diffs = incompatible_differences(saved, saved_derived, config, derived)
+            if diffs:
+                raise RunFolderError(describe_differences(diffs, saved_config))
+        return RunPlan(out, checkpoint, False)
+    names = [p.name for p in out.iterdir() if p.name != ERROR_LOG]
+    if config.force:
+        return RunPlan(out, None, any(_is_run_file(n) for n in names))
+    if any(_is_run_file(n) for n in names):
+        raise RunFolderError(f"{out}: holds another run ({', '.join(sorted(n for n in names if _is_run_file(n)))}); "
+                             "pass --resume to continue it or --force to start over")
+    if names:
+        raise RunFolderError(f"{out}: is not empty and not a clasp run ({', '.join(sorted(names)[:3])}…); "
+                             "choose an empty folder or pass --force")
+    return RunPlan(out, None, False)
+
+
+def wipe_run_files(out: Path) -> None:
+    """Delete what a previous run wrote (force); leave everything else."""
+    for child in out.iterdir():
+        if _is_run_file(child.name):
+            if child.is_dir():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+
+
+def write_error_log(out: str | Path, message: str) -> None:
+    """Record why a start failed; the only thing a failed start writes to `out`."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / ERROR_LOG, "a", encoding="utf-8") as f:
+            f.write(f"error: {message}\n")
+    except OSError:
+        pass  # the error itself is reported on stderr either way
+
+
+def truncate_jsonl(path: Path, after_step: int) -> None:
+    """Drop lines logged after `after_step` by a run that died after its last checkpoint."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if int(json.loads(line)["step"]) <= after_step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut by a kill
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")

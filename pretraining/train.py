@@ -1,0 +1,449 @@
+"""`clasp pretrain`: the Accelerate training loop, with checkpoints and exact resume.
+
+One optimizer step = `grad_accum` micro-batches of `batch_size` images on each
+process. Per step: the schedules give lr, weight decay and teacher momentum for
+this global step; each micro-batch runs `model(batch, step)` under
+`accelerator.accumulate`; the losses of all processes are summed in one small
+all-reduce (which also carries the stop flag, so every process stops at the
+same step, and shows a non-finite loss on any process to all of them before
+any gradient of it is applied); then gradient clipping, AdamW, and the EMA
+teacher update.
+
+Data: the shard stream splits rows by rank itself, so its DataLoader is not
+passed to `accelerator.prepare` (accelerate 1.x would re-split an
+IterableDataset with `IterableDatasetShard`, or dispatch every batch from rank
+0 with `dispatch_batches=True`). Batches are moved with `batch.to(device)`.
+
+Stopping: `stop_at`, SIGTERM and SIGINT end the run at the next step boundary
+with a checkpoint; `resume` continues from the newest checkpoint with the same
+model, optimizer, scaler, teacher, DINO centre (all in the model's state),
+global step (which indexes the schedules), data position and RNG states, so
+the steps after a resume reproduce an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from clasp.pretraining.checkpoint import CheckpointWriter, find_checkpoint, load_checkpoint, restore_rng
+from clasp.pretraining.config import ConfigError, PretrainConfig, saved_form
+from clasp.pretraining.run_folder import (
+    METRICS_FILE, ROWS_LOG, RunFolderError, plan_run_folder, truncate_jsonl, wipe_run_files, write_error_log,
+)
+from clasp.pretraining.schedules import Schedules
+
+# The loss terms, in the order a non-finite one is reported.
+LOSS_TERMS = ("dino", "part", "attribute", "balance", "loss")
+
+
+class PretrainInputError(Exception):
+    """Bad input found before the first step (store, run folder, settings): one line naming the file."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN or infinite; training stopped without applying that step."""
+
+
+@dataclass
+class PretrainResult:
+    run_dir: Path
+    step: int  # optimizer steps completed
+    total_steps: int
+    stopped_by: str  # "end", "stop_at" or the signal name ("SIGTERM", "SIGINT")
+    checkpoint: Path | None  # the newest checkpoint
+    last_loss: float | None
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def make_accelerator(config: PretrainConfig):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    # A process may train more than once (tests, an evaluation pipeline): the
+    # precision and accumulation settings of a previous run must not stick.
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
+    try:
+        return Accelerator(mixed_precision=config.precision, gradient_accumulation_steps=config.grad_accum)
+    except ValueError as exc:
+        raise ConfigError(f"precision {config.precision!r} cannot be used here ({exc}); "
+                          "on a CPU use --precision bf16 or no") from None
+
+
+def model_config_for(config: PretrainConfig, vocab):
+    """The model of a run: preset, MoE and head sizes, loss weights, vocabulary sizes."""
+    from clasp.pretraining.model import LossConfig, ModelConfig
+
+    overrides = {k: getattr(config, k) for k in ("dim", "depth", "heads") if getattr(config, k) is not None}
+    return ModelConfig.build(
+        config.preset, vocab, moe_layers=config.moe_layers, num_experts=config.experts, top_k=config.top_k,
+        dino_out_dim=config.dino_out_dim, dino_hidden_dim=config.dino_hidden_dim,
+        dino_bottleneck_dim=config.dino_bottleneck_dim,
+        loss=LossConfig(w_part=config.w_part, w_attr=config.w_attr, w_balance=config.w_balance), **overrides)
+
+
+def data_fingerprint(manifest) -> str:
+    """Identifies the store's content (not its path): vocabulary, label grid, shards and their hashes."""
+    content = {"vocab": manifest.vocab.sha256, "label_grid": list(manifest.label_grid),
+               "shards": [[s.file, s.rows, s.sha256] for s in manifest.shards]}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def open_stream(config: PretrainConfig, rank: int, world_size: int):
+    """Check the whole store and build this process's stream; input errors become PretrainInputError."""
+    from clasp.pretraining.augment import MultiCropConfig
+    from clasp.pretraining.stream import ShardStream, StreamConfig, validate_store
+    from clasp.store import StoreError
+
+    try:
+        store = validate_store(config.shards)
+    except StoreError as exc:
+        raise PretrainInputError(str(exc)) from None
+    stream_config = StreamConfig(Path(config.shards), batch_size=config.batch_size,
+                                 shuffle_buffer=config.shuffle_buffer, seed=config.seed,
+                                 crops=MultiCropConfig(global_crops=config.global_crops,
+                                                       local_crops=config.local_crops))
+    try:
+        stream = ShardStream(stream_config, rank=rank, world_size=world_size, store=store)
+    except (ValueError, StoreError) as exc:
+        raise PretrainInputError(f"{Path(config.shards) / 'manifest.json'}: {exc}") from None
+    return store, stream
+
+
+def total_steps_for(config: PretrainConfig, batches_per_epoch: int) -> int:
+    if config.steps is not None:
+        return config.steps
+    return max(1, config.epochs * batches_per_epoch // config.grad_accum)
+
+
+# ----------------------------------------------------------------------------- signals
+
+
+class StopSignals:
+    """SIGTERM/SIGINT set a flag that the loop reads at the next step boundary; a second one acts at once."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopSignals":
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: no handlers, no clean stop
+                pass
+        return self
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.received is not None:
+            signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+            signal.raise_signal(signum)
+            return
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def run_pretraining(config: PretrainConfig) -> PretrainResult:
+    """Train (or continue) the run `config.out` on the store `config.shards`.
+
+    Raises PretrainInputError / ConfigError for input problems found before the
+    first step (having written nothing to `out` but `error.log`), and
+    NonFiniteLossError when a loss goes NaN/inf (the last good checkpoint stays).
+    """
+    config.validate()
+    accelerator = make_accelerator(config)
+    try:
+        return _run(config, accelerator)
+    except (PretrainInputError, ConfigError, RunFolderError) as exc:
+        if accelerator.is_main_process:
+            write_error_log(config.out, str(exc))
+        raise PretrainInputError(str(exc)) from None
+
+
+def _run(config: PretrainConfig, accelerator) -> PretrainResult:
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    from clasp.pretraining.checkpoint import CheckpointError
+    from clasp.pretraining.model import ClaspModel
+    from clasp.pretraining.stream import make_loader
+
+    rank, world = accelerator.process_index, accelerator.num_processes
+    is_main = accelerator.is_main_process
+    store, stream = open_stream(config, rank, world)
+    total_steps = total_steps_for(config, stream.batches_per_epoch)
+    total_batch = config.batch_size * world * config.grad_accum
+    derived = {"world_size": world, "total_batch": total_batch, "peak_lr": config.lr * total_batch / 256,
+               "total_steps": total_steps, "batches_per_epoch": stream.batches_per_epoch,
+               "data": data_fingerprint(store.manifest)}
+    plan = plan_run_folder(config, derived)
+    model_config = model_config_for(config, store.manifest.vocab)
+    saved_config = saved_form(config, derived) | {"model": model_config.to_dict()}
+
+    set_seed(config.seed)
+    model = ClaspModel(model_config)
+    groups = model.param_groups()
+    decays = [not ("weight_decay" in g and g["weight_decay"] == 0.0) for g in groups]
+    optimizer = torch.optim.AdamW(groups, lr=0.0)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    core = accelerator.unwrap_model(model)
+    loader = make_loader(stream, config.num_workers)
+    schedules = Schedules.build(total_steps, derived["peak_lr"], config.min_lr, config.warmup, config.weight_decay,
+                                config.weight_decay_end, config.momentum_teacher, config.momentum_teacher_end)
+
+    # Nothing has been written yet; from here on the folder is ours.
+    accelerator.wait_for_everyone()
+    out = plan.out
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        if plan.wipe:
+            wipe_run_files(out)
+        (out / "error.log").unlink(missing_ok=True)
+        with open(out / "config.json", "w", encoding="utf-8") as f:
+            json.dump(saved_config, f, indent=2)
+    start_step, rng_state = 0, None
+    if plan.resume_from is not None:
+        try:
+            loaded = load_checkpoint(plan.resume_from, core, optimizer, accelerator.scaler, rank)
+            stream.load_state_dict(loaded.stream_state)
+        except (CheckpointError, ValueError) as exc:
+            raise PretrainInputError(f"{plan.resume_from}: {exc}") from None
+        start_step, rng_state = int(loaded.trainer["step"]), loaded.rng
+    accelerator.wait_for_everyone()
+    if is_main and plan.resume_from is not None:
+        truncate_jsonl(out / METRICS_FILE, start_step)
+    rows_log = None
+    if config.log_rows:
+        rows_path = out / ROWS_LOG.format(rank=rank)
+        truncate_jsonl(rows_path, start_step)
+        rows_log = open(rows_path, "a", encoding="utf-8")
+    if rng_state is not None:
+        restore_rng(rng_state)
+    else:
+        set_seed(config.seed, device_specific=True)  # per-process randomness from here on
+
+    writer = CheckpointWriter(out, rank, is_main, config.keep_checkpoints)
+    metrics = open(out / METRICS_FILE, "a", encoding="utf-8") if is_main else None
+    stop_at = config.stop_at if config.stop_at is not None else total_steps
+    end_step = min(total_steps, stop_at)
+    bar = tqdm(total=total_steps, initial=start_step, disable=not is_main, unit="step", dynamic_ncols=True,
+               desc="pretrain")
+    batches = BatchSource(stream, loader, accelerator.device)
+    step, last_saved, last_loss = start_step, start_step if plan.resume_from else -1, None
+    checkpoint = plan.resume_from
+    stopped_by = "end" if end_step == total_steps else "stop_at"
+    window = ThroughputWindow()
+
+    def save(at_step: int) -> Path | None:
+        tmp = writer.begin(at_step)
+        accelerator.wait_for_everyone()
+        if is_main:
+            writer.write_shared(tmp, core, optimizer, accelerator.scaler, saved_config)
+        writer.write_own(tmp, stream.state_dict())
+        accelerator.wait_for_everyone()
+        final = None
+        if is_main:
+            final = writer.commit(tmp, at_step, {"step": at_step, "total_steps": total_steps, "world_size": world,
+                                                 "epoch": stream.epoch, "time": time.time()})
+        accelerator.wait_for_everyone()
+        return final or find_checkpoint(out, at_step)
+
+    try:
+        with StopSignals() as signals:
+            window.start()
+            while step < end_step:
+                lr, wd, momentum = schedules.at(step)
+                for group, decay in zip(optimizer.param_groups, decays):
+                    group["lr"] = lr
+                    if decay:
+                        group["weight_decay"] = wd
+                step_stats: dict[str, torch.Tensor] = {}
+                grad_norm = None
+                for _ in range(config.grad_accum):
+                    batch = batches.next(window)
+                    if rows_log is not None:
+                        rows_log.write(json.dumps({"step": step + 1, "rows": batch.row_id.tolist()}) + "\n")
+                    with accelerator.accumulate(model):
+                        loss, stats = model(batch, step)
+                        stop_flag = 1.0 if signals.received else 0.0
+                        summed = reduce_stats(accelerator, stats, batch.batch_size, stop_flag)
+                        bad = first_non_finite(summed)
+                        if bad is not None:
+                            raise NonFiniteLossError(
+                                f"step {step + 1}: loss term {bad!r} is {summed[bad].item()} (summed over "
+                                f"{world} process(es)); stopped without applying it. Last good checkpoint: "
+                                f"{find_checkpoint(out) or 'none'}")
+                        accelerator.backward(loss)
+                        if accelerator.sync_gradients and config.clip_grad > 0:
+                            grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.clip_grad)
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
+                    for key, value in summed.items():
+                        step_stats[key] = step_stats.get(key, 0) + value / config.grad_accum
+                core.update_teacher(momentum)
+                step += 1
+                window.step_done(float(step_stats["_images"] * config.grad_accum))
+                stop_requested = step_stats["_stop"].item() > 0
+                last_loss = float(step_stats["loss"] / world)
+                bar.update(1)
+                if step % config.log_every == 0 or step == end_step or stop_requested:
+                    row = metrics_row(step, step_stats, world, lr, wd, momentum, grad_norm, window.take())
+                    row["epoch"] = stream.epoch
+                    if metrics is not None:
+                        metrics.write(json.dumps(row) + "\n")
+                        metrics.flush()
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.1f}",
+                                    wait=f"{row['data_wait']:.0%}")
+                if step % config.save_every == 0 or step == end_step or stop_requested:
+                    checkpoint = save(step)
+                    last_saved = step
+                if stop_requested:
+                    stopped_by = signals.received or "signal"
+                    break
+    finally:
+        bar.close()
+        if metrics is not None:
+            metrics.close()
+        if rows_log is not None:
+            rows_log.close()
+        batches.close()
+    if last_saved != step and step > start_step:
+        checkpoint = save(step)
+    if config.log_rows:  # lets a test check that every process ends with the same weights
+        with open(out / ROWS_LOG.format(rank=rank), "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, "state_sha256": state_digest(core)}) + "\n")
+    accelerator.wait_for_everyone()
+    if is_main:
+        how = {"end": "finished", "stop_at": "stopped at --stop-at"}.get(stopped_by, f"stopped by {stopped_by}")
+        accelerator.print(f"{how}: step {step} of {total_steps}; checkpoint {checkpoint}")
+    accelerator.end_training()
+    return PretrainResult(out, step, total_steps, stopped_by, checkpoint, last_loss)
+
+
+# ----------------------------------------------------------------------------- helpers of the loop
+
+
+class ThroughputWindow:
+    """Images and time spent waiting for data since the last metrics line."""
+
+    def start(self) -> None:
+        self.t0 = time.perf_counter()
+        self.wait = 0.0
+        self.images = 0.0
+
+    def add_wait(self, seconds: float) -> None:
+        self.wait += seconds
+
+    def step_done(self, images: float) -> None:
+        self.images += images
+
+    def take(self) -> tuple[float, float, float]:
+        """(seconds, waiting seconds, images) since the last take; starts a new window."""
+        now = time.perf_counter()
+        out = (now - self.t0, self.wait, self.images)
+        self.t0, self.wait, self.images = now, 0.0, 0.0
+        return out
+
+
+class BatchSource:
+    """Batches of the stream across epochs, on the device; times the wait for each."""
+
+    def __init__(self, stream, loader, device: torch.device) -> None:
+        self.stream, self.loader, self.device = stream, loader, device
+        self._it: Iterator | None = None
+
+    def next(self, window: ThroughputWindow):
+        t0 = time.perf_counter()
+        while True:
+            if self._it is None:
+                # Starting workers draws a base seed from the global RNG; keep that
+                # out of the model's random stream so a resume replays it exactly.
+                with torch.random.fork_rng(devices=[]):
+                    self._it = iter(self.loader)
+            try:
+                batch = next(self._it)
+                break
+            except StopIteration:
+                self._it = None
+                self.stream.set_epoch(self.stream.epoch + 1)
+        batch = batch.to(self.device, non_blocking=True)
+        window.add_wait(time.perf_counter() - t0)
+        return batch
+
+    def close(self) -> None:
+        self._it = None
+        iterator = getattr(self.loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+
+
+def reduce_stats(accelerator, stats: dict[str, torch.Tensor], images: int, stop_flag: float) -> dict[str, torch.Tensor]:
+    """Sum every statistic over the processes in one all-reduce (plus images and the stop flag)."""
+    device = accelerator.device
+    names, shapes, flat = [], [], []
+    for name, value in sorted(stats.items()):
+        value = value.detach().float().to(device)
+        names.append(name)
+        shapes.append(value.shape)
+        flat.append(value.reshape(-1))
+    flat.append(torch.tensor([float(images), stop_flag], device=device))
+    vector = torch.cat(flat)
+    if accelerator.num_processes > 1:
+        vector = accelerator.reduce(vector, reduction="sum")
+    out, offset = {}, 0
+    for name, shape in zip(names, shapes):
+        n = math.prod(shape)
+        out[name] = vector[offset:offset + n].reshape(shape).cpu()
+        offset += n
+    out["_images"], out["_stop"] = vector[offset].cpu(), vector[offset + 1].cpu()
+    return out
+
+
+def state_digest(module: torch.nn.Module) -> str:
+    """sha256 of every tensor of the module's state, in key order."""
+    digest = hashlib.sha256()
+    for key, value in sorted(module.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def first_non_finite(summed: dict[str, torch.Tensor]) -> str | None:
+    names = [n for n in LOSS_TERMS if n in summed] + sorted(n for n in summed if n not in LOSS_TERMS)
+    for name in names:
+        if not torch.isfinite(summed[name]).all():
+            return name
+    return None
+
+
+def metrics_row(step: int, stats: dict[str, torch.Tensor], world: int, lr: float, wd: float, momentum: float,
+                grad_norm, window: tuple[float, float, float]) -> dict[str, Any]:
+    seconds, waiting, images = window
+    row: dict[str, Any] = {"step": step}
+    for name, value in stats.items():
+        if name.startswith("_"):
+            continue
+        mean = value / world
+        row[name] = mean.tolist() if mean.ndim else float(mean)
+    row.update({"lr": lr, "wd": wd, "momentum": momentum,
+                "grad_norm": None if grad_norm is None else float(grad_norm),
+                "data_wait": waiting / seconds if seconds > 0 else 0.0,
+                "images_per_s": images / seconds if seconds > 0 else 0.0})
+    return row

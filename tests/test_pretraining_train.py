@@ -1,0 +1,147 @@
+"""The training loop end to end on a tiny model: stop, resume, exactness, refusals, metrics, checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from clasp.pretraining.config import PretrainConfig
+from clasp.pretraining.train import NonFiniteLossError, PretrainInputError, run_pretraining
+
+# A model of a few thousand parameters: two blocks, one of them MoE.
+TINY = dict(preset="tiny", dim=32, depth=2, heads=2, moe_layers=1, experts=3, top_k=2, dino_out_dim=64,
+            dino_hidden_dim=32, dino_bottleneck_dim=16, batch_size=4, local_crops=2, precision="no",
+            num_workers=0, log_every=1, save_every=2, shuffle_buffer=16, seed=0)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and the cores are shared with other tests."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def store(make_store: Callable[..., Path]) -> Path:
+    # 17 rows in batches of 4: 5 batches per epoch, so 6+ steps cross an epoch boundary.
+    return make_store([10, 7], grid=(8, 4), hw=(64, 32))
+
+
+def train(store: Path, out: Path, **settings) -> object:
+    return run_pretraining(PretrainConfig(**{**TINY, "shards": str(store), "out": str(out), **settings}))
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(out: Path) -> dict[int, float]:
+    return {row["step"]: row["loss"] for row in metrics(out)}
+
+
+def test_stop_at_and_resume_equal_an_uninterrupted_run(store: Path, tmp_path: Path) -> None:
+    whole = train(store, tmp_path / "whole", steps=7)
+    assert (whole.step, whole.stopped_by) == (7, "end")
+
+    part = train(store, tmp_path / "part", steps=7, stop_at=3)
+    assert (part.step, part.stopped_by) == (3, "stop_at")
+    assert part.checkpoint.name == "step-00000003"  # a checkpoint at the stop, not only every save_every
+    assert max(losses(tmp_path / "part")) == 3
+    rest = train(store, tmp_path / "part", steps=7, resume=True)
+    assert (rest.step, rest.stopped_by) == (7, "end")
+
+    a, b = losses(tmp_path / "whole"), losses(tmp_path / "part")
+    assert sorted(b) == list(range(1, 8))
+    for step in range(1, 8):
+        assert b[step] == pytest.approx(a[step], abs=1e-6), step
+    # the schedules were not shortened by the stop: same lr at every step
+    assert [r["lr"] for r in metrics(tmp_path / "whole")] == [r["lr"] for r in metrics(tmp_path / "part")]
+    final_a = load_file(tmp_path / "whole/checkpoints/step-00000007/model.safetensors")
+    final_b = load_file(tmp_path / "part/checkpoints/step-00000007/model.safetensors")
+    assert final_a.keys() == final_b.keys()
+    for key in final_a:  # student, EMA teacher and DINO centre all resumed exactly
+        torch.testing.assert_close(final_a[key], final_b[key], atol=1e-6, rtol=0, msg=key)
+
+
+def test_metrics_and_checkpoint_contents(store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(store, out, steps=3, keep_checkpoints=1)
+    rows = metrics(out)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for row in rows:
+        for key in ("loss", "dino", "part", "attribute", "balance", "lr", "wd", "momentum", "data_wait",
+                    "images_per_s", "expert_load"):
+            assert key in row, key
+        assert 0.0 <= row["data_wait"] <= 1.0 and row["images_per_s"] > 0
+        assert len(row["expert_load"]) == 1 and len(row["expert_load"][0]) == 3  # 1 MoE layer x 3 experts
+        assert sum(row["expert_load"][0]) == pytest.approx(1.0)
+        assert row["loss"] == pytest.approx(row["dino"] + row["part"] + row["attribute"] + 0.01 * row["balance"],
+                                            rel=1e-5)
+    assert rows[0]["momentum"] == pytest.approx(0.996) and rows[0]["wd"] == pytest.approx(0.04)
+
+    checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert checkpoints == ["step-00000003"]  # keep_checkpoints=1 pruned step 2
+    folder = out / "checkpoints" / "step-00000003"
+    saved = json.loads((folder / "config.json").read_text())
+    assert saved["config"]["batch_size"] == 4 and saved["derived"]["total_steps"] == 3
+    for path in folder.iterdir():
+        if path.suffix == ".safetensors":
+            assert any(k.startswith("teacher.") for k in load_file(path))
+            assert "dino_loss.center" in load_file(path)
+        elif path.suffix == ".json":
+            json.loads(path.read_text())
+        else:  # nothing may need unrestricted unpickling
+            assert path.suffix == ".pt", path
+            torch.load(path, weights_only=True)
+
+
+def test_incompatible_resume_is_refused_naming_keys(store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(store, out, steps=5, stop_at=1)
+    with pytest.raises(PretrainInputError) as info:
+        train(store, out, steps=5, resume=True, batch_size=2, experts=4)
+    message = str(info.value)
+    assert "batch_size: checkpoint 4, now 2" in message and "experts: checkpoint 3, now 4" in message
+    assert "step-00000001" in message
+    # allowed changes (save/log frequency, precision, stop) resume fine
+    result = train(store, out, steps=5, resume=True, stop_at=2, save_every=5, log_every=2)
+    assert result.step == 2
+
+
+def test_a_different_run_is_not_overwritten(store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(store, out, steps=1)
+    with pytest.raises(PretrainInputError, match="holds another run.*--resume.*--force"):
+        train(store, out, steps=2, seed=1)
+    assert losses(out).keys() == {1}
+    train(store, out, steps=2, seed=1, force=True)
+    assert [r["step"] for r in metrics(out)] == [1, 2]  # the old log was replaced, not appended to
+    assert json.loads((out / "config.json").read_text())["config"]["seed"] == 1
+
+
+def test_non_finite_loss_stops_naming_step_and_term(store: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from clasp.pretraining.model import ClaspModel
+
+    forward = ClaspModel.forward
+
+    def poisoned(self, batch, step=None):
+        loss, stats = forward(self, batch, step)
+        if step == 2:  # the third optimizer step
+            stats["part"] = torch.tensor(float("nan"))
+            loss = loss * torch.tensor(float("nan"))
+        return loss, stats
+
+    monkeypatch.setattr(ClaspModel, "forward", poisoned)
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError, match=r"step 3: loss term 'part' is nan.*step-00000002"):
+        train(store, out, steps=6)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000002"]
+    assert max(losses(out)) == 2
