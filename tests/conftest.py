@@ -96,3 +96,13 @@ def make_rows(vocab: Vocabulary) -> Callable[..., LabelRows]:
 # huggingface_hub reads HF_HUB_OFFLINE once, when it is first imported (during collection, before
 # any fixture runs), so the autouse fixture above comes too late for it: set it at conftest import.
 __import__("os").environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+
+
+@pytest.fixture(scope="session")
+def synth_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic world written by `clasp synth`: 8 identities x 6 images, 3 cameras, seed 0."""
+    from clasp.evaluation.synth import SynthConfig, synthesize
+
+    root = tmp_path_factory.mktemp("synth") / "world"
+    synthesize(SynthConfig(root, identities=8, images_per_id=6, cameras=3, seed=0))
+    return root
