@@ -1,0 +1,132 @@
+"""The metrics of the downstream probes, each as the literature defines it.
+
+- **mA** (pedestrian attribute recognition, PETA/PA-100K convention): every
+  binary attribute j gets the mean of its positive and negative recall,
+  (TP_j/P_j + TN_j/N_j) / 2, over the test images; mA is the mean over
+  attributes. Our vocabulary groups mutually exclusive values, so a group is
+  turned into binary attributes first (`binary_attributes`): a two-value group
+  is ONE binary attribute (its first value, e.g. gender=male, backpack=yes; the
+  second value's numbers are the same), a group of k > 2 values is k one-vs-rest
+  attributes (age=child, age=adult, ...). An attribute whose test set has no
+  positives or no negatives has no defined mA and is left out of the mean.
+- **mIoU**: per class IoU = TP / (TP + FP + FN) accumulated over all pixels
+  (or label-grid cells) of the test set; the mean is over classes whose union
+  is non-empty (present in the truth or the prediction), as mmsegmentation
+  does.
+- **re-ID mAP and rank-1**, Market-1501 protocol: for each query the gallery is
+  ranked by similarity (ties keep gallery order); gallery images of the query's
+  identity taken by the query's camera and gallery images with identity -1
+  (junk) are removed from the ranking; distractors (any other identity, e.g.
+  0) stay as wrong answers. AP is the non-interpolated average of the precision
+  at each correct match (as torchreid/fast-reid compute it); rank-1 is whether
+  the first remaining image is correct. Queries without any correct match in
+  the gallery are left out, and their number is reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+JUNK_ID = -1
+
+
+def binary_attributes(labels: np.ndarray, group_sizes: list[int]) -> np.ndarray:
+    """(N, G) value index per group -> (N, C) bool binary attributes (see the module docstring)."""
+    labels = np.asarray(labels)
+    columns = []
+    for g, size in enumerate(group_sizes):
+        if size == 2:
+            columns.append(labels[:, g] == 0)
+        else:
+            columns.extend(labels[:, g] == v for v in range(size))
+    return np.stack(columns, axis=1) if columns else np.zeros((len(labels), 0), bool)
+
+
+def binary_attribute_names(groups: list[tuple[str, list[str]]]) -> list[str]:
+    """Names of the columns `binary_attributes` makes, as 'group=value'."""
+    names = []
+    for group, values in groups:
+        chosen = values[:1] if len(values) == 2 else values
+        names.extend(f"{group}={v}" for v in chosen)
+    return names
+
+
+def label_based_accuracy(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Per binary attribute (TP/P + TN/N) / 2; NaN where P or N is zero. Inputs (N, C) bool."""
+    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+    pos = truth.sum(0)
+    neg = (~truth).sum(0)
+    tp = (pred & truth).sum(0)
+    tn = (~pred & ~truth).sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = (tp / pos + tn / neg) / 2
+    acc[(pos == 0) | (neg == 0)] = np.nan
+    return acc
+
+
+def mean_accuracy(pred: np.ndarray, truth: np.ndarray) -> float:
+    """mA: the mean of `label_based_accuracy` over attributes where it is defined."""
+    acc = label_based_accuracy(pred, truth)
+    return float(np.nanmean(acc)) if np.isfinite(acc).any() else float("nan")
+
+
+def confusion_matrix(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> np.ndarray:
+    """(num_classes, num_classes) int64 counts, rows = truth, columns = prediction."""
+    pred = np.asarray(pred, np.int64).ravel()
+    truth = np.asarray(truth, np.int64).ravel()
+    if pred.shape != truth.shape:
+        raise ValueError(f"prediction has {pred.size} elements, truth {truth.size}")
+    return np.bincount(truth * num_classes + pred, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def iou_per_class(confusion: np.ndarray) -> np.ndarray:
+    """TP / (TP + FP + FN) per class; NaN for a class absent from truth and prediction."""
+    confusion = np.asarray(confusion, np.float64)
+    tp = np.diag(confusion)
+    union = confusion.sum(0) + confusion.sum(1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = tp / union
+    iou[union == 0] = np.nan
+    return iou
+
+
+def mean_iou(confusion: np.ndarray) -> float:
+    iou = iou_per_class(confusion)
+    return float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
+
+
+@dataclass
+class ReidScore:
+    mAP: float
+    rank1: float
+    queries: int  # queries that had at least one correct match and were scored
+    skipped_queries: int  # queries without any correct match in the gallery
+
+
+def reid_scores(similarity: np.ndarray, query_ids: np.ndarray, query_cams: np.ndarray,
+                gallery_ids: np.ndarray, gallery_cams: np.ndarray) -> ReidScore:
+    """mAP and rank-1 from a (Q, G) similarity matrix (higher = more alike), Market-1501 protocol."""
+    similarity = np.asarray(similarity, np.float64)
+    query_ids, query_cams = np.asarray(query_ids), np.asarray(query_cams)
+    gallery_ids, gallery_cams = np.asarray(gallery_ids), np.asarray(gallery_cams)
+    if similarity.shape != (len(query_ids), len(gallery_ids)):
+        raise ValueError(f"similarity has shape {similarity.shape}, expected ({len(query_ids)}, {len(gallery_ids)})")
+    order = np.argsort(-similarity, axis=1, kind="stable")
+    aps, hits, skipped = [], [], 0
+    for q in range(len(query_ids)):
+        ranked = order[q]
+        ids, cams = gallery_ids[ranked], gallery_cams[ranked]
+        junk = (ids == JUNK_ID) | ((ids == query_ids[q]) & (cams == query_cams[q]))
+        good = (ids == query_ids[q])[~junk]
+        if not good.any():
+            skipped += 1
+            continue
+        positions = np.flatnonzero(good)  # 0-based ranks of the correct matches
+        precision = np.arange(1, len(positions) + 1) / (positions + 1)
+        aps.append(precision.mean())
+        hits.append(bool(good[0]))
+    if not aps:
+        return ReidScore(float("nan"), float("nan"), 0, skipped)
+    return ReidScore(float(np.mean(aps)), float(np.mean(hits)), len(aps), skipped)
