@@ -1,0 +1,131 @@
+"""`clasp export` and `load_backbone`: clean keys, same features as the trained teacher, no training code needed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file, load_model
+
+from clasp.cli import main
+from clasp.pretraining import load_backbone
+from clasp.pretraining.config import PretrainConfig
+from clasp.pretraining.export import ExportConfig, ExportError, export_backbone
+from clasp.pretraining.model import ClaspModel, ModelConfig
+from clasp.pretraining.train import run_pretraining
+
+TINY = dict(preset="tiny", dim=32, depth=2, heads=2, moe_layers=1, experts=3, top_k=2, dino_out_dim=64,
+            dino_hidden_dim=32, dino_bottleneck_dim=16, batch_size=4, local_crops=1, precision="no",
+            num_workers=0, log_every=1, save_every=1, shuffle_buffer=16, seed=0, steps=2)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and the cores are shared with other tests."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def run_dir(make_store: Callable[..., Path], tmp_path: Path) -> Path:
+    """A two-step run (checkpoints at steps 1 and 2) on a small store."""
+    store = make_store([9], grid=(8, 4), hw=(64, 32))
+    run_pretraining(PretrainConfig(**TINY, shards=str(store), out=str(tmp_path / "run")))
+    return tmp_path / "run"
+
+
+def trained_model(run_dir: Path, step: int = 2) -> ClaspModel:
+    folder = run_dir / "checkpoints" / f"step-{step:08d}"
+    saved = json.loads((folder / "config.json").read_text())
+    model = ClaspModel(ModelConfig.from_dict(saved["model"]))
+    load_model(model, str(folder / "model.safetensors"))
+    return model.eval()
+
+
+def images(seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (3, 3, 256, 128), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_exported_teacher_gives_the_trained_teachers_features(run_dir: Path, tmp_path: Path) -> None:
+    teacher = trained_model(run_dir).teacher_backbone()
+    x = images()
+    for task in ("instance", "part", "attribute"):
+        backbone = load_backbone(export_backbone(ExportConfig(run=run_dir, out=tmp_path / task, task=task)))
+        assert isinstance(backbone, torch.nn.Module) and not backbone.training
+        with torch.no_grad():
+            cls, patches = backbone(x)
+            want_cls, want_patches = teacher.for_task(task)(x)
+            float_cls, _ = backbone(x.float() / 255)  # float input in [0, 1] is the same picture
+        assert cls.shape == (3, 32) and patches.shape == (3, 16 * 8, 32)
+        torch.testing.assert_close(cls, want_cls, rtol=0, atol=0)
+        torch.testing.assert_close(patches, want_patches, rtol=0, atol=0)
+        torch.testing.assert_close(float_cls, cls, rtol=1e-5, atol=1e-5)
+    # the task prompt matters: the same images give other features under another prompt
+    with torch.no_grad():
+        assert not torch.allclose(load_backbone(tmp_path / "part")(x)[0], load_backbone(tmp_path / "instance")(x)[0])
+
+
+def test_export_keys_config_and_student_choice(run_dir: Path, tmp_path: Path) -> None:
+    teacher_dir = export_backbone(ExportConfig(run=run_dir, out=tmp_path / "t", task="part", checkpoint=1))
+    student_dir = export_backbone(ExportConfig(run=run_dir, out=tmp_path / "s", task="part", student=True))
+    weights = load_file(teacher_dir / "model.safetensors")
+    assert "patch_embed.weight" in weights and "task_prompts" in weights and "moe_blocks.0.moe.router.weight" in weights
+    for key in weights:
+        assert not key.startswith(("teacher", "student", "module.", "_orig_mod.")), key
+        assert "head" not in key and "dino_loss" not in key, key
+    config = json.loads((teacher_dir / "config.json").read_text())
+    assert config["format"] == "clasp-backbone" and config["version"] == 1
+    assert config["task"] == "part" and config["weights"] == "teacher" and config["image_hw"] == [256, 128]
+    assert config["architecture"]["dim"] == 32 and config["source"]["step"] == 1
+    assert config["normalization"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    # the student is another network: the export really chose it
+    model = trained_model(run_dir)
+    student = load_file(student_dir / "model.safetensors")
+    torch.testing.assert_close(student["norm.weight"], model.student_backbone().norm.weight.detach())
+    x = images(1)
+    with torch.no_grad():
+        s_cls, _ = load_backbone(student_dir)(x)
+        t_cls, _ = load_backbone(export_backbone(ExportConfig(run=run_dir, out=tmp_path / "t2", task="part")))(x)
+    assert not torch.allclose(s_cls, t_cls)
+
+
+def test_load_backbone_needs_no_training_code(run_dir: Path, tmp_path: Path) -> None:
+    out = export_backbone(ExportConfig(run=run_dir, out=tmp_path / "b", task="instance"))
+    blocked = ["clasp.pretraining.model", "clasp.pretraining.train", "clasp.pretraining.stream",
+               "clasp.pretraining.heads", "clasp.pretraining.checkpoint", "clasp.pretraining.export", "clasp.store",
+               "accelerate", "h5py"]
+    code = (f"import sys\nfor m in {blocked!r}: sys.modules[m] = None\n"
+            "import torch\nfrom clasp.pretraining import load_backbone\n"
+            f"cls, patches = load_backbone({str(out)!r})(torch.zeros(2, 3, 256, 128, dtype=torch.uint8))\n"
+            "print(tuple(cls.shape), tuple(patches.shape))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "(2, 32) (2, 128, 32)"
+
+
+def test_export_command_and_its_errors(run_dir: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    ok = runner.invoke(main, ["export", str(run_dir), "--task", "attribute", "--out", str(tmp_path / "e")])
+    assert ok.exit_code == 0, ok.output
+    assert (tmp_path / "e" / "model.safetensors").is_file()
+    missing = runner.invoke(main, ["export", str(run_dir), "--checkpoint", "7", "--out", str(tmp_path / "x")])
+    assert missing.exit_code == 2 and "no checkpoint at step 7" in missing.output and str(run_dir) in missing.output
+    assert "Traceback" not in missing.output
+    nothing = runner.invoke(main, ["export", str(tmp_path / "nope"), "--out", str(tmp_path / "y")])
+    assert nothing.exit_code == 2 and "run folder not found" in nothing.output
+
+
+def test_export_refuses_a_task_the_run_did_not_train(tmp_path: Path, make_store: Callable[..., Path]) -> None:
+    store = make_store([6], grid=(8, 4), hw=(64, 32))
+    run_pretraining(PretrainConfig(**{**TINY, "steps": 1, "w_attr": 0.0}, shards=str(store), out=str(tmp_path / "run")))
+    with pytest.raises(ExportError, match="no 'attribute' prompt"):
+        export_backbone(ExportConfig(run=tmp_path / "run", out=tmp_path / "e", task="attribute"))
