@@ -88,6 +88,8 @@ def wipe_run_files(out: Path) -> None:
 
 def write_error_log(out: str | Path, message: str) -> None:
     """Record why a start failed; the only thing a failed start writes to `out`."""
+    if not str(out):
+        return  # no run folder was given
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)

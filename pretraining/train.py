@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -75,10 +76,14 @@ def make_accelerator(config: PretrainConfig):
     AcceleratorState._reset_state()
     GradientState._reset_state()
     try:
-        return Accelerator(mixed_precision=config.precision, gradient_accumulation_steps=config.grad_accum)
+        accelerator = Accelerator(mixed_precision=config.precision, gradient_accumulation_steps=config.grad_accum)
     except ValueError as exc:
         raise ConfigError(f"precision {config.precision!r} cannot be used here ({exc}); "
                           "on a CPU use --precision bf16 or no") from None
+    if config.precision == "fp16" and accelerator.device.type == "cpu":
+        # accelerate would silently train in fp32 here
+        raise ConfigError("precision 'fp16' needs a GPU; on a CPU use --precision bf16 or no")
+    return accelerator
 
 
 def model_config_for(config: PretrainConfig, vocab):
@@ -167,12 +172,12 @@ def run_pretraining(config: PretrainConfig) -> PretrainResult:
     first step (having written nothing to `out` but `error.log`), and
     NonFiniteLossError when a loss goes NaN/inf (the last good checkpoint stays).
     """
-    config.validate()
-    accelerator = make_accelerator(config)
     try:
+        config.validate()
+        accelerator = make_accelerator(config)
         return _run(config, accelerator)
     except (PretrainInputError, ConfigError, RunFolderError) as exc:
-        if accelerator.is_main_process:
+        if os.environ.get("RANK", "0") == "0":  # the launcher's global rank; one log line, not one per process
             write_error_log(config.out, str(exc))
         raise PretrainInputError(str(exc)) from None
 
