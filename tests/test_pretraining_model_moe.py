@@ -10,6 +10,15 @@ from clasp.pretraining.moe import PCMoE, load_balancing_loss
 from clasp.pretraining.vit import PRESETS, PromptedViT, ViTConfig
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models on a shared 2-core machine: one thread avoids OpenMP oversubscription stalls."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_vit(**overrides) -> PromptedViT:
     torch.manual_seed(0)
     config = dict(dim=32, depth=3, heads=2, moe_layers=2, num_experts=4, top_k=2)
