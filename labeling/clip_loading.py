@@ -16,6 +16,7 @@ import torch
 from transformers import CLIPModel, CLIPTokenizer
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from transformers.utils import cached_file
+from transformers.utils.hub import extract_commit_hash
 
 from clasp.labeling.errors import LabelingError
 
@@ -83,6 +84,12 @@ def load_image_normalization(name_or_folder: str | os.PathLike, revision: str | 
     return ImageNormalization(tuple(config.get("image_mean", default.mean)), tuple(config.get("image_std", default.std)))
 
 
-def loaded_revision(model: CLIPModel, requested: str | None) -> str | None:
-    """The revision to record: the one asked for, else the hub commit the files came from (None for folders)."""
-    return requested or getattr(model.config, "_commit_hash", None)
+def loaded_revision(name_or_folder: str | os.PathLike, requested: str | None = None) -> str | None:
+    """The revision to record: the hub commit the files were read from (a moving branch or tag is
+    pinned this way), else the one asked for; None for a plain local folder."""
+    try:
+        config_file = cached_file(str(name_or_folder), "config.json", revision=requested,
+                                  _raise_exceptions_for_missing_entries=False)
+    except OSError:
+        config_file = None
+    return extract_commit_hash(config_file, None) or requested

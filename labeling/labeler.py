@@ -79,7 +79,7 @@ class ClipLabeler:
         self.logit_scale = self.model.logit_scale.detach().float()
         self.clip_info = ClipInfo(
             model=config.clip_model,
-            revision=loaded_revision(self.model, config.revision),
+            revision=loaded_revision(config.clip_model, config.revision),
             input_hw=(height, width),
             dense_mode=config.dense_mode,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -74,6 +75,23 @@ def test_clip_info_and_grid(labeler: ClipLabeler, tiny_clip_dir: Path) -> None:
     assert (info.model, info.revision, info.input_hw, info.dense_mode) == (str(tiny_clip_dir), None, (448, 224),
                                                                             "maskclip")
     assert labeler.label_grid == (28, 14)
+
+
+def test_hub_id_loads_from_the_hub_cache_offline_and_records_its_commit(
+        tiny_clip_dir: Path, vocab: Vocabulary, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hub id takes the same path as a folder; the commit it resolved to is what the manifest records."""
+    from huggingface_hub import constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "models--acme--tiny-clip"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(tiny_clip_dir, repo / "snapshots" / commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    labeler = ClipLabeler(ClipLabelerConfig(clip_model="acme/tiny-clip", dense_mode="naive"), vocab)
+    assert labeler.clip_info.model == "acme/tiny-clip" and labeler.clip_info.revision == commit
+    with pytest.raises(ClipLoadError, match="acme/other"):
+        load_clip("acme/other")
 
 
 # --------------------------------------------------------------------------- dense features
