@@ -81,16 +81,20 @@ def decode_bytes(data: bytes, store_hw: tuple[int, int], label_hw: tuple[int, in
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
-            orig_hw = _upright_hw(image)
-            too = _size_problem(orig_hw)
+            width, height = image.size  # before `draft` shrinks it
+            too = _size_problem(width, height)
             if too:
                 return too
             if image.format == "JPEG":
                 # Decode at 1/2, 1/4 or 1/8 scale when that still covers every target size.
                 side = max(*store_hw, *label_hw)
                 image.draft(None, (side, side))
+            # Load before reading EXIF: a PNG's getexif() loads the pixels itself and
+            # would swallow a decoding error.
             image.load()
-            upright = ImageOps.exif_transpose(image)
+            rotated = _exif_orientation(image) in _ROTATING_ORIENTATIONS
+            orig_hw = (width, height) if rotated else (height, width)
+            upright = _transposed(image) if rotated or _exif_orientation(image) != 1 else image
             rgb = to_rgb(upright)
     except UnidentifiedImageError:
         return "not an image (format not recognised)"
@@ -137,17 +141,21 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _upright_hw(image: Image.Image) -> tuple[int, int]:
-    w, h = image.size
+def _transposed(image: Image.Image) -> Image.Image:
     try:
-        orientation = image.getexif().get(0x0112, 1)
+        return ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001 - keep the pixels as stored rather than skip the image
+        return image
+
+
+def _exif_orientation(image: Image.Image) -> int:
+    try:
+        return int(image.getexif().get(0x0112, 1))
     except Exception:  # noqa: BLE001 - a broken EXIF block means "no rotation"
-        orientation = 1
-    return (w, h) if orientation in _ROTATING_ORIENTATIONS else (h, w)
+        return 1
 
 
-def _size_problem(hw: tuple[int, int]) -> str | None:
-    h, w = hw
+def _size_problem(w: int, h: int) -> str | None:
     if h * w > MAX_PIXELS:
         return f"too large: {w}x{h} pixels (width x height) exceeds the {MAX_PIXELS // 1_000_000} megapixel limit"
     if min(h, w) < MIN_SIDE:

@@ -8,6 +8,7 @@ identity) and `run` (yield each shard's outcome as it finishes, in any order).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from typing import Callable, Iterator
 
@@ -115,5 +116,5 @@ def open_executor(workers: int, scheduler: str | None, factory: LabelerFactory) 
             yield DaskExecutor(factory, client)
         return
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                      memory_limit=0, silence_logs="error") as cluster, Client(cluster) as client:
+                      memory_limit=0, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         yield DaskExecutor(factory, client)

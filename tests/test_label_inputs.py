@@ -108,12 +108,25 @@ def png_header_only(width: int, height: int) -> bytes:
     return bytes(data)
 
 
+def corrupt_png() -> bytes:
+    """A PNG with a valid header and checksums whose compressed pixel data is garbage."""
+    png = bytearray(encode(Image.fromarray(np.random.default_rng(8).integers(0, 255, (160, 80, 3), np.uint8)), "PNG"))
+    at = png.index(b"IDAT")
+    size = struct.unpack(">I", png[at - 4:at])[0]
+    data = bytearray(png[at + 4:at + 4 + size])
+    data[100:400] = bytes(range(256)) + bytes(44)
+    png[at + 4:at + 4 + size] = data
+    png[at + 4 + size:at + 8 + size] = struct.pack(">I", zlib.crc32(b"IDAT" + bytes(data)))
+    return bytes(png)
+
+
 def test_bad_inputs_become_reasons() -> None:
     good = encode(Image.new("RGB", (64, 128), (1, 2, 3)), "JPEG")
     cases = {
         "truncated": (good[: len(good) // 2], "truncated"),
         "not an image": (b"GIF89 definitely not", "not an image"),
         "corrupt header": (b"\xff\xd8\xff" + bytes(2000), "not an image"),
+        "corrupt data": (corrupt_png(), "cannot decode"),
         "tiny": (encode(Image.new("RGB", (5, 3)), "PNG"), "too small: 5x3"),
         "bomb": (png_header_only(20000, 20000), "too large"),
     }
