@@ -106,8 +106,7 @@ def learn_bpe_merges(texts: Iterable[str], max_merges: int = 4000) -> list[tuple
 
 def train_prompt_tokenizer(prompts: Iterable[str]) -> CLIPTokenizer:
     """A CLIPTokenizer whose merges are learned from `prompts`; any text still encodes (byte fallback)."""
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    alphabet = sorted(alphabet, key=lambda ch: ord(ch))
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     tokens = alphabet + [ch + END_OF_WORD for ch in alphabet]
     merges = learn_bpe_merges(prompts)
     seen = set(tokens)
