@@ -1,0 +1,30 @@
+"""Loading an exported backbone as a frozen feature extractor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from clasp.evaluation.errors import EvalInputError
+
+
+def load_frozen_backbone(path: str | Path) -> torch.nn.Module:
+    """`clasp.pretraining.load_backbone(path)` in eval mode with gradients off; input errors as EvalInputError."""
+    path = Path(path)
+    if not path.is_dir():
+        raise EvalInputError(f"{path}: backbone folder does not exist")
+    try:
+        from clasp.pretraining import load_backbone
+    except ImportError as exc:  # stage two not installed in this build
+        raise EvalInputError(f"{path}: cannot load backbones, clasp.pretraining is unavailable ({exc})") from None
+    try:
+        model = load_backbone(path)
+    except ValueError as exc:  # the loader's BackboneError names the file and the problem
+        raise EvalInputError(str(exc)) from None
+    except (FileNotFoundError, KeyError, OSError) as exc:
+        raise EvalInputError(f"{path}: not a backbone written by `clasp export` ({exc})") from None
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model

@@ -1,0 +1,74 @@
+"""Running a frozen backbone once over a set of images.
+
+A *feature extractor* is any callable mapping a (B, 3, 256, 128) uint8 image
+tensor to (cls (B, D), patches (B, N, D)) — what `clasp.pretraining.load_backbone`
+returns, or a stand-in in tests. Features are computed once, in batches, under
+`torch.inference_mode`, and kept as float32 NumPy arrays for the probes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+FeatureExtractor = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+INPUT_HW = (256, 128)
+
+
+@dataclass
+class Features:
+    cls: np.ndarray  # (N, D) float32
+    patches: np.ndarray | None  # (N, P, D) float32, None when not kept
+    grid: tuple[int, int] | None  # (h, w) of the patch tokens
+
+    def __len__(self) -> int:
+        return len(self.cls)
+
+
+def load_image(path: str | Path, hw: tuple[int, int] = INPUT_HW) -> np.ndarray:
+    """An RGB image as (H, W, 3) uint8, resized (plain, bilinear) to `hw` when it differs.
+
+    Market-1501 crops are 128x64; they are stretched to 256x128 as re-ID code does."""
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        if im.size != (hw[1], hw[0]):
+            im = im.resize((hw[1], hw[0]), Image.BILINEAR)
+        return np.asarray(im)
+
+
+def patch_grid(num_patches: int, hw: tuple[int, int] = INPUT_HW) -> tuple[int, int]:
+    """The (h, w) token grid of `num_patches` tokens on an image of aspect `hw`."""
+    w = max(1, round(math.sqrt(num_patches * hw[1] / hw[0])))
+    h = num_patches // w
+    if h * w != num_patches:
+        raise ValueError(f"{num_patches} patch tokens do not form a grid of aspect {hw[0]}:{hw[1]}")
+    return h, w
+
+
+def extract_features(extractor: FeatureExtractor, paths: Sequence[str | Path], batch_size: int = 64,
+                     keep_patches: bool = True, progress: Callable[[int], None] | None = None) -> Features:
+    """Features of every image in `paths`, in that order."""
+    if isinstance(extractor, torch.nn.Module):
+        extractor.eval()
+    cls_out, patch_out = [], []
+    with torch.inference_mode():
+        for start in range(0, len(paths), batch_size):
+            batch = np.stack([load_image(p) for p in paths[start:start + batch_size]])
+            images = torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()
+            cls, patches = extractor(images)
+            cls_out.append(cls.float().cpu().numpy())
+            if keep_patches:
+                patch_out.append(patches.float().cpu().numpy())
+            if progress is not None:
+                progress(min(start + batch_size, len(paths)))
+    if not cls_out:
+        raise ValueError("no images to extract features from")
+    patches = np.concatenate(patch_out) if keep_patches else None
+    grid = patch_grid(patches.shape[1]) if patches is not None else None
+    return Features(np.concatenate(cls_out), patches, grid)

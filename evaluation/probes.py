@@ -1,0 +1,169 @@
+"""Probes on frozen features: linear attributes, linear parsing, cosine kNN re-ID.
+
+The linear probes are fitted full-batch with L-BFGS and an L2 penalty on standardised features
+(mean and spread from the training rows), from zero weights, for a fixed number
+of steps: the result is a function of the features alone, with no sampling and
+no seed. Attribute probing trains one linear layer over all value columns with
+a softmax cross-entropy inside each group; parsing trains a per-token linear
+classifier on the patch tokens against the ground truth mask brought down to the
+token grid by majority (`clasp.evaluation.label_grid`), and is scored both on
+that grid and at full resolution after bilinear upsampling of the logits.
+
+Splits (`identity_split`, `query_gallery_split`):
+- identities, sorted by number: the first half (rounded down) trains the
+  probes, the rest are the test identities;
+- re-ID uses the test identities only: the first image of each (identity,
+  camera) pair is a query, every other test image is in the gallery.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from clasp.evaluation.metrics import (
+    binary_attributes, confusion_matrix, iou_per_class, label_based_accuracy, reid_scores,
+)
+
+
+@dataclass
+class ProbeSettings:
+    steps: int = 300  # L-BFGS iterations at most
+    l2: float = 1e-2  # weight penalty (features are standardised, the loss is a mean over rows)
+    pixel_batch: int = 64  # images per step when upsampling parsing logits
+    # The probes are small matrix products; on a shared CPU the synchronisation of
+    # several threads costs more than it saves (measured: 4-8x slower with 2 threads).
+    threads: int = 1
+
+
+@contextmanager
+def _torch_threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def identity_split(identities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean (train, test) row masks: the lower half of the sorted identity numbers trains."""
+    identities = np.asarray(identities)
+    unique = np.unique(identities)
+    train_ids = unique[: len(unique) // 2]
+    train = np.isin(identities, train_ids)
+    return train, ~train
+
+
+def query_gallery_split(identities: np.ndarray, cameras: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (query, gallery) among `rows`: the first row of each (identity, camera) is a query."""
+    seen: set[tuple[int, int]] = set()
+    query, gallery = [], []
+    for r in np.asarray(rows):
+        key = (int(identities[r]), int(cameras[r]))
+        (gallery if key in seen else query).append(int(r))
+        seen.add(key)
+    return np.array(query, np.int64), np.array(gallery, np.int64)
+
+
+def _standardise(train: np.ndarray, *others: np.ndarray) -> list[torch.Tensor]:
+    mean = train.mean(0, keepdims=True)
+    std = train.std(0, keepdims=True)
+    std[std < 1e-6] = 1.0  # a dimension constant in training carries nothing; do not blow it up
+    return [torch.from_numpy(((x - mean) / std).astype(np.float32)) for x in (train, *others)]
+
+
+def _fit_linear(x: torch.Tensor, loss_fn, out_dim: int, settings: ProbeSettings) -> torch.nn.Linear:
+    """Minimise loss + l2/2 * |W|^2 from zero weights with full-batch L-BFGS: a convex problem
+    with one solution, reached the same way on every run."""
+    layer = torch.nn.Linear(x.shape[1], out_dim)
+    torch.nn.init.zeros_(layer.weight)
+    torch.nn.init.zeros_(layer.bias)
+    opt = torch.optim.LBFGS(layer.parameters(), lr=1.0, max_iter=settings.steps, history_size=20,
+                            tolerance_grad=1e-6, tolerance_change=1e-9, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(layer(x)) + 0.5 * settings.l2 * layer.weight.square().sum()
+        loss.backward()
+        return loss
+
+    with _torch_threads(settings.threads):
+        opt.step(closure)
+    return layer
+
+
+def attribute_probe(train_x: np.ndarray, train_labels: np.ndarray, test_x: np.ndarray, test_labels: np.ndarray,
+                    group_sizes: list[int], settings: ProbeSettings = ProbeSettings()) -> dict:
+    """Linear probe on CLS features; labels are (N, G) value indices. Returns mA and its parts."""
+    xtr, xte = _standardise(train_x, test_x)
+    ytr = torch.from_numpy(np.asarray(train_labels, np.int64))
+    bounds = np.concatenate([[0], np.cumsum(group_sizes)]).tolist()
+    # All groups in one cross-entropy: logits gathered into (N, values, groups), padding at -inf.
+    widest = max(group_sizes)
+    columns = torch.tensor([[bounds[g] + min(k, size - 1) for g, size in enumerate(group_sizes)] for k in range(widest)])
+    padding = torch.tensor([[k >= size for size in group_sizes] for k in range(widest)])
+
+    def loss_fn(logits: torch.Tensor) -> torch.Tensor:
+        grouped = logits[:, columns].masked_fill(padding, float("-inf"))
+        return F.cross_entropy(grouped, ytr) * len(group_sizes)  # = sum over groups of each group's mean
+
+    layer = _fit_linear(xtr, loss_fn, bounds[-1], settings)
+    with torch.no_grad():
+        logits = layer(xte).numpy()
+    pred = np.stack([logits[:, bounds[g]:bounds[g + 1]].argmax(1) for g in range(len(group_sizes))], axis=1)
+    test_labels = np.asarray(test_labels)
+    per_attribute = label_based_accuracy(binary_attributes(pred, group_sizes), binary_attributes(test_labels, group_sizes))
+    return {
+        "mA": float(np.nanmean(per_attribute)) if np.isfinite(per_attribute).any() else float("nan"),
+        "per_attribute": per_attribute,
+        "group_accuracy": (pred == test_labels).mean(0),
+    }
+
+
+def parsing_probe(train_tokens: np.ndarray, train_grid_masks: np.ndarray, test_tokens: np.ndarray,
+                  test_grid_masks: np.ndarray, num_classes: int, test_pixel_masks: np.ndarray | None = None,
+                  settings: ProbeSettings = ProbeSettings()) -> dict:
+    """Per-token linear probe. Tokens (N, P, D), grid masks (N, h, w) with h*w = P."""
+    n_train, p, d = train_tokens.shape
+    grid = test_grid_masks.shape[1:]
+    xtr, xte = _standardise(train_tokens.reshape(-1, d), test_tokens.reshape(-1, d))
+    ytr = torch.from_numpy(np.asarray(train_grid_masks, np.int64).reshape(-1))
+    layer = _fit_linear(xtr, lambda logits: F.cross_entropy(logits, ytr), num_classes, settings)
+    with torch.no_grad():
+        logits = layer(xte).reshape(len(test_tokens), *grid, num_classes)
+    grid_conf = confusion_matrix(logits.argmax(-1).numpy(), test_grid_masks, num_classes)
+    out = {"iou_grid": iou_per_class(grid_conf)}
+    out["mIoU_grid"] = _nanmean(out["iou_grid"])
+    if test_pixel_masks is not None:
+        pixel_conf = np.zeros((num_classes, num_classes), np.int64)
+        hw = test_pixel_masks.shape[1:]
+        for start in range(0, len(test_tokens), settings.pixel_batch):
+            block = logits[start:start + settings.pixel_batch].permute(0, 3, 1, 2)
+            up = F.interpolate(block, size=hw, mode="bilinear", align_corners=False).argmax(1)
+            pixel_conf += confusion_matrix(up.numpy(), test_pixel_masks[start:start + settings.pixel_batch], num_classes)
+        out["iou_pixel"] = iou_per_class(pixel_conf)
+        out["mIoU_pixel"] = _nanmean(out["iou_pixel"])
+    return out
+
+
+def cosine_similarity(query: np.ndarray, gallery: np.ndarray) -> np.ndarray:
+    q = query / (np.linalg.norm(query, axis=1, keepdims=True) + 1e-12)
+    g = gallery / (np.linalg.norm(gallery, axis=1, keepdims=True) + 1e-12)
+    return q @ g.T
+
+
+def reid_probe(query_x: np.ndarray, query_ids: np.ndarray, query_cams: np.ndarray, gallery_x: np.ndarray,
+               gallery_ids: np.ndarray, gallery_cams: np.ndarray) -> dict:
+    """Cosine nearest neighbours on CLS features, scored with the Market-1501 protocol."""
+    score = reid_scores(cosine_similarity(query_x, gallery_x), query_ids, query_cams, gallery_ids, gallery_cams)
+    return {"mAP": score.mAP, "rank1": score.rank1, "queries": score.queries,
+            "skipped_queries": score.skipped_queries, "gallery": int(len(gallery_ids))}
+
+
+def _nanmean(values: np.ndarray) -> float:
+    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")

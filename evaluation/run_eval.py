@@ -1,0 +1,192 @@
+"""`clasp eval`: probe a frozen backbone on a synthetic world or a Market-1501 folder.
+
+`--data` is recognised by its content: a folder with `truth/annotations.jsonl`
+is a synthetic world (all tasks); a folder with `query/` or
+`bounding_box_test/` is Market-1501 (re-ID only). Results are a nested dict
+(also written as JSON) and a plain-text table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from clasp.evaluation.errors import EvalInputError
+from clasp.evaluation.features import FeatureExtractor, extract_features
+from clasp.evaluation.label_grid import majority_downsample
+from clasp.evaluation.market1501 import is_market1501, read_market1501
+from clasp.evaluation.metrics import binary_attribute_names
+from clasp.evaluation.probes import (
+    ProbeSettings, attribute_probe, identity_split, parsing_probe, query_gallery_split, reid_probe,
+)
+from clasp.evaluation.truth import SynthTruth
+from clasp.store import Vocabulary
+
+TASKS = ("attributes", "parsing", "reid")
+
+
+@dataclass
+class EvalConfig:
+    backbone: Path
+    data: Path
+    tasks: tuple[str, ...] | None = None  # None: every task the data supports
+    out: Path | None = None
+    batch_size: int = 64
+    probe: ProbeSettings = field(default_factory=ProbeSettings)
+
+
+def data_kind(data: Path) -> str:
+    if (data / "truth" / "annotations.jsonl").is_file():
+        return "synth"
+    if is_market1501(data):
+        return "market1501"
+    if not data.is_dir():
+        raise EvalInputError(f"{data}: folder does not exist")
+    raise EvalInputError(f"{data}: no ground truth (neither truth/annotations.jsonl of `clasp synth` "
+                         "nor Market-1501's query/ and bounding_box_test/)")
+
+
+def resolve_tasks(kind: str, tasks: tuple[str, ...] | None, data: Path) -> tuple[str, ...]:
+    supported = TASKS if kind == "synth" else ("reid",)
+    if tasks is None:
+        return supported
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise EvalInputError(f"unknown task(s) {', '.join(unknown)}; choose from {', '.join(TASKS)}")
+    unsupported = [t for t in tasks if t not in supported]
+    if unsupported:
+        raise EvalInputError(f"{data}: a Market-1501 folder has no ground truth for {', '.join(unsupported)} (reid only)")
+    return tuple(tasks)
+
+
+def evaluate(config: EvalConfig, extractor: FeatureExtractor | None = None,
+             log: Callable[[str], None] = lambda _: None) -> dict:
+    """Run the probes; `extractor` overrides loading `config.backbone` (tests, baselines)."""
+    data = Path(config.data)
+    kind = data_kind(data)
+    tasks = resolve_tasks(kind, config.tasks, data)
+    source = SynthTruth.load(data) if kind == "synth" else read_market1501(data)
+    if extractor is None:
+        from clasp.evaluation.backbone import load_frozen_backbone
+
+        extractor = load_frozen_backbone(config.backbone)
+    results: dict = {"backbone": str(config.backbone), "data": str(data), "kind": kind, "tasks": list(tasks)}
+    if kind == "synth":
+        results.update(_evaluate_synth(source, tasks, extractor, config, log))
+    else:
+        results.update(_evaluate_market(source, extractor, config, log))
+    if config.out is not None:
+        Path(config.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(config.out).write_text(json.dumps(_jsonable(results), indent=2) + "\n", encoding="utf-8")
+    return results
+
+
+def _evaluate_synth(truth: SynthTruth, tasks, extractor, config: EvalConfig, log) -> dict:
+    vocab = Vocabulary.default()
+    start = time.perf_counter()
+    log(f"features of {len(truth)} images")
+    feats = extract_features(extractor, [truth.images_dir / p for p in truth.paths], config.batch_size,
+                             keep_patches="parsing" in tasks)
+    out: dict = {"images": len(truth), "feature_dim": int(feats.cls.shape[1]),
+                 "seconds": {"features": time.perf_counter() - start}}
+    train, test = identity_split(truth.identity)
+    out["split"] = {"rule": "lower half of sorted identity numbers trains the probes; the rest test",
+                    "train_images": int(train.sum()), "test_images": int(test.sum()),
+                    "train_identities": int(len(np.unique(truth.identity[train]))),
+                    "test_identities": int(len(np.unique(truth.identity[test])))}
+    if "attributes" in tasks:
+        t0 = time.perf_counter()
+        log("attribute probe")
+        labels = truth.attribute_indices(vocab)
+        sizes = [len(g.values) for g in vocab.attributes]
+        res = attribute_probe(feats.cls[train], labels[train], feats.cls[test], labels[test], sizes, config.probe)
+        names = binary_attribute_names([(g.group, [v.name for v in g.values]) for g in vocab.attributes])
+        out["attributes"] = {
+            "mA": res["mA"],
+            "per_attribute": dict(zip(names, res["per_attribute"].tolist())),
+            "group_accuracy": {g.group: float(a) for g, a in zip(vocab.attributes, res["group_accuracy"])},
+        }
+        out["seconds"]["attributes"] = time.perf_counter() - t0
+    if "parsing" in tasks:
+        t0 = time.perf_counter()
+        log("parsing probe")
+        if truth.part_names != vocab.part_names:
+            raise EvalInputError(f"{truth.parts_file}: parts {truth.part_names} differ from the vocabulary's {vocab.part_names}")
+        masks = truth.read_masks()
+        grid_masks = majority_downsample(masks, feats.grid, vocab.num_parts)
+        res = parsing_probe(feats.patches[train], grid_masks[train], feats.patches[test], grid_masks[test],
+                            vocab.num_parts, masks[test], config.probe)
+        out["parsing"] = {
+            "grid": list(feats.grid),
+            "mIoU_grid": res["mIoU_grid"], "mIoU_pixel": res["mIoU_pixel"],
+            "iou_grid": dict(zip(vocab.part_names, res["iou_grid"].tolist())),
+            "iou_pixel": dict(zip(vocab.part_names, res["iou_pixel"].tolist())),
+        }
+        out["seconds"]["parsing"] = time.perf_counter() - t0
+    if "reid" in tasks:
+        t0 = time.perf_counter()
+        query, gallery = query_gallery_split(truth.identity, truth.camera, np.flatnonzero(test))
+        out["reid"] = reid_probe(feats.cls[query], truth.identity[query], truth.camera[query],
+                                 feats.cls[gallery], truth.identity[gallery], truth.camera[gallery])
+        out["reid"]["rule"] = "test identities; first image of each (identity, camera) is a query, the rest gallery"
+        out["seconds"]["reid"] = time.perf_counter() - t0
+    return out
+
+
+def _evaluate_market(market, extractor, config: EvalConfig, log) -> dict:
+    start = time.perf_counter()
+    log(f"features of {len(market.query)} queries and {len(market.gallery)} gallery images")
+    q = extract_features(extractor, market.query.paths, config.batch_size, keep_patches=False)
+    g = extract_features(extractor, market.gallery.paths, config.batch_size, keep_patches=False)
+    out: dict = {"images": len(market.query) + len(market.gallery), "feature_dim": int(q.cls.shape[1]),
+                 "seconds": {"features": time.perf_counter() - start}}
+    t0 = time.perf_counter()
+    out["reid"] = reid_probe(q.cls, market.query.identity, market.query.camera,
+                             g.cls, market.gallery.identity, market.gallery.camera)
+    out["reid"]["junk_gallery_images"] = int((market.gallery.identity == -1).sum())
+    out["reid"]["distractor_gallery_images"] = int((market.gallery.identity == 0).sum())
+    out["reid"]["ignored_files"] = market.query.ignored + market.gallery.ignored
+    out["seconds"]["reid"] = time.perf_counter() - t0
+    return out
+
+
+def format_table(results: dict) -> str:
+    """The headline numbers as an aligned two-column table."""
+    rows = []
+    if "attributes" in results:
+        rows.append(("attributes mA", results["attributes"]["mA"]))
+    if "parsing" in results:
+        rows.append((f"parsing mIoU ({'x'.join(map(str, results['parsing']['grid']))} grid)", results["parsing"]["mIoU_grid"]))
+        rows.append(("parsing mIoU (pixels)", results["parsing"]["mIoU_pixel"]))
+    if "reid" in results:
+        r = results["reid"]
+        rows.append((f"re-ID mAP ({r['queries']} queries, {r['gallery']} gallery)", r["mAP"]))
+        rows.append(("re-ID rank-1", r["rank1"]))
+    width = max((len(name) for name, _ in rows), default=10)
+    lines = [f"{'metric'.ljust(width)}  value", f"{'-' * width}  ------"]
+    lines += [f"{name.ljust(width)}  {_pct(value)}" for name, value in rows]
+    return "\n".join(lines)
+
+
+def _pct(value: float) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:6.2f}"
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return None if math.isnan(float(obj)) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    return obj
