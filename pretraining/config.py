@@ -93,6 +93,8 @@ class PretrainConfig:
             raise ConfigError(f"precision must be one of {'|'.join(PRECISIONS)}, got {self.precision!r}")
         if self.steps is None and self.epochs is None:
             raise ConfigError("set `steps` or `epochs`")
+        if self.steps is not None:
+            self.epochs = None  # resolved: the length is `steps`
         positive = ["batch_size", "grad_accum", "global_crops", "save_every", "log_every",
                     "keep_checkpoints", "experts", "top_k", "shuffle_buffer"]
         for name in positive + (["steps"] if self.steps is not None else ["epochs"]):

@@ -1,0 +1,166 @@
+"""`clasp pretrain` as a real process: SIGTERM, kill -9 and resume; two processes under `accelerate launch`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+import yaml
+
+from clasp.pretraining.config import PretrainConfig
+from clasp.pretraining.train import run_pretraining
+
+TINY = dict(preset="tiny", dim=32, depth=2, heads=2, moe_layers=1, experts=3, top_k=2, dino_out_dim=64,
+            dino_hidden_dim=32, dino_bottleneck_dim=16, batch_size=4, local_crops=2, precision="no",
+            num_workers=1, log_every=1, shuffle_buffer=16, seed=0, steps=1000)
+VENV_BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def store(make_store: Callable[..., Path]) -> Path:
+    return make_store([10, 7], grid=(8, 4), hw=(64, 32))
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    return path
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def steps_logged(out: Path) -> list[int]:
+    path = out / "metrics.jsonl"
+    if not path.exists():
+        return []
+    steps = []
+    for line in path.read_text().splitlines():
+        try:
+            steps.append(json.loads(line)["step"])
+        except (ValueError, KeyError):
+            pass
+    return steps
+
+
+def losses(out: Path) -> dict[int, float]:
+    return {json.loads(l)["step"]: json.loads(l)["loss"] for l in (out / "metrics.jsonl").read_text().splitlines()}
+
+
+def start(store: Path, out: Path, config_file: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "clasp.cli", "pretrain", "--shards", str(store), "--out", str(out),
+                             "--config", str(config_file), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+
+
+def wait_for(condition: Callable[[], bool], proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            raise AssertionError(f"exited early ({proc.returncode}): {proc.stderr.read()[-2000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("timed out")
+        time.sleep(0.05)
+
+
+def reference(store: Path, tmp_path: Path, steps: int) -> dict[int, float]:
+    """Losses of an uninterrupted run with the same settings, in this process."""
+    run_pretraining(PretrainConfig(**TINY, shards=str(store), out=str(tmp_path / "ref"), stop_at=steps,
+                                   save_every=1000))
+    return losses(tmp_path / "ref")
+
+
+def test_sigterm_stops_with_a_checkpoint_and_resume_matches(store: Path, tmp_path: Path, config_file: Path) -> None:
+    out = tmp_path / "run"
+    proc = start(store, out, config_file, "--save-every", "1000")
+    wait_for(lambda: len(steps_logged(out)) >= 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert "stopped by SIGTERM" in stderr
+    stopped = max(steps_logged(out))
+    assert [c.name for c in (out / "checkpoints").iterdir()] == [f"step-{stopped:08d}"]
+
+    # continue two more steps in this process; compare with a run that was never interrupted
+    run_pretraining(PretrainConfig(**TINY, shards=str(store), out=str(out), resume=True, stop_at=stopped + 2,
+                                   save_every=1000))
+    want = reference(store, tmp_path, stopped + 2)
+    got = losses(out)
+    assert sorted(got) == list(range(1, stopped + 3))
+    for step in range(1, stopped + 3):
+        assert got[step] == pytest.approx(want[step], abs=1e-6), step
+
+
+def test_kill_9_after_a_checkpoint_then_resume_matches(store: Path, tmp_path: Path, config_file: Path) -> None:
+    out = tmp_path / "run"
+    proc = start(store, out, config_file, "--save-every", "2")
+    wait_for(lambda: (out / "checkpoints" / "step-00000002" / "trainer.json").exists()
+             and max(steps_logged(out), default=0) >= 3, proc)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    last = max(int(p.name[5:13]) for p in (out / "checkpoints").iterdir() if not p.name.endswith(".tmp"))
+
+    run_pretraining(PretrainConfig(**TINY, shards=str(store), out=str(out), resume=True, stop_at=last + 2,
+                                   save_every=2))
+    want = reference(store, tmp_path, last + 2)
+    got = losses(out)
+    assert steps_logged(out) == list(range(1, last + 3))  # lines after the checkpoint were dropped, then redone
+    for step in range(1, last + 3):
+        assert got[step] == pytest.approx(want[step], abs=1e-6), step
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_read_disjoint_rows_and_end_identical(store: Path, tmp_path: Path, config_file: Path) -> None:
+    out = tmp_path / "run"
+    # 17 rows over 2 ranks: 8 and 9 rows -> 3 batches per rank and epoch; 6 steps = 2 epochs
+    command = [str(VENV_BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+               "-m", "clasp.cli", "pretrain", "--shards", str(store), "--out", str(out), "--config", str(config_file),
+               "--steps", "6", "--save-every", "3", "--log-rows"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=400, env={**env(), "ACCELERATE_USE_CPU": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    logs = {}
+    for rank in (0, 1):
+        lines = [json.loads(l) for l in (out / f"rows-rank{rank}.jsonl").read_text().splitlines()]
+        logs[rank] = lines
+    rows = {rank: {l["step"]: l["rows"] for l in lines if "rows" in l} for rank, lines in logs.items()}
+    assert sorted(rows[0]) == sorted(rows[1]) == list(range(1, 7))  # same number of batches on both ranks
+    for epoch_steps in ((1, 2, 3), (4, 5, 6)):
+        seen = [r for rank in (0, 1) for s in epoch_steps for r in rows[rank][s]]
+        assert sorted(seen) == list(range(17))  # every row once per epoch: disjoint ranks, nothing lost
+        mine = [set(r for s in epoch_steps for r in rows[rank][s]) for rank in (0, 1)]
+        assert mine[0].isdisjoint(mine[1]) and sorted(map(len, mine)) == [8, 9]
+    digests = [lines[-1]["state_sha256"] for lines in logs.values()]
+    assert digests[0] == digests[1]  # identical weights (student, teacher, centre) on both ranks
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["derived"]["world_size"] == 2 and saved["derived"]["total_batch"] == 8
+    assert steps_logged(out) == list(range(1, 7))
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000003", "step-00000006"]
+    assert {p.name for p in (out / "checkpoints" / "step-00000006").iterdir()} >= {
+        "rng-rank0.pt", "rng-rank1.pt", "stream-rank0.pt", "stream-rank1.pt", "model.safetensors"}
