@@ -142,3 +142,31 @@ def test_token_cells_take_the_cell_under_the_token_centre():
     assert cols.tolist() == [7, 6, 5, 4]
     out = crop_image(coordinate_image(), box, (256, 64))
     assert out.size == (64, 256) and np.asarray(out)[0, 0, 0] == 127
+
+
+def test_jitter_matrix_composes_the_ops_in_the_drawn_order():
+    from clasp.pretraining.augment import jitter_matrix
+
+    rng = np.random.default_rng(3)
+    pixels = rng.random((50, 3)) * 255
+    mean = pixels.mean(0)
+    luma = np.array([0.299, 0.587, 0.114])
+
+    def apply(m, x):
+        return x @ m[:, :3].T + m[:, 3]
+
+    def grey(x):
+        return np.repeat((x @ luma)[:, None], 3, 1)
+
+    # brightness then saturation then contrast, step by step (no clamping in between)
+    b, c, s = 1.3, 0.7, 0.0
+    step = pixels * b
+    step = s * step + (1 - s) * grey(step)
+    step = c * step + (1 - c) * (step.mean(0) @ luma)
+    assert np.allclose(apply(jitter_matrix((b, c, s, 0.0), [0, 2, 1], mean, False), pixels), step)
+    # a hue rotation keeps the luma and a whole turn is the identity; grey scale makes R = G = B
+    hue = apply(jitter_matrix((1, 1, 1, 0.3), [3], mean, False), pixels)
+    assert np.allclose(hue @ luma, pixels @ luma, atol=1e-6) and not np.allclose(hue, pixels)
+    assert np.allclose(apply(jitter_matrix((1, 1, 1, 1.0), [3], mean, False), pixels), pixels)
+    g = apply(jitter_matrix((1, 1, 1, 0), [], mean, True), pixels)
+    assert np.allclose(g[:, 0], g[:, 1]) and np.allclose(g[:, 1], g[:, 2])

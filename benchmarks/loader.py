@@ -1,0 +1,202 @@
+"""Shard stream vs a folder of JPEG files, same multi-crop augmentation, one worker each.
+
+Generates person-sized JPEGs (default 1024, 256x128) and a shard store holding
+the same images with random part/attribute labels, then measures images/s of:
+
+- shards: `ShardStream` through `make_loader(stream, num_workers=1)`;
+- folder: a plain IterableDataset that reads each JPEG file, decodes it with
+  the same `decode_image` and applies the same `MultiCrop` + collate (labels
+  are handed to it in memory, which favours the folder).
+
+Both shuffle (the folder by a seeded permutation of its files) and use batch
+size 64. Prints images/s for both and the ratio shards / folder (target >= 1.0),
+also per CPU second of the worker process (robust to a busy machine).
+Each side runs `--repeats` epochs alternately; the best epoch of each counts
+(the machine is shared, the best is the least disturbed). Augmentation costs
+most of the time, so the script also prints read + decode alone for both.
+
+    python benchmarks/loader.py [--images 1024] [--repeats 3] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from clasp.pretraining.augment import MultiCrop, MultiCropConfig
+from clasp.pretraining.epoch_plan import augment_seed
+from clasp.pretraining.stream import (
+    RawRow, ShardStream, StreamConfig, collate, decode_image, make_loader, validate_store,
+)
+from clasp.store import ClipInfo, LabelRows, Manifest, Vocabulary, record_shard, shard_name, write_shard_for
+
+HW = (256, 128)
+GRID = (28, 14)
+BATCH = 64
+
+
+def person_like(rng: np.random.Generator) -> np.ndarray:
+    """A smooth background with a few coloured blobs: JPEG sizes like real photos, unlike noise."""
+    low = rng.integers(0, 256, (8, 4, 3), dtype=np.uint8)
+    image = np.asarray(Image.fromarray(low).resize((HW[1], HW[0]), Image.Resampling.BICUBIC)).copy()
+    for _ in range(6):
+        y, x = rng.integers(0, HW[0] - 40), rng.integers(0, HW[1] - 20)
+        image[y:y + rng.integers(20, 80), x:x + rng.integers(10, 50)] = rng.integers(0, 256, 3)
+    noise = rng.normal(0, 6, image.shape)
+    return np.clip(image + noise, 0, 255).astype(np.uint8)
+
+
+def make_data(workdir: Path, count: int, shard_size: int = 512) -> tuple[Path, Path, dict]:
+    rng = np.random.default_rng(0)
+    vocab = Vocabulary.default()
+    folder, shards = workdir / "images", workdir / "shards"
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest(ClipInfo("benchmark"), vocab, GRID)
+    labels = {"part_mask": rng.integers(0, vocab.num_parts, (count, *GRID)).astype(np.uint8),
+              "part_conf": rng.random((count, *GRID)).astype(np.float16),
+              "attr_logits": rng.normal(size=(count, vocab.num_attributes)).astype(np.float16)}
+    images = []
+    for i in range(count):
+        buf = io.BytesIO()
+        Image.fromarray(person_like(rng)).save(buf, "JPEG", quality=95)
+        images.append(buf.getvalue())
+        (folder / f"{i:06d}.jpg").write_bytes(images[-1])
+    for index, start in enumerate(range(0, count, shard_size)):
+        stop = min(start + shard_size, count)
+        n = stop - start
+        rows = LabelRows(image=images[start:stop], key=[f"{i:040d}" for i in range(start, stop)],
+                         path=[f"{i:06d}.jpg" for i in range(start, stop)],
+                         orig_hw=np.tile(np.array(HW, np.uint16), (n, 1)),
+                         **{k: v[start:stop] for k, v in labels.items()})
+        record_shard(manifest, shards, write_shard_for(manifest, shards, shard_name(index), rows))
+    return folder, shards, labels
+
+
+class JpegFolder(IterableDataset):
+    """The baseline: one file per image, decoded and augmented like the stream does it."""
+
+    def __init__(self, folder: Path, labels: dict, seed: int = 0) -> None:
+        self.files = sorted(folder.glob("*.jpg"))
+        self.labels = labels
+        self.seed = seed
+        self.multicrop = MultiCrop(MultiCropConfig())
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        order = np.random.default_rng(self.seed).permutation(len(self.files))[worker::workers]
+        for k, start in enumerate(range(0, len(order), BATCH)):
+            idx = order[start:start + BATCH]
+            rows, crops = [], []
+            for i, seq in zip(idx, augment_seed(self.seed, 0, 0, k).spawn(len(idx))):
+                image = decode_image(self.files[i].read_bytes())
+                row = RawRow(b"", self.labels["part_mask"][i], self.labels["part_conf"][i],
+                             self.labels["attr_logits"][i], int(i))
+                g, c = seq.spawn(2)
+                crops.append(self.multicrop(image, row.part_mask, row.part_conf,
+                                            np.random.default_rng(g), np.random.default_rng(c)))
+                rows.append(row)
+            yield collate(crops, rows, self.multicrop.config)
+
+
+def worker_cpu_seconds(loader: DataLoader) -> float:
+    """User + system CPU time of the loader's (persistent) worker processes so far."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for worker in loader._iterator._workers:
+        fields = Path(f"/proc/{worker.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def measure(loader: DataLoader) -> tuple[float, float]:
+    """(images per wall second, images per worker CPU second) after the first batch.
+
+    The first batch carries the worker start-up, not the loader's steady state.
+    On a shared machine wall time depends on the neighbours; the worker's own
+    CPU time much less.
+    """
+    it = iter(loader)
+    next(it)
+    start, cpu, count = time.perf_counter(), worker_cpu_seconds(loader), 0
+    for batch in it:
+        count += batch.batch_size
+    return count / (time.perf_counter() - start), count / (worker_cpu_seconds(loader) - cpu)
+
+
+def decode_only(store, folder: Path, repeats: int) -> tuple[float, float]:
+    """Images per CPU second of reading and decoding alone (no augmentation), in this process.
+
+    Storage against storage; alternating passes, the best of each.
+    """
+    def shards() -> int:
+        count = 0
+        for entry in store.shards:
+            with store.open_shard(entry) as shard:
+                for chunk in shard.iter_chunks(fields=("image", "part_mask", "part_conf", "attr_logits")):
+                    for data in chunk.image:
+                        decode_image(data)
+                        count += 1
+        return count
+
+    def files() -> int:
+        paths = sorted(folder.glob("*.jpg"))
+        for path in paths:
+            decode_image(path.read_bytes())
+        return len(paths)
+
+    best = [0.0, 0.0]
+    for _ in range(repeats):
+        for i, run in enumerate((shards, files)):
+            start = time.process_time()
+            count = run()
+            best[i] = max(best[i], count / (time.process_time() - start))
+    return best[0], best[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=1024)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = args.workdir or Path(tmp)
+        folder, shards, labels = make_data(workdir, args.images)
+        store = validate_store(shards)
+        stream = ShardStream(StreamConfig(shards, batch_size=BATCH), store=store)
+        shard_loader = make_loader(stream, num_workers=1)
+        folder_loader = DataLoader(JpegFolder(folder, labels), batch_size=None, num_workers=1,
+                                   persistent_workers=True)
+        jpeg_bytes = sum(p.stat().st_size for p in folder.glob("*.jpg"))
+        shard_bytes = sum(p.stat().st_size for p in shards.glob("*.h5"))
+        print(f"{args.images} images {HW[0]}x{HW[1]}: {jpeg_bytes / 2**20:.1f} MiB as JPEG files, "
+              f"{shard_bytes / 2**20:.1f} MiB as shards (with labels); batch {BATCH}, 2 global + 6 local crops")
+        best = {name: [0.0, 0.0] for name in ("shards", "folder")}
+        for epoch in range(args.repeats):
+            stream.set_epoch(epoch)
+            for name, loader in (("shards", shard_loader), ("folder", folder_loader)):
+                wall, cpu = measure(loader)
+                best[name] = [max(best[name][0], wall), max(best[name][1], cpu)]
+                print(f"  epoch {epoch} {name}: {wall:.1f} images/s, {cpu:.1f} images per worker CPU second")
+        for name in best:
+            print(f"{name}: {best[name][0]:.1f} images/s ({best[name][1]:.1f} per worker CPU second)")
+        print(f"ratio shards/folder: {best['shards'][0] / best['folder'][0]:.2f} in images/s, "
+              f"{best['shards'][1] / best['folder'][1]:.2f} in images per CPU second (target >= 1.0)")
+        raw_shards, raw_folder = decode_only(store, folder, args.repeats)
+        print(f"read + decode only (no augmentation, one process): shards {raw_shards:.0f}, "
+              f"folder {raw_folder:.0f} images per CPU second, ratio {raw_shards / raw_folder:.2f}")
+
+
+if __name__ == "__main__":
+    main()
