@@ -1,0 +1,132 @@
+"""`clasp eval-labels`: how good are the pseudo-labels of a store, against synthetic ground truth?
+
+Shard rows are matched to the truth by their `path` (relative to the folder
+given to `clasp label`; a leading `images/` is dropped, so labeling the world
+folder or its `images/` folder both match). For the matched rows:
+
+- parts: the truth mask (256x128 pixels) is brought down to the manifest's
+  label grid by majority per cell (`clasp.evaluation.label_grid`), parts are
+  matched by name, and IoU per part is accumulated over all cells of all rows;
+  mIoU is the mean over parts present in truth or labels (background included).
+- attributes: within each group the value with the highest `attr_logits` is the
+  label; accuracy per group is the share of rows where it equals the truth.
+  Groups are matched by name; chance (1 / number of values) is reported beside.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from clasp.evaluation.errors import EvalInputError
+from clasp.evaluation.label_grid import majority_downsample
+from clasp.evaluation.metrics import confusion_matrix, iou_per_class
+from clasp.evaluation.truth import SynthTruth, truth_path_of
+from clasp.store import ShardStore
+
+READ_FIELDS = ("path", "part_mask", "attr_logits")
+
+
+@dataclass
+class LabelQualityConfig:
+    shards: Path
+    truth: Path
+    out: Path | None = None
+
+
+def evaluate_labels(config: LabelQualityConfig) -> dict:
+    store = ShardStore.open(config.shards)
+    truth = SynthTruth.load(config.truth)
+    manifest = store.manifest
+    vocab, grid = manifest.vocab, tuple(manifest.label_grid)
+    num_parts = vocab.num_parts
+    part_index = {name: i for i, name in enumerate(vocab.part_names)}
+    missing_parts = [p for p in truth.part_names if p not in part_index]
+    if missing_parts:
+        raise EvalInputError(f"{config.shards}: the store's vocabulary lacks the truth's parts {missing_parts}")
+    truth_to_store = np.array([part_index[p] for p in truth.part_names], np.uint8)
+
+    truth_groups = {g for attrs in truth.attributes[:1] for g in attrs}
+    groups = [(g, sl) for g, sl in vocab.group_slices() if g in truth_groups]
+    values = {g.group: [v.name for v in g.values] for g in vocab.attributes}
+    truth_values = np.full((len(truth), len(groups)), -1, np.int64)
+    for k, (g, _) in enumerate(groups):
+        lookup = {v: i for i, v in enumerate(values[g])}
+        truth_values[:, k] = [lookup.get(a.get(g), -1) for a in truth.attributes]
+
+    lookup = truth.index_of()
+    confusion = np.zeros((num_parts, num_parts), np.int64)
+    correct = np.zeros(len(groups), np.int64)
+    scored = np.zeros(len(groups), np.int64)
+    rows = matched = 0
+    seen = np.zeros(len(truth), bool)
+    for entry in store.shards:
+        with store.open_shard(entry) as shard:
+            for start in range(0, shard.rows, shard.chunk_rows):
+                block = shard.read(start, start + shard.chunk_rows, READ_FIELDS)
+                rows += len(block.path)
+                hits = [(r, lookup.get(truth_path_of(p), -1)) for r, p in enumerate(block.path)]
+                hits = [(r, t) for r, t in hits if t >= 0]
+                if not hits:
+                    continue
+                local = np.array([r for r, _ in hits])
+                ti = np.array([t for _, t in hits])
+                matched += len(hits)
+                seen[ti] = True
+                truth_grid = truth_to_store[majority_downsample(truth.read_masks(ti), grid, len(truth.part_names))]
+                confusion += confusion_matrix(block.part_mask[local], truth_grid, num_parts)
+                logits = block.attr_logits[local].astype(np.float32)
+                for k, (_, sl) in enumerate(groups):
+                    want = truth_values[ti, k]
+                    ok = want >= 0
+                    correct[k] += int((logits[ok, sl].argmax(1) == want[ok]).sum())
+                    scored[k] += int(ok.sum())
+    if matched == 0:
+        raise EvalInputError(f"{config.shards}: none of its {rows} rows has a path in {truth.root / 'truth'} "
+                             "(was the store labeled from this world's images/ folder?)")
+    iou = iou_per_class(confusion)
+    accuracy = {g: (correct[k] / scored[k] if scored[k] else float("nan")) for k, (g, _) in enumerate(groups)}
+    results = {
+        "shards": str(config.shards), "truth": str(truth.root), "label_grid": list(grid),
+        "rows": rows, "matched_rows": matched, "unmatched_rows": rows - matched,
+        "truth_images_not_in_store": int((~seen).sum()),
+        "grid_rule": "truth mask downsampled to the label grid by majority per cell, ties to the lower part index",
+        "parts": {"iou": dict(zip(vocab.part_names, iou.tolist())),
+                  "mIoU": float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")},
+        "attributes": {"accuracy": accuracy,
+                       "chance": {g: 1.0 / len(values[g]) for g, _ in groups},
+                       "mean_accuracy": float(np.mean(list(accuracy.values()))) if accuracy else float("nan")},
+    }
+    if config.out is not None:
+        Path(config.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(config.out).write_text(json.dumps(_clean(results), indent=2) + "\n", encoding="utf-8")
+    return results
+
+
+def format_label_quality(results: dict) -> str:
+    lines = [f"{results['matched_rows']} of {results['rows']} rows matched the ground truth "
+             f"(label grid {results['label_grid'][0]}x{results['label_grid'][1]})", "", "part          IoU"]
+    for name, value in results["parts"]["iou"].items():
+        lines.append(f"{name:<12} {_pct(value)}")
+    lines.append(f"{'mIoU':<12} {_pct(results['parts']['mIoU'])}")
+    lines += ["", f"{'attribute group':<18} accuracy  chance"]
+    for name, value in results["attributes"]["accuracy"].items():
+        lines.append(f"{name:<18} {_pct(value)}  {_pct(results['attributes']['chance'][name])}")
+    lines.append(f"{'mean':<18} {_pct(results['attributes']['mean_accuracy'])}")
+    return "\n".join(lines)
+
+
+def _pct(value: float) -> str:
+    return "   n/a" if value is None or math.isnan(value) else f"{100 * value:6.2f}"
+
+
+def _clean(obj):
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    return obj
