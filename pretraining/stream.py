@@ -65,7 +65,8 @@ class StreamConfig:
     batch_size: int = 64  # per process
     shuffle_buffer: int = 2048  # rows per worker
     seed: int = 0
-    chunk_cache_bytes: int = 16 << 20  # h5py chunk cache per open shard (one chunk per dataset is enough)
+    # h5py chunk cache per open shard; None sizes it from the manifest (see chunk_cache_size).
+    chunk_cache_bytes: int | None = None
     crops: MultiCropConfig = field(default_factory=MultiCropConfig)
 
     def __post_init__(self) -> None:
@@ -109,6 +110,17 @@ def validate_store(root: str | Path) -> ShardStore:
         except Exception as exc:  # PIL raises several types for bad data
             raise StoreError(store.path_of(entry), f"row 0 does not decode as an image ({exc})") from None
     return store
+
+
+def chunk_cache_size(manifest) -> int:
+    """Two chunks of every fixed-size dataset (images are vlen: their bytes sit outside the chunks).
+
+    The stream reads whole chunks, each once, so one chunk per dataset would do;
+    the second covers a read that ends inside a chunk the next read continues.
+    """
+    h, w = manifest.label_grid
+    per_row = h * w * (1 + 2) + 2 * manifest.vocab.num_attributes + 2 * 2 + 16 + 40  # mask, conf, attr, orig_hw, refs, key
+    return max(1 << 20, 2 * CHUNK_ROWS * per_row)
 
 
 def steps_per_epoch(total_rows: int, batch_size: int, world_size: int = 1) -> int:
@@ -301,8 +313,12 @@ class ShardStream(IterableDataset):
         needed = np.zeros(local_rows, dtype=bool)
         for j in todo:
             needed[plan.batches[j]] = True
-        rows = read_rows(self.store, plan.segments, needed, self.row_offsets, self.config.chunk_cache_bytes)
-        waiting: dict[int, RawRow] = {}  # rows read, waiting for their batch: the shuffle buffer
+        cache = self.config.chunk_cache_bytes or chunk_cache_size(self.store.manifest)
+        rows = read_rows(self.store, plan.segments, needed, self.row_offsets, cache)
+        # Rows read and waiting for their batch: the shuffle buffer itself. A row
+        # leaves the simulated buffer at most `shuffle_buffer` rows after it
+        # entered, so this holds about shuffle_buffer + batch_size + one chunk rows.
+        waiting: dict[int, RawRow] = {}
         read_upto = 0
         try:
             for j in todo:
