@@ -87,6 +87,8 @@ class ClipLabeler:
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         """(N, 3, H, W) float32 normalised pixels at `clip_size`, on the CPU; thread-safe."""
         height, width = self.config.clip_size
+        if not images:
+            return torch.empty(0, 3, height, width)
         arrays = []
         for image in images:
             if image.mode != "RGB":
@@ -102,6 +104,9 @@ class ClipLabeler:
 
     def label(self, pixels: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(part_mask (N,h,w) uint8, part_conf (N,h,w) float16, attr_logits (N,A) float16)."""
+        if len(pixels) == 0:
+            return (np.zeros((0, *self.label_grid), np.uint8), np.zeros((0, *self.label_grid), np.float16),
+                    np.zeros((0, self.vocab.num_attributes), np.float16))
         with torch.inference_mode(), self._autocast():
             features = dense_features(self.model, pixels.to(self.device, non_blocking=True), self.config.dense_mode)
         with torch.inference_mode():

@@ -240,6 +240,9 @@ def test_label_shapes_dtypes_and_ranges(labeler: ClipLabeler, pixels: torch.Tens
     assert np.isfinite(attrs).all()
     scale = labeler.model.logit_scale.exp().item()
     assert np.abs(attrs).max() <= scale * 1.001  # scaled cosines
+    empty = labeler.label(labeler.preprocess([]))
+    assert [a.shape for a in empty] == [(0, 28, 14), (0, 28, 14), (0, vocab.num_attributes)]
+    assert [a.dtype for a in empty] == [np.uint8, np.float16, np.float16]
     with torch.inference_mode():
         image = projected_features(labeler.model.get_image_features(pixel_values=pixels,
                                                                     interpolate_pos_encoding=True))
