@@ -35,6 +35,8 @@ from clasp.pretraining.part_loss import PartLoss, PartLossConfig
 from clasp.pretraining.vit import PromptedViT, ViTConfig
 
 NO_WEIGHT_DECAY_NAMES = frozenset({"pos_embed", "cls_token", "task_prompts"})
+# Branches whose losses read the CLS token only: the backbone skips their patch tokens in the last block.
+CLS_ONLY_TASKS = frozenset({"instance", "attribute"})
 
 
 @dataclass
@@ -214,13 +216,14 @@ class ClaspModel(nn.Module):
         groups = [(global_crops, c.tasks)]
         if num_local:
             groups.append((batch.local_crops.flatten(0, 1), ("instance",)))
-        features, routing = self.student["backbone"].forward_groups(groups)
+        features, routing = self.student["backbone"].forward_groups(groups, cls_only=CLS_ONLY_TASKS)
         student_cls = torch.cat([f["instance"][0] for f in features])
         student_out = self.student["dino_head"](student_cls)
 
         with torch.no_grad():
-            teacher_features, _ = self.teacher["backbone"](global_crops, ("instance",))
-            teacher_out = self.teacher["dino_head"](teacher_features["instance"][0])
+            teacher_features, _ = self.teacher["backbone"].forward_groups([(global_crops, ("instance",))],
+                                                                          cls_only=CLS_ONLY_TASKS)
+            teacher_out = self.teacher["dino_head"](teacher_features[0]["instance"][0])
         dino = self.dino_loss(student_out, teacher_out, num_global + num_local, step)
 
         zero = dino.new_zeros(())

@@ -31,7 +31,7 @@ from `ViTConfig` and a state dict without any training code.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Collection, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -112,6 +112,17 @@ class ViTConfig:
         return cls(**data)
 
 
+def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q·kᵀ/√d)·v with the softmax in fp32.
+
+    On CPU in bf16, PyTorch's fused attention kernel is 4-10× slower than these
+    three plain ops at our sequence lengths (≤ 130 tokens; its backward above all),
+    so low-precision CPU runs take this path.
+    """
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    return scores.float().softmax(-1).to(v.dtype) @ v
+
+
 class Attention(nn.Module):
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
@@ -119,11 +130,21 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
+        """(B, N, D) → (B, N, D); with `cls_only` only the first token queries: → (B, 1, D)."""
         b, n, d = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+        split = (b, -1, self.heads, d // self.heads)
+        if cls_only:  # keys and values of every token, a query for the CLS token alone
+            q = F.linear(x[:, :1], self.qkv.weight[:d], self.qkv.bias[:d]).reshape(split).transpose(1, 2)
+            k, v = F.linear(x, self.qkv.weight[d:], self.qkv.bias[d:]).reshape(b, n, 2, *split[2:]).permute(
+                2, 0, 3, 1, 4)
+        else:
+            q, k, v = self.qkv(x).reshape(b, n, 3, *split[2:]).permute(2, 0, 3, 1, 4)
+        if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
+            out = explicit_attention(q, k, v)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, -1, d))
 
 
 class MLP(nn.Module):
@@ -150,6 +171,11 @@ class Block(nn.Module):
         x = x + self.attn(self.norm1(x))
         return x + self.mlp(self.norm2(x))
 
+    def forward_cls(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's output for the CLS token only, (B, 1, D): all a last block owes a CLS-only task."""
+        cls = x[:, :1] + self.attn(self.norm1(x), cls_only=True)
+        return cls + self.mlp(self.norm2(cls))
+
 
 class MoEBlock(nn.Module):
     """Pre-norm transformer block whose MLP is a PC-MoE routed by token and task prompt."""
@@ -165,6 +191,11 @@ class MoEBlock(nn.Module):
         x = x + self.attn(self.norm1(x))
         return x + self.moe(self.norm2(x), prompt)
 
+    def forward_cls(self, x: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+        """The block's output for the CLS token only, (B, 1, D)."""
+        cls = x[:, :1] + self.attn(self.norm1(x), cls_only=True)
+        return cls + self.moe(self.norm2(cls), prompt)
+
 
 @dataclass
 class RoutingStats:
@@ -174,7 +205,7 @@ class RoutingStats:
     expert_load: torch.Tensor  # (moe_layers, num_experts) fraction of routed token slots per expert
 
 
-Features = dict[str, tuple[torch.Tensor, torch.Tensor]]
+Features = dict[str, tuple[torch.Tensor, torch.Tensor | None]]
 
 
 class PromptedViT(nn.Module):
@@ -243,30 +274,43 @@ class PromptedViT(nn.Module):
             raise ValueError(f"unknown task {task!r}; this backbone has {list(self.config.tasks)}")
         return self.config.tasks.index(task)
 
-    def forward_shared(self, images: torch.Tensor) -> torch.Tensor:
-        """Tokens (B, 1 + N, D) after the shared lower blocks."""
+    def forward_shared(self, images: torch.Tensor, last_cls_only: bool = False) -> torch.Tensor:
+        """Tokens (B, 1 + N, D) after the shared lower blocks ((B, 1, D) if the last one is CLS-only)."""
         x = self.embed(images)
-        for block in self.blocks:
-            x = block(x)
+        for i, block in enumerate(self.blocks):
+            x = block.forward_cls(x) if last_cls_only and i == len(self.blocks) - 1 else block(x)
         return x
 
-    def forward_tasks(self, tokens: torch.Tensor, tasks: Sequence[str]) -> Features:
-        """Run the task-specific upper blocks for every task on the shared tokens."""
+    def forward_tasks(self, tokens: torch.Tensor, tasks: Sequence[str], cls_only: Collection[str] = ()) -> Features:
+        """Run the task-specific upper blocks for every task on the shared tokens.
+
+        Tasks in `cls_only` get patches = None, and their rows skip the last block's
+        work for patch tokens (only the CLS token's query, attention output and MoE).
+        """
         if not self.config.moe_layers:
             out = self.norm(tokens)
-            cls, patches = out[:, 0], out[:, 1:]
-            return {task: (cls, patches) for task in tasks}
+            cls = out[:, 0]
+            patches = out[:, 1:] if out.shape[1] > 1 else None
+            return {task: (cls, None if task in cls_only else patches) for task in tasks}
         b = tokens.shape[0]
-        ids = torch.tensor([self.task_index(t) for t in tasks], device=tokens.device)
-        prompt = self.task_prompts[ids]  # (T, D)
-        row_prompt = prompt.repeat_interleave(b, dim=0)  # (T*B, D), rows task after task
-        x = tokens.repeat(len(tasks), 1, 1)
+        full = [t for t in tasks if t not in cls_only]
+        short = [t for t in tasks if t in cls_only]
+        ids = torch.tensor([self.task_index(t) for t in full + short], device=tokens.device)
+        row_prompt = self.task_prompts[ids].repeat_interleave(b, dim=0)  # rows task after task
+        x = tokens.repeat(len(ids), 1, 1)
         x = torch.cat([x[:, :1], row_prompt.unsqueeze(1).to(x.dtype), x[:, 1:]], dim=1)
-        for block in self.moe_blocks:
+        for block in self.moe_blocks[:-1]:
             x = block(x, row_prompt)
-        x = self.norm(x)
-        cls, patches = x[:, 0], x[:, 2:]
-        return {task: (cls[i * b:(i + 1) * b], patches[i * b:(i + 1) * b]) for i, task in enumerate(tasks)}
+        last, split = self.moe_blocks[-1], len(full) * b
+        x_full = self.norm(last(x[:split], row_prompt[:split])) if full else None
+        x_short = self.norm(last.forward_cls(x[split:], row_prompt[split:])) if short else None
+        out: Features = {}
+        for i, task in enumerate(full):
+            rows = x_full[i * b:(i + 1) * b]
+            out[task] = (rows[:, 0], rows[:, 2:])
+        for i, task in enumerate(short):
+            out[task] = (x_short[i * b:(i + 1) * b, 0], None)
+        return {task: out[task] for task in tasks}
 
     def routing_stats(self) -> RoutingStats:
         if not self.config.moe_layers:
@@ -278,14 +322,22 @@ class PromptedViT(nn.Module):
 
     # -- entry points -------------------------------------------------------------------------------
 
-    def forward_groups(self, groups: Sequence[tuple[torch.Tensor, Sequence[str]]]) -> tuple[list[Features], RoutingStats]:
+    def forward_groups(self, groups: Sequence[tuple[torch.Tensor, Sequence[str]]],
+                       cls_only: Collection[str] = ()) -> tuple[list[Features], RoutingStats]:
         """Several image groups (e.g. global and local crops: one size per group), each with its tasks.
 
-        Routing statistics cover all tokens of all groups, so the balance loss is one loss per step.
+        Tasks named in `cls_only` return (cls, None): their patch tokens are not
+        computed in the last block (training needs only the CLS of the instance and
+        attribute branches). Routing statistics cover all tokens routed in all groups,
+        so the balance loss is one loss per step.
         """
         for block in self.moe_blocks:
             block.moe.reset_stats()
-        features = [self.forward_tasks(self.forward_shared(images), tasks) for images, tasks in groups]
+        features = []
+        for images, tasks in groups:
+            plain_cls_only = not self.config.moe_layers and all(t in cls_only for t in tasks)
+            tokens = self.forward_shared(images, last_cls_only=plain_cls_only and len(self.blocks) > 0)
+            features.append(self.forward_tasks(tokens, tasks, cls_only))
         return features, self.routing_stats()
 
     def forward(self, images: torch.Tensor, tasks: Sequence[str] = ("instance",)) -> tuple[Features, RoutingStats]:

@@ -207,3 +207,27 @@ def test_presets_and_config_round_trip() -> None:
         ViTConfig.preset("huge")
     with pytest.raises(ValueError, match="top_k"):
         ViTConfig(dim=32, heads=2, num_experts=2, top_k=3)
+
+
+def test_explicit_attention_matches_pytorch_attention() -> None:
+    from clasp.pretraining.vit import explicit_attention
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 2, 2, 7, 8).unbind(0)
+    torch.testing.assert_close(explicit_attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
+
+
+@pytest.mark.parametrize("moe_layers", [0, 1, 2])
+def test_cls_only_tasks_get_the_same_cls_without_patches(moe_layers: int) -> None:
+    vit = tiny_vit(moe_layers=moe_layers)
+    x = images(3)
+    tasks = ("instance", "part", "attribute")
+    with torch.no_grad():
+        full, full_stats = vit(x, tasks)
+        (short,), _ = vit.forward_groups([(x, tasks)], cls_only={"instance", "attribute"})
+        (alone,), _ = vit.forward_groups([(x, ("instance",))], cls_only={"instance"})
+    for task in tasks:
+        torch.testing.assert_close(short[task][0], full[task][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(short["part"][1], full["part"][1], rtol=1e-5, atol=1e-5)
+    assert short["instance"][1] is None and short["attribute"][1] is None and alone["instance"][1] is None
+    torch.testing.assert_close(alone["instance"][0], full["instance"][0], rtol=1e-5, atol=1e-5)
