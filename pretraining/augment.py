@@ -47,6 +47,7 @@ class ColourConfig:
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     # The first global crop is always blurred, the second rarely but may be
     # solarised; local crops are blurred half the time (DINO's asymmetric views).
+    # Global crops beyond the second follow the second's recipe.
     blur_p_global: tuple[float, float] = (1.0, 0.1)
     solarize_p_global: tuple[float, float] = (0.0, 0.2)
     blur_p_local: float = 0.5
@@ -263,9 +264,8 @@ class MultiCrop:
             crop = crop_image(image, box, cfg.global_size)
             crop = photometric(crop, colour, colour.blur_p_global[view], colour.solarize_p_global[view], colour_rng)
             globals_.append(np.asarray(crop))
-            rows, cols = token_cells(box, image_hw, part_mask.shape, self.tokens_hw)
-            mask[g] = part_mask[rows[:, None], cols[None, :]]
-            conf[g] = part_conf[rows[:, None], cols[None, :]]
+            mask[g] = crop_labels(part_mask, box, image_hw, self.tokens_hw)
+            conf[g] = crop_labels(part_conf, box, image_hw, self.tokens_hw)
         for box in boxes[cfg.global_crops:]:
             crop = crop_image(image, box, cfg.local_size)
             crop = photometric(crop, colour, colour.blur_p_local, 0.0, colour_rng)
