@@ -16,6 +16,7 @@ import torch
 from transformers import CLIPModel, CLIPTokenizer
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from transformers.utils import cached_file
+from transformers.utils import logging as transformers_logging
 from transformers.utils.hub import extract_commit_hash
 
 from clasp.labeling.errors import LabelingError
@@ -62,11 +63,16 @@ def load_clip(name_or_folder: str | os.PathLike, revision: str | None = None,
               device: str | torch.device = "cpu") -> tuple[CLIPModel, CLIPTokenizer]:
     """The CLIP model (eval mode, fp32, on `device`) and its tokenizer, or a `ClipLoadError`."""
     name = str(name_or_folder)
+    progress_bars = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()  # the labeling run has its own progress bar
     try:
         model = CLIPModel.from_pretrained(name, revision=revision, trust_remote_code=False)
         tokenizer = CLIPTokenizer.from_pretrained(name, revision=revision, trust_remote_code=False)
     except Exception as exc:  # from_pretrained raises OSError, ValueError, safetensors and JSON errors alike
         raise ClipLoadError(name, _reason(name, exc)) from exc
+    finally:
+        if progress_bars:
+            transformers_logging.enable_progress_bar()
     return model.to(device=device, dtype=torch.float32).eval(), tokenizer
 
 
