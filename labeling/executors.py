@@ -12,6 +12,7 @@ import logging
 import os
 from typing import Callable, Iterator
 
+from clasp.labeling.errors import LabelingError
 from clasp.labeling.shard_worker import (
     LabelerFactory, LabelerSpec, ShardJob, ShardOutcome, label_shard, labeler_info,
 )
@@ -49,7 +50,8 @@ class DaskExecutor:
         self.torch_threads = share_cores(client)
 
     def labeler_info(self, spec: LabelerSpec) -> tuple[ClipInfo, tuple[int, int]]:
-        future = self.client.submit(labeler_info, self.factory, spec, pure=False, key=f"clasp-labeler-info-{os.getpid()}")
+        future = self.client.submit(labeler_info_on_worker, self.factory, spec, pure=False,
+                                    key=f"clasp-labeler-info-{os.getpid()}")
         return future.result()
 
     def run(self, jobs: list[ShardJob], progress: Progress) -> Iterator[ShardOutcome]:
@@ -68,11 +70,31 @@ class DaskExecutor:
                 self.client.unsubscribe_topic(PROGRESS_TOPIC)
 
 
+def labeler_info_on_worker(factory: LabelerFactory, spec: LabelerSpec) -> tuple[ClipInfo, tuple[int, int]]:
+    with _plain_user_errors():
+        return labeler_info(factory, spec)
+
+
 def label_shard_on_worker(job: ShardJob) -> ShardOutcome:
     from distributed import get_worker
 
     worker = get_worker()
-    return label_shard(job, on_batch=lambda n: worker.log_event(PROGRESS_TOPIC, n))
+    with _plain_user_errors():
+        return label_shard(job, on_batch=lambda n: worker.log_event(PROGRESS_TOPIC, n))
+
+
+@contextlib.contextmanager
+def _plain_user_errors():
+    """Re-raise user errors as a plain `LabelingError`, which survives the trip back to the client.
+
+    Subclasses with extra constructor arguments (`ClipLoadError`) cannot be
+    unpickled from their message alone, and the user would see a dask error
+    instead of ours.
+    """
+    try:
+        yield
+    except LabelingError as exc:
+        raise LabelingError(str(exc)) from None
 
 
 def share_cores(client) -> dict[str, int]:

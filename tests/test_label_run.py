@@ -210,3 +210,19 @@ def test_inputs_digest_covers_path_size_and_mtime(folder: Path) -> None:
     assert inputs_digest([replace(inputs[0], mtime_ns=1), *inputs[1:]]) != base
     assert inputs_digest([replace(inputs[0], path="x.png"), *inputs[1:]]) != base
     assert inputs_digest(inputs) == base
+
+
+def test_user_errors_from_a_dask_worker_survive_pickling(config: LabelConfig) -> None:
+    import pickle
+
+    from clasp.labeling.clip_loading import ClipLoadError
+    from clasp.labeling.executors import labeler_info_on_worker
+
+    def unloadable(spec: LabelerSpec):
+        raise ClipLoadError(spec.clip_model, "no such folder")
+
+    spec = LabelerSpec("/nowhere/clip", None, (64, 32), "maskclip", "fp32", "cpu", None)
+    with pytest.raises(LabelingError) as caught:
+        labeler_info_on_worker(unloadable, spec)
+    again = pickle.loads(pickle.dumps(caught.value))
+    assert isinstance(again, LabelingError) and "cannot load CLIP model '/nowhere/clip' (no such folder)" in str(again)
