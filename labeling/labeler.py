@@ -51,7 +51,13 @@ def check_config(config: ClipLabelerConfig) -> None:
         raise LabelingError(f"unknown dense mode {config.dense_mode!r}; choose one of {', '.join(DENSE_MODES)}")
     if config.precision not in PRECISIONS:
         raise LabelingError(f"unknown precision {config.precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if config.precision == "fp16" and torch.device(config.device).type != "cuda":
+    try:
+        device = torch.device(config.device)
+    except RuntimeError:
+        raise LabelingError(f"unknown device {config.device!r}; use e.g. cpu, cuda or cuda:1") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LabelingError(f"device {config.device!r} asked for, but torch sees no CUDA device here")
+    if config.precision == "fp16" and device.type != "cuda":
         raise LabelingError(f"precision fp16 needs a CUDA device (got {config.device!r}); use --precision bf16 "
                             "or fp32 on this device")
     if len(config.clip_size) != 2 or min(config.clip_size) <= 0:

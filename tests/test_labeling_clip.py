@@ -275,8 +275,12 @@ def test_bf16_agrees_with_fp32(tiny_clip_dir: Path, vocab: Vocabulary, labeler: 
 
 
 def test_settings_the_labeler_cannot_honour_are_refused(tiny_clip_dir: Path, vocab: Vocabulary) -> None:
-    for change, message in (({"precision": "fp16"}, "needs a CUDA device"),
-                            ({"dense_mode": "attention"}, "unknown dense mode"),
-                            ({"precision": "int8"}, "unknown precision")):
+    cases = [({"precision": "fp16"}, "needs a CUDA device"),
+             ({"dense_mode": "attention"}, "unknown dense mode"),
+             ({"precision": "int8"}, "unknown precision"),
+             ({"device": "gpu0"}, "unknown device")]
+    if not torch.cuda.is_available():
+        cases.append(({"device": "cuda"}, "no CUDA device"))
+    for change, message in cases:
         with pytest.raises(LabelingError, match=message):
             ClipLabeler(ClipLabelerConfig(clip_model=str(tiny_clip_dir), **change), vocab)
