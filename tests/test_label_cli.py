@@ -192,7 +192,7 @@ import sys, time
 import clasp.labeling.shard_worker as worker
 write = worker.write_shard_for
 def slow_write(*args, **kwargs):
-    time.sleep(float(sys.argv.pop(1)) if False else 0.7)
+    time.sleep(0.7)
     return write(*args, **kwargs)
 worker.write_shard_for = slow_write
 from clasp.cli import main
@@ -308,3 +308,30 @@ def test_dask_workers_give_the_same_shards_as_in_process(tmp_path: Path, tiny_cl
     local, dask = Manifest.load(tmp_path / "local"), Manifest.load(tmp_path / "dask")
     assert [s.sha256 for s in dask.shards] == [s.sha256 for s in local.shards]
     assert dask.skipped == local.skipped and len(dask.skipped) == 1
+
+
+@pytest.mark.slow
+def test_existing_scheduler_and_kill_9_of_a_dask_run(tmp_path: Path, tiny_clip_dir: Path) -> None:
+    """The bigger variants: `--scheduler` on a running cluster, and kill -9 of a `--workers 2` run."""
+    from distributed import LocalCluster
+
+    images = tmp_path / "images"
+    make_people(images, [f"cam{i % 4}/{i:04d}.jpg" for i in range(40)])
+    common = ["--images", str(images), "--clip-model", str(tiny_clip_dir), "--clip-size", "448x224",
+              "--shard-size", "6", "--batch-size", "4"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        label(*common, "--out", tmp_path / "reference")
+    finally:
+        torch.set_num_threads(threads)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        label(*common, "--out", tmp_path / "external", "--scheduler", cluster.scheduler_address)
+    assert read_rows(tmp_path / "external") == read_rows(tmp_path / "reference")
+
+    out = tmp_path / "interrupted"
+    recorded = run_until_first_shard_then_kill([*common, "--workers", "2", "--out", str(out)], out)
+    assert 1 <= recorded < 7
+    result = label(*common, "--workers", "2", "--out", out)
+    assert f"({7 - recorded} written, {recorded} kept)" in result.output
+    assert read_rows(out) == read_rows(tmp_path / "reference")
