@@ -11,8 +11,8 @@ probabilities renormalised over the chosen k. The prompt is layer-normalised
 scale as the normalised token: neither input dominates at initialisation.
 
 Dispatch groups the (token, slot) pairs by expert with one sort, runs each
-expert once on its contiguous slice and puts the results back with the inverse
-permutation: a loop over experts, never over tokens. Every expert is called
+expert once on its contiguous slice and adds the gated results back onto their
+tokens with one `index_add_`: a loop over experts, never over tokens. Every expert is called
 every step, even on an empty slice, so each parameter is in the autograd graph
 and DDP needs no `find_unused_parameters`.
 
@@ -107,13 +107,12 @@ class PCMoE(nn.Module):
         slots = index.reshape(-1)  # (T*k,) expert of each (token, slot) pair
         order = torch.argsort(slots, stable=True)
         counts = torch.bincount(slots, minlength=self.num_experts)
-        grouped = flat[order // self.top_k]  # tokens sorted by expert
-        chunks = grouped.split(counts.tolist())
+        token = order // self.top_k  # the token of each pair, pairs sorted by expert
+        chunks = flat.index_select(0, token).split(counts.tolist())
         outputs = torch.cat([expert(chunk) for expert, chunk in zip(self.experts, chunks)])
         outputs = outputs * gate.reshape(-1)[order].unsqueeze(-1).to(outputs.dtype)
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(order.numel(), device=order.device)
-        mixed = outputs[inverse].reshape(rows * seq, self.top_k, dim).sum(1)
+        # index_select / index_add_ are each other's backward: gathers and one scatter-add, no sort back
+        mixed = outputs.new_zeros(rows * seq, dim).index_add_(0, token, outputs)
 
         self._counts = self._counts + counts.detach().cpu().float()
         self._prob_sum = self._prob_sum + probs.reshape(-1, self.num_experts).sum(0)
