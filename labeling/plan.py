@@ -92,14 +92,13 @@ def plan_run(out: Path, wanted: Manifest, shards: list[ShardPlan], force: bool =
             raise LabelingError(f"{out}: --out is a folder with other files and no {MANIFEST_NAME}; "
                                 "give an empty or new folder (or --force to write into it anyway)")
         return RunPlan(wanted, list(shards), [], [])
-    if not force:
-        differences = settings_differences(old, wanted)
-        if differences:
-            raise LabelingError(
-                f"{out} was labeled with different settings ({'; '.join(differences)}); "
-                "use another --out, or --force to relabel it from scratch")
-    else:
+    if force:
         return RunPlan(wanted, list(shards), [], [e.file for e in old.shards])
+    differences = settings_differences(old, wanted)
+    if differences:
+        raise LabelingError(
+            f"{out} was labeled with different settings ({'; '.join(differences)}); "
+            "use another --out, or --force to relabel it from scratch")
     by_file = {e.file: e for e in old.shards}
     kept, todo = [], []
     for plan in shards:
@@ -110,7 +109,8 @@ def plan_run(out: Path, wanted: Manifest, shards: list[ShardPlan], force: bool =
             todo.append(plan)
     planned = {p.file for p in shards}
     dropped = [e.file for e in old.shards if e.file not in planned]
-    kept_paths = {f.path for p in shards if p.file in {e.file for e in kept} for f in p.inputs}
+    kept_files = {e.file for e in kept}
+    kept_paths = {f.path for p in shards if p.file in kept_files for f in p.inputs}
     wanted.shards = kept
     wanted.skipped = [s for s in old.skipped if s.path in kept_paths]
     return RunPlan(wanted, todo, kept, dropped)
@@ -144,8 +144,14 @@ def _load_previous(out: Path, force: bool) -> Manifest | None:
 def _has_foreign_files(out: Path) -> bool:
     if not out.is_dir():
         return False
-    return any(not (p.name.startswith("shard-") and (p.name.endswith(".h5") or p.name.endswith(".tmp")))
-               for p in out.iterdir())
+    return any(not _left_by_a_run(p.name) for p in out.iterdir())
+
+
+def _left_by_a_run(name: str) -> bool:
+    """Shards and temp files a run killed before its first manifest save may leave behind."""
+    if name.startswith("shard-"):
+        return name.endswith(".h5") or name.endswith(".tmp")
+    return name.startswith(MANIFEST_NAME + ".") and name.endswith(".tmp")
 
 
 def _intact(path: Path, entry: ShardEntry) -> bool:

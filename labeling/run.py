@@ -139,7 +139,7 @@ def load_vocab(path: Path | None) -> Vocabulary:
 def _prepare_folder(out: Path, manifest: Manifest, dropped: list[str]) -> None:
     """Create the folder, clear leftovers of an interrupted run, and save the surviving manifest."""
     out.mkdir(parents=True, exist_ok=True)
-    for tmp in out.glob("shard-*.tmp"):
+    for tmp in [*out.glob("shard-*.tmp"), *out.glob("manifest.json.*.tmp")]:
         tmp.unlink(missing_ok=True)
     for name in dropped:
         (out / name).unlink(missing_ok=True)

@@ -226,3 +226,13 @@ def test_user_errors_from_a_dask_worker_survive_pickling(config: LabelConfig) ->
         labeler_info_on_worker(unloadable, spec)
     again = pickle.loads(pickle.dumps(caught.value))
     assert isinstance(again, LabelingError) and "cannot load CLIP model '/nowhere/clip' (no such folder)" in str(again)
+
+
+def test_a_run_killed_before_its_first_manifest_can_be_rerun(config: LabelConfig) -> None:
+    config.out.mkdir()
+    (config.out / "manifest.json.k2j3h4.tmp").write_text("{")
+    (config.out / "shard-000000.h5.tmp").write_bytes(b"partial")
+    summary = run_labeling(config, MeanColourLabeler)
+    assert summary.shards_written == 3
+    assert sorted(p.name for p in config.out.iterdir()) == [
+        "manifest.json", "shard-000000.h5", "shard-000001.h5", "shard-000002.h5"]
