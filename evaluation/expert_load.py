@@ -1,0 +1,32 @@
+"""How an exported PC-MoE backbone spreads tokens over its experts, task prompt by task prompt.
+
+The training log reports the load summed over all tasks; whether the prompts
+really select different experts shows only when each task is run on its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from clasp.evaluation.features import load_image
+
+
+def expert_load_per_task(export_dir: str | Path, image_paths: Sequence[str | Path]) -> dict[str, np.ndarray]:
+    """{task: (moe_layers, num_experts) share of routed token slots} on these images; {} without MoE."""
+    from clasp.pretraining import load_backbone
+
+    backbone = load_backbone(export_dir).backbone
+    config = backbone.config
+    if not config.moe_layers:
+        return {}
+    images = torch.from_numpy(np.stack([load_image(p) for p in image_paths])).permute(0, 3, 1, 2).contiguous()
+    out = {}
+    with torch.inference_mode():
+        for task in config.tasks:
+            _, routing = backbone.forward_groups([(images, (task,))])
+            out[task] = routing.expert_load.float().numpy()
+    return out

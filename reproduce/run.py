@@ -1,0 +1,37 @@
+"""`make reproduce`: synthetic world -> label -> pretrain -> export -> eval, with baselines and a report.
+
+Environment: CLIP_MODEL, IMAGES, STEPS, PRESET (see clasp.evaluation.reproduce).
+Output: reproduce/out/results.md (+ PNGs, logs, JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from clasp.evaluation.reproduce import ReproduceConfig, StageFailed, run_reproduce
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out",
+                        help="output folder (default: reproduce/out)")
+    parser.add_argument("--identities", type=int, default=None, help="identities of the synthetic world")
+    parser.add_argument("--images-per-id", type=int, default=None, help="images per identity")
+    args = parser.parse_args()
+    overrides = {"out": args.out}
+    if args.identities:
+        overrides["identities"] = args.identities
+    if args.images_per_id:
+        overrides["images_per_id"] = args.images_per_id
+    try:
+        run_reproduce(ReproduceConfig.from_env(**overrides))
+    except StageFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
