@@ -54,8 +54,8 @@ class PretrainConfig:
     global_crops: int = 2  # 256x128 crops per image (teacher and student)
     local_crops: int = 6  # 128x64 crops per image (student only)
     # --- length: `steps` (optimizer steps) wins when set, else `epochs` passes over the store
-    steps: int | None = None
-    epochs: int | None = 100
+    steps: int | None = None  # optimizer steps of the whole run
+    epochs: int | None = 100  # passes over the store, used when `steps` is not set
     # --- optimisation (AdamW; schedules are cosine, one value per optimizer step)
     batch_size: int = 32  # images per process per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step
@@ -65,18 +65,18 @@ class PretrainConfig:
     weight_decay: float = 0.04  # at the start of training ...
     weight_decay_end: float = 0.4  # ... and at the end (cosine in between)
     momentum_teacher: float = 0.996  # EMA momentum of the teacher at the start (cosine to 1)
-    momentum_teacher_end: float = 1.0
+    momentum_teacher_end: float = 1.0  # EMA momentum at the end
     clip_grad: float = 3.0  # max gradient norm; 0 disables clipping
     precision: str = "bf16"  # mixed precision: no | bf16 | fp16 (fp16 needs a GPU)
     # --- data loading
     num_workers: int = 4  # DataLoader worker processes per training process
-    shuffle_buffer: int = 1024  # rows held by each worker's shuffle buffer
+    shuffle_buffer: int = 2048  # rows held by each worker's shuffle buffer
     # --- checkpoints, logging, stopping
     save_every: int = 1000  # optimizer steps between checkpoints (plus one at the end)
     keep_checkpoints: int = 3  # newest checkpoints kept in OUT/checkpoints
     log_every: int = 10  # optimizer steps between lines of OUT/metrics.jsonl
     stop_at: int | None = None  # stop cleanly after this step with a checkpoint; schedule unchanged
-    seed: int = 0
+    seed: int = 0  # model init, data order and augmentation
     resume: bool = False  # continue from the newest checkpoint in `out`
     force: bool = False  # start over in an `out` that holds another run
     log_rows: bool = False  # debug: write the row ids each process reads to OUT/rows-rankR.jsonl

@@ -70,6 +70,21 @@ def test_stop_at_and_resume_equal_an_uninterrupted_run(store: Path, tmp_path: Pa
         torch.testing.assert_close(final_a[key], final_b[key], atol=1e-6, rtol=0, msg=key)
 
 
+def test_grad_accum_and_bf16_resume_exactly(store: Path, tmp_path: Path) -> None:
+    settings = dict(steps=4, grad_accum=2, precision="bf16", local_crops=1)
+    train(store, tmp_path / "whole", **settings)
+    train(store, tmp_path / "part", **settings, stop_at=1)
+    train(store, tmp_path / "part", **settings, resume=True)
+    a, b = losses(tmp_path / "whole"), losses(tmp_path / "part")
+    assert sorted(b) == [1, 2, 3, 4]
+    for step in a:
+        assert b[step] == pytest.approx(a[step], abs=1e-6), step
+    # 4 steps x 2 micro-batches = 8 of the epoch's 5 batches: epoch 1, 3 batches in
+    position = torch.load(tmp_path / "part/checkpoints/step-00000004/stream-rank0.pt", weights_only=True)
+    assert (position["epoch"], position["batches_yielded"]) == (1, 3)
+    assert metrics(tmp_path / "part")[0]["images_per_s"] > 0
+
+
 def test_metrics_and_checkpoint_contents(store: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     train(store, out, steps=3, keep_checkpoints=1)
