@@ -367,11 +367,32 @@ class ThroughputWindow:
         return out
 
 
+class IgnoreStopSignals:
+    """worker_init_fn wrapper: DataLoader workers ignore SIGTERM/SIGINT.
+
+    `accelerate launch` (torch elastic) stops a job with killpg, and Ctrl-C
+    reaches the whole foreground group: the workers would die mid-batch and
+    take the training process down before it can save. The training process
+    decides when to stop and shuts its workers down itself.
+    """
+
+    def __init__(self, inner=None) -> None:
+        self.inner = inner
+
+    def __call__(self, worker_id: int) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if self.inner is not None:
+            self.inner(worker_id)
+
+
 class BatchSource:
     """Batches of the stream across epochs, on the device; times the wait for each."""
 
     def __init__(self, stream, loader, device: torch.device) -> None:
         self.stream, self.loader, self.device = stream, loader, device
+        if loader.num_workers > 0:
+            loader.worker_init_fn = IgnoreStopSignals(loader.worker_init_fn)
         self._it: Iterator | None = None
 
     def next(self, window: ThroughputWindow):

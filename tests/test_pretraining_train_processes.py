@@ -136,31 +136,45 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_read_disjoint_rows_and_end_identical(store: Path, tmp_path: Path, config_file: Path) -> None:
-    out = tmp_path / "run"
-    # 17 rows over 2 ranks: 8 and 9 rows -> 3 batches per rank and epoch; 6 steps = 2 epochs
+def launch(store: Path, out: Path, config_file: Path, *extra: str) -> subprocess.Popen:
     command = [str(VENV_BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
                "-m", "clasp.cli", "pretrain", "--shards", str(store), "--out", str(out), "--config", str(config_file),
-               "--steps", "6", "--save-every", "3", "--log-rows"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=400, env={**env(), "ACCELERATE_USE_CPU": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
-    logs = {}
-    for rank in (0, 1):
-        lines = [json.loads(l) for l in (out / f"rows-rank{rank}.jsonl").read_text().splitlines()]
-        logs[rank] = lines
+               "--log-rows", *extra]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**env(), "ACCELERATE_USE_CPU": "1"})
+
+
+def test_two_processes_stop_resume_read_disjoint_rows_and_end_identical(store: Path, tmp_path: Path,
+                                                                         config_file: Path) -> None:
+    out = tmp_path / "run"
+    # 17 rows over 2 ranks: 8 and 9 rows -> 3 batches per rank and epoch
+    first = launch(store, out, config_file, "--save-every", "1000")
+    wait_for(lambda: len(steps_logged(out)) >= 4, first, timeout=300)
+    first.send_signal(signal.SIGTERM)  # to the launcher, which passes it to its whole process group
+    _, stderr = first.communicate(timeout=180)
+    stopped = max(steps_logged(out))
+    assert stderr.count(f"stopped by SIGTERM after step {stopped}") == 2, stderr[-3000:]  # both ranks, same step
+    assert [c.name for c in (out / "checkpoints").iterdir()] == [f"step-{stopped:08d}"]
+
+    end = (stopped // 3 + 2) * 3  # an epoch boundary, at least one whole epoch after the stop
+    second = launch(store, out, config_file, "--save-every", "1000", "--resume", "--stop-at", str(end))
+    _, stderr = second.communicate(timeout=400)
+    assert second.returncode == 0, stderr[-3000:]
+
+    logs = {rank: [json.loads(l) for l in (out / f"rows-rank{rank}.jsonl").read_text().splitlines()]
+            for rank in (0, 1)}
     rows = {rank: {l["step"]: l["rows"] for l in lines if "rows" in l} for rank, lines in logs.items()}
-    assert sorted(rows[0]) == sorted(rows[1]) == list(range(1, 7))  # same number of batches on both ranks
-    for epoch_steps in ((1, 2, 3), (4, 5, 6)):
-        seen = [r for rank in (0, 1) for s in epoch_steps for r in rows[rank][s]]
-        assert sorted(seen) == list(range(17))  # every row once per epoch: disjoint ranks, nothing lost
-        mine = [set(r for s in epoch_steps for r in rows[rank][s]) for rank in (0, 1)]
-        assert mine[0].isdisjoint(mine[1]) and sorted(map(len, mine)) == [8, 9]
+    assert sorted(rows[0]) == sorted(rows[1]) == list(range(1, end + 1))  # same number of batches on both ranks
+    for epoch in range(end // 3):
+        steps = range(3 * epoch + 1, 3 * epoch + 4)
+        mine = [[r for s in steps for r in rows[rank][s]] for rank in (0, 1)]
+        assert set(mine[0]).isdisjoint(mine[1]), epoch  # ranks read disjoint rows ...
+        assert sorted(mine[0] + mine[1]) == list(range(17)), epoch  # ... and together every row once per epoch
     digests = [lines[-1]["state_sha256"] for lines in logs.values()]
     assert digests[0] == digests[1]  # identical weights (student, teacher, centre) on both ranks
     saved = json.loads((out / "config.json").read_text())
     assert saved["derived"]["world_size"] == 2 and saved["derived"]["total_batch"] == 8
-    assert steps_logged(out) == list(range(1, 7))
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000003", "step-00000006"]
-    assert {p.name for p in (out / "checkpoints" / "step-00000006").iterdir()} >= {
+    assert steps_logged(out) == list(range(1, end + 1))
+    assert {p.name for p in (out / "checkpoints" / f"step-{end:08d}").iterdir()} >= {
         "rng-rank0.pt", "rng-rank1.pt", "stream-rank0.pt", "stream-rank1.pt", "model.safetensors"}
