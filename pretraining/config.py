@@ -173,18 +173,33 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return {key: _coerce(key, value, str(path)) for key, value in data.items()}
 
 
-def build_config(config_file: str | Path | None = None, **overrides: Any) -> PretrainConfig:
-    """Defaults <- config file <- overrides (None means 'not given'); validated.
+# Settings of a saved run that do not carry over to `--resume` (they describe one start, not the run).
+NOT_INHERITED_ON_RESUME = frozenset({"out", "resume", "force", "stop_at"})
 
-    Giving `steps` clears `epochs` from a lower layer and vice versa, so that a
-    flag always decides the run length.
+
+def build_config(config_file: str | Path | None = None, **overrides: Any) -> PretrainConfig:
+    """Defaults <- [saved run settings] <- config file <- overrides (None means 'not given'); validated.
+
+    With `resume`, the settings saved in `out`/config.json form the base, so
+    `clasp pretrain --out RUN --resume` alone continues a run however it was
+    configured. Giving `steps` clears `epochs` from a lower layer and vice
+    versa, so that a flag always decides the run length.
     """
     given = {k: v for k, v in overrides.items() if v is not None}
     unknown = sorted(set(given) - set(KEYS))
     if unknown:
         raise ConfigError(f"unknown setting {unknown[0]!r}")
-    layers = [load_config_file(config_file) if config_file is not None else {},
-              {k: _coerce(k, v, "command line") for k, v in given.items()}]
+    file_layer = load_config_file(config_file) if config_file is not None else {}
+    flags = {k: _coerce(k, v, "command line") for k, v in given.items()}
+    layers = [file_layer, flags]
+    merged = {**file_layer, **flags}
+    if merged.get("resume") and merged.get("out"):
+        saved_path = Path(merged["out"]) / CONFIG_NAME
+        if saved_path.is_file():
+            saved, _ = load_saved(saved_path)
+            base = {k: _coerce(k, v, str(saved_path)) for k, v in saved.items()
+                    if k in KEYS and k not in NOT_INHERITED_ON_RESUME}
+            layers.insert(0, base)
     values: dict[str, Any] = {}
     for layer in layers:
         if "steps" in layer and "epochs" not in layer:

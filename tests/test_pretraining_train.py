@@ -70,6 +70,20 @@ def test_stop_at_and_resume_equal_an_uninterrupted_run(store: Path, tmp_path: Pa
         torch.testing.assert_close(final_a[key], final_b[key], atol=1e-6, rtol=0, msg=key)
 
 
+def test_resume_alone_continues_with_the_runs_settings(store: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from clasp.cli import main
+
+    out = tmp_path / "run"
+    train(store, out, steps=4, stop_at=2)
+    result = CliRunner().invoke(main, ["pretrain", "--out", str(out), "--resume"])
+    assert result.exit_code == 0, result.output
+    assert sorted(losses(out)) == [1, 2, 3, 4]
+    refused = CliRunner().invoke(main, ["pretrain", "--out", str(out), "--resume", "--batch-size", "8"])
+    assert refused.exit_code == 2 and "batch_size: checkpoint 4, now 8" in refused.output
+
+
 def test_grad_accum_and_bf16_resume_exactly(store: Path, tmp_path: Path) -> None:
     settings = dict(steps=4, grad_accum=2, precision="bf16", local_crops=1)
     train(store, tmp_path / "whole", **settings)
