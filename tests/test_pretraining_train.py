@@ -174,3 +174,18 @@ def test_non_finite_loss_stops_naming_step_and_term(store: Path, tmp_path: Path,
         train(store, out, steps=6)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000002"]
     assert max(losses(out)) == 2
+
+
+@pytest.mark.slow
+def test_repeated_stops_over_several_epochs_with_workers(make_store: Callable[..., Path], tmp_path: Path) -> None:
+    """The long version: three starts, two worker processes, accumulation, four epochs of uneven shards."""
+    store = make_store([13, 5, 9], grid=(8, 4), hw=(64, 32))
+    settings = dict(steps=14, grad_accum=2, num_workers=2, save_every=5, keep_checkpoints=2)
+    train(store, tmp_path / "whole", **settings)
+    for stop in (3, 8):
+        train(store, tmp_path / "part", **settings, stop_at=stop, resume=stop != 3)
+    train(store, tmp_path / "part", **settings, resume=True)
+    a, b = losses(tmp_path / "whole"), losses(tmp_path / "part")
+    assert sorted(b) == list(range(1, 15))
+    for step in a:
+        assert b[step] == pytest.approx(a[step], abs=1e-6), step
