@@ -246,11 +246,13 @@ def _setting(flag: str, name: str, kind, help: str, **extra):
 
 
 @main.command()
-@click.option("--shards", type=click.Path(path_type=Path), default=None, help="Shard folder written by `clasp label`.")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
+@click.option("--shards", type=click.Path(path_type=Path), default=None, show_default="required, here or in --config",
+              help="Shard folder written by `clasp label`.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, show_default="required, here or in --config",
               help="Run folder: config.json, metrics.jsonl, checkpoints/.")
-@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
-              help="YAML or JSON file of settings (keys as in the README); flags override it.")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, show_default="none",
+              help="YAML or JSON file of settings (keys as in the README); flags override it. "
+                   "With --resume the run's saved settings come first.")
 @_setting("--preset", "preset", click.Choice(["tiny", "small", "base"]), "ViT size.")
 @_setting("--steps", "steps", click.IntRange(min=1), "Optimizer steps; wins over --epochs.")
 @_setting("--epochs", "epochs", click.IntRange(min=1), "Passes over the store (when --steps is not set).")
@@ -279,8 +281,10 @@ def _setting(flag: str, name: str, kind, help: str, **extra):
 @_setting("--stop-at", "stop_at", click.IntRange(min=1),
           "Stop cleanly after this step with a checkpoint (schedule unchanged); --resume continues.")
 @_setting("--seed", "seed", click.IntRange(min=0), "Seed of the model init, data order and augmentation.")
-@click.option("--resume", is_flag=True, default=False, help="Continue the run in --out from its newest checkpoint.")
-@click.option("--force", is_flag=True, default=False, help="Start over in an --out that holds another run.")
+@click.option("--resume", is_flag=True, default=False, show_default="off",
+              help="Continue the run in --out from its newest checkpoint, with its saved settings.")
+@click.option("--force", is_flag=True, default=False, show_default="off",
+              help="Start over in an --out that holds another run (deletes that run's files).")
 @click.option("--log-rows", is_flag=True, default=False, hidden=True,
               help="Debug: write the row ids each process reads to OUT/rows-rankR.jsonl.")
 def pretrain(config_file: Path | None, resume: bool, force: bool, log_rows: bool, **settings) -> None:
@@ -319,7 +323,7 @@ def pretrain(config_file: Path | None, resume: bool, force: bool, log_rows: bool
               help="Task prompt the exported backbone is fixed to.")
 @click.option("--checkpoint", type=click.IntRange(min=0), default=None, show_default="the newest",
               help="Step of the checkpoint to export.")
-@click.option("--student", is_flag=True, default=False, show_default=True,
+@click.option("--student", is_flag=True, default=False, show_default="off",
               help="Export the student backbone instead of the EMA teacher.")
 def export_command(run: Path, out: Path, task: str, checkpoint: int | None, student: bool) -> None:
     """Export the backbone of a pre-training RUN as safetensors + config.json.
