@@ -132,6 +132,13 @@ class CheckpointWriter:
     is_main: bool
     keep: int
 
+    def remove_unfinished(self) -> None:
+        """Main process, at start: drop `.tmp` folders of saves that a crash interrupted."""
+        root = self.run_dir / CHECKPOINTS_DIR
+        if self.is_main and root.is_dir():
+            for child in root.glob("step-*.tmp"):
+                shutil.rmtree(child, ignore_errors=True)
+
     def begin(self, step: int) -> Path:
         """Main process: an empty temp folder for `step` (call `barrier` before others write)."""
         tmp = self.run_dir / CHECKPOINTS_DIR / (step_dir_name(step) + ".tmp")

@@ -245,6 +245,7 @@ def _run(config: PretrainConfig, accelerator) -> PretrainResult:
         set_seed(config.seed, device_specific=True)  # per-process randomness from here on
 
     writer = CheckpointWriter(out, rank, is_main, config.keep_checkpoints)
+    writer.remove_unfinished()
     metrics = open(out / METRICS_FILE, "a", encoding="utf-8") if is_main else None
     stop_at = config.stop_at if config.stop_at is not None else total_steps
     end_step = min(total_steps, stop_at)

@@ -120,12 +120,14 @@ def test_kill_9_after_a_checkpoint_then_resume_matches(store: Path, tmp_path: Pa
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     last = max(int(p.name[5:13]) for p in (out / "checkpoints").iterdir() if not p.name.endswith(".tmp"))
+    (out / "checkpoints" / f"step-{last + 1:08d}.tmp").mkdir(exist_ok=True)  # as if killed while saving
 
     run_pretraining(PretrainConfig(**TINY, shards=str(store), out=str(out), resume=True, stop_at=last + 2,
                                    save_every=2))
     want = reference(store, tmp_path, last + 2)
     got = losses(out)
     assert steps_logged(out) == list(range(1, last + 3))  # lines after the checkpoint were dropped, then redone
+    assert not list((out / "checkpoints").glob("*.tmp"))  # an interrupted save never counts and is cleared
     for step in range(1, last + 3):
         assert got[step] == pytest.approx(want[step], abs=1e-6), step
 
