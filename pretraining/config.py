@@ -1,7 +1,8 @@
 """Every setting of `clasp pretrain`, with its default, in one place.
 
-A run is configured by, in increasing priority: the defaults below, a
-`--config FILE` (YAML or JSON, keys = field names), and command-line flags.
+A run is configured by, in increasing priority: the defaults below, (with
+`--resume`) the settings saved in the run folder, a `--config FILE` (YAML or
+JSON, keys = field names), and command-line flags.
 The resolved config is saved as JSON beside every checkpoint; `--resume`
 compares it with the new one and refuses when a setting that decides the
 model's shape, the data, the batch or the schedule differs
