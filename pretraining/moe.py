@@ -10,9 +10,9 @@ probabilities renormalised over the chosen k. The prompt is layer-normalised
 (no affine) before its projection so that it enters the router at the same
 scale as the normalised token: neither input dominates at initialisation.
 
-Dispatch groups the (token, slot) pairs by expert with one sort, runs each
-expert once on its contiguous slice and adds the gated results back onto their
-tokens with one `index_add_`: a loop over experts, never over tokens. Every expert is called
+Dispatch groups the (token, slot) pairs by expert with one sort; each expert
+gathers its tokens, runs once on them and adds its gated output back onto them
+with `index_add_`: a loop over experts, never over tokens. Every expert is called
 every step, even on an empty slice, so each parameter is in the autograd graph
 and DDP needs no `find_unused_parameters`.
 
@@ -104,17 +104,25 @@ class PCMoE(nn.Module):
         rows, seq, dim = x.shape
         probs, index, gate = self.route(x, prompt)
         flat = x.reshape(rows * seq, dim)
+        device = flat.device.type
+        if torch.is_autocast_enabled(device):  # gather half the bytes; the experts would cast anyway
+            flat = flat.to(torch.get_autocast_dtype(device))
         slots = index.reshape(-1)  # (T*k,) expert of each (token, slot) pair
         order = torch.argsort(slots, stable=True)
         counts = torch.bincount(slots, minlength=self.num_experts)
-        token = order // self.top_k  # the token of each pair, pairs sorted by expert
-        chunks = flat.index_select(0, token).split(counts.tolist())
-        outputs = torch.cat([expert(chunk) for expert, chunk in zip(self.experts, chunks)])
-        outputs = outputs * gate.reshape(-1)[order].unsqueeze(-1).to(outputs.dtype)
-        # index_select / index_add_ are each other's backward: gathers and one scatter-add, no sort back
-        mixed = outputs.new_zeros(rows * seq, dim).index_add_(0, token, outputs)
+        sizes = counts.tolist()
+        tokens = (order // self.top_k).split(sizes)  # each expert's tokens
+        gates = gate.reshape(-1)[order].split(sizes)
+        mixed = None
+        for expert, token, weight in zip(self.experts, tokens, gates):
+            out = expert(flat.index_select(0, token))
+            out = out * weight.unsqueeze(-1).to(out.dtype)
+            if mixed is None:
+                mixed = out.new_zeros(rows * seq, dim)
+            # index_select and index_add_ are each other's backward: gathers and scatter-adds only
+            mixed.index_add_(0, token, out)
 
         self._counts = self._counts + counts.detach().cpu().float()
         self._prob_sum = self._prob_sum + probs.reshape(-1, self.num_experts).sum(0)
         self._tokens += rows * seq
-        return mixed.reshape(rows, seq, dim).to(x.dtype)
+        return mixed.reshape(rows, seq, dim)

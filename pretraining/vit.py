@@ -16,6 +16,11 @@ shared between tasks. All requested tasks of one crop size run through the
 upper blocks as one batch (rows stacked task after task), so three branches cost
 one larger call rather than three small ones.
 
+Training reads only the CLS token of the instance and attribute branches, so
+`forward_groups(..., cls_only=...)` lets those rows skip the patch tokens' work
+in the last block (their keys and values are still computed: the CLS attends
+to them). Without `cls_only` every task returns CLS and patches.
+
 With `moe_layers = 0` the model is a plain ViT: there is nothing task-specific,
 every requested task gets the same features and no prompt is created.
 
