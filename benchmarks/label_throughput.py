@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", default="bf16", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--clip-size", default="448x224", help="CLIP input HEIGHTxWIDTH")
     p.add_argument("--workers", type=int, default=0, help="as `clasp label --workers` (0: in this process)")
-    p.add_argument("--repeats", type=int, default=1, help="alternate baseline and end-to-end this many times; medians")
+    p.add_argument("--repeats", type=int, default=1, help="measure both this many times (ABBA order); report medians")
     p.add_argument("--profile", action="store_true", help="also time each stage on its own")
     p.add_argument("--work", type=Path, default=OUT, help="folder for the model, the images and the shards")
     return p.parse_args(argv)
@@ -142,20 +142,24 @@ def main(argv: list[str] | None = None) -> int:
 
     bare_rates, e2e_rates = [], []
     for r in range(args.repeats):
-        seconds = bare_forward(labeler, batches)
-        bare_rates.append(len(files) / seconds)
-        out = work / f"shards-{r}"
-        if out.exists():
-            for p in out.iterdir():
-                p.unlink()
-        config = LabelConfig(images=images, out=out, clip_model=str(model), clip_size=clip_size,
-                             batch_size=args.batch_size, precision=args.precision, workers=args.workers,
-                             progress=False)
-        seconds, labeled = end_to_end(config)
-        assert labeled == len(files), f"labeled {labeled} of {len(files)}"
-        e2e_rates.append(labeled / seconds)
-        print(f"  repeat {r + 1}: baseline {bare_rates[-1]:.2f} images/s, end to end {e2e_rates[-1]:.2f} images/s",
-              flush=True)
+        # ABBA order: on a shared machine, load that drifts over time biases neither side.
+        order = ("baseline", "end to end") if r % 2 == 0 else ("end to end", "baseline")
+        for which in order:
+            if which == "baseline":
+                bare_rates.append(len(files) / bare_forward(labeler, batches))
+                continue
+            out = work / f"shards-{r}"
+            if out.exists():
+                for p in out.iterdir():
+                    p.unlink()
+            config = LabelConfig(images=images, out=out, clip_model=str(model), clip_size=clip_size,
+                                 batch_size=args.batch_size, precision=args.precision, workers=args.workers,
+                                 progress=False)
+            seconds, labeled = end_to_end(config)
+            assert labeled == len(files), f"labeled {labeled} of {len(files)}"
+            e2e_rates.append(labeled / seconds)
+        print(f"  repeat {r + 1} ({order[0]} first): baseline {bare_rates[-1]:.2f} images/s, "
+              f"end to end {e2e_rates[-1]:.2f} images/s", flush=True)
 
     bare, e2e = statistics.median(bare_rates), statistics.median(e2e_rates)
     print(f"baseline (bare CLIP vision forward, prepared batches): {bare:.2f} images/s")
