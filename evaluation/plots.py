@@ -53,7 +53,10 @@ def line_chart(series: dict[str, tuple[list[float], list[float]]], path: str | P
         for t in _ticks(ymin, ymax):
             draw.line((x0 - 4, sy(t), x0, sy(t)), fill="black")
             draw.text((4, sy(t) - 5), _fmt(t), fill="black", font=font)
-        for t in _ticks(xmin, xmax):
+        x_ticks = _ticks(xmin, xmax)
+        if all(float(x).is_integer() for x, _ in points):  # steps: whole-number ticks only
+            x_ticks = sorted({float(round(t)) for t in x_ticks})
+        for t in x_ticks:
             draw.line((sx(t), y1, sx(t), y1 + 4), fill="black")
             draw.text((sx(t) - 10, y1 + 6), _fmt(t), fill="black", font=font)
         for k, (name, (xs, ys)) in enumerate(series.items()):
