@@ -373,7 +373,7 @@ def synth(out: Path, identities: int, images_per_id: int, cameras: int, seed: in
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Images per forward pass when extracting features.")
 @click.option("--probe-steps", type=click.IntRange(min=1), default=300, show_default=True,
-              help="Full-batch AdamW steps of the linear probes.")
+              help="L-BFGS iterations (at most) of the linear probes.")
 def eval_command(backbone: Path, data: Path, tasks: str | None, out: Path | None, batch_size: int,
                  probe_steps: int) -> None:
     """Probe a frozen backbone: attributes (linear, mA), parsing (linear on patches, mIoU), re-ID (cosine kNN, mAP, rank-1)."""
