@@ -103,6 +103,7 @@ class ReidScore:
     rank1: float
     queries: int  # queries that had at least one correct match and were scored
     skipped_queries: int  # queries without any correct match in the gallery
+    chance_rank1: float = float("nan")  # rank-1 of a random ranking: mean share of correct images per query
 
 
 def reid_scores(similarity: np.ndarray, query_ids: np.ndarray, query_cams: np.ndarray,
@@ -114,7 +115,7 @@ def reid_scores(similarity: np.ndarray, query_ids: np.ndarray, query_cams: np.nd
     if similarity.shape != (len(query_ids), len(gallery_ids)):
         raise ValueError(f"similarity has shape {similarity.shape}, expected ({len(query_ids)}, {len(gallery_ids)})")
     order = np.argsort(-similarity, axis=1, kind="stable")
-    aps, hits, skipped = [], [], 0
+    aps, hits, chance, skipped = [], [], [], 0
     for q in range(len(query_ids)):
         ranked = order[q]
         ids, cams = gallery_ids[ranked], gallery_cams[ranked]
@@ -127,6 +128,7 @@ def reid_scores(similarity: np.ndarray, query_ids: np.ndarray, query_cams: np.nd
         precision = np.arange(1, len(positions) + 1) / (positions + 1)
         aps.append(precision.mean())
         hits.append(bool(good[0]))
+        chance.append(good.mean())
     if not aps:
         return ReidScore(float("nan"), float("nan"), 0, skipped)
-    return ReidScore(float(np.mean(aps)), float(np.mean(hits)), len(aps), skipped)
+    return ReidScore(float(np.mean(aps)), float(np.mean(hits)), len(aps), skipped, float(np.mean(chance)))

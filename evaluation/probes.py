@@ -161,7 +161,7 @@ def reid_probe(query_x: np.ndarray, query_ids: np.ndarray, query_cams: np.ndarra
                gallery_ids: np.ndarray, gallery_cams: np.ndarray) -> dict:
     """Cosine nearest neighbours on CLS features, scored with the Market-1501 protocol."""
     score = reid_scores(cosine_similarity(query_x, gallery_x), query_ids, query_cams, gallery_ids, gallery_cams)
-    return {"mAP": score.mAP, "rank1": score.rank1, "queries": score.queries,
+    return {"mAP": score.mAP, "rank1": score.rank1, "chance_rank1": score.chance_rank1, "queries": score.queries,
             "skipped_queries": score.skipped_queries, "gallery": int(len(gallery_ids))}
 
 

@@ -78,6 +78,8 @@ def test_reid_map_and_rank1_by_hand() -> None:
     assert score.mAP == pytest.approx((0.5 + 1.0) / 2)
     assert score.rank1 == pytest.approx(0.5)
     assert (score.queries, score.skipped_queries) == (2, 1)
+    # a random ranking: query 0 has 2 correct of 4 remaining images, query 1 has 1 of 5
+    assert score.chance_rank1 == pytest.approx((2 / 4 + 1 / 5) / 2)
 
 
 def test_reid_same_camera_match_is_not_a_correct_answer() -> None:
