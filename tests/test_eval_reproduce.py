@@ -66,7 +66,7 @@ def test_charts_draw_series_in_their_colours(tmp_path: Path) -> None:
 
 def _result(value: float) -> dict:
     return {"attributes": {"mA": value}, "parsing": {"mIoU_grid": value, "mIoU_pixel": value},
-            "reid": {"mAP": value, "rank1": float("nan")}}
+            "reid": {"mAP": value, "rank1": float("nan"), "chance_rank1": 0.02}}
 
 
 def test_report_says_tiny_clip_labels_carry_no_semantics() -> None:
@@ -78,6 +78,7 @@ def test_report_says_tiny_clip_labels_carry_no_semantics() -> None:
     assert "random: its part masks and attributes carry no semantics" in text
     assert "| CLASP (part + attribute + DINO, PC-MoE) | 50.0 | 50.0 | 50.0 | 50.0 | n/a | 25.0 / 50.0 | 60 | 5 |" in text
     assert "| random weights (untrained) | 70.0 |" in text
+    assert "re-ID rank-1 of a random ranking 2.0" in text
     assert "![Expert load per task prompt of the CLASP backbone](expert_load.png)" in text
     assert "| **total** | **130** (2.2 min) |" in text
     real = render_report(ReproduceConfig(clip_model="openai/clip-vit-base-patch16"),
