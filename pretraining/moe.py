@@ -10,9 +10,9 @@ probabilities renormalised over the chosen k. The prompt is layer-normalised
 (no affine) before its projection so that it enters the router at the same
 scale as the normalised token: neither input dominates at initialisation.
 
-Dispatch groups the (token, slot) pairs by expert with one sort; each expert
-gathers its tokens, runs once on them and adds its gated output back onto them
-with `index_add_`: a loop over experts, never over tokens. Every expert is called
+Dispatch groups the (token, slot) pairs by expert with one sort and one gather;
+each expert runs once on its contiguous slice and adds its gated output back
+onto its tokens with `index_add_`: a loop over experts, never over tokens. Every expert is called
 every step, even on an empty slice, so each parameter is in the autograd graph
 and DDP needs no `find_unused_parameters`.
 
@@ -111,16 +111,16 @@ class PCMoE(nn.Module):
         order = torch.argsort(slots, stable=True)
         counts = torch.bincount(slots, minlength=self.num_experts)
         sizes = counts.tolist()
-        tokens = (order // self.top_k).split(sizes)  # each expert's tokens
+        token = torch.arange(rows * seq, device=flat.device).repeat_interleave(self.top_k)[order]
+        chunks = flat.index_select(0, token).split(sizes)  # one gather; its backward is one scatter-add
         gates = gate.reshape(-1)[order].split(sizes)
         mixed = None
-        for expert, token, weight in zip(self.experts, tokens, gates):
-            out = expert(flat.index_select(0, token))
+        for expert, chunk, expert_tokens, weight in zip(self.experts, chunks, token.split(sizes), gates):
+            out = expert(chunk)
             out = out * weight.unsqueeze(-1).to(out.dtype)
             if mixed is None:
                 mixed = out.new_zeros(rows * seq, dim)
-            # index_select and index_add_ are each other's backward: gathers and scatter-adds only
-            mixed.index_add_(0, token, out)
+            mixed.index_add_(0, expert_tokens, out)  # backward: a gather
 
         self._counts = self._counts + counts.detach().cpu().float()
         self._prob_sum = self._prob_sum + probs.reshape(-1, self.num_experts).sum(0)
