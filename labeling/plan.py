@@ -32,6 +32,7 @@ from pathlib import Path
 
 from clasp.labeling.discover import InputFile
 from clasp.labeling.errors import LabelingError
+from clasp.labeling.folder_lock import LOCK_NAME
 from clasp.store import ClipInfo, ImageStore, Manifest, ShardEntry, StoreError, Vocabulary, shard_name
 from clasp.store.digest import file_sha256
 from clasp.store.schema import MANIFEST_NAME
@@ -148,7 +149,9 @@ def _has_foreign_files(out: Path) -> bool:
 
 
 def _left_by_a_run(name: str) -> bool:
-    """Shards and temp files a run killed before its first manifest save may leave behind."""
+    """Shards, temp files and the run lock a run killed before its first manifest save may leave behind."""
+    if name == LOCK_NAME:
+        return True
     if name.startswith("shard-"):
         return name.endswith(".h5") or name.endswith(".tmp")
     return name.startswith(MANIFEST_NAME + ".") and name.endswith(".tmp")

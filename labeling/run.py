@@ -15,6 +15,7 @@ from pathlib import Path
 from clasp.labeling.discover import discover_images
 from clasp.labeling.errors import LabelingError
 from clasp.labeling.executors import open_executor
+from clasp.labeling.folder_lock import exclusive_folder
 from clasp.labeling.plan import new_manifest, plan_run, plan_shards
 from clasp.labeling.shard_worker import LabelerFactory, LabelerSpec, ShardJob, build_clip_labeler, settings_only
 from clasp.store import Manifest, SkippedInput, StoreError, Vocabulary, record_shard
@@ -89,7 +90,7 @@ def run_labeling(config: LabelConfig, factory: LabelerFactory = build_clip_label
     shards = plan_shards(inputs, config.shard_size)
     spec = LabelerSpec(config.clip_model, config.revision, tuple(config.clip_size), config.dense_mode,
                        config.precision, config.device, vocab)
-    with open_executor(config.workers, config.scheduler, factory) as executor:
+    with exclusive_folder(out), open_executor(config.workers, config.scheduler, factory) as executor:
         clip_info, grid = executor.labeler_info(spec)
         wanted = new_manifest(clip_info, vocab, grid, config.shard_size, STORE_HW)
         plan = plan_run(out, wanted, shards, force=config.force)
