@@ -48,6 +48,7 @@ class DaskExecutor:
         self.factory = factory
         self.client = client
         self.torch_threads = share_cores(client)
+        spread_over_gpus(client)
 
     def labeler_info(self, spec: LabelerSpec) -> tuple[ClipInfo, tuple[int, int]]:
         future = self.client.submit(labeler_info_on_worker, self.factory, spec, pure=False,
@@ -110,6 +111,36 @@ def share_cores(client) -> dict[str, int]:
     threads = {addr: max(1, cores // per_host[host]) for addr, (host, cores) in hosts.items()}
     client.run(_set_torch_threads, threads)
     return threads
+
+
+def local_ranks(hosts: dict[str, str]) -> dict[str, int]:
+    """Each worker's index among the workers of its host (by address), e.g. for picking its GPU."""
+    ranks: dict[str, int] = {}
+    for host in sorted(set(hosts.values())):
+        for rank, addr in enumerate(sorted(a for a, h in hosts.items() if h == host)):
+            ranks[addr] = rank
+    return ranks
+
+
+def spread_over_gpus(client) -> None:
+    """One GPU per worker: worker k of a host makes `cuda:(k mod GPUs)` its current device.
+
+    With `--device cuda` every worker then loads CLIP on its own GPU instead of
+    all of them on GPU 0. An explicit `--device cuda:N` is left as given; hosts
+    without CUDA are untouched.
+    """
+    hosts = {addr: host for addr, (host, _) in client.run(_host_and_cores).items()}
+    client.run(_set_cuda_device, local_ranks(hosts))
+
+
+def _set_cuda_device(ranks: dict[str, int], dask_worker=None) -> int | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    index = ranks.get(dask_worker.address, 0) % torch.cuda.device_count()
+    torch.cuda.set_device(index)
+    return index
 
 
 def _host_and_cores(dask_worker=None) -> tuple[str, int]:

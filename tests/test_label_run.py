@@ -246,3 +246,12 @@ def test_a_second_run_on_the_same_folder_is_refused_while_the_first_holds_it(con
             run_labeling(config, factory=MeanColourLabeler)
     summary = run_labeling(config, factory=MeanColourLabeler)  # released: the run goes ahead
     assert summary.labeled == 7 and summary.skipped == 1
+
+
+def test_workers_are_numbered_per_host_for_gpu_placement():
+    from clasp.labeling.executors import local_ranks
+
+    hosts = {"tcp://10.0.0.2:4001": "10.0.0.2", "tcp://10.0.0.1:4002": "10.0.0.1",
+             "tcp://10.0.0.1:4001": "10.0.0.1", "tcp://10.0.0.2:3999": "10.0.0.2", "tcp://10.0.0.1:4003": "10.0.0.1"}
+    assert local_ranks(hosts) == {"tcp://10.0.0.1:4001": 0, "tcp://10.0.0.1:4002": 1, "tcp://10.0.0.1:4003": 2,
+                                  "tcp://10.0.0.2:3999": 0, "tcp://10.0.0.2:4001": 1}
