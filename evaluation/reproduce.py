@@ -293,7 +293,7 @@ def render_report(config: ReproduceConfig, results: dict, label_quality: dict, t
         lines += [f"![{captions.get(key, key)}]({name})", ""]
     lines += ["Numbers come from one seed on a small world with a short schedule; they show that every stage "
               "runs and is measured, not the method's final accuracy. `clasp export` writes the EMA teacher, and "
-              f"after {config.steps} steps of batch {config.batch_size} (learning rate in warm-up, teacher momentum "
-              "0.996 and rising) it is still close to its initialisation, which the random baseline shares: "
+              f"after {config.steps} steps of batch {config.batch_size} (learning rate scaled down by the small batch, "
+              "teacher momentum 0.996 rising to 1) it is still close to its initialisation, which the random baseline shares: "
               "rows that barely differ say exactly that. Raise `STEPS` for a longer schedule.", ""]
     return "\n".join(lines)
