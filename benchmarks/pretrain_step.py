@@ -3,9 +3,11 @@
 CLASP: three task branches (instance, part, attribute), PC-MoE in the upper
 blocks, DINO + part + attribute heads, EMA teacher. DINO: the same ViT preset
 without MoE or extra heads (`ModelConfig.dino_baseline`). A step is forward +
-backward + AdamW step + teacher update. The two are timed alternately (so load
-from other processes hits both alike); the median of `--iters` steps each is
-reported after `--warmup` untimed steps.
+backward + AdamW step + teacher update. The two are timed alternately in ABBA
+order (so load from other processes hits both alike); the median of `--iters`
+steps each is reported after `--warmup` untimed steps, as wall time and as this
+process's CPU time. On a machine shared with other jobs, `--threads 1` gives
+the steadiest figures (two OpenMP threads stall whenever one is descheduled).
 
     python benchmarks/pretrain_step.py --preset small --batch-size 32 --precision bf16
 
@@ -90,9 +92,13 @@ def main() -> None:
         clasp.step(batch)
         dino.step(batch)
     clasp_times, dino_times = [], []
-    for _ in range(args.iters):
-        clasp_times.append(clasp.step(batch))
-        dino_times.append(dino.step(batch))
+    for i in range(args.iters):  # ABBA order: load drift on a shared machine biases neither side
+        if i % 2 == 0:
+            clasp_times.append(clasp.step(batch))
+            dino_times.append(dino.step(batch))
+        else:
+            dino_times.append(dino.step(batch))
+            clasp_times.append(clasp.step(batch))
     clasp_s, dino_s = (statistics.median(t[0] for t in clasp_times), statistics.median(t[0] for t in dino_times))
     clasp_cpu, dino_cpu = (statistics.median(t[1] for t in clasp_times), statistics.median(t[1] for t in dino_times))
     print(f"preset={args.preset} batch={args.batch_size} crops={args.global_crops}+{args.local_crops} "
