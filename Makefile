@@ -23,8 +23,14 @@ test: install
 test-all: install
 	$(PY) -m pytest -q -m ""
 
+# Offline by default; CLIP_MODEL, IMAGES, STEPS and PRESET switch to real data.
+reproduce: install
+	$(PY) reproduce/run.py
+
 bench: install
 	$(PY) benchmarks/label_throughput.py
+	$(PY) benchmarks/pretrain_step.py
+	$(PY) benchmarks/loader.py
 
 clean:
 	rm -rf $(VENV) *.egg-info reproduce/out

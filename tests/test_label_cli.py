@@ -305,9 +305,24 @@ def test_dask_workers_give_the_same_shards_as_in_process(tmp_path: Path, tiny_cl
     result = label(*common, "--out", tmp_path / "dask", "--workers", "2")
     assert "labeled 7 images (7 this run), skipped 1, shards 3 (3 written, 0 kept)" in result.output
     assert read_rows(tmp_path / "dask") == read_rows(tmp_path / "local")
+    # Softmax probabilities may still differ in their last float16 bit between
+    # processes (library state left by other work in this one), so compare them
+    # to a tolerance rather than comparing whole-file hashes.
+    dask_conf, local_conf = part_confidences(tmp_path / "dask"), part_confidences(tmp_path / "local")
+    assert dask_conf.shape == local_conf.shape == (7, 4, 2)
+    assert np.abs(dask_conf - local_conf).max() <= 1e-3
     local, dask = Manifest.load(tmp_path / "local"), Manifest.load(tmp_path / "dask")
-    assert [s.sha256 for s in dask.shards] == [s.sha256 for s in local.shards]
+    assert [s.rows for s in dask.shards] == [s.rows for s in local.shards] == [3, 2, 2]
     assert dask.skipped == local.skipped and len(dask.skipped) == 1
+
+
+def part_confidences(root: Path) -> np.ndarray:
+    store = ShardStore.open(root)
+    parts = []
+    for entry in store.shards:
+        with store.open_shard(entry) as shard:
+            parts.append(shard.read(fields=("part_conf",)).part_conf.astype(np.float32))
+    return np.concatenate(parts)
 
 
 @pytest.mark.slow
