@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 
+from clasp.store.durable import fsync_dir
+
 CHECKPOINTS_DIR = "checkpoints"
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 MODEL_FILE = "model.safetensors"
@@ -168,7 +170,7 @@ class CheckpointWriter:
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         for _, old in list_checkpoints(self.run_dir)[:-self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         return final
@@ -211,16 +213,3 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

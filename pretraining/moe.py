@@ -46,7 +46,9 @@ def load_balancing_loss(router_probs: torch.Tensor, expert_index: torch.Tensor, 
     return num_experts * (fraction * mean_prob).sum()
 
 
-class ExpertMLP(nn.Module):
+class MLP(nn.Module):
+    """The two-layer GELU MLP of a ViT block; each expert is one of these."""
+
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
@@ -67,7 +69,7 @@ class PCMoE(nn.Module):
         self.top_k = top_k
         self.router = nn.Linear(dim, num_experts)
         self.prompt_router = nn.Linear(dim, num_experts, bias=False)
-        self.experts = nn.ModuleList(ExpertMLP(dim, hidden) for _ in range(num_experts))
+        self.experts = nn.ModuleList(MLP(dim, hidden) for _ in range(num_experts))
         self.reset_stats()
 
     def reset_stats(self) -> None:

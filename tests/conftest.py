@@ -106,3 +106,14 @@ def synth_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synth") / "world"
     synthesize(SynthConfig(root, identities=8, images_per_id=6, cameras=3, seed=0))
     return root
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models run fastest on one thread; two OpenMP threads on two shared cores stall each other."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

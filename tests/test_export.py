@@ -25,13 +25,7 @@ TINY = dict(preset="tiny", dim=32, depth=2, heads=2, moe_layers=1, experts=3, to
             num_workers=0, log_every=1, save_every=1, shuffle_buffer=16, seed=0, steps=2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and the cores are shared with other tests."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

@@ -15,13 +15,7 @@ from clasp.pretraining.dino_loss import DINOLoss, DINOLossConfig
 from clasp.pretraining.model import ClaspModel, LossConfig, ModelConfig
 from clasp.pretraining.part_loss import PartLoss, PartLossConfig
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core machine: one thread avoids OpenMP oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 TINY = dict(dino_out_dim=64, dino_hidden_dim=64, dino_bottleneck_dim=32, dim=32, depth=3, heads=2, moe_layers=2,

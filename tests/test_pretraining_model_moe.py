@@ -10,13 +10,7 @@ from clasp.pretraining.moe import PCMoE, load_balancing_loss
 from clasp.pretraining.vit import PRESETS, PromptedViT, ViTConfig
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core machine: one thread avoids OpenMP oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_vit(**overrides) -> PromptedViT:

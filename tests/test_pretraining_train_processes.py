@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-import torch
 import yaml
 
 from clasp.pretraining.config import PretrainConfig
@@ -25,12 +24,7 @@ TINY = dict(preset="tiny", dim=32, depth=2, heads=2, moe_layers=1, experts=3, to
 VENV_BIN = Path(sys.executable).parent
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
