@@ -23,10 +23,6 @@ class UserError(click.ClickException):
         click.echo(f"error: {self.format_message()}", err=True, file=file)
 
 
-def fail(message: str) -> "UserError":
-    return UserError(message)
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "--version", prog_name="clasp")
 def main() -> None:
@@ -103,7 +99,8 @@ def _parse_hw(ctx, param, value: str) -> tuple[int, int]:
 @click.option("--shard-size", type=click.IntRange(min=1), default=4096, show_default=True, help="Input images per shard.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Images per CLIP forward.")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
-              help="0: label in this process (torch uses every core). N: start a local dask cluster of N processes.")
+              help="0: label in this process (torch uses every core). N: start a local dask cluster of N processes "
+                   "(with --device cuda, worker k uses GPU k).")
 @click.option("--scheduler", default=None, show_default=True,
               help="Address of an existing dask scheduler (e.g. tcp://host:8786); its workers must see --images and --out.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
