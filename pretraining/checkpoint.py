@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 
-from clasp.store.durable import fsync_dir
+from clasp.store.durable import fsync_dir, write_json_atomic
 
 CHECKPOINTS_DIR = "checkpoints"
 STEP_DIR = re.compile(r"^step-(\d{8})$")
@@ -156,7 +156,7 @@ class CheckpointWriter:
         torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
         if scaler is not None:
             torch.save(scaler.state_dict(), tmp / SCALER_FILE)
-        _write_json(tmp / CONFIG_FILE, saved_config)
+        write_json_atomic(tmp / CONFIG_FILE, saved_config)
 
     def write_own(self, tmp: Path, stream_state: Any) -> None:
         """Every process: its RNG states and data position."""
@@ -166,7 +166,7 @@ class CheckpointWriter:
     def commit(self, tmp: Path, step: int, trainer_state: dict[str, Any]) -> Path:
         """Main process, after every process wrote: mark complete, rename, prune old ones."""
         final = tmp.with_name(step_dir_name(step))
-        _write_json(tmp / TRAINER_FILE, trainer_state)
+        write_json_atomic(tmp / TRAINER_FILE, trainer_state)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -205,11 +205,3 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     rng_file = path / f"rng-rank{rank}.pt"
     stream_file = path / f"stream-rank{rank}.pt"
     return LoadedCheckpoint(path, trainer, safe_load(stream_file), safe_load(rng_file))
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())

@@ -41,6 +41,7 @@ from clasp.pretraining.run_folder import (
     METRICS_FILE, ROWS_LOG, RunFolderError, plan_run_folder, truncate_jsonl, wipe_run_files, write_error_log,
 )
 from clasp.pretraining.schedules import Schedules
+from clasp.store.durable import write_json_atomic
 
 # The loss terms, in the order a non-finite one is reported.
 LOSS_TERMS = ("dino", "part", "attribute", "balance", "loss")
@@ -221,8 +222,7 @@ def _run(config: PretrainConfig, accelerator) -> PretrainResult:
         if plan.wipe:
             wipe_run_files(out)
         (out / "error.log").unlink(missing_ok=True)
-        with open(out / "config.json", "w", encoding="utf-8") as f:
-            json.dump(saved_config, f, indent=2)
+        write_json_atomic(out / "config.json", saved_config)  # --resume reads it: never half-written
     start_step, rng_state = 0, None
     if plan.resume_from is not None:
         try:
