@@ -33,6 +33,7 @@ paths, pickles cleanly and survives fork, spawn and forkserver alike.
 from __future__ import annotations
 
 import io
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -354,7 +355,10 @@ class StreamLoader(DataLoader):
     """
 
     def __iter__(self):
-        iterator = super().__iter__()
+        # Starting workers draws a base seed from the global RNG; keep that out of
+        # the model's random stream so that a resumed run replays it exactly.
+        with torch.random.fork_rng(devices=[]):
+            iterator = super().__iter__()
         if self.num_workers == 0:
             yield from iterator
             return
@@ -363,9 +367,18 @@ class StreamLoader(DataLoader):
             yield batch
 
 
-def _single_thread_worker(worker_id: int) -> None:
-    # Several workers with several intra-op threads each only fight over the cores.
+def _init_worker(worker_id: int) -> None:
+    """One intra-op thread per worker, and no stop signals.
+
+    Several workers with several threads each only fight over the cores.
+    `accelerate launch` (torch elastic) stops a job with killpg, and Ctrl-C
+    reaches the whole foreground group: workers would die mid-batch and take the
+    training process down before it can save. The process that owns the loader
+    decides when to stop and shuts its workers down itself.
+    """
     torch.set_num_threads(1)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def make_loader(stream: ShardStream, num_workers: int = 1, prefetch_factor: int = 2) -> StreamLoader:
@@ -378,7 +391,7 @@ def make_loader(stream: ShardStream, num_workers: int = 1, prefetch_factor: int 
     stream.num_workers = max(1, num_workers)
     kwargs = {}
     if num_workers > 0:
-        kwargs = {"persistent_workers": True, "worker_init_fn": _single_thread_worker,
+        kwargs = {"persistent_workers": True, "worker_init_fn": _init_worker,
                   "prefetch_factor": prefetch_factor}
     return StreamLoader(stream, batch_size=None, num_workers=num_workers,
                         pin_memory=torch.cuda.is_available(), **kwargs)

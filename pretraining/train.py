@@ -368,42 +368,18 @@ class ThroughputWindow:
         return out
 
 
-class IgnoreStopSignals:
-    """worker_init_fn wrapper: DataLoader workers ignore SIGTERM/SIGINT.
-
-    `accelerate launch` (torch elastic) stops a job with killpg, and Ctrl-C
-    reaches the whole foreground group: the workers would die mid-batch and
-    take the training process down before it can save. The training process
-    decides when to stop and shuts its workers down itself.
-    """
-
-    def __init__(self, inner=None) -> None:
-        self.inner = inner
-
-    def __call__(self, worker_id: int) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if self.inner is not None:
-            self.inner(worker_id)
-
-
 class BatchSource:
     """Batches of the stream across epochs, on the device; times the wait for each."""
 
     def __init__(self, stream, loader, device: torch.device) -> None:
         self.stream, self.loader, self.device = stream, loader, device
-        if loader.num_workers > 0:
-            loader.worker_init_fn = IgnoreStopSignals(loader.worker_init_fn)
         self._it: Iterator | None = None
 
     def next(self, window: ThroughputWindow):
         t0 = time.perf_counter()
         while True:
             if self._it is None:
-                # Starting workers draws a base seed from the global RNG; keep that
-                # out of the model's random stream so a resume replays it exactly.
-                with torch.random.fork_rng(devices=[]):
-                    self._it = iter(self.loader)
+                self._it = iter(self.loader)
             try:
                 batch = next(self._it)
                 break
