@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 
+from clasp.pretraining.config import CONFIG_NAME
 from clasp.store.durable import fsync_dir, write_json_atomic
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -44,7 +45,7 @@ MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 SCALER_FILE = "scaler.pt"
 TRAINER_FILE = "trainer.json"
-CONFIG_FILE = "config.json"
+CONFIG_FILE = CONFIG_NAME  # the run's settings, at the run root and in each checkpoint
 
 
 class CheckpointError(RuntimeError):

@@ -20,6 +20,7 @@ from clasp.pretraining.backbone import BACKBONE_FORMAT, BACKBONE_VERSION, CONFIG
 from clasp.pretraining.checkpoint import CONFIG_FILE as RUN_CONFIG_FILE
 from clasp.pretraining.checkpoint import MODEL_FILE, find_checkpoint, list_checkpoints
 from clasp.pretraining.vit import IMAGENET_MEAN, IMAGENET_STD, TASKS, PromptedViT, ViTConfig
+from clasp.store.durable import write_json_atomic
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
@@ -108,7 +109,5 @@ def export_backbone(config: ExportConfig) -> Path:
         "source": {"run": str(run.resolve()), "checkpoint": checkpoint.name,
                    "step": int(checkpoint.name.split("-")[-1])},
     }
-    with open(out / CONFIG_FILE, "w", encoding="utf-8") as f:
-        json.dump(description, f, indent=2)
-        f.write("\n")
+    write_json_atomic(out / CONFIG_FILE, description)
     return out

@@ -124,7 +124,7 @@ class PCMoE(nn.Module):
                 mixed = out.new_zeros(rows * seq, dim)
             mixed.index_add_(0, expert_tokens, out)  # backward: a gather
 
-        self._counts = self._counts + counts.detach().cpu().float()
+        self._counts = self._counts + torch.tensor(sizes, dtype=torch.float32)  # already on the host
         self._prob_sum = self._prob_sum + probs.reshape(-1, self.num_experts).sum(0)
         self._tokens += rows * seq
         return mixed.reshape(rows, seq, dim)

@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from clasp.pretraining.augment import MultiCrop, MultiCropConfig
 from clasp.pretraining.batch import MultiCropBatch
 from clasp.pretraining.epoch_plan import (
-    Segment, WorkerPlan, augment_seed, batches_per_rank, epoch_segments, plan_rank, plan_worker,
+    Segment, WorkerPlan, augment_seed, epoch_segments, plan_rank, plan_worker,
 )
 from clasp.store import ShardFile, ShardStore, StoreError
 from clasp.store.schema import CHUNK_ROWS
@@ -122,11 +122,6 @@ def chunk_cache_size(manifest) -> int:
     h, w = manifest.label_grid
     per_row = h * w * (1 + 2) + 2 * manifest.vocab.num_attributes + 2 * 2 + 16 + 40  # mask, conf, attr, orig_hw, refs, key
     return max(1 << 20, 2 * CHUNK_ROWS * per_row)
-
-
-def steps_per_epoch(total_rows: int, batch_size: int, world_size: int = 1) -> int:
-    """Batches every rank yields per epoch: ceil(ceil(rows / world_size) / batch_size)."""
-    return batches_per_rank(total_rows, world_size, batch_size)
 
 
 def decode_image(data: bytes) -> Image.Image:
@@ -224,8 +219,8 @@ class ShardStream(IterableDataset):
         self.row_offsets = [0, *np.cumsum(self.shard_rows).tolist()][:-1] if self.shard_rows else []
         self.total_rows = int(sum(self.shard_rows))
         self.multicrop = MultiCrop(config.crops)
-        plan_rank(self.total_rows, world_size, config.batch_size, rank)  # fail now if no plan exists
-        self.batches_per_epoch = batches_per_rank(self.total_rows, world_size, config.batch_size)
+        _, sizes = plan_rank(self.total_rows, world_size, config.batch_size, rank)  # raises if no plan exists
+        self.batches_per_epoch = len(sizes)
         self.num_workers = 1  # set by make_loader; 0 and 1 give the same batches
         # [epoch, batches yielded this epoch]; in shared memory so that persistent
         # DataLoader workers see set_epoch/load_state_dict made in the parent.

@@ -35,10 +35,10 @@ from typing import Any, Iterator
 
 import torch
 
-from clasp.pretraining.checkpoint import CheckpointWriter, find_checkpoint, load_checkpoint, restore_rng
+from clasp.pretraining.checkpoint import CONFIG_FILE, CheckpointWriter, find_checkpoint, load_checkpoint, restore_rng
 from clasp.pretraining.config import ConfigError, PretrainConfig, saved_form
 from clasp.pretraining.run_folder import (
-    METRICS_FILE, ROWS_LOG, RunFolderError, plan_run_folder, truncate_jsonl, wipe_run_files, write_error_log,
+    ERROR_LOG, METRICS_FILE, ROWS_LOG, RunFolderError, plan_run_folder, truncate_jsonl, wipe_run_files, write_error_log,
 )
 from clasp.pretraining.schedules import Schedules
 from clasp.store.durable import write_json_atomic
@@ -205,9 +205,7 @@ def _run(config: PretrainConfig, accelerator) -> PretrainResult:
 
     set_seed(config.seed)
     model = ClaspModel(model_config)
-    groups = model.param_groups()
-    decays = [not ("weight_decay" in g and g["weight_decay"] == 0.0) for g in groups]
-    optimizer = torch.optim.AdamW(groups, lr=0.0)
+    optimizer = torch.optim.AdamW(model.param_groups(), lr=0.0)
     model, optimizer = accelerator.prepare(model, optimizer)
     core = accelerator.unwrap_model(model)
     loader = make_loader(stream, config.num_workers)
@@ -221,8 +219,8 @@ def _run(config: PretrainConfig, accelerator) -> PretrainResult:
         out.mkdir(parents=True, exist_ok=True)
         if plan.wipe:
             wipe_run_files(out)
-        (out / "error.log").unlink(missing_ok=True)
-        write_json_atomic(out / "config.json", saved_config)  # --resume reads it: never half-written
+        (out / ERROR_LOG).unlink(missing_ok=True)
+        write_json_atomic(out / CONFIG_FILE, saved_config)  # --resume reads it: never half-written
     start_step, rng_state = 0, None
     if plan.resume_from is not None:
         try:
@@ -276,9 +274,9 @@ def _run(config: PretrainConfig, accelerator) -> PretrainResult:
             window.start()
             while step < end_step:
                 lr, wd, momentum = schedules.at(step)
-                for group, decay in zip(optimizer.param_groups, decays):
+                for group in optimizer.param_groups:
                     group["lr"] = lr
-                    if decay:
+                    if group["name"] == "decay":  # the other group is exempt (model.param_groups)
                         group["weight_decay"] = wd
                 step_stats: dict[str, torch.Tensor] = {}
                 grad_norm = None

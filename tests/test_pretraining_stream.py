@@ -13,7 +13,8 @@ import torch
 
 from clasp.pretraining import stream as stream_module
 from clasp.pretraining.augment import MultiCropConfig
-from clasp.pretraining.stream import ShardStream, StreamConfig, make_loader, steps_per_epoch
+from clasp.pretraining.epoch_plan import batches_per_rank
+from clasp.pretraining.stream import ShardStream, StreamConfig, make_loader
 from clasp.store import ShardStore
 
 UNEVEN = [300, 7, 129, 1]
@@ -63,7 +64,7 @@ def assert_batches_equal(a: list, b: list) -> None:
 def test_every_row_once_and_every_rank_same_batch_count(small_store, world, workers):
     truth = store_rows(small_store)
     total = sum(UNEVEN)
-    expected_k = steps_per_epoch(total, 16, world)
+    expected_k = batches_per_rank(total, world, 16)
     seen = []
     for rank in range(world):
         stream = ShardStream(config(small_store), rank=rank, world_size=world)
@@ -87,7 +88,7 @@ def test_dataloader_with_two_workers_yields_the_documented_order(small_store):
     loader = make_loader(stream, num_workers=2)
     got = list(loader)
     assert_batches_equal(got, reference)
-    assert stream.state_dict()["batches_yielded"] == len(reference) == steps_per_epoch(sum(UNEVEN), 16, 2)
+    assert stream.state_dict()["batches_yielded"] == len(reference) == batches_per_rank(sum(UNEVEN), 2, 16)
     # a second epoch through the same persistent workers follows set_epoch made in the parent
     stream.set_epoch(1)
     second = list(loader)
