@@ -92,15 +92,14 @@ def decode_bytes(data: bytes, store_hw: tuple[int, int], label_hw: tuple[int, in
             # Load before reading EXIF: a PNG's getexif() loads the pixels itself and
             # would swallow a decoding error.
             image.load()
-            rotated = _exif_orientation(image) in _ROTATING_ORIENTATIONS
+            orientation = _exif_orientation(image)
+            rotated = orientation in _ROTATING_ORIENTATIONS
             orig_hw = (width, height) if rotated else (height, width)
-            upright = _transposed(image) if rotated or _exif_orientation(image) != 1 else image
+            upright = _transposed(image) if orientation != 1 else image
             rgb = to_rgb(upright)
     except UnidentifiedImageError:
         return "not an image (format not recognised)"
-    except Image.DecompressionBombError as exc:
-        return f"too large: {exc}"
-    except Image.DecompressionBombWarning as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         return f"too large: {exc}"
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         text = str(exc) or type(exc).__name__

@@ -47,8 +47,9 @@ class DaskExecutor:
     def __init__(self, factory: LabelerFactory, client) -> None:
         self.factory = factory
         self.client = client
-        self.torch_threads = share_cores(client)
-        spread_over_gpus(client)
+        hosts = client.run(_host_and_cores)  # worker address -> (host, cores)
+        share_cores(client, hosts)
+        spread_over_gpus(client, hosts)
 
     def labeler_info(self, spec: LabelerSpec) -> tuple[ClipInfo, tuple[int, int]]:
         future = self.client.submit(labeler_info_on_worker, self.factory, spec, pure=False,
@@ -98,13 +99,12 @@ def _plain_user_errors():
         raise LabelingError(str(exc)) from None
 
 
-def share_cores(client) -> dict[str, int]:
+def share_cores(client, hosts: dict[str, tuple[str, int]]) -> dict[str, int]:
     """Give each worker process torch threads = its host's cores / worker processes on that host.
 
     Dask starts workers with OMP_NUM_THREADS=1; without this, every worker would
     run the model on a single core.
     """
-    hosts = client.run(_host_and_cores)
     per_host: dict[str, int] = {}
     for host, _ in hosts.values():
         per_host[host] = per_host.get(host, 0) + 1
@@ -122,15 +122,14 @@ def local_ranks(hosts: dict[str, str]) -> dict[str, int]:
     return ranks
 
 
-def spread_over_gpus(client) -> None:
+def spread_over_gpus(client, hosts: dict[str, tuple[str, int]]) -> None:
     """One GPU per worker: worker k of a host makes `cuda:(k mod GPUs)` its current device.
 
     With `--device cuda` every worker then loads CLIP on its own GPU instead of
     all of them on GPU 0. An explicit `--device cuda:N` is left as given; hosts
     without CUDA are untouched.
     """
-    hosts = {addr: host for addr, (host, _) in client.run(_host_and_cores).items()}
-    client.run(_set_cuda_device, local_ranks(hosts))
+    client.run(_set_cuda_device, local_ranks({addr: host for addr, (host, _) in hosts.items()}))
 
 
 def _set_cuda_device(ranks: dict[str, int], dask_worker=None) -> int | None:

@@ -34,8 +34,8 @@ from clasp.labeling.discover import InputFile
 from clasp.labeling.errors import LabelingError
 from clasp.labeling.folder_lock import LOCK_NAME
 from clasp.store import ClipInfo, ImageStore, Manifest, ShardEntry, StoreError, Vocabulary, shard_name
-from clasp.store.digest import file_sha256
 from clasp.store.schema import MANIFEST_NAME
+from clasp.store.verify import file_problem
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ def plan_run(out: Path, wanted: Manifest, shards: list[ShardPlan], force: bool =
     kept, todo = [], []
     for plan in shards:
         entry = by_file.get(plan.file)
-        if entry is not None and entry.inputs_sha256 == plan.inputs_sha256 and _intact(out / entry.file, entry):
+        if entry is not None and entry.inputs_sha256 == plan.inputs_sha256 and file_problem(out / entry.file, entry) is None:
             kept.append(entry)
         else:
             todo.append(plan)
@@ -155,12 +155,3 @@ def _left_by_a_run(name: str) -> bool:
     if name.startswith("shard-"):
         return name.endswith(".h5") or name.endswith(".tmp")
     return name.startswith(MANIFEST_NAME + ".") and name.endswith(".tmp")
-
-
-def _intact(path: Path, entry: ShardEntry) -> bool:
-    try:
-        if path.stat().st_size != entry.bytes:
-            return False
-    except OSError:
-        return False
-    return file_sha256(path) == entry.sha256

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from dataclasses import dataclass, replace
 from typing import Callable, Protocol
 
@@ -61,23 +60,19 @@ _CACHE: dict[tuple, Labeler] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def cached_labeler(factory: LabelerFactory, spec: LabelerSpec, torch_threads: int | None = None) -> Labeler:
+def cached_labeler(factory: LabelerFactory, spec: LabelerSpec) -> Labeler:
     """The process's labeler for `spec`, built on first use."""
     key = (factory, spec)
     with _CACHE_LOCK:
         if key not in _CACHE:
-            if torch_threads:
-                import torch
-
-                torch.set_num_threads(torch_threads)
             _CACHE.clear()  # one model per process: a new spec replaces the old one
             _CACHE[key] = factory(spec)
         return _CACHE[key]
 
 
-def labeler_info(factory: LabelerFactory, spec: LabelerSpec, torch_threads: int | None = None) -> tuple[ClipInfo, tuple[int, int]]:
+def labeler_info(factory: LabelerFactory, spec: LabelerSpec) -> tuple[ClipInfo, tuple[int, int]]:
     """(clip info, label grid) of the labeler, building it (and so checking it loads) on the way."""
-    labeler = cached_labeler(factory, spec, torch_threads)
+    labeler = cached_labeler(factory, spec)
     return labeler.clip_info, tuple(labeler.label_grid)
 
 
@@ -91,7 +86,6 @@ class ShardJob:
     plan: ShardPlan
     spec: LabelerSpec
     batch_size: int = 32
-    torch_threads: int | None = None
     factory: LabelerFactory = build_clip_labeler
 
 
@@ -100,13 +94,11 @@ class ShardOutcome:
     entry: ShardEntry
     skipped: list[SkippedInput]
     labeled: int
-    seconds: float
 
 
 def label_shard(job: ShardJob, on_batch: Callable[[int], None] | None = None) -> ShardOutcome:
     """Decode, label and write one shard (atomically); `on_batch(n)` reports progress in inputs."""
-    start = time.perf_counter()
-    labeler = cached_labeler(job.factory, job.spec, job.torch_threads)
+    labeler = cached_labeler(job.factory, job.spec)
     grid, num_attr = tuple(labeler.label_grid), job.manifest.vocab.num_attributes
     parts: list[LabelRows] = []
     skipped: list[SkippedInput] = []
@@ -127,7 +119,7 @@ def label_shard(job: ShardJob, on_batch: Callable[[int], None] | None = None) ->
             on_batch(len(decoded) + len(skips))
     rows = LabelRows.concat(parts) if parts else LabelRows.empty(grid, num_attr)
     entry = write_shard_for(job.manifest, job.out, job.plan.file, rows, inputs_sha256=job.plan.inputs_sha256)
-    return ShardOutcome(entry, skipped, len(rows), time.perf_counter() - start)
+    return ShardOutcome(entry, skipped, len(rows))
 
 
 _DONE = object()

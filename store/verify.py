@@ -69,7 +69,8 @@ def verify_store(root: str | Path) -> VerifyReport:
     return report
 
 
-def _check_one(path: Path, entry: ShardEntry, manifest: Manifest) -> str | None:
+def file_problem(path: Path, entry: ShardEntry) -> str | None:
+    """What is wrong with the shard file's bytes against its manifest entry (existence, size, sha256), if anything."""
     if not path.is_file():
         return "missing"
     size = path.stat().st_size
@@ -78,6 +79,13 @@ def _check_one(path: Path, entry: ShardEntry, manifest: Manifest) -> str | None:
     digest = file_sha256(path)
     if digest != entry.sha256:
         return f"sha256 mismatch (file {digest[:12]}…, manifest {entry.sha256[:12]}…)"
+    return None
+
+
+def _check_one(path: Path, entry: ShardEntry, manifest: Manifest) -> str | None:
+    problem = file_problem(path, entry)
+    if problem:
+        return problem
     try:
         with ShardFile(path, manifest, expected_rows=entry.rows) as shard:
             # The first and last rows decode: the datasets are readable end to end.
