@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from clasp.evaluation.errors import EvalInputError
+from clasp.pretraining.backbone import load_backbone
 
 
 def load_frozen_backbone(path: str | Path) -> torch.nn.Module:
@@ -15,16 +16,11 @@ def load_frozen_backbone(path: str | Path) -> torch.nn.Module:
     if not path.is_dir():
         raise EvalInputError(f"{path}: backbone folder does not exist")
     try:
-        from clasp.pretraining import load_backbone
-    except ImportError as exc:  # stage two not installed in this build
-        raise EvalInputError(f"{path}: cannot load backbones, clasp.pretraining is unavailable ({exc})") from None
-    try:
         model = load_backbone(path)
     except ValueError as exc:  # the loader's BackboneError names the file and the problem
         raise EvalInputError(str(exc)) from None
     except (FileNotFoundError, KeyError, OSError) as exc:
         raise EvalInputError(f"{path}: not a backbone written by `clasp export` ({exc})") from None
-    model.eval()
-    for p in model.parameters():
+    for p in model.parameters():  # load_backbone returns it in eval mode
         p.requires_grad_(False)
     return model

@@ -15,7 +15,6 @@ folder or its `images/` folder both match). For the matched rows:
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,8 @@ import numpy as np
 
 from clasp.evaluation.errors import EvalInputError
 from clasp.evaluation.label_grid import majority_downsample
-from clasp.evaluation.metrics import confusion_matrix, iou_per_class
+from clasp.evaluation.metrics import confusion_matrix, iou_per_class, mean_iou
+from clasp.evaluation.results_json import write_results
 from clasp.evaluation.truth import SynthTruth, truth_path_of
 from clasp.store import ShardStore
 
@@ -66,8 +66,7 @@ def evaluate_labels(config: LabelQualityConfig) -> dict:
     seen = np.zeros(len(truth), bool)
     for entry in store.shards:
         with store.open_shard(entry) as shard:
-            for start in range(0, shard.rows, shard.chunk_rows):
-                block = shard.read(start, start + shard.chunk_rows, READ_FIELDS)
+            for block in shard.iter_chunks(READ_FIELDS):
                 rows += len(block.path)
                 hits = [(r, lookup.get(truth_path_of(p), -1)) for r, p in enumerate(block.path)]
                 hits = [(r, t) for r, t in hits if t >= 0]
@@ -96,14 +95,13 @@ def evaluate_labels(config: LabelQualityConfig) -> dict:
         "truth_images_not_in_store": int((~seen).sum()),
         "grid_rule": "truth mask downsampled to the label grid by majority per cell, ties to the lower part index",
         "parts": {"iou": dict(zip(vocab.part_names, iou.tolist())),
-                  "mIoU": float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")},
+                  "mIoU": mean_iou(confusion)},
         "attributes": {"accuracy": accuracy,
                        "chance": {g: 1.0 / len(values[g]) for g, _ in groups},
                        "mean_accuracy": float(np.mean(list(accuracy.values()))) if accuracy else float("nan")},
     }
     if config.out is not None:
-        Path(config.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(config.out).write_text(json.dumps(_clean(results), indent=2) + "\n", encoding="utf-8")
+        write_results(config.out, results)
     return results
 
 
@@ -123,10 +121,3 @@ def format_label_quality(results: dict) -> str:
 def _pct(value: float) -> str:
     return "   n/a" if value is None or math.isnan(value) else f"{100 * value:6.2f}"
 
-
-def _clean(obj):
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    return obj

@@ -8,7 +8,6 @@ is a synthetic world (all tasks); a folder with `query/` or
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from clasp.evaluation.features import FeatureExtractor, extract_features
 from clasp.evaluation.label_grid import majority_downsample
 from clasp.evaluation.market1501 import is_market1501, read_market1501
 from clasp.evaluation.metrics import binary_attribute_names
+from clasp.evaluation.results_json import write_results
 from clasp.evaluation.probes import (
     ProbeSettings, attribute_probe, identity_split, parsing_probe, query_gallery_split, reid_probe,
 )
@@ -82,8 +82,7 @@ def evaluate(config: EvalConfig, extractor: FeatureExtractor | None = None,
     else:
         results.update(_evaluate_market(source, extractor, config, log))
     if config.out is not None:
-        Path(config.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(config.out).write_text(json.dumps(_jsonable(results), indent=2) + "\n", encoding="utf-8")
+        write_results(config.out, results)
     return results
 
 
@@ -178,15 +177,3 @@ def _pct(value: float) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:6.2f}"
 
 
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return None if math.isnan(float(obj)) else float(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    return obj
