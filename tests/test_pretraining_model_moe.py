@@ -44,6 +44,35 @@ def test_moe_output_is_the_explicit_top_k_mixture_token_by_token(top_k: int) -> 
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_moe_gradients_equal_the_explicit_mixture_padding_included() -> None:
+    """37 pairs over 3 experts: every group is padded, yet inputs, router and experts get the same gradients."""
+    from clasp.pretraining.moe import ALIGN_ROWS
+
+    torch.manual_seed(3)
+    moe = PCMoE(dim=8, hidden=16, num_experts=3, top_k=2)
+    x = torch.randn(37, 1, 8, requires_grad=True)
+    prompt = torch.randn(37, 8)
+    source, gates, sizes, padded = moe._dispatch(*moe.route(x, prompt)[1:])
+    assert sum(sizes) == 74 and all(p % ALIGN_ROWS == 0 and p >= s for s, p in zip(sizes, padded))
+    assert int((source == 37).sum()) == sum(padded) - 74 and float(gates.detach()[source == 37].abs().sum()) == 0.0
+    weights = torch.randn(37, 1, 8)
+    (moe(x, prompt) * weights).sum().backward()
+    fast = [x.grad.clone()] + [p.grad.clone() for p in moe.parameters()]
+
+    x.grad = None
+    moe.zero_grad()
+    expected = []
+    for t in range(37):
+        probs = (moe.router(x[t, 0]) + moe.prompt_router(F.layer_norm(prompt[t], (8,)))).softmax(-1)
+        gate, chosen = probs.topk(2)
+        gate = gate / gate.sum()
+        expected.append(sum(g * moe.experts[int(e)](x[t, 0]) for g, e in zip(gate, chosen)))
+    (torch.stack(expected).unsqueeze(1) * weights).sum().backward()
+    slow = [x.grad] + [p.grad if p.grad is not None else torch.zeros_like(p) for p in moe.parameters()]
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_every_expert_gets_a_gradient_even_when_no_token_chooses_it() -> None:
     torch.manual_seed(2)
     moe = PCMoE(dim=8, hidden=16, num_experts=4, top_k=1)
