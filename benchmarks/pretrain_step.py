@@ -24,6 +24,7 @@ import time
 import torch
 
 from clasp.pretraining.batch import MultiCropBatch
+from clasp.pretraining.host_memory import keep_freed_memory
 from clasp.pretraining.model import ClaspModel, ModelConfig
 from clasp.store import Vocabulary
 
@@ -73,12 +74,13 @@ def main() -> None:
     parser.add_argument("--expert-mlp-ratio", type=float, default=None,
                         help="expert width / dim (default: mlp_ratio / top_k)")
     parser.add_argument("--dino-out-dim", type=int, default=8192)
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=4, help="untimed steps first (the heap reaches its steady size)")
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as `clasp pretrain` does on CPU; process-wide, so both sides alike
 
     torch.manual_seed(0)
     vocab = Vocabulary.default()

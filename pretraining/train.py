@@ -188,6 +188,7 @@ def _run(config: PretrainConfig, accelerator) -> PretrainResult:
     from tqdm.auto import tqdm
 
     from clasp.pretraining.checkpoint import CheckpointError
+    from clasp.pretraining.host_memory import keep_freed_memory
     from clasp.pretraining.model import ClaspModel
     from clasp.pretraining.stream import make_loader
 
@@ -203,6 +204,8 @@ def _run(config: PretrainConfig, accelerator) -> PretrainResult:
     model_config = model_config_for(config, store.manifest.vocab)
     saved_config = saved_form(config, derived) | {"model": model_config.to_dict()}
 
+    if accelerator.device.type == "cpu":
+        keep_freed_memory()  # steps would otherwise page-fault their activations in again each time
     set_seed(config.seed)
     model = ClaspModel(model_config)
     optimizer = torch.optim.AdamW(model.param_groups(), lr=0.0)
