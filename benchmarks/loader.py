@@ -15,7 +15,14 @@ Each side runs `--repeats` epochs alternately; the best epoch of each counts
 (the machine is shared, the best is the least disturbed). Augmentation costs
 most of the time, so the script also prints read + decode alone for both.
 
-    python benchmarks/loader.py [--images 1024] [--repeats 3] [--workdir DIR]
+`--cache warm` (default) reads both from the page cache: it compares the
+formats alone, as on a small dataset read a second time. `--cache cold` drops
+both sides' files from the page cache before every epoch (posix_fadvise
+DONTNEED, no root needed), as for a dataset larger than memory, where every
+epoch reads from the disk: one file open and one random read per image against
+a few large sequential reads per shard. `--cache both` runs the two in turn.
+
+    python benchmarks/loader.py [--images 1024] [--repeats 3] [--cache warm|cold|both] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -108,6 +115,16 @@ class JpegFolder(IterableDataset):
             yield collate(crops, rows, self.multicrop.config)
 
 
+def evict_from_page_cache(paths: list[Path]) -> None:
+    """Drop the files' cached pages, so that the next read comes from the disk."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
 def worker_cpu_seconds(loader: DataLoader) -> float:
     """User + system CPU time of the loader's (persistent) worker processes so far."""
     ticks = os.sysconf("SC_CLK_TCK")
@@ -163,38 +180,53 @@ def decode_only(store, folder: Path, repeats: int) -> tuple[float, float]:
     return best[0], best[1]
 
 
+def compare(loaders: dict[str, DataLoader], stream: ShardStream, files: dict[str, list[Path]], repeats: int,
+            cold: bool) -> dict[str, list[float]]:
+    """Best images/s and images per worker CPU second of each loader over `repeats` alternating epochs."""
+    best = {name: [0.0, 0.0] for name in loaders}
+    for epoch in range(repeats):
+        stream.set_epoch(epoch)
+        order = list(loaders.items()) if epoch % 2 == 0 else list(reversed(loaders.items()))
+        for name, loader in order:
+            if cold:
+                evict_from_page_cache(files[name])
+            wall, cpu = measure(loader)
+            best[name] = [max(best[name][0], wall), max(best[name][1], cpu)]
+            print(f"  epoch {epoch} {name}: {wall:.1f} images/s, {cpu:.1f} images per worker CPU second")
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cache", choices=("warm", "cold", "both"), default="warm")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
         folder, shards, labels = make_data(workdir, args.images)
+        os.sync()  # written pages must be clean before they can be dropped from the cache
         store = validate_store(shards)
         stream = ShardStream(StreamConfig(shards, batch_size=BATCH), store=store)
-        shard_loader = make_loader(stream, num_workers=1)
-        folder_loader = DataLoader(JpegFolder(folder, labels), batch_size=None, num_workers=1,
-                                   persistent_workers=True)
-        jpeg_bytes = sum(p.stat().st_size for p in folder.glob("*.jpg"))
-        shard_bytes = sum(p.stat().st_size for p in shards.glob("*.h5"))
+        loaders = {"shards": make_loader(stream, num_workers=1),
+                   "folder": DataLoader(JpegFolder(folder, labels), batch_size=None, num_workers=1,
+                                        persistent_workers=True)}
+        files = {"shards": sorted(shards.glob("*.h5")), "folder": sorted(folder.glob("*.jpg"))}
+        jpeg_bytes = sum(p.stat().st_size for p in files["folder"])
+        shard_bytes = sum(p.stat().st_size for p in files["shards"])
         print(f"{args.images} images {HW[0]}x{HW[1]}: {jpeg_bytes / 2**20:.1f} MiB as JPEG files, "
               f"{shard_bytes / 2**20:.1f} MiB as shards (with labels); batch {BATCH}, 2 global + 6 local crops")
-        best = {name: [0.0, 0.0] for name in ("shards", "folder")}
-        for epoch in range(args.repeats):
-            stream.set_epoch(epoch)
-            for name, loader in (("shards", shard_loader), ("folder", folder_loader)):
-                wall, cpu = measure(loader)
-                best[name] = [max(best[name][0], wall), max(best[name][1], cpu)]
-                print(f"  epoch {epoch} {name}: {wall:.1f} images/s, {cpu:.1f} images per worker CPU second")
-        for name in best:
-            print(f"{name}: {best[name][0]:.1f} images/s ({best[name][1]:.1f} per worker CPU second)")
-        print(f"ratio shards/folder: {best['shards'][0] / best['folder'][0]:.2f} in images/s, "
-              f"{best['shards'][1] / best['folder'][1]:.2f} in images per CPU second (target >= 1.0)")
+        for cache in (("warm", "cold") if args.cache == "both" else (args.cache,)):
+            print(f"{cache} page cache:")
+            best = compare(loaders, stream, files, args.repeats, cold=cache == "cold")
+            for name in best:
+                print(f"{name}: {best[name][0]:.1f} images/s ({best[name][1]:.1f} per worker CPU second)")
+            print(f"ratio shards/folder ({cache} cache): {best['shards'][0] / best['folder'][0]:.2f} in images/s, "
+                  f"{best['shards'][1] / best['folder'][1]:.2f} in images per CPU second (target >= 1.0)")
         raw_shards, raw_folder = decode_only(store, folder, args.repeats)
-        print(f"read + decode only (no augmentation, one process): shards {raw_shards:.0f}, "
+        print(f"read + decode only (no augmentation, one process, warm cache): shards {raw_shards:.0f}, "
               f"folder {raw_folder:.0f} images per CPU second, ratio {raw_shards / raw_folder:.2f}")
 
 
