@@ -267,6 +267,12 @@ def _setting(flag: str, name: str, kind, help: str, **extra):
 @_setting("--w-part", "w_part", click.FloatRange(min=0), "Weight of the part loss (0: no part branch).")
 @_setting("--w-attr", "w_attr", click.FloatRange(min=0), "Weight of the attribute loss (0: no attribute branch).")
 @_setting("--w-balance", "w_balance", click.FloatRange(min=0), "Weight of the MoE load-balancing loss.")
+@_setting("--teacher-temp", "teacher_temp", click.FloatRange(min=0, min_open=True),
+          "DINO teacher temperature (after its warm-up).")
+@_setting("--warmup-teacher-temp", "warmup_teacher_temp", click.FloatRange(min=0, min_open=True),
+          "Teacher temperature at step 0, rising linearly to --teacher-temp.")
+@_setting("--warmup-teacher-temp-steps", "warmup_teacher_temp_steps", click.IntRange(min=0),
+          "Optimizer steps of the teacher-temperature warm-up (0: none).")
 @_setting("--global-crops", "global_crops", click.IntRange(min=1), "256x128 crops per image.")
 @_setting("--local-crops", "local_crops", click.IntRange(min=0), "128x64 crops per image.")
 @_setting("--precision", "precision", click.Choice(["no", "bf16", "fp16"]), "Mixed precision (fp16 needs a GPU).")

@@ -52,6 +52,9 @@ class PretrainConfig:
     w_part: float = 1.0  # weight of the per-token part loss
     w_attr: float = 1.0  # weight of the attribute loss
     w_balance: float = 0.01  # weight of the MoE load-balancing loss
+    teacher_temp: float = 0.04  # DINO teacher softmax temperature after its warm-up
+    warmup_teacher_temp: float = 0.04  # ... at step 0, rising linearly to teacher_temp
+    warmup_teacher_temp_steps: int = 0  # optimizer steps of that warm-up (0: none)
     global_crops: int = 2  # 256x128 crops per image (teacher and student)
     local_crops: int = 6  # 128x64 crops per image (student only)
     # --- length: `steps` (optimizer steps) wins when set, else `epochs` passes over the store
@@ -107,12 +110,15 @@ class PretrainConfig:
         for name in ("dino_out_dim", "dino_hidden_dim", "dino_bottleneck_dim"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("local_crops", "num_workers", "moe_layers", "seed"):
+        for name in ("local_crops", "num_workers", "moe_layers", "seed", "warmup_teacher_temp_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
         for name in ("lr", "min_lr", "weight_decay", "weight_decay_end", "clip_grad", "w_part", "w_attr", "w_balance"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
+        for name in ("teacher_temp", "warmup_teacher_temp"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.top_k > self.experts:
             raise ConfigError(f"top_k ({self.top_k}) cannot exceed experts ({self.experts})")
         if not 0 <= self.warmup < 1:

@@ -96,7 +96,9 @@ def model_config_for(config: PretrainConfig, vocab):
         config.preset, vocab, moe_layers=config.moe_layers, num_experts=config.experts, top_k=config.top_k,
         dino_out_dim=config.dino_out_dim, dino_hidden_dim=config.dino_hidden_dim,
         dino_bottleneck_dim=config.dino_bottleneck_dim,
-        loss=LossConfig(w_part=config.w_part, w_attr=config.w_attr, w_balance=config.w_balance), **overrides)
+        loss=LossConfig(w_part=config.w_part, w_attr=config.w_attr, w_balance=config.w_balance,
+                        teacher_temp=config.teacher_temp, warmup_teacher_temp=config.warmup_teacher_temp,
+                        warmup_teacher_temp_steps=config.warmup_teacher_temp_steps), **overrides)
 
 
 def data_fingerprint(manifest) -> str:

@@ -125,6 +125,12 @@ def test_metrics_and_checkpoint_contents(store: Path, tmp_path: Path) -> None:
             torch.load(path, weights_only=True)
 
 
+def test_teacher_temperature_follows_its_configured_warm_up(store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(store, out, steps=4, teacher_temp=0.07, warmup_teacher_temp=0.04, warmup_teacher_temp_steps=2)
+    assert [r["teacher_temp"] for r in metrics(out)] == pytest.approx([0.04, 0.055, 0.07, 0.07])
+
+
 def test_incompatible_resume_is_refused_naming_keys(store: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     train(store, out, steps=5, stop_at=1)

@@ -42,6 +42,8 @@ def test_json_config_and_unknown_key_named(tmp_path: Path) -> None:
     ("precision: fp8\n", "precision"),
     ("- a list\n", "mapping"),
     ("lr: [1\n", "does not parse"),
+    ("teacher_temp: 0\n", "teacher_temp must be positive"),
+    ("warmup_teacher_temp_steps: -1\n", "warmup_teacher_temp_steps must not be negative"),
 ])
 def test_bad_values_named(tmp_path: Path, text: str, match: str) -> None:
     path = tmp_path / "c.yaml"
