@@ -273,6 +273,8 @@ def _setting(flag: str, name: str, kind, help: str, **extra):
           "Teacher temperature at step 0, rising linearly to --teacher-temp.")
 @_setting("--warmup-teacher-temp-steps", "warmup_teacher_temp_steps", click.IntRange(min=0),
           "Optimizer steps of the teacher-temperature warm-up (0: none).")
+@_setting("--freeze-last-layer-steps", "freeze_last_layer_steps", click.IntRange(min=0),
+          "First optimizer steps that keep the DINO head's prototypes fixed (DINO: one epoch).")
 @_setting("--global-crops", "global_crops", click.IntRange(min=1), "256x128 crops per image.")
 @_setting("--local-crops", "local_crops", click.IntRange(min=0), "128x64 crops per image.")
 @_setting("--precision", "precision", click.Choice(["no", "bf16", "fp16"]), "Mixed precision (fp16 needs a GPU).")

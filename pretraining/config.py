@@ -55,6 +55,7 @@ class PretrainConfig:
     teacher_temp: float = 0.04  # DINO teacher softmax temperature after its warm-up
     warmup_teacher_temp: float = 0.04  # ... at step 0, rising linearly to teacher_temp
     warmup_teacher_temp_steps: int = 0  # optimizer steps of that warm-up (0: none)
+    freeze_last_layer_steps: int = 0  # first optimizer steps that leave the DINO prototypes unchanged
     global_crops: int = 2  # 256x128 crops per image (teacher and student)
     local_crops: int = 6  # 128x64 crops per image (student only)
     # --- length: `steps` (optimizer steps) wins when set, else `epochs` passes over the store
@@ -110,7 +111,8 @@ class PretrainConfig:
         for name in ("dino_out_dim", "dino_hidden_dim", "dino_bottleneck_dim"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("local_crops", "num_workers", "moe_layers", "seed", "warmup_teacher_temp_steps"):
+        for name in ("local_crops", "num_workers", "moe_layers", "seed", "warmup_teacher_temp_steps",
+                     "freeze_last_layer_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
         for name in ("lr", "min_lr", "weight_decay", "weight_decay_end", "clip_grad", "w_part", "w_attr", "w_balance"):

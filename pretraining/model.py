@@ -190,6 +190,15 @@ class ClaspModel(nn.Module):
                 decay.append(param)
         return [{"name": "decay", "params": decay}, {"name": "no_decay", "params": no_decay, "weight_decay": 0.0}]
 
+    def freeze_prototypes(self) -> None:
+        """Drop this step's gradient of the DINO head's last layer (call after backward, before the optimizer).
+
+        DINO keeps the prototypes fixed during the first epoch: early on their
+        gradient is large and noisy and can collapse the assignment. With the
+        gradient None, AdamW skips the weight altogether (no decay either).
+        """
+        self.student["dino_head"].last_layer.weight.grad = None
+
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
         """teacher ← momentum·teacher + (1 − momentum)·student, for backbone and DINO head."""

@@ -302,6 +302,8 @@ def _run(config: PretrainConfig, accelerator) -> PretrainResult:
                         accelerator.backward(loss)
                         if accelerator.sync_gradients and config.clip_grad > 0:
                             grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.clip_grad)
+                        if accelerator.sync_gradients and step < config.freeze_last_layer_steps:
+                            core.freeze_prototypes()
                         optimizer.step()
                         optimizer.zero_grad(set_to_none=True)
                     for key, value in summed.items():

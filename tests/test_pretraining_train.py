@@ -131,6 +131,26 @@ def test_teacher_temperature_follows_its_configured_warm_up(store: Path, tmp_pat
     assert [r["teacher_temp"] for r in metrics(out)] == pytest.approx([0.04, 0.055, 0.07, 0.07])
 
 
+def test_prototypes_stay_fixed_for_the_frozen_steps_only(store: Path, tmp_path: Path) -> None:
+    def prototypes(out: Path, step: int) -> dict[str, torch.Tensor]:
+        state = load_file(out / f"checkpoints/step-{step:08d}/model.safetensors")
+        return {k: v for k, v in state.items() if k.endswith("dino_head.last_layer.weight")}
+
+    frozen, free = tmp_path / "frozen", tmp_path / "free"
+    train(store, frozen, steps=3, save_every=1, freeze_last_layer_steps=2)
+    train(store, free, steps=3, save_every=1)
+    assert sorted(prototypes(frozen, 1)) == ["student.dino_head.last_layer.weight", "teacher.dino_head.last_layer.weight"]
+    for key, weight in prototypes(frozen, 2).items():
+        # step 2 left them alone (the teacher's EMA of an unchanged student rounds in the last bit)
+        torch.testing.assert_close(weight, prototypes(frozen, 1)[key], atol=1e-8, rtol=0, msg=key)
+    key = "student.dino_head.last_layer.weight"
+    assert not torch.equal(prototypes(frozen, 3)[key], prototypes(frozen, 2)[key])  # step 3 moved them
+    assert not torch.equal(prototypes(free, 2)[key], prototypes(free, 1)[key])
+    student = "student.dino_head.mlp.0.weight"
+    assert not torch.equal(load_file(frozen / "checkpoints/step-00000002/model.safetensors")[student],
+                           load_file(frozen / "checkpoints/step-00000001/model.safetensors")[student])
+
+
 def test_incompatible_resume_is_refused_naming_keys(store: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     train(store, out, steps=5, stop_at=1)
