@@ -35,6 +35,8 @@ still give one loss over all tokens of a step.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -133,7 +135,8 @@ class PCMoE(nn.Module):
         self._tokens += tokens
         return mixed[:tokens].reshape(rows, seq, dim)
 
-    def _dispatch(self, index: torch.Tensor, gate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[int], list[int]]:
+    def _dispatch(self, index: torch.Tensor,
+                  gate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[int], list[int]]:
         """The (token, slot) pairs grouped by expert, each group padded to a multiple of `ALIGN_ROWS`.
 
         Returns the token of each padded position (`tokens`, one past the last
@@ -146,10 +149,10 @@ class PCMoE(nn.Module):
         counts = torch.bincount(slots, minlength=self.num_experts)
         sizes = counts.tolist()
         padded = [-(-size // ALIGN_ROWS) * ALIGN_ROWS for size in sizes]
-        # Position of each sorted pair once every group before it is padded.
-        shift = torch.tensor(padded, device=slots.device).cumsum(0) - counts.cumsum(0)
-        shift = torch.cat([shift.new_zeros(1), shift[:-1]])
-        position = torch.arange(slots.numel(), device=slots.device) + shift[slots[order]]
+        # A sorted pair moves down by the padding of the groups before its own.
+        padding_before = torch.tensor([0, *itertools.accumulate(p - s for p, s in zip(padded, sizes))][:-1],
+                                      device=slots.device)
+        position = torch.arange(slots.numel(), device=slots.device) + padding_before[slots[order]]
         source = torch.full((sum(padded),), tokens, dtype=torch.long, device=slots.device)
         source[position] = torch.arange(tokens, device=slots.device).repeat_interleave(self.top_k)[order]
         gates = gate.new_zeros(sum(padded))
