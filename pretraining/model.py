@@ -190,7 +190,7 @@ class ClaspModel(nn.Module):
                 decay.append(param)
         return [{"name": "decay", "params": decay}, {"name": "no_decay", "params": no_decay, "weight_decay": 0.0}]
 
-    def freeze_prototypes(self) -> None:
+    def drop_prototype_gradients(self) -> None:
         """Drop this step's gradient of the DINO head's last layer (call after backward, before the optimizer).
 
         DINO keeps the prototypes fixed during the first epoch: early on their

@@ -303,7 +303,7 @@ def _run(config: PretrainConfig, accelerator) -> PretrainResult:
                         if accelerator.sync_gradients and config.clip_grad > 0:
                             grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.clip_grad)
                         if accelerator.sync_gradients and step < config.freeze_last_layer_steps:
-                            core.freeze_prototypes()
+                            core.drop_prototype_gradients()
                         optimizer.step()
                         optimizer.zero_grad(set_to_none=True)
                     for key, value in summed.items():
