@@ -300,10 +300,11 @@ def _run(config: PretrainConfig, accelerator) -> PretrainResult:
                                 f"{world} process(es)); stopped without applying it. Last good checkpoint: "
                                 f"{find_checkpoint(out) or 'none'}")
                         accelerator.backward(loss)
-                        if accelerator.sync_gradients and config.clip_grad > 0:
-                            grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.clip_grad)
-                        if accelerator.sync_gradients and step < config.freeze_last_layer_steps:
-                            core.drop_prototype_gradients()
+                        if accelerator.sync_gradients:
+                            if config.clip_grad > 0:
+                                grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.clip_grad)
+                            if step < config.freeze_last_layer_steps:
+                                core.drop_prototype_gradients()
                         optimizer.step()
                         optimizer.zero_grad(set_to_none=True)
                     for key, value in summed.items():

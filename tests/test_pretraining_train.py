@@ -132,23 +132,23 @@ def test_teacher_temperature_follows_its_configured_warm_up(store: Path, tmp_pat
 
 
 def test_prototypes_stay_fixed_for_the_frozen_steps_only(store: Path, tmp_path: Path) -> None:
-    def prototypes(out: Path, step: int) -> dict[str, torch.Tensor]:
-        state = load_file(out / f"checkpoints/step-{step:08d}/model.safetensors")
-        return {k: v for k, v in state.items() if k.endswith("dino_head.last_layer.weight")}
+    def weights(out: Path, step: int) -> dict[str, torch.Tensor]:
+        return load_file(out / f"checkpoints/step-{step:08d}/model.safetensors")
 
-    frozen, free = tmp_path / "frozen", tmp_path / "free"
-    train(store, frozen, steps=3, save_every=1, freeze_last_layer_steps=2)
-    train(store, free, steps=3, save_every=1)
-    assert sorted(prototypes(frozen, 1)) == ["student.dino_head.last_layer.weight", "teacher.dino_head.last_layer.weight"]
-    for key, weight in prototypes(frozen, 2).items():
+    train(store, tmp_path / "frozen", steps=3, save_every=1, freeze_last_layer_steps=2)
+    train(store, tmp_path / "free", steps=3, save_every=1)
+    frozen = {step: weights(tmp_path / "frozen", step) for step in (1, 2, 3)}
+    free = {step: weights(tmp_path / "free", step) for step in (1, 2)}
+    prototypes = sorted(k for k in frozen[1] if k.endswith("dino_head.last_layer.weight"))
+    assert prototypes == ["student.dino_head.last_layer.weight", "teacher.dino_head.last_layer.weight"]
+    for key in prototypes:
         # step 2 left them alone (the teacher's EMA of an unchanged student rounds in the last bit)
-        torch.testing.assert_close(weight, prototypes(frozen, 1)[key], atol=1e-8, rtol=0, msg=key)
+        torch.testing.assert_close(frozen[2][key], frozen[1][key], atol=1e-8, rtol=0, msg=key)
     key = "student.dino_head.last_layer.weight"
-    assert not torch.equal(prototypes(frozen, 3)[key], prototypes(frozen, 2)[key])  # step 3 moved them
-    assert not torch.equal(prototypes(free, 2)[key], prototypes(free, 1)[key])
+    assert not torch.equal(frozen[3][key], frozen[2][key])  # step 3 moved them
+    assert not torch.equal(free[2][key], free[1][key])
     student = "student.dino_head.mlp.0.weight"
-    assert not torch.equal(load_file(frozen / "checkpoints/step-00000002/model.safetensors")[student],
-                           load_file(frozen / "checkpoints/step-00000001/model.safetensors")[student])
+    assert not torch.equal(frozen[2][student], frozen[1][student])
 
 
 def test_incompatible_resume_is_refused_naming_keys(store: Path, tmp_path: Path) -> None:
