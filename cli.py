@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from clasp import __version__
+from clasp.labeling.dense_modes import DENSE_MODES
 
 
 class UserError(click.ClickException):
@@ -92,8 +93,9 @@ def _parse_hw(ctx, param, value: str) -> tuple[int, int]:
 @click.option("--revision", default=None, show_default=True, help="Hub revision (branch, tag or commit) of --clip-model.")
 @click.option("--clip-size", default="448x224", show_default=True, callback=_parse_hw,
               help="CLIP input size HEIGHTxWIDTH; with patch 16, 448x224 gives a 28x14 label grid.")
-@click.option("--dense-mode", type=click.Choice(["maskclip", "naive"]), default="maskclip", show_default=True,
-              help="Patch features: maskclip (last block's value path) or naive (last-layer patch tokens).")
+@click.option("--dense-mode", type=click.Choice(DENSE_MODES), default="maskclip", show_default=True,
+              help="Patch features from CLIP's last block: maskclip (value path), naive (plain tokens), clearclip "
+                   "(q-q attention), sclip (q-q + k-k attention) or naclip (k-k attention, neighbourhood prior).")
 @click.option("--vocab", type=click.Path(path_type=Path), default=None, show_default="the shipped default vocabulary",
               help="Vocabulary JSON file (parts and attribute groups with their prompts).")
 @click.option("--shard-size", type=click.IntRange(min=1), default=4096, show_default=True, help="Input images per shard.")

@@ -40,7 +40,7 @@ class ClipLabelerConfig:
     clip_model: str = "openai/clip-vit-base-patch16"
     revision: str | None = None
     clip_size: tuple[int, int] = (448, 224)  # H, W
-    dense_mode: str = "maskclip"  # or "naive"
+    dense_mode: str = "maskclip"  # one of DENSE_MODES
     precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 needs CUDA)
     device: str = "cpu"
 

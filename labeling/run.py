@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clasp.labeling.dense_modes import DENSE_MODES
 from clasp.labeling.discover import discover_images
 from clasp.labeling.errors import LabelingError
 from clasp.labeling.executors import open_executor
@@ -20,7 +21,6 @@ from clasp.labeling.plan import new_manifest, plan_run, plan_shards
 from clasp.labeling.shard_worker import LabelerFactory, LabelerSpec, ShardJob, build_clip_labeler, settings_only
 from clasp.store import Manifest, SkippedInput, StoreError, Vocabulary, record_shard
 
-DENSE_MODES = ("maskclip", "naive")
 PRECISIONS = ("fp32", "bf16", "fp16")
 STORE_HW = (256, 128)
 
@@ -32,7 +32,7 @@ class LabelConfig:
     clip_model: str = "openai/clip-vit-base-patch16"
     revision: str | None = None
     clip_size: tuple[int, int] = (448, 224)  # height, width
-    dense_mode: str = "maskclip"
+    dense_mode: str = "maskclip"  # one of DENSE_MODES
     vocab: Path | None = None  # None: the shipped default vocabulary
     shard_size: int = 4096
     batch_size: int = 32

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from clasp.labeling.clip_loading import ClipLoadError, load_clip
-from clasp.labeling.dense_features import dense_features
+from clasp.labeling.dense_features import DENSE_MODES, NACLIP_STD, dense_features, naclip_prior
 from clasp.labeling.errors import LabelingError
 from clasp.labeling.labeler import ClipLabeler, ClipLabelerConfig
 from clasp.labeling.pseudo_labels import attribute_logits, part_labels, part_logits
@@ -101,7 +102,7 @@ def test_image_embedding_equals_get_image_features(labeler: ClipLabeler, pixels:
     model = labeler.model
     with torch.inference_mode():
         reference = projected_features(model.get_image_features(pixel_values=pixels, interpolate_pos_encoding=True))
-        for mode in ("naive", "maskclip"):
+        for mode in DENSE_MODES:
             features = dense_features(model, pixels, mode)
             assert features.image.shape == reference.shape
             assert (features.image - reference).abs().max().item() <= 1e-5, mode
@@ -133,6 +134,80 @@ def test_maskclip_patches_match_a_reference_built_from_the_layer_modules(labeler
     torch.testing.assert_close(maskclip, reference, atol=1e-5, rtol=0)
     # The value path is not the attention path: the two modes must really differ.
     assert (maskclip - naive).abs().max().item() > 1e-2
+
+
+def _alike_attention_reference(model, pixels: torch.Tensor, mode: str, std: float = NACLIP_STD) -> torch.Tensor:
+    """ClearCLIP / SCLIP / NACLIP patch grids written out head by head from the last block's modules."""
+    vision = model.vision_model
+    block, n = vision.encoder.layers[-1], len(pixels)
+    attn = block.self_attn
+    x = vision(pixel_values=pixels, interpolate_pos_encoding=True, output_hidden_states=True).hidden_states[-2]
+    normed = block.layer_norm1(x)
+    q, k, v = attn.q_proj(normed), attn.k_proj(normed), attn.v_proj(normed)
+    cells = [(r, c) for r in range(28) for c in range(14)]  # row-major, as the patch tokens
+    omega = torch.zeros(x.shape[1], x.shape[1])  # nothing added towards or from CLS (token 0)
+    omega[1:, 1:] = torch.tensor([[math.exp(-((r - r2) ** 2 + (c - c2) ** 2) / (2 * std**2)) for r2, c2 in cells]
+                                  for r, c in cells])
+    d, scale = attn.head_dim, attn.head_dim**-0.5
+    heads = []
+    for h in range(attn.num_heads):
+        qh, kh, vh = (t[..., h * d:(h + 1) * d] for t in (q, k, v))
+        qq = torch.einsum("nid,njd->nij", qh, qh) * scale
+        kk = torch.einsum("nid,njd->nij", kh, kh) * scale
+        weights = {"clearclip": lambda: qq.softmax(-1),
+                   "sclip": lambda: qq.softmax(-1) + kk.softmax(-1),
+                   "naclip": lambda: (kk + omega).softmax(-1)}[mode]()
+        heads.append(torch.einsum("nij,njd->nid", weights, vh))
+    y = attn.out_proj(torch.cat(heads, dim=-1))[:, 1:]
+    if mode == "sclip":  # SCLIP keeps the residual and the MLP; ClearCLIP and NACLIP drop both
+        y = x[:, 1:] + y
+        y = y + block.mlp(block.layer_norm2(y))
+    return model.visual_projection(vision.post_layernorm(y)).reshape(n, 28, 14, -1)
+
+
+@pytest.mark.parametrize("mode", ["clearclip", "sclip", "naclip"])
+def test_alike_attention_modes_match_a_head_by_head_reference(labeler: ClipLabeler, pixels: torch.Tensor,
+                                                               mode: str) -> None:
+    model = labeler.model
+    with torch.inference_mode():
+        patches = dense_features(model, pixels, mode).patches
+        reference = _alike_attention_reference(model, pixels, mode)
+        others = {other: dense_features(model, pixels, other).patches for other in DENSE_MODES if other != mode}
+    assert patches.shape == (len(pixels), 28, 14, model.config.projection_dim)
+    torch.testing.assert_close(patches, reference, atol=1e-5, rtol=0)
+    for other, features in others.items():  # each mode is its own formula
+        assert (patches - features).abs().max().item() > 1e-2, other
+
+
+def test_naclip_prior_is_a_gaussian_of_grid_distance(labeler: ClipLabeler, pixels: torch.Tensor) -> None:
+    # 2 x 3 grid, std 1: patch (0, 0) towards CLS, then (0,0) (0,1) (0,2) (1,0) (1,1) (1,2)
+    expected = [0.0, 1.0, math.exp(-0.5), math.exp(-2), math.exp(-0.5), math.exp(-1), math.exp(-2.5)]
+    torch.testing.assert_close(naclip_prior(2, 3, std=1.0)[0], torch.tensor(expected))
+    model = labeler.model
+    with torch.inference_mode():
+        local = dense_features(model, pixels, "naclip", naclip_std=0.7).patches
+        reference = _alike_attention_reference(model, pixels, "naclip", std=0.7)
+        default = dense_features(model, pixels, "naclip").patches
+        flat = dense_features(model, pixels, "naclip", naclip_std=1e6).patches
+    torch.testing.assert_close(local, reference, atol=1e-5, rtol=0)
+    # The prior matters: a narrower Gaussian, the default and an almost flat one give different tokens.
+    assert (local - default).abs().max().item() > 1e-2
+    assert (default - flat).abs().max().item() > 1e-2
+
+
+def test_an_unknown_dense_mode_is_refused(labeler: ClipLabeler, pixels: torch.Tensor) -> None:
+    with pytest.raises(ValueError, match="unknown dense mode 'attention'; choose one of maskclip, naive, clearclip"):
+        dense_features(labeler.model, pixels[:1], "attention")
+
+
+def test_the_cli_and_the_run_offer_every_dense_mode() -> None:
+    from clasp.cli import label
+    from clasp.labeling.run import LabelConfig, check_config
+
+    option = next(param for param in label.params if param.name == "dense_mode")
+    assert tuple(option.type.choices) == DENSE_MODES
+    for mode in DENSE_MODES:
+        check_config(LabelConfig(images=Path("in"), out=Path("out"), dense_mode=mode))
 
 
 def test_grid_follows_clip_size(tiny_clip_dir: Path, vocab: Vocabulary, images: list[Image.Image]) -> None:
