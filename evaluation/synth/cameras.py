@@ -80,9 +80,12 @@ def _pack_rgba(rgb: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(rgba).view(np.uint32)[..., 0]
 
 
-def make_camera(seed: int, index: int) -> Camera:
-    """Camera `index` of world `seed`: a pure function of both."""
-    rng = np.random.default_rng([seed, 2, index])
+CAMERA_STREAM = 2  # `clasp synth`; the caption corpus draws its cameras from its own stream
+
+
+def make_camera(seed: int, index: int, stream: int = CAMERA_STREAM) -> Camera:
+    """Camera `index` of world `seed`: a pure function of (seed, stream, index)."""
+    rng = np.random.default_rng([seed, stream, index])
     texture = TEXTURES[(index + int(rng.integers(len(TEXTURES)))) % len(TEXTURES)]
     background = _draw_background(rng, texture)
     gain = float(rng.uniform(0.7, 1.2))

@@ -106,9 +106,12 @@ def _pick(rng: np.random.Generator, options):
     return options[int(rng.integers(len(options)))]
 
 
-def sample_identity(seed: int, pid: int, vocab: Vocabulary) -> Identity:
-    """The identity `pid` of world `seed`: a pure function of both, order independent."""
-    rng = np.random.default_rng([seed, 1, pid])
+IDENTITY_STREAM = 1  # `clasp synth`; the caption corpus draws its identities from its own stream
+
+
+def sample_identity(seed: int, pid: int, vocab: Vocabulary, stream: int = IDENTITY_STREAM) -> Identity:
+    """The identity `pid` of world `seed`: a pure function of (seed, stream, pid), order independent."""
+    rng = np.random.default_rng([seed, stream, pid])
     attrs: dict[str, str] = {}
     for group in vocab.attributes:
         values = [v.name for v in group.values]
