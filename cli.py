@@ -6,13 +6,19 @@ Heavy imports (torch, transformers, h5py) happen inside the commands so that
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
 import click
 
 from clasp import __version__
+from clasp.hardware import PRECISIONS
 from clasp.labeling.dense_modes import DENSE_MODES
+
+
+PRECISION_HELP = ("auto: bf16 where the device multiplies it natively (CUDA with bf16, CPUs with AMX or "
+                  "AVX512-BF16), fp16 on older GPUs, else fp32. An explicit choice that is only emulated here warns.")
 
 
 class UserError(click.ClickException):
@@ -35,6 +41,17 @@ def main() -> None:
       clasp pretrain  shards/  -> run/      ViT + prompt-controlled MoE, self-distillation
       clasp export    run/     -> backbone/ safetensors + config for one task prompt
     """
+    _log_to_stderr()
+
+
+def _log_to_stderr() -> None:
+    """The library's one-line notes (how `--precision auto` resolved, warnings) go to stderr as they are."""
+    logger = logging.getLogger("clasp")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 # --------------------------------------------------------------------------- store
@@ -105,8 +122,8 @@ def _parse_hw(ctx, param, value: str) -> tuple[int, int]:
                    "(with --device cuda, worker k uses GPU k).")
 @click.option("--scheduler", default=None, show_default=True,
               help="Address of an existing dask scheduler (e.g. tcp://host:8786); its workers must see --images and --out.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
-              help="CLIP compute precision (bf16 autocast is much faster on CPUs with AMX).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+              help=PRECISION_HELP)
 @click.option("--device", default="cpu", show_default=True, help="Torch device for CLIP, e.g. cpu, cuda, cuda:1.")
 @click.option("--strict", is_flag=True, default=False, show_default=True,
               help="Exit with code 1, naming them, when any input was skipped (the shards are still written).")
@@ -279,9 +296,11 @@ def _setting(flag: str, name: str, kind, help: str, **extra):
           "First optimizer steps that keep the DINO head's prototypes fixed (DINO: one epoch).")
 @_setting("--global-crops", "global_crops", click.IntRange(min=1), "256x128 crops per image.")
 @_setting("--local-crops", "local_crops", click.IntRange(min=0), "128x64 crops per image.")
-@_setting("--precision", "precision", click.Choice(["no", "bf16", "fp16"]), "Mixed precision (fp16 needs a GPU).")
+@_setting("--precision", "precision", click.Choice(PRECISIONS), PRECISION_HELP + " fp16 needs a GPU.")
 @_setting("--grad-accum", "grad_accum", click.IntRange(min=1), "Micro-batches per optimizer step.")
-@_setting("--num-workers", "num_workers", click.IntRange(min=0), "DataLoader worker processes per training process.")
+@_setting("--num-workers", "num_workers", click.IntRange(min=0),
+          "DataLoader worker processes per training process; none: 1 per 8 cores on a CPU, cores - 1 (at most 8) "
+          "on a GPU, counting only the cores this process may use.")
 @_setting("--save-every", "save_every", click.IntRange(min=1), "Optimizer steps between checkpoints.")
 @_setting("--keep-checkpoints", "keep_checkpoints", click.IntRange(min=1), "Newest checkpoints to keep.")
 @_setting("--log-every", "log_every", click.IntRange(min=1), "Optimizer steps between lines of metrics.jsonl.")
@@ -369,6 +388,27 @@ def synth(out: Path, identities: int, images_per_id: int, cameras: int, seed: in
                f"to {out} in {summary.seconds:.1f} s ({summary.images_per_second:.0f} images/s)")
 
 
+@main.command("synth-corpus")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Folder for images/ and captions.jsonl (created).")
+@click.option("--pairs", type=click.IntRange(min=1), default=12000, show_default=True, help="Image-caption pairs to draw.")
+@click.option("--cameras", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Corpus cameras (backgrounds, lighting), none shared with any `clasp synth` world.")
+@click.option("--seed", type=int, default=0, show_default=True, help="The corpus; the same seed gives the same files.")
+def synth_corpus(out: Path, pairs: int, cameras: int, seed: int) -> None:
+    """Draw an image-caption corpus (persons, body regions, items, scenes) to train `clasp train-clip` on.
+
+    Identities, cameras and random streams are disjoint from every `clasp synth`
+    world, even for the same seed. Only images and captions are written.
+    """
+    from clasp.evaluation.synth.corpus import CorpusConfig, write_corpus
+
+    summary = write_corpus(CorpusConfig(out=out, pairs=pairs, cameras=cameras, seed=seed))
+    kinds = ", ".join(f"{k} {n}" for k, n in summary.kinds.items())
+    click.echo(f"wrote {summary.pairs} image-caption pairs to {out} in {summary.seconds:.1f} s "
+               f"({summary.pairs_per_second:.0f} pairs/s): {kinds}")
+
+
 @main.command("eval")
 @click.option("--backbone", required=True, type=click.Path(path_type=Path), help="Folder written by `clasp export`.")
 @click.option("--data", required=True, type=click.Path(path_type=Path),
@@ -381,8 +421,10 @@ def synth(out: Path, identities: int, images_per_id: int, cameras: int, seed: in
               help="Images per forward pass when extracting features.")
 @click.option("--probe-steps", type=click.IntRange(min=1), default=300, show_default=True,
               help="L-BFGS iterations (at most) of the linear probes.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+              help="Of feature extraction. " + PRECISION_HELP)
 def eval_command(backbone: Path, data: Path, tasks: str | None, out: Path | None, batch_size: int,
-                 probe_steps: int) -> None:
+                 probe_steps: int, precision: str) -> None:
     """Probe a frozen backbone: attributes (linear, mA), parsing (linear on patches, mIoU), re-ID (cosine kNN, mAP, rank-1)."""
     from clasp.evaluation.errors import EvalInputError
     from clasp.evaluation.probes import ProbeSettings
@@ -390,7 +432,7 @@ def eval_command(backbone: Path, data: Path, tasks: str | None, out: Path | None
 
     chosen = tuple(t.strip() for t in tasks.split(",") if t.strip()) if tasks else None
     config = EvalConfig(backbone=backbone, data=data, tasks=chosen, out=out, batch_size=batch_size,
-                        probe=ProbeSettings(steps=probe_steps))
+                        precision=precision, probe=ProbeSettings(steps=probe_steps))
     try:
         results = evaluate(config, log=lambda msg: click.echo(msg, err=True))
     except EvalInputError as exc:

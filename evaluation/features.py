@@ -8,6 +8,7 @@ returns, or a stand-in in tests. Features are computed once, in batches, under
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,12 +53,14 @@ def patch_grid(num_patches: int, hw: tuple[int, int] = INPUT_HW) -> tuple[int, i
 
 
 def extract_features(extractor: FeatureExtractor, paths: Sequence[str | Path], batch_size: int = 64,
-                     keep_patches: bool = True, progress: Callable[[int], None] | None = None) -> Features:
-    """Features of every image in `paths`, in that order."""
+                     keep_patches: bool = True, progress: Callable[[int], None] | None = None,
+                     autocast: torch.dtype | None = None) -> Features:
+    """Features of every image in `paths`, in that order; `autocast` runs the extractor in that dtype (CPU)."""
     if isinstance(extractor, torch.nn.Module):
         extractor.eval()
     cls_out, patch_out = [], []
-    with torch.inference_mode():
+    lower = torch.autocast("cpu", dtype=autocast) if autocast is not None else contextlib.nullcontext()
+    with torch.inference_mode(), lower:
         for start in range(0, len(paths), batch_size):
             batch = np.stack([load_image(p) for p in paths[start:start + batch_size]])
             images = torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()

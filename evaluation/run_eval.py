@@ -38,6 +38,7 @@ class EvalConfig:
     tasks: tuple[str, ...] | None = None  # None: every task the data supports
     out: Path | None = None
     batch_size: int = 64
+    precision: str = "auto"  # of feature extraction (auto | fp32 | bf16); probes are fitted in float32
     probe: ProbeSettings = field(default_factory=ProbeSettings)
 
 
@@ -76,22 +77,37 @@ def evaluate(config: EvalConfig, extractor: FeatureExtractor | None = None,
         from clasp.evaluation.backbone import load_frozen_backbone
 
         extractor = load_frozen_backbone(config.backbone)
-    results: dict = {"backbone": str(config.backbone), "data": str(data), "kind": kind, "tasks": list(tasks)}
+    precision = feature_precision(config.precision)
+    log(precision.line())
+    if precision.warning:
+        log(precision.warning)
+    results: dict = {"backbone": str(config.backbone), "data": str(data), "kind": kind, "tasks": list(tasks),
+                     "precision": precision.record()}
     if kind == "synth":
-        results.update(_evaluate_synth(source, tasks, extractor, config, log))
+        results.update(_evaluate_synth(source, tasks, extractor, config, precision.autocast_dtype, log))
     else:
-        results.update(_evaluate_market(source, extractor, config, log))
+        results.update(_evaluate_market(source, extractor, config, precision.autocast_dtype, log))
     if config.out is not None:
         write_results(config.out, results)
     return results
 
 
-def _evaluate_synth(truth: SynthTruth, tasks, extractor, config: EvalConfig, log) -> dict:
+def feature_precision(requested: str):
+    """The precision of feature extraction on this CPU (`clasp.hardware` rule); bad values as EvalInputError."""
+    from clasp.hardware import PrecisionError, probe_capability, resolve_precision
+
+    try:
+        return resolve_precision(requested, probe_capability("cpu"))
+    except PrecisionError as exc:
+        raise EvalInputError(str(exc)) from None
+
+
+def _evaluate_synth(truth: SynthTruth, tasks, extractor, config: EvalConfig, autocast, log) -> dict:
     vocab = Vocabulary.default()
     start = time.perf_counter()
     log(f"features of {len(truth)} images")
     feats = extract_features(extractor, [truth.images_dir / p for p in truth.paths], config.batch_size,
-                             keep_patches="parsing" in tasks)
+                             keep_patches="parsing" in tasks, autocast=autocast)
     out: dict = {"images": len(truth), "feature_dim": int(feats.cls.shape[1]),
                  "seconds": {"features": time.perf_counter() - start}}
     train, test = identity_split(truth.identity)
@@ -138,11 +154,11 @@ def _evaluate_synth(truth: SynthTruth, tasks, extractor, config: EvalConfig, log
     return out
 
 
-def _evaluate_market(market, extractor, config: EvalConfig, log) -> dict:
+def _evaluate_market(market, extractor, config: EvalConfig, autocast, log) -> dict:
     start = time.perf_counter()
     log(f"features of {len(market.query)} queries and {len(market.gallery)} gallery images")
-    q = extract_features(extractor, market.query.paths, config.batch_size, keep_patches=False)
-    g = extract_features(extractor, market.gallery.paths, config.batch_size, keep_patches=False)
+    q = extract_features(extractor, market.query.paths, config.batch_size, keep_patches=False, autocast=autocast)
+    g = extract_features(extractor, market.gallery.paths, config.batch_size, keep_patches=False, autocast=autocast)
     out: dict = {"images": len(market.query) + len(market.gallery), "feature_dim": int(q.cls.shape[1]),
                  "seconds": {"features": time.perf_counter() - start}}
     t0 = time.perf_counter()

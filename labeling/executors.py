@@ -13,22 +13,22 @@ import os
 from typing import Callable, Iterator
 
 from clasp.labeling.errors import LabelingError
+from clasp.hardware import available_cores, torch_threads
 from clasp.labeling.shard_worker import (
-    LabelerFactory, LabelerSpec, ShardJob, ShardOutcome, label_shard, labeler_info,
+    LabelerFactory, LabelerInfo, LabelerSpec, ShardJob, ShardOutcome, label_shard, labeler_info,
 )
-from clasp.store import ClipInfo
 
 PROGRESS_TOPIC = "clasp-label-progress"
 Progress = Callable[[int], None]
 
 
 class InProcessExecutor:
-    """No cluster: shards run one after another here, torch uses all cores. Best for one GPU and small jobs."""
+    """No cluster: shards run one after another here, torch uses every available core. Best for one GPU and small jobs."""
 
     def __init__(self, factory: LabelerFactory) -> None:
         self.factory = factory
 
-    def labeler_info(self, spec: LabelerSpec) -> tuple[ClipInfo, tuple[int, int]]:
+    def labeler_info(self, spec: LabelerSpec) -> LabelerInfo:
         return labeler_info(self.factory, spec)
 
     def run(self, jobs: list[ShardJob], progress: Progress) -> Iterator[ShardOutcome]:
@@ -51,7 +51,7 @@ class DaskExecutor:
         share_cores(client, hosts)
         spread_over_gpus(client, hosts)
 
-    def labeler_info(self, spec: LabelerSpec) -> tuple[ClipInfo, tuple[int, int]]:
+    def labeler_info(self, spec: LabelerSpec) -> LabelerInfo:
         future = self.client.submit(labeler_info_on_worker, self.factory, spec, pure=False,
                                     key=f"clasp-labeler-info-{os.getpid()}")
         return future.result()
@@ -72,7 +72,7 @@ class DaskExecutor:
                 self.client.unsubscribe_topic(PROGRESS_TOPIC)
 
 
-def labeler_info_on_worker(factory: LabelerFactory, spec: LabelerSpec) -> tuple[ClipInfo, tuple[int, int]]:
+def labeler_info_on_worker(factory: LabelerFactory, spec: LabelerSpec) -> LabelerInfo:
     with _plain_user_errors():
         return labeler_info(factory, spec)
 
@@ -143,8 +143,7 @@ def _set_cuda_device(ranks: dict[str, int], dask_worker=None) -> int | None:
 
 
 def _host_and_cores(dask_worker=None) -> tuple[str, int]:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return dask_worker.ip, cores
+    return dask_worker.ip, available_cores()
 
 
 def _set_torch_threads(threads: dict[str, int], dask_worker=None) -> int:
@@ -159,7 +158,14 @@ def _set_torch_threads(threads: dict[str, int], dask_worker=None) -> int:
 def open_executor(workers: int, scheduler: str | None, factory: LabelerFactory) -> Iterator[InProcessExecutor | DaskExecutor]:
     """The executor for `--workers`/`--scheduler`; a local cluster lives as long as the block."""
     if not scheduler and workers == 0:
-        yield InProcessExecutor(factory)
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(torch_threads())  # not the machine's count: affinity and cgroup quota
+        try:
+            yield InProcessExecutor(factory)
+        finally:
+            torch.set_num_threads(before)
         return
     from distributed import Client, LocalCluster
 

@@ -9,11 +9,13 @@ PIL does for CLIP's own processor) instead of CLIP's shortest-edge resize and
 centre crop: a crop would cut off the head or feet of a person, and the label
 grid must cover the whole stored image.
 
-Precision: `fp32`, `bf16` (autocast; fast on CPUs with AMX and on recent GPUs) or
-`fp16` (autocast, CUDA only). Asking for fp16 on another device is an error rather
-than a silent fallback, so a run never records labels made at a precision other
-than the one it was asked for. Text embeddings, cosines and softmaxes are always
-computed in float32.
+Precision: `auto` (the default) is resolved once, here, on the device the model
+runs on, by `clasp.hardware.resolve_precision`: bf16 where the device multiplies
+it natively, fp16 on CUDA without bf16, fp32 otherwise. `fp32`, `bf16` and `fp16`
+(CUDA only) are honoured as asked; fp16 elsewhere is an error rather than a
+silent fallback, so a run never records labels made at a precision other than
+the one it used. Text embeddings, cosines and softmaxes are always computed in
+float32.
 """
 
 from __future__ import annotations
@@ -25,14 +27,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from clasp.hardware import PrecisionChoice, PrecisionError, probe_capability, resolve_precision
 from clasp.labeling.clip_loading import load_clip, load_image_normalization, loaded_revision
 from clasp.labeling.dense_features import DENSE_MODES, dense_features
 from clasp.labeling.errors import LabelingError
 from clasp.labeling.pseudo_labels import attribute_logits, part_labels, part_logits
 from clasp.labeling.text_embeddings import build_text_embeddings
 from clasp.store import ClipInfo, Vocabulary
-
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -41,34 +42,33 @@ class ClipLabelerConfig:
     revision: str | None = None
     clip_size: tuple[int, int] = (448, 224)  # H, W
     dense_mode: str = "maskclip"  # one of DENSE_MODES
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 needs CUDA)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (fp16 needs CUDA)
     device: str = "cpu"
 
 
-def check_config(config: ClipLabelerConfig) -> None:
-    """Reject settings the labeler cannot honour, before any model is loaded."""
+def check_config(config: ClipLabelerConfig) -> PrecisionChoice:
+    """Reject settings the labeler cannot honour, before any model is loaded; the precision to use."""
     if config.dense_mode not in DENSE_MODES:
         raise LabelingError(f"unknown dense mode {config.dense_mode!r}; choose one of {', '.join(DENSE_MODES)}")
-    if config.precision not in PRECISIONS:
-        raise LabelingError(f"unknown precision {config.precision!r}; choose one of {', '.join(PRECISIONS)}")
     try:
         device = torch.device(config.device)
     except RuntimeError:
         raise LabelingError(f"unknown device {config.device!r}; use e.g. cpu, cuda or cuda:1") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise LabelingError(f"device {config.device!r} asked for, but torch sees no CUDA device here")
-    if config.precision == "fp16" and device.type != "cuda":
-        raise LabelingError(f"precision fp16 needs a CUDA device (got {config.device!r}); use --precision bf16 "
-                            "or fp32 on this device")
     if len(config.clip_size) != 2 or min(config.clip_size) <= 0:
         raise LabelingError(f"clip size must be two positive numbers HxW, got {config.clip_size!r}")
+    try:
+        return resolve_precision(config.precision, probe_capability(device))
+    except PrecisionError as exc:
+        raise LabelingError(f"{exc} (device {config.device!r})") from None
 
 
 class ClipLabeler:
     """Loads CLIP and the vocabulary's text embeddings once; labels batches of preprocessed images."""
 
     def __init__(self, config: ClipLabelerConfig, vocab: Vocabulary) -> None:
-        check_config(config)
+        self.precision_choice = check_config(config)
         self.config = config
         self.vocab = vocab
         self.device = torch.device(config.device)
@@ -88,6 +88,7 @@ class ClipLabeler:
             revision=loaded_revision(config.clip_model, config.revision),
             input_hw=(height, width),
             dense_mode=config.dense_mode,
+            precision=self.precision_choice.precision,
         )
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
@@ -104,9 +105,10 @@ class ClipLabeler:
         return pixels.sub_(self._mean).div_(self._std)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.config.precision == "fp32":
+        dtype = self.precision_choice.autocast_dtype
+        if dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=PRECISIONS[self.config.precision])
+        return torch.autocast(self.device.type, dtype=dtype)
 
     def label(self, pixels: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(part_mask (N,h,w) uint8, part_conf (N,h,w) float16, attr_logits (N,A) float16)."""

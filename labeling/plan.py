@@ -20,8 +20,12 @@ The rule, so that reruns and added images are cheap and predictable:
   folder) touch only the last shard and add new ones. Deleting an image redoes
   its shard and the ones after it.
 - A folder made with another CLIP model, revision, input size, dense mode,
-  vocabulary or shard size is refused (the shards would mix two labelings)
-  unless `force`, which starts the folder over.
+  precision, vocabulary or shard size is refused (the shards would mix two
+  labelings) unless `force`, which starts the folder over. A precision is
+  compared after `auto` is resolved, so `auto` on another kind of machine can
+  be refused too; a manifest written before precisions were recorded accepts
+  any. Batch size and device are recorded (`labeled_with`) but may change: each
+  image's labels do not depend on the others in its batch.
 """
 
 from __future__ import annotations
@@ -123,6 +127,7 @@ def settings_differences(old: Manifest, new: Manifest) -> list[str]:
         ("revision", old.clip.revision, new.clip.revision),
         ("CLIP input size", list(old.clip.input_hw), list(new.clip.input_hw)),
         ("dense mode", old.clip.dense_mode, new.clip.dense_mode),
+        ("precision", old.clip.precision or new.clip.precision, new.clip.precision),
         ("vocabulary sha256", old.vocab.sha256[:12], new.vocab.sha256[:12]),
         ("shard size", old.shard_size, new.shard_size),
         ("label grid", list(old.label_grid), list(new.label_grid)),

@@ -8,20 +8,25 @@ same command does only what is missing (see `plan.py` for the rule).
 
 from __future__ import annotations
 
+import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from clasp.hardware import PRECISIONS
 from clasp.labeling.dense_modes import DENSE_MODES
 from clasp.labeling.discover import discover_images
 from clasp.labeling.errors import LabelingError
 from clasp.labeling.executors import open_executor
 from clasp.labeling.folder_lock import exclusive_folder
 from clasp.labeling.plan import new_manifest, plan_run, plan_shards
-from clasp.labeling.shard_worker import LabelerFactory, LabelerSpec, ShardJob, build_clip_labeler, settings_only
-from clasp.store import Manifest, SkippedInput, StoreError, Vocabulary, record_shard
+from clasp.labeling.shard_worker import (
+    LabelerFactory, LabelerInfo, LabelerSpec, ShardJob, build_clip_labeler, settings_only,
+)
+from clasp.store import LabeledWith, Manifest, SkippedInput, StoreError, Vocabulary, record_shard
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+log = logging.getLogger("clasp")
+
 STORE_HW = (256, 128)
 
 
@@ -40,7 +45,7 @@ class LabelConfig:
     # local dask cluster of N processes; `scheduler` uses an existing cluster.
     workers: int = 0
     scheduler: str | None = None
-    precision: str = "fp32"
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16, resolved on the labeling device (clasp.hardware)
     device: str = "cpu"
     strict: bool = False  # the caller fails the run when inputs were skipped
     force: bool = False  # relabel an output folder made with other settings
@@ -91,10 +96,12 @@ def run_labeling(config: LabelConfig, factory: LabelerFactory = build_clip_label
     spec = LabelerSpec(config.clip_model, config.revision, tuple(config.clip_size), config.dense_mode,
                        config.precision, config.device, vocab)
     with exclusive_folder(out), open_executor(config.workers, config.scheduler, factory) as executor:
-        clip_info, grid = executor.labeler_info(spec)
-        wanted = new_manifest(clip_info, vocab, grid, config.shard_size, STORE_HW)
+        info = executor.labeler_info(spec)
+        spec = _pin_precision(spec, info)
+        wanted = new_manifest(info.clip_info, vocab, info.grid, config.shard_size, STORE_HW)
         plan = plan_run(out, wanted, shards, force=config.force)
         manifest = plan.manifest
+        manifest.labeled_with = _labeled_with(config, info)
         _prepare_folder(out, manifest, plan.dropped)
         by_file = {p.file: p for p in plan.todo}
         settings = settings_only(manifest)
@@ -126,6 +133,21 @@ def check_config(config: LabelConfig) -> None:
             raise LabelingError(f"{name} must be at least {low}, got {value}")
     if config.scheduler and config.workers:
         raise LabelingError("give --workers N (a local cluster) or --scheduler ADDRESS (an existing one), not both")
+
+
+def _pin_precision(spec: LabelerSpec, info: LabelerInfo) -> LabelerSpec:
+    """Log how `auto` was resolved and give every shard job that precision, so all workers use what is recorded."""
+    choice = info.precision_choice
+    log.info(choice.line())
+    if choice.warning:
+        log.warning(choice.warning)
+    return replace(spec, precision=choice.precision)
+
+
+def _labeled_with(config: LabelConfig, info: LabelerInfo) -> LabeledWith:
+    capability = info.precision_choice.capability
+    return LabeledWith(batch_size=config.batch_size, device=capability.tag(), capability=capability.describe(),
+                       precision_requested=config.precision)
 
 
 def load_vocab(path: Path | None) -> Vocabulary:

@@ -16,6 +16,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from clasp.hardware import PrecisionChoice
 from clasp.labeling.decode import DecodedImage, DecodeSkip, decode_input
 from clasp.labeling.plan import ShardPlan
 from clasp.store import ClipInfo, LabelRows, Manifest, ShardEntry, SkippedInput, Vocabulary, write_shard_for
@@ -27,7 +28,8 @@ class Labeler(Protocol):
     """What the run needs from a labeler (`clasp.labeling.labeler.ClipLabeler`)."""
 
     label_grid: tuple[int, int]
-    clip_info: ClipInfo
+    clip_info: ClipInfo  # with the precision actually used
+    precision_choice: PrecisionChoice  # why that precision (the log line)
 
     def preprocess(self, images: list) -> object: ...
 
@@ -61,19 +63,35 @@ _CACHE_LOCK = threading.Lock()
 
 
 def cached_labeler(factory: LabelerFactory, spec: LabelerSpec) -> Labeler:
-    """The process's labeler for `spec`, built on first use."""
+    """The process's labeler for `spec`, built on first use.
+
+    A spec whose precision is the one the cached labeler resolved `auto` to is
+    the same labeler: the run pins the resolved precision after asking once.
+    """
     key = (factory, spec)
     with _CACHE_LOCK:
+        for (cached_factory, cached_spec), labeler in _CACHE.items():
+            if (cached_factory, replace(cached_spec, precision=labeler.clip_info.precision)) == key:
+                return labeler
         if key not in _CACHE:
             _CACHE.clear()  # one model per process: a new spec replaces the old one
             _CACHE[key] = factory(spec)
         return _CACHE[key]
 
 
-def labeler_info(factory: LabelerFactory, spec: LabelerSpec) -> tuple[ClipInfo, tuple[int, int]]:
-    """(clip info, label grid) of the labeler, building it (and so checking it loads) on the way."""
+@dataclass(frozen=True)
+class LabelerInfo:
+    """What the run learns from building the labeler once: its CLIP identity, grid and precision."""
+
+    clip_info: ClipInfo
+    grid: tuple[int, int]
+    precision_choice: PrecisionChoice
+
+
+def labeler_info(factory: LabelerFactory, spec: LabelerSpec) -> LabelerInfo:
+    """Build the labeler (and so check it loads) and report what it is."""
     labeler = cached_labeler(factory, spec)
-    return labeler.clip_info, tuple(labeler.label_grid)
+    return LabelerInfo(labeler.clip_info, tuple(labeler.label_grid), labeler.precision_choice)
 
 
 @dataclass

@@ -23,8 +23,11 @@ from typing import Any
 
 import yaml
 
+from clasp.hardware import PRECISIONS
+
 PRESETS = ("tiny", "small", "base")
-PRECISIONS = ("no", "bf16", "fp16")
+# Earlier runs saved accelerate's spelling of full precision; it still loads, as fp32.
+LEGACY_PRECISIONS = {"no": "fp32"}
 CONFIG_NAME = "config.json"
 
 
@@ -72,9 +75,9 @@ class PretrainConfig:
     momentum_teacher: float = 0.996  # EMA momentum of the teacher at the start (cosine to 1)
     momentum_teacher_end: float = 1.0  # EMA momentum at the end
     clip_grad: float = 3.0  # max gradient norm; 0 disables clipping
-    precision: str = "bf16"  # mixed precision: no | bf16 | fp16 (fp16 needs a GPU)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (fp16 needs a GPU); auto: see clasp.hardware.precision
     # --- data loading
-    num_workers: int = 4  # DataLoader worker processes per training process
+    num_workers: int | None = None  # DataLoader workers per process; None: from the cores (clasp.hardware.cores)
     shuffle_buffer: int = 2048  # rows held by each worker's shuffle buffer
     # --- checkpoints, logging, stopping
     save_every: int = 1000  # optimizer steps between checkpoints (plus one at the end)
@@ -94,6 +97,7 @@ class PretrainConfig:
             raise ConfigError("`out` is required (--out DIR)")
         if self.preset not in PRESETS:
             raise ConfigError(f"preset must be one of {'|'.join(PRESETS)}, got {self.preset!r}")
+        self.precision = LEGACY_PRECISIONS.get(self.precision, self.precision)
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {'|'.join(PRECISIONS)}, got {self.precision!r}")
         if self.steps is None and self.epochs is None:
@@ -111,7 +115,9 @@ class PretrainConfig:
         for name in ("dino_out_dim", "dino_hidden_dim", "dino_bottleneck_dim"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("local_crops", "num_workers", "moe_layers", "seed", "warmup_teacher_temp_steps",
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ConfigError(f"num_workers must not be negative, got {self.num_workers}")
+        for name in ("local_crops", "moe_layers", "seed", "warmup_teacher_temp_steps",
                      "freeze_last_layer_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
@@ -150,7 +156,7 @@ RESUMABLE_CHANGES = frozenset({
 })
 
 
-OPTIONAL_INTS = frozenset({"steps", "epochs", "stop_at", "dim", "depth", "heads"})
+OPTIONAL_INTS = frozenset({"steps", "epochs", "stop_at", "dim", "depth", "heads", "num_workers"})
 
 
 def default_of(name: str) -> Any:

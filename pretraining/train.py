@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import signal
@@ -42,6 +43,8 @@ from clasp.pretraining.run_folder import (
 )
 from clasp.pretraining.schedules import Schedules
 from clasp.store.durable import write_json_atomic
+
+log = logging.getLogger("clasp")
 
 # The loss terms, in the order a non-finite one is reported.
 LOSS_TERMS = ("dino", "part", "attribute", "balance", "loss")
@@ -68,23 +71,41 @@ class PretrainResult:
 # ----------------------------------------------------------------------------- setup
 
 
+ACCELERATE_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+
+
 def make_accelerator(config: PretrainConfig):
+    """The Accelerator, with `config.precision` resolved on its device; returns (accelerator, choice)."""
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    from clasp.hardware import PrecisionError, probe_capability, resolve_precision
 
     # A process may train more than once (tests, an evaluation pipeline): the
     # precision and accumulation settings of a previous run must not stick.
     AcceleratorState._reset_state()
     GradientState._reset_state()
     try:
-        accelerator = Accelerator(mixed_precision=config.precision, gradient_accumulation_steps=config.grad_accum)
-    except ValueError as exc:
-        raise ConfigError(f"precision {config.precision!r} cannot be used here ({exc}); "
-                          "on a CPU use --precision bf16 or no") from None
-    if config.precision == "fp16" and accelerator.device.type == "cpu":
-        # accelerate would silently train in fp32 here
-        raise ConfigError("precision 'fp16' needs a GPU; on a CPU use --precision bf16 or no")
-    return accelerator
+        # The process state the Accelerator below will use (it reads ACCELERATE_USE_CPU the same way).
+        device = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).device
+        choice = resolve_precision(config.precision, probe_capability(device))
+    except PrecisionError as exc:
+        raise ConfigError(str(exc)) from None
+    accelerator = Accelerator(mixed_precision=ACCELERATE_PRECISION[choice.precision],
+                              gradient_accumulation_steps=config.grad_accum)
+    return accelerator, choice
+
+
+def use_process_cores(config: PretrainConfig, accelerator) -> dict[str, Any]:
+    """Torch threads and DataLoader workers from the cores this process may use; what was chosen, for the record."""
+    from clasp.hardware import available_cores, dataloader_workers, use_available_cores
+
+    on_host = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+    if config.num_workers is None:
+        config.num_workers = dataloader_workers(accelerator.device.type, on_host)
+    return {"available_cores": available_cores(), "processes_on_host": on_host,
+            "torch_threads": use_available_cores(on_host), "num_workers": config.num_workers}
 
 
 def model_config_for(config: PretrainConfig, vocab):
@@ -175,17 +196,20 @@ def run_pretraining(config: PretrainConfig) -> PretrainResult:
     first step (having written nothing to `out` but `error.log`), and
     NonFiniteLossError when a loss goes NaN/inf (the last good checkpoint stays).
     """
+    threads = torch.get_num_threads()  # the run sets its own; a caller's stays as it was
     try:
         config.validate()
-        accelerator = make_accelerator(config)
-        return _run(config, accelerator)
+        accelerator, precision = make_accelerator(config)
+        return _run(config, accelerator, precision)
     except (PretrainInputError, ConfigError, RunFolderError) as exc:
         if os.environ.get("RANK", "0") == "0":  # the launcher's global rank; one log line, not one per process
             write_error_log(config.out, str(exc))
         raise PretrainInputError(str(exc)) from None
+    finally:
+        torch.set_num_threads(threads)
 
 
-def _run(config: PretrainConfig, accelerator) -> PretrainResult:
+def _run(config: PretrainConfig, accelerator, precision) -> PretrainResult:
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
@@ -196,6 +220,7 @@ def _run(config: PretrainConfig, accelerator) -> PretrainResult:
 
     rank, world = accelerator.process_index, accelerator.num_processes
     is_main = accelerator.is_main_process
+    hardware = precision.record() | use_process_cores(config, accelerator)
     store, stream = open_stream(config, rank, world)
     total_steps = total_steps_for(config, stream.batches_per_epoch)
     total_batch = config.batch_size * world * config.grad_accum
@@ -203,8 +228,13 @@ def _run(config: PretrainConfig, accelerator) -> PretrainResult:
                "total_steps": total_steps, "batches_per_epoch": stream.batches_per_epoch,
                "data": data_fingerprint(store.manifest)}
     plan = plan_run_folder(config, derived)
+    if is_main:  # once the inputs are known to be good, so that a refusal stays one line
+        log.info(precision.line())
+        if precision.warning:
+            log.warning(precision.warning)
     model_config = model_config_for(config, store.manifest.vocab)
-    saved_config = saved_form(config, derived) | {"model": model_config.to_dict()}
+    # `hardware` records what this start ran with; resume does not compare it.
+    saved_config = saved_form(config, derived) | {"model": model_config.to_dict(), "hardware": hardware}
 
     if accelerator.device.type == "cpu":
         keep_freed_memory()  # steps would otherwise page-fault their activations in again each time
@@ -317,7 +347,7 @@ def _run(config: PretrainConfig, accelerator) -> PretrainResult:
                 bar.update(1)
                 if step % config.log_every == 0 or step == end_step or stop_requested:
                     row = metrics_row(step, step_stats, world, lr, wd, momentum, grad_norm, window.take())
-                    row["epoch"] = stream.epoch
+                    row.update(epoch=stream.epoch, precision=precision.precision, device=hardware["device"])
                     if metrics is not None:
                         metrics.write(json.dumps(row) + "\n")
                         metrics.flush()

@@ -24,6 +24,24 @@ class ClipInfo:
     revision: str | None = None
     input_hw: tuple[int, int] = (448, 224)
     dense_mode: str = "maskclip"
+    # fp32 | bf16 | fp16: the arithmetic the labels were computed in (`auto` resolved).
+    # None in manifests written before it was recorded.
+    precision: str | None = None
+
+
+@dataclass
+class LabeledWith:
+    """How the latest `clasp label` run computed: settings that change speed, not labels.
+
+    Each image is labeled independently of the others in its batch, so a rerun
+    may change these (e.g. a smaller batch after running out of memory) and keep
+    the finished shards; the precision, which does change labels, is in `ClipInfo`.
+    """
+
+    batch_size: int
+    device: str  # e.g. "cpu:AVX2", "cuda:sm_90+bf16"
+    capability: str  # e.g. "CPU capability AVX2, no native bf16"
+    precision_requested: str  # what was asked for ("auto" or an explicit precision)
 
 
 @dataclass
@@ -60,6 +78,7 @@ class Manifest:
     shards: list[ShardEntry] = field(default_factory=list)
     skipped: list[SkippedInput] = field(default_factory=list)
     clasp_version: str = __version__
+    labeled_with: LabeledWith | None = None
 
     @property
     def total_rows(self) -> int:
@@ -79,6 +98,7 @@ class Manifest:
             "shards": [asdict(s) for s in self.shards],
             "skipped": [asdict(s) for s in self.skipped],
             "totals": {"rows": self.total_rows, "skipped": len(self.skipped)},
+            "labeled_with": asdict(self.labeled_with) if self.labeled_with is not None else None,
         }
 
     @classmethod
@@ -98,7 +118,8 @@ class Manifest:
             clip = data["clip"]
             store = data.get("image_store", {})
             manifest = cls(
-                clip=ClipInfo(clip["model"], clip.get("revision"), tuple(clip["input_hw"]), clip["dense_mode"]),
+                clip=ClipInfo(clip["model"], clip.get("revision"), tuple(clip["input_hw"]), clip["dense_mode"],
+                              clip.get("precision")),
                 vocab=vocab,
                 label_grid=tuple(int(x) for x in data["label_grid"]),
                 image_store=ImageStore(tuple(store.get("hw", (256, 128))), store.get("codec", "jpeg"), int(store.get("quality", 95))),
@@ -106,6 +127,7 @@ class Manifest:
                 shards=[ShardEntry(**s) for s in data["shards"]],
                 skipped=[SkippedInput(**s) for s in data.get("skipped", [])],
                 clasp_version=str(data.get("clasp_version", "unknown")),
+                labeled_with=LabeledWith(**data["labeled_with"]) if data.get("labeled_with") else None,
             )
         except StoreError:
             raise

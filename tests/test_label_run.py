@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from clasp.labeling.errors import LabelingError
+from clasp.hardware import probe_capability, resolve_precision
 from clasp.labeling.plan import inputs_digest, plan_shards
 from clasp.labeling.discover import discover_images
 from clasp.labeling.run import LabelConfig, run_labeling
@@ -32,7 +33,9 @@ class MeanColourLabeler:
     def __init__(self, spec: LabelerSpec) -> None:
         self.spec = spec
         self.label_grid = GRID
-        self.clip_info = ClipInfo(spec.clip_model, spec.revision, tuple(spec.clip_size), spec.dense_mode)
+        self.precision_choice = resolve_precision(spec.precision, probe_capability("cpu"))
+        self.clip_info = ClipInfo(spec.clip_model, spec.revision, tuple(spec.clip_size), spec.dense_mode,
+                                  self.precision_choice.precision)
         self.calls = 0
 
     def preprocess(self, images: list[Image.Image]) -> np.ndarray:

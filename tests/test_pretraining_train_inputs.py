@@ -14,7 +14,7 @@ from clasp.cli import main
 from clasp.store import Manifest
 from clasp.store.digest import file_sha256
 
-FAST = ["--preset", "tiny", "--steps", "2", "--batch-size", "2", "--precision", "no", "--num-workers", "0"]
+FAST = ["--preset", "tiny", "--steps", "2", "--batch-size", "2", "--precision", "fp32", "--num-workers", "0"]
 
 
 def refit_manifest(root: Path, shard: str) -> None:

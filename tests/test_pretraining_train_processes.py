@@ -19,7 +19,7 @@ from clasp.pretraining.config import PretrainConfig
 from clasp.pretraining.train import run_pretraining
 
 TINY = dict(preset="tiny", dim=32, depth=2, heads=2, moe_layers=1, experts=3, top_k=2, dino_out_dim=64,
-            dino_hidden_dim=32, dino_bottleneck_dim=16, batch_size=4, local_crops=2, precision="no",
+            dino_hidden_dim=32, dino_bottleneck_dim=16, batch_size=4, local_crops=2, precision="fp32",
             num_workers=1, log_every=1, shuffle_buffer=16, seed=0, steps=1000)
 VENV_BIN = Path(sys.executable).parent
 
