@@ -23,8 +23,9 @@ The rule, so that reruns and added images are cheap and predictable:
   precision, vocabulary or shard size is refused (the shards would mix two
   labelings) unless `force`, which starts the folder over. A precision is
   compared after `auto` is resolved, so `auto` on another kind of machine can
-  be refused too; a manifest written before precisions were recorded accepts
-  any. Batch size and device are recorded (`labeled_with`) but may change: each
+  be refused too (give the recorded one explicitly to continue there); a
+  manifest written before precisions were recorded counts as another precision.
+  Batch size and device are recorded (`labeled_with`) but may change: each
   image's labels do not depend on the others in its batch.
 """
 
@@ -127,7 +128,7 @@ def settings_differences(old: Manifest, new: Manifest) -> list[str]:
         ("revision", old.clip.revision, new.clip.revision),
         ("CLIP input size", list(old.clip.input_hw), list(new.clip.input_hw)),
         ("dense mode", old.clip.dense_mode, new.clip.dense_mode),
-        ("precision", old.clip.precision or new.clip.precision, new.clip.precision),
+        ("precision", old.clip.precision or "not recorded", new.clip.precision),
         ("vocabulary sha256", old.vocab.sha256[:12], new.vocab.sha256[:12]),
         ("shard size", old.shard_size, new.shard_size),
         ("label grid", list(old.label_grid), list(new.label_grid)),

@@ -8,6 +8,7 @@ the real CLIP labeler live in test_label_cli.py.
 from __future__ import annotations
 
 import io
+import json
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -22,7 +23,7 @@ from clasp.labeling.plan import inputs_digest, plan_shards
 from clasp.labeling.discover import discover_images
 from clasp.labeling.run import LabelConfig, run_labeling
 from clasp.labeling.shard_worker import LabelerSpec
-from clasp.store import ClipInfo, Manifest, ShardStore, verify_store
+from clasp.store import ClipInfo, LabeledWith, Manifest, ShardStore, verify_store
 
 GRID = (4, 2)
 
@@ -172,6 +173,29 @@ def test_other_settings_are_refused_unless_forced(config: LabelConfig, tmp_path:
     manifest = Manifest.load(config.out)
     assert summary.shards_written == 2 and manifest.shard_size == 4
     assert sorted(p.name for p in config.out.glob("shard-*")) == ["shard-000000.h5", "shard-000001.h5"]
+
+
+def test_the_manifest_records_how_labels_were_computed(config: LabelConfig) -> None:
+    used = resolve_precision("auto", probe_capability("cpu"))
+    run_labeling(config, MeanColourLabeler)
+    manifest = Manifest.load(config.out)
+    assert manifest.clip.precision == used.precision
+    assert manifest.labeled_with == LabeledWith(batch_size=2, device=used.capability.tag(),
+                                                capability=used.capability.describe(), precision_requested="auto")
+    # the resolved precision asked for by name is the same labeling; a batch size changes speed, not labels
+    summary = run_labeling(replace(config, precision=used.precision, batch_size=3), MeanColourLabeler)
+    assert (summary.shards_written, summary.shards_kept) == (0, 3)
+    assert Manifest.load(config.out).labeled_with.batch_size == 3
+    other = "bf16" if used.precision == "fp32" else "fp32"
+    with pytest.raises(LabelingError, match=f"precision was {used.precision} and is now {other}"):
+        run_labeling(replace(config, precision=other), MeanColourLabeler)
+    data = json.loads((config.out / "manifest.json").read_text())
+    del data["clip"]["precision"]  # as written before precisions were recorded
+    (config.out / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(LabelingError, match=f"precision was not recorded and is now {used.precision}"):
+        run_labeling(config, MeanColourLabeler)
+    summary = run_labeling(replace(config, precision=other, force=True), MeanColourLabeler)
+    assert summary.shards_written == 3 and Manifest.load(config.out).clip.precision == other
 
 
 def test_user_errors_name_the_problem(config: LabelConfig, tmp_path: Path) -> None:

@@ -349,6 +349,16 @@ def test_bf16_agrees_with_fp32(tiny_clip_dir: Path, vocab: Vocabulary, labeler: 
     assert np.abs(attrs32.astype(np.float32) - attrs16.astype(np.float32)).max() <= 0.05 * np.abs(attrs32).max()
 
 
+def test_labels_do_not_depend_on_the_batch(labeler: ClipLabeler, pixels: torch.Tensor) -> None:
+    """Why a rerun may change --batch-size and keep its shards."""
+    together = labeler.label(pixels)
+    alone = [labeler.label(pixels[i:i + 1]) for i in range(len(pixels))]
+    assert np.array_equal(together[0], np.concatenate([a[0] for a in alone]))
+    for k in (1, 2):
+        np.testing.assert_allclose(together[k].astype(np.float32),
+                                   np.concatenate([a[k] for a in alone]).astype(np.float32), atol=2e-3)
+
+
 def test_settings_the_labeler_cannot_honour_are_refused(tiny_clip_dir: Path, vocab: Vocabulary) -> None:
     cases = [({"precision": "fp16"}, "needs a CUDA device"),
              ({"dense_mode": "attention"}, "unknown dense mode"),

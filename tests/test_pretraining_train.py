@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from clasp.hardware import available_cores, dataloader_workers, probe_capability, resolve_precision
 from clasp.pretraining.config import PretrainConfig
 from clasp.pretraining.train import NonFiniteLossError, PretrainInputError, run_pretraining
 
@@ -20,6 +21,7 @@ TINY = dict(preset="tiny", dim=32, depth=2, heads=2, moe_layers=1, experts=3, to
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+CPU = probe_capability("cpu")
 
 
 @pytest.fixture
@@ -105,6 +107,7 @@ def test_metrics_and_checkpoint_contents(store: Path, tmp_path: Path) -> None:
         assert 0.0 <= row["data_wait"] <= 1.0 and row["images_per_s"] > 0
         assert len(row["expert_load"]) == 1 and len(row["expert_load"][0]) == 3  # 1 MoE layer x 3 experts
         assert sum(row["expert_load"][0]) == pytest.approx(1.0)
+        assert row["precision"] == "fp32" and row["device"] == resolve_precision("fp32", CPU).capability.tag()
         assert row["loss"] == pytest.approx(row["dino"] + row["part"] + row["attribute"] + 0.01 * row["balance"],
                                             rel=1e-5)
     assert rows[0]["momentum"] == pytest.approx(0.996) and rows[0]["wd"] == pytest.approx(0.04)
@@ -114,6 +117,8 @@ def test_metrics_and_checkpoint_contents(store: Path, tmp_path: Path) -> None:
     folder = out / "checkpoints" / "step-00000003"
     saved = json.loads((folder / "config.json").read_text())
     assert saved["config"]["batch_size"] == 4 and saved["derived"]["total_steps"] == 3
+    assert saved["hardware"] | {"torch_threads": None} == resolve_precision("fp32", CPU).record() | {
+        "available_cores": available_cores(), "processes_on_host": 1, "torch_threads": None, "num_workers": 0}
     for path in folder.iterdir():
         if path.suffix == ".safetensors":
             assert any(k.startswith("teacher.") for k in load_file(path))
@@ -123,6 +128,18 @@ def test_metrics_and_checkpoint_contents(store: Path, tmp_path: Path) -> None:
         else:  # nothing may need unrestricted unpickling
             assert path.suffix == ".pt", path
             torch.load(path, weights_only=True)
+
+
+def test_auto_precision_and_loader_workers_are_resolved_and_saved(store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(store, out, steps=1, precision="auto", num_workers=None)
+    saved = json.loads((out / "config.json").read_text())
+    auto = resolve_precision("auto", CPU)
+    assert saved["hardware"]["precision"] == auto.precision and saved["hardware"]["requested"] == "auto"
+    assert saved["config"]["num_workers"] == saved["hardware"]["num_workers"] == dataloader_workers("cpu")
+    assert metrics(out)[0]["precision"] == auto.precision
+    # a config saved with accelerate's old spelling of full precision still loads, as fp32
+    assert PretrainConfig(**{**TINY, "shards": "s", "out": "o", "precision": "no"}).validate().precision == "fp32"
 
 
 def test_teacher_temperature_follows_its_configured_warm_up(store: Path, tmp_path: Path) -> None:
