@@ -18,8 +18,8 @@
   identity taken by the query's camera and gallery images with identity -1
   (junk) are removed from the ranking; distractors (any other identity, e.g.
   0) stay as wrong answers. AP is the non-interpolated average of the precision
-  at each correct match (as torchreid/fast-reid compute it); rank-1 is whether
-  the first remaining image is correct. Queries without any correct match in
+  at each correct match (as torchreid/fast-reid compute it); rank-k (CMC) is
+  whether a correct image is among the first k remaining ones. Queries without any correct match in
   the gallery are left out, and their number is reported.
 """
 
@@ -104,6 +104,8 @@ class ReidScore:
     queries: int  # queries that had at least one correct match and were scored
     skipped_queries: int  # queries without any correct match in the gallery
     chance_rank1: float = float("nan")  # rank-1 of a random ranking: mean share of correct images per query
+    rank5: float = float("nan")
+    rank10: float = float("nan")
 
 
 def reid_scores(similarity: np.ndarray, query_ids: np.ndarray, query_cams: np.ndarray,
@@ -115,7 +117,7 @@ def reid_scores(similarity: np.ndarray, query_ids: np.ndarray, query_cams: np.nd
     if similarity.shape != (len(query_ids), len(gallery_ids)):
         raise ValueError(f"similarity has shape {similarity.shape}, expected ({len(query_ids)}, {len(gallery_ids)})")
     order = np.argsort(-similarity, axis=1, kind="stable")
-    aps, hits, chance, skipped = [], [], [], 0
+    aps, first, chance, skipped = [], [], [], 0
     for q in range(len(query_ids)):
         ranked = order[q]
         ids, cams = gallery_ids[ranked], gallery_cams[ranked]
@@ -127,8 +129,30 @@ def reid_scores(similarity: np.ndarray, query_ids: np.ndarray, query_cams: np.nd
         positions = np.flatnonzero(good)  # 0-based ranks of the correct matches
         precision = np.arange(1, len(positions) + 1) / (positions + 1)
         aps.append(precision.mean())
-        hits.append(bool(good[0]))
+        first.append(int(positions[0]))
         chance.append(good.mean())
     if not aps:
         return ReidScore(float("nan"), float("nan"), 0, skipped)
-    return ReidScore(float(np.mean(aps)), float(np.mean(hits)), len(aps), skipped, float(np.mean(chance)))
+    first = np.array(first)
+    return ReidScore(float(np.mean(aps)), float(np.mean(first < 1)), len(aps), skipped, float(np.mean(chance)),
+                     float(np.mean(first < 5)), float(np.mean(first < 10)))
+
+
+def instance_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Example-based accuracy, precision, recall and F1 of (N, C) bool predictions (PA-100K/PETA papers).
+
+    Per image: accuracy |P&T| / |P|T|, precision |P&T| / |P|, recall |P&T| / |T|
+    (0 where the denominator is 0, as the Strong Baseline of pedestrian
+    attribute recognition counts it), each averaged over images; F1 is
+    2 * precision * recall / (precision + recall) of those means.
+    """
+    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+    inter = (pred & truth).sum(1).astype(np.float64)
+    union, npred, ntrue = (pred | truth).sum(1), pred.sum(1), truth.sum(1)
+
+    def ratio(a, b):
+        return np.where(b > 0, a / np.maximum(b, 1), 0.0)
+
+    accuracy, precision, recall = (float(ratio(inter, d).mean()) for d in (union, npred, ntrue))
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return {"accuracy": accuracy, "precision": precision, "recall": recall, "f1": f1}
