@@ -15,6 +15,7 @@ import click
 from clasp import __version__
 from clasp.hardware import PRECISIONS
 from clasp.labeling.dense_modes import DENSE_MODES
+from clasp.labeling.tiny_clip import PRESETS as TRAIN_CLIP_ARCHS
 
 
 PRECISION_HELP = ("auto: bf16 where the device multiplies it natively (CUDA with bf16, CPUs with AMX or "
@@ -155,6 +156,38 @@ def label(images: Path, out: Path, clip_model: str, revision: str | None, clip_s
         for s in summary.skipped_inputs:
             click.echo(f"  {s.path}: {s.reason}", err=True)
         sys.exit(1)
+
+
+@main.command("train-clip")
+@click.option("--corpus", required=True, type=click.Path(path_type=Path),
+              help="Folder of images plus captions.jsonl ({\"path\": ..., \"caption\": ...} a line), e.g. from `clasp synth-corpus`.")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Folder for the trained CLIP (save_pretrained) and train_report.json.")
+@click.option("--arch", type=click.Choice(sorted(TRAIN_CLIP_ARCHS)), default="tiny", show_default=True,
+              help="CLIP architecture preset (labeling/tiny_clip.py).")
+@click.option("--steps", type=click.IntRange(min=1), default=None, show_default="see TrainClipConfig",
+              help="Optimizer steps.")
+@click.option("--input-size", "input_hw", default="224x112", show_default=True, callback=_parse_hw,
+              help="Training input HxW; label with the same --clip-size.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Weights, split, batches (same seed, same files).")
+def train_clip(corpus: Path, out: Path, arch: str, steps: int | None, input_hw: tuple[int, int], seed: int) -> None:
+    """Contrastively train a CLIP on image-caption pairs and save it for `clasp label --clip-model OUT`.
+
+    Each step mixes full images (image-level InfoNCE) and mosaics of corpus
+    images (each patch token against its tile's caption). Held-out retrieval
+    accuracy is printed at the end and written to OUT/train_report.json.
+    """
+    from clasp.labeling.errors import LabelingError
+    from clasp.labeling.train_clip import TrainClipConfig, train_clip as run
+
+    config = TrainClipConfig(corpus=corpus, out=out, arch=arch, input_hw=input_hw, seed=seed)
+    if steps is not None:
+        config.steps = steps
+    try:
+        report = run(config)
+    except LabelingError as exc:
+        raise UserError(str(exc)) from None
+    click.echo(report.line())
 
 
 @main.command("tiny-clip")
@@ -366,6 +399,126 @@ def export_command(run: Path, out: Path, task: str, checkpoint: int | None, stud
     click.echo(f"exported the {'student' if student else 'teacher'} backbone ({task}) to {folder}")
 
 
+# --------------------------------------------------------------------------- finetune
+
+
+def _ft(flag: str, name: str, kind, help: str, **extra):
+    """An option that overrides the fine-tuning setting `name`; its default is the dataclass's, shown in --help."""
+    from clasp.finetune.config import DEFAULTS
+
+    default = getattr(DEFAULTS, name)
+    shown = "none" if default in (None, "") else str(default)
+    return click.option(flag, name, type=kind, default=None, show_default=shown, help=help, **extra)
+
+
+def _finetune_options(func):
+    """The settings every recipe shares (see `clasp.finetune.config`)."""
+    options = [
+        _ft("--backbone", "backbone", click.Path(path_type=Path), "Folder written by `clasp export` (required)."),
+        _ft("--data", "data", click.Path(path_type=Path), "The benchmark folder, in its own layout (required)."),
+        _ft("--out", "out", click.Path(path_type=Path), "Run folder: config.json, metrics.jsonl, checkpoints/, results.json."),
+        click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, show_default="none",
+                     help="YAML or JSON file of settings (keys as in the README); flags override it."),
+        _ft("--layout", "layout", str, "Layout of --data; none: recognised from the folder."),
+        _ft("--prompt", "prompt", click.Choice(["instance", "part", "attribute"]), "Task prompt of the backbone; none: the export's."),
+        _ft("--steps", "steps", click.IntRange(min=1), "Optimizer steps; wins over --epochs."),
+        _ft("--epochs", "epochs", click.IntRange(min=1), "Passes over the training split (when --steps is not set)."),
+        _ft("--lr", "lr", click.FloatRange(min=0), "Peak learning rate (AdamW)."),
+        _ft("--min-lr", "min_lr", click.FloatRange(min=0), "Learning rate at the end of the cosine."),
+        _ft("--warmup", "warmup", click.FloatRange(0, 1, max_open=True), "Fraction of the steps with linear warm-up."),
+        _ft("--schedule", "schedule", click.Choice(["cosine", "step"]), "After the warm-up: cosine, or steps of x--gamma."),
+        _ft("--milestones", "milestones", str, "Step schedule: fractions of the steps, comma-separated."),
+        _ft("--gamma", "gamma", click.FloatRange(min=0), "Step schedule: factor at each milestone."),
+        _ft("--weight-decay", "weight_decay", click.FloatRange(min=0), "AdamW weight decay (weights only)."),
+        _ft("--layer-decay", "layer_decay", click.FloatRange(0, 1, min_open=True), "Layer-wise lr decay (1: off)."),
+        _ft("--clip-grad", "clip_grad", click.FloatRange(min=0), "Max gradient norm (0: off)."),
+        _ft("--batch-size", "batch_size", click.IntRange(min=1), "Images per process per step (attributes, parsing)."),
+        _ft("--eval-batch-size", "eval_batch_size", click.IntRange(min=1), "Images per forward pass when evaluating."),
+        _ft("--precision", "precision", click.Choice(PRECISIONS), PRECISION_HELP),
+        _ft("--num-workers", "num_workers", click.IntRange(min=0), "Image-loading workers per process; none: from the cores."),
+        _ft("--save-every", "save_every", click.IntRange(min=1), "Steps between checkpoints."),
+        _ft("--keep-checkpoints", "keep_checkpoints", click.IntRange(min=1), "Newest checkpoints to keep."),
+        _ft("--log-every", "log_every", click.IntRange(min=1), "Steps between lines of metrics.jsonl."),
+        _ft("--stop-at", "stop_at", click.IntRange(min=1), "Stop after this step with a checkpoint; --resume continues."),
+        _ft("--seed", "seed", click.IntRange(min=0), "Seed of the head, data order and augmentation."),
+        click.option("--resume", is_flag=True, default=False, show_default="off",
+                     help="Continue the run in --out from its newest checkpoint, with its saved settings."),
+        click.option("--force", is_flag=True, default=False, show_default="off",
+                     help="Start over in an --out that holds another run."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _run_finetune(task: str, config_file: Path | None, resume: bool, force: bool, settings: dict) -> None:
+    from clasp.finetune.config import FinetuneConfigError, build_config
+    from clasp.finetune.checkpoint import write_error_log
+    from clasp.finetune.data import FinetuneInputError
+    from clasp.finetune.loop import NonFiniteLossError, run_finetune
+
+    flags = {**settings, "task": task, "resume": resume or None, "force": force or None}
+    try:
+        config = build_config(config_file, **{k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items()})
+    except FinetuneConfigError as exc:
+        if settings.get("out") is not None:
+            write_error_log(str(settings["out"]), str(exc))
+        raise UserError(str(exc)) from None
+    try:
+        result = run_finetune(config)
+    except FinetuneInputError as exc:
+        raise UserError(str(exc)) from None
+    except NonFiniteLossError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    if result.results is not None:
+        shown = {k: v for k, v in result.results.items() if isinstance(v, float) and k in
+                 ("map", "rank1", "rank5", "rank10", "map_rerank", "ma", "accuracy", "precision", "recall", "f1", "miou")}
+        click.echo("  ".join(f"{k} {100 * v:.2f}" for k, v in shown.items()))
+        click.echo(f"results written to {result.out / 'results.json'}")
+    elif result.stopped_by != "end":
+        click.echo(f"stopped ({result.stopped_by}) after step {result.step} of {result.total_steps}; "
+                   "continue with --resume", err=True)
+
+
+@main.group()
+def finetune() -> None:
+    """Fine-tune an exported backbone on re-ID, attributes or parsing (also under `accelerate launch`)."""
+
+
+@finetune.command("reid")
+@_finetune_options
+@_ft("--ids-per-batch", "ids_per_batch", click.IntRange(min=1), "P: identities per batch.")
+@_ft("--images-per-id", "images_per_id", click.IntRange(min=1), "K: images of each identity per batch.")
+@_ft("--label-smoothing", "label_smoothing", click.FloatRange(0, 1, max_open=True), "Identity cross-entropy smoothing.")
+@_ft("--margin", "margin", click.FloatRange(min=0), "Batch-hard triplet margin.")
+@_ft("--w-triplet", "w_triplet", click.FloatRange(min=0), "Weight of the triplet loss.")
+@click.option("--rerank", "rerank", is_flag=True, default=None, help="Also report k-reciprocal re-ranking (map_rerank).")
+@_ft("--k1", "k1", click.IntRange(min=1), "Re-ranking k1.")
+@_ft("--k2", "k2", click.IntRange(min=1), "Re-ranking k2.")
+@_ft("--rerank-lambda", "rerank_lambda", click.FloatRange(0, 1), "Re-ranking: weight of the original distance.")
+def finetune_reid(config_file, resume, force, **settings) -> None:
+    """Re-ID (BNNeck; ID cross-entropy + batch-hard triplet; P x K batches) on Market-1501 or MSMT17."""
+    _run_finetune("reid", config_file, resume, force, settings)
+
+
+@finetune.command("attributes")
+@_finetune_options
+@_ft("--attributes", "attributes", str, "Comma-separated attribute names; none: the data set's evaluated set.")
+@_ft("--partition", "partition", click.IntRange(min=0), "PETA.mat: which random partition.")
+def finetune_attributes(config_file, resume, force, **settings) -> None:
+    """Pedestrian attributes (linear head, positive-ratio-weighted BCE) on PA-100K or PETA."""
+    _run_finetune("attributes", config_file, resume, force, settings)
+
+
+@finetune.command("parsing")
+@_finetune_options
+@_ft("--head-dim", "head_dim", click.IntRange(min=1), "Channels of the segmentation head.")
+def finetune_parsing(config_file, resume, force, **settings) -> None:
+    """Human parsing (a light convolutional head on the patch tokens, pixel cross-entropy) on LIP or CIHP."""
+    _run_finetune("parsing", config_file, resume, force, settings)
+
+
 # --------------------------------------------------------------------------- evaluation
 
 
@@ -378,10 +531,19 @@ def export_command(run: Path, out: Path, task: str, checkpoint: int | None, stud
 @click.option("--cameras", type=click.IntRange(min=1), default=4, show_default=True,
               help="Cameras, each with its own background, lighting and colour cast.")
 @click.option("--seed", type=int, default=0, show_default=True, help="The world; the same seed gives the same files.")
-def synth(out: Path, identities: int, images_per_id: int, cameras: int, seed: int) -> None:
+@click.option("--layout", type=click.Choice(["market1501", "msmt17", "pa100k", "peta", "lip", "cihp"]), default=None,
+              show_default="clasp's own (images/ + truth/)", help="Write the world in this benchmark's folder format.")
+def synth(out: Path, identities: int, images_per_id: int, cameras: int, seed: int, layout: str | None) -> None:
     """Draw a synthetic person world with ground truth: OUT/images/ (for `clasp label`) and OUT/truth/."""
     from clasp.evaluation.synth import SynthConfig, synthesize
 
+    if layout is not None:
+        from clasp.evaluation.synth.layouts import write_layout
+
+        write_layout(layout, SynthConfig(out=out, identities=identities, images_per_id=images_per_id,
+                                         cameras=cameras, seed=seed))
+        click.echo(f"wrote the synthetic world ({identities} identities) to {out} in the {layout} layout")
+        return
     summary = synthesize(SynthConfig(out=out, identities=identities, images_per_id=images_per_id,
                                      cameras=cameras, seed=seed))
     click.echo(f"wrote {summary.images} images of {summary.identities} identities from {summary.cameras} cameras "

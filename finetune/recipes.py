@@ -1,0 +1,185 @@
+"""The three recipes: what a training batch holds, its loss, and the final evaluation.
+
+A recipe is built from the config and the data the readers returned. Its
+`load(rows, generator)` decodes and augments the images of one batch (in a
+DataLoader worker when there are workers), `loss(outputs, batch)` returns the
+loss and the statistics logged to metrics.jsonl, and `evaluate(model, ...)`
+scores the fine-tuned model on the test split: re-ID on query/gallery with
+the Market-1501 protocol (cosine similarity of the BNNeck features; with
+`rerank` also k-reciprocal re-ranking of the distance 2 - 2 cos), attributes
+on `test` (sigmoid > 0.5), parsing on `val` (logits upsampled to each label
+map's own size; 255 ignored).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from clasp.evaluation.features import INPUT_HW, load_image
+from clasp.finetune.augment import flip_pad_crop, flip_parsing, random_erasing
+from clasp.finetune.batches import pk_batches, shuffled_batches
+from clasp.finetune.config import FinetuneConfig
+from clasp.finetune.losses import attribute_weights, batch_hard_triplet, weighted_bce
+from clasp.finetune.model import AttributeHead, BNNeckHead, ParsingHead
+
+
+def _images(paths) -> torch.Tensor:
+    return torch.from_numpy(np.stack([load_image(p) for p in paths])).permute(0, 3, 1, 2).contiguous()
+
+
+def _batched_outputs(model, paths, batch_size: int, device, autocast, key: str) -> np.ndarray:
+    out = []
+    with torch.inference_mode(), autocast():
+        for start in range(0, len(paths), batch_size):
+            out.append(model(_images(paths[start:start + batch_size]).to(device))[key].float().cpu().numpy())
+    return np.concatenate(out)
+
+
+class ReidRecipe:
+    def __init__(self, config: FinetuneConfig, data) -> None:
+        self.config, self.data = config, data
+        self.batch_images = config.ids_per_batch * config.images_per_id
+
+    def head(self, dim: int, grid) -> torch.nn.Module:
+        return BNNeckHead(dim, self.data.num_classes)
+
+    def epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        c = self.config
+        return pk_batches(self.data.train_labels, c.ids_per_batch, c.images_per_id, c.seed, epoch)
+
+    def load(self, rows: np.ndarray, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        images = random_erasing(flip_pad_crop(_images([self.data.train_paths[r] for r in rows]), gen), gen)
+        return {"images": images, "labels": torch.from_numpy(self.data.train_labels[rows])}
+
+    def loss(self, out: dict, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        labels = batch["labels"]
+        identity = F.cross_entropy(out["logits"].float(), labels, label_smoothing=self.config.label_smoothing)
+        triplet = batch_hard_triplet(out["feature"], labels, self.config.margin)
+        accuracy = (out["logits"].argmax(1) == labels).float().mean()
+        return identity + self.config.w_triplet * triplet, {"identity": identity, "triplet": triplet,
+                                                            "accuracy": accuracy}
+
+    def evaluate(self, model, device, autocast, log: Callable[[str], None]) -> dict:
+        from clasp.evaluation.metrics import reid_scores
+
+        c, q, g = self.config, self.data.query, self.data.gallery
+        log(f"evaluating on {len(q)} queries and {len(g)} gallery images")
+        qf = _normalised(_batched_outputs(model, q.paths, c.eval_batch_size, device, autocast, "neck"))
+        gf = _normalised(_batched_outputs(model, g.paths, c.eval_batch_size, device, autocast, "neck"))
+        score = reid_scores(qf @ gf.T, q.identity, q.camera, g.identity, g.camera)
+        out = {"map": score.mAP, "rank1": score.rank1, "rank5": score.rank5, "rank10": score.rank10,
+               "queries": score.queries, "gallery": len(g), "skipped_queries": score.skipped_queries}
+        if c.rerank:
+            from clasp.evaluation.rerank import re_rank
+
+            log("k-reciprocal re-ranking")
+            dist = re_rank(2 - 2 * qf @ gf.T, 2 - 2 * qf @ qf.T, 2 - 2 * gf @ gf.T, c.k1, c.k2, c.rerank_lambda)
+            ranked = reid_scores(-dist, q.identity, q.camera, g.identity, g.camera)
+            out.update(map_rerank=ranked.mAP, rank1_rerank=ranked.rank1)
+        return out
+
+
+def _normalised(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+class AttributeRecipe:
+    def __init__(self, config: FinetuneConfig, data) -> None:
+        self.config, self.data = config, data
+        self.batch_images = config.batch_size
+        self.train = data.splits["train"]
+        self.positive_ratio = torch.tensor(self.train.labels.mean(0), dtype=torch.float32)
+        self.weights = attribute_weights(self.train.labels)
+
+    def head(self, dim: int, grid) -> torch.nn.Module:
+        return AttributeHead(dim, len(self.data.names))
+
+    def epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        return shuffled_batches(len(self.train), self.config.batch_size, self.config.seed, epoch)
+
+    def load(self, rows: np.ndarray, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        images = flip_pad_crop(_images([self.train.paths[r] for r in rows]), gen)
+        return {"images": images, "labels": torch.from_numpy(self.train.labels[rows].astype(np.float32))}
+
+    def loss(self, out: dict, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss = weighted_bce(out["logits"], batch["labels"], self.positive_ratio.to(out["logits"].device))
+        accuracy = ((out["logits"] > 0).float() == batch["labels"]).float().mean()
+        return loss, {"bce": loss, "label_accuracy": accuracy}
+
+    def evaluate(self, model, device, autocast, log: Callable[[str], None]) -> dict:
+        from clasp.evaluation.metrics import instance_metrics, label_based_accuracy
+
+        test = self.data.splits["test"]
+        log(f"evaluating on {len(test)} test images")
+        pred = _batched_outputs(model, test.paths, self.config.eval_batch_size, device, autocast, "logits") > 0
+        per_attribute = label_based_accuracy(pred, test.labels)
+        defined = np.isfinite(per_attribute)
+        return {"ma": float(np.nanmean(per_attribute)) if defined.any() else float("nan"),
+                **instance_metrics(pred, test.labels), "images": len(test),
+                "per_attribute": {n: (float(a) if np.isfinite(a) else None) for n, a in zip(self.data.names, per_attribute)}}
+
+
+class ParsingRecipe:
+    def __init__(self, config: FinetuneConfig, data) -> None:
+        self.config, self.data = config, data
+        self.batch_images = config.batch_size
+        self.train = data.splits["train"]
+
+    def head(self, dim: int, grid) -> torch.nn.Module:
+        return ParsingHead(dim, self.data.num_classes, grid, self.config.head_dim)
+
+    def epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        return shuffled_batches(len(self.train), self.config.batch_size, self.config.seed, epoch)
+
+    def load(self, rows: np.ndarray, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        from clasp.evaluation.lip import read_label_map
+
+        images = _images([self.train.images[r] for r in rows])
+        labels = [read_label_map(self.train.labels[r], self.data.num_classes) for r in rows]
+        labels = torch.stack([_resize_label(label, INPUT_HW) for label in labels])
+        images, labels = flip_parsing(images, labels, gen)
+        return {"images": images, "labels": labels}
+
+    def loss(self, out: dict, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        labels = batch["labels"]
+        logits = F.interpolate(out["logits"].float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        loss = F.cross_entropy(logits, labels, ignore_index=255)
+        valid = labels != 255
+        accuracy = ((logits.argmax(1) == labels) & valid).sum() / valid.sum().clamp_min(1)
+        return loss, {"pixel_ce": loss, "pixel_accuracy": accuracy}
+
+    def evaluate(self, model, device, autocast, log: Callable[[str], None]) -> dict:
+        from clasp.evaluation.lip import read_label_map
+        from clasp.evaluation.metrics import confusion_matrix, iou_per_class
+
+        val, k = self.data.splits["val"], self.data.num_classes
+        log(f"evaluating on {len(val)} images")
+        confusion = np.zeros((k, k), np.int64)
+        size = self.config.eval_batch_size
+        with torch.inference_mode(), autocast():
+            for start in range(0, len(val), size):
+                logits = model(_images(val.images[start:start + size]).to(device))["logits"].float()
+                for i, label_path in enumerate(val.labels[start:start + size]):
+                    label = read_label_map(label_path, k)
+                    up = F.interpolate(logits[i:i + 1], size=label.shape, mode="bilinear", align_corners=False)
+                    pred = up.argmax(1)[0].cpu().numpy()
+                    valid = label != 255
+                    confusion += confusion_matrix(pred[valid], label[valid], k)
+        iou = iou_per_class(confusion)
+        return {"miou": float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"), "images": len(val),
+                "iou": {n: (float(v) if np.isfinite(v) else None) for n, v in zip(self.data.class_names, iou)}}
+
+
+def _resize_label(label: np.ndarray, hw: tuple[int, int]) -> torch.Tensor:
+    from PIL import Image
+
+    if label.shape != hw:
+        label = np.asarray(Image.fromarray(label).resize((hw[1], hw[0]), Image.NEAREST))
+    return torch.from_numpy(label.astype(np.int64))
+
+
+RECIPES = {"reid": ReidRecipe, "attributes": AttributeRecipe, "parsing": ParsingRecipe}
