@@ -42,13 +42,13 @@ class ReproduceConfig:
     seed: int = 0
     clip_model: str | None = None  # None: the bundled tiny CLIP (random weights)
     images: Path | None = None  # None: pre-train on the synthetic world
-    # 200 steps of both methods take about 6 minutes on 2 idle cores in bf16, so the
-    # whole target stays well inside 25 minutes even when the cores are shared.
+    # 200 steps of both methods take about 6 minutes on 2 idle cores with AMX (bf16)
+    # and about 19 minutes on 2 AVX2 cores (fp32), inside the 25-minute target.
     steps: int = 200
     preset: str = "tiny"
     batch_size: int = 16
     local_crops: int = 2
-    precision: str = "bf16"
+    precision: str = "auto"  # resolved by each stage on its device (clasp.hardware)
     # A short schedule needs a faster teacher than DINO's 0.996, or the exported
     # EMA teacher stays near its initialisation.
     momentum_teacher: float = 0.99
@@ -143,7 +143,8 @@ def run_reproduce(config: ReproduceConfig, echo=print) -> Path:
 
     def label(images: Path, shards: Path, name: str) -> None:
         run_clasp(["label", "--images", str(images), "--out", str(shards), "--clip-model", clip,
-                   "--batch-size", str(config.label_batch_size), "--force"], logs / f"{name}.log", times, "label", echo)
+                   "--batch-size", str(config.label_batch_size), "--precision", config.precision, "--force"],
+                  logs / f"{name}.log", times, "label", echo)
 
     world_shards = out / "shards-world"
     label(world / "images", world_shards, "label-world")
@@ -184,7 +185,8 @@ def run_reproduce(config: ReproduceConfig, echo=print) -> Path:
         t0 = time.perf_counter()
         target = out / "eval" / f"{method}.json"
         run_clasp(["eval", "--backbone", str(out / "exports" / method), "--data", str(world), "--out", str(target),
-                   "--probe-steps", str(config.probe_steps)], logs / f"eval-{method}.log", times, "eval", echo)
+                   "--probe-steps", str(config.probe_steps), "--precision", config.precision],
+                  logs / f"eval-{method}.log", times, "eval", echo)
         results[method] = json.loads(target.read_text(encoding="utf-8"))
         if market is not None:
             target = out / "eval" / f"{method}-market1501.json"
@@ -197,13 +199,14 @@ def run_reproduce(config: ReproduceConfig, echo=print) -> Path:
     pictures = _draw_pictures(out, world, config)
     times.add("report", time.perf_counter() - t0)
     label_quality = json.loads((out / "eval" / "label_quality.json").read_text(encoding="utf-8"))
+    hardware = json.loads((out / "runs" / "clasp" / "config.json").read_text(encoding="utf-8")).get("hardware", {})
     total = time.perf_counter() - total_start
-    report = render_report(config, results, label_quality, times, method_times, total, pictures)
+    report = render_report(config, results, label_quality, times, method_times, total, pictures, hardware)
     path = out / "results.md"
     path.write_text(report, encoding="utf-8")
     (out / "results.json").write_text(json.dumps({
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(config).items()},
-        "results": results, "label_quality": label_quality, "stage_seconds": times.seconds,
+        "results": results, "label_quality": label_quality, "hardware": hardware, "stage_seconds": times.seconds,
         "method_seconds": method_times, "total_seconds": total}, indent=2) + "\n", encoding="utf-8")
     echo(f"wrote {path} ({total / 60:.1f} min)")
     return path
@@ -242,12 +245,20 @@ def _draw_pictures(out: Path, world: Path, config: ReproduceConfig) -> dict[str,
     return pictures
 
 
+def _precision_words(config: ReproduceConfig, hardware: dict) -> str:
+    """e.g. `precision auto → fp32 (CPU capability AVX2, no native bf16; 2 cores)`."""
+    if not hardware:
+        return f"precision {config.precision}"
+    return (f"precision {hardware.get('requested', config.precision)} → {hardware.get('precision', '?')} "
+            f"({hardware.get('capability', 'capability not recorded')}; {hardware.get('available_cores', '?')} cores)")
+
+
 def _pct(value) -> str:
     return "n/a" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{100 * value:.1f}"
 
 
 def render_report(config: ReproduceConfig, results: dict, label_quality: dict, times: StageTimes,
-                  method_times: dict, total: float, pictures: dict[str, str]) -> str:
+                  method_times: dict, total: float, pictures: dict[str, str], hardware: dict) -> str:
     tiny = config.clip_model is None
     lines = ["# CLASP reproduction", ""]
     if tiny:
@@ -260,7 +271,7 @@ def render_report(config: ReproduceConfig, results: dict, label_quality: dict, t
               f"{config.images_per_id} images, {config.cameras} cameras, seed {config.seed}); probes trained on "
               "the lower half of the identities, tested on the rest. Backbone preset "
               f"`{config.preset}`, {config.steps} steps of batch {config.batch_size} "
-              f"(2 global + {config.local_crops} local crops), precision {config.precision}. "
+              f"(2 global + {config.local_crops} local crops), {_precision_words(config, hardware)}. "
               f"CLIP: `{config.clip_model or 'bundled tiny CLIP (random weights)'}`.", ""]
     lq = f"{_pct(label_quality['parts']['mIoU'])} / {_pct(label_quality['attributes']['mean_accuracy'])}"
     header = ("| method | attribute mA | parsing mIoU (16x8) | parsing mIoU (pixels) | re-ID mAP | re-ID rank-1 "

@@ -73,8 +73,12 @@ def test_report_says_tiny_clip_labels_carry_no_semantics() -> None:
     quality = {"parts": {"iou": {"head": 0.25}, "mIoU": 0.25},
                "attributes": {"accuracy": {"gender": 0.5}, "chance": {"gender": 0.5}, "mean_accuracy": 0.5}}
     times = StageTimes({"label": 10.0, "pretrain": 100.0})
+    hardware = {"requested": "auto", "precision": "fp32", "capability": "CPU capability AVX2, no native bf16",
+                "available_cores": 2}
     text = render_report(ReproduceConfig(), {m: _result(0.5 + k / 10) for k, m in enumerate(METHODS)}, quality,
-                         times, {"clasp": {"pretrain": 60, "eval": 5}}, 130.0, {"expert_load": "expert_load.png"})
+                         times, {"clasp": {"pretrain": 60, "eval": 5}}, 130.0, {"expert_load": "expert_load.png"},
+                         hardware)
+    assert "precision auto → fp32 (CPU capability AVX2, no native bf16; 2 cores)" in text
     assert "random: its part masks and attributes carry no semantics" in text
     assert "| CLASP (part + attribute + DINO, PC-MoE) | 50.0 | 50.0 | 50.0 | 50.0 | n/a | 25.0 / 50.0 | 60 | 5 |" in text
     assert "| random weights (untrained) | 70.0 |" in text
@@ -82,7 +86,7 @@ def test_report_says_tiny_clip_labels_carry_no_semantics() -> None:
     assert "![Expert load per task prompt of the CLASP backbone](expert_load.png)" in text
     assert "| **total** | **130** (2.2 min) |" in text
     real = render_report(ReproduceConfig(clip_model="openai/clip-vit-base-patch16"),
-                         {m: _result(0.5) for m in METHODS}, quality, times, {}, 1.0, {})
+                         {m: _result(0.5) for m in METHODS}, quality, times, {}, 1.0, {}, {})
     assert "no semantics" not in real
 
 
