@@ -25,7 +25,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -106,6 +106,10 @@ class ReidScore:
     chance_rank1: float = float("nan")  # rank-1 of a random ranking: mean share of correct images per query
     rank5: float = float("nan")
     rank10: float = float("nan")
+    # per scored query, for intervals: its index among the queries, AP and whether rank-1 was correct
+    scored: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    per_query_ap: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    per_query_rank1: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 def reid_scores(similarity: np.ndarray, query_ids: np.ndarray, query_cams: np.ndarray,
@@ -117,7 +121,7 @@ def reid_scores(similarity: np.ndarray, query_ids: np.ndarray, query_cams: np.nd
     if similarity.shape != (len(query_ids), len(gallery_ids)):
         raise ValueError(f"similarity has shape {similarity.shape}, expected ({len(query_ids)}, {len(gallery_ids)})")
     order = np.argsort(-similarity, axis=1, kind="stable")
-    aps, first, chance, skipped = [], [], [], 0
+    aps, first, chance, scored, skipped = [], [], [], [], 0
     for q in range(len(query_ids)):
         ranked = order[q]
         ids, cams = gallery_ids[ranked], gallery_cams[ranked]
@@ -129,13 +133,15 @@ def reid_scores(similarity: np.ndarray, query_ids: np.ndarray, query_cams: np.nd
         positions = np.flatnonzero(good)  # 0-based ranks of the correct matches
         precision = np.arange(1, len(positions) + 1) / (positions + 1)
         aps.append(precision.mean())
+        scored.append(q)
         first.append(int(positions[0]))
         chance.append(good.mean())
     if not aps:
         return ReidScore(float("nan"), float("nan"), 0, skipped)
     first = np.array(first)
     return ReidScore(float(np.mean(aps)), float(np.mean(first < 1)), len(aps), skipped, float(np.mean(chance)),
-                     float(np.mean(first < 5)), float(np.mean(first < 10)))
+                     float(np.mean(first < 5)), float(np.mean(first < 10)), np.array(scored, np.int64),
+                     np.array(aps), (first < 1).astype(np.float64))
 
 
 def instance_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:

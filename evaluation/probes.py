@@ -122,6 +122,7 @@ def attribute_probe(train_x: np.ndarray, train_labels: np.ndarray, test_x: np.nd
         "mA": float(np.nanmean(per_attribute)) if np.isfinite(per_attribute).any() else float("nan"),
         "per_attribute": per_attribute,
         "group_accuracy": (pred == test_labels).mean(0),
+        "pred": pred,  # (N, G) value index per test row, for intervals
     }
 
 
@@ -136,8 +137,8 @@ def parsing_probe(train_tokens: np.ndarray, train_grid_masks: np.ndarray, test_t
     layer = _fit_linear(xtr, lambda logits: F.cross_entropy(logits, ytr), num_classes, settings)
     with torch.no_grad():
         logits = layer(xte).reshape(len(test_tokens), *grid, num_classes)
-    grid_conf = confusion_matrix(logits.argmax(-1).numpy(), test_grid_masks, num_classes)
-    out = {"iou_grid": iou_per_class(grid_conf)}
+    per_image = per_image_confusion(logits.argmax(-1).numpy(), test_grid_masks, num_classes)
+    out = {"iou_grid": iou_per_class(per_image.sum(0)), "grid_confusion_per_image": per_image}
     out["mIoU_grid"] = _nanmean(out["iou_grid"])
     if test_pixel_masks is not None:
         pixel_conf = np.zeros((num_classes, num_classes), np.int64)
@@ -151,6 +152,14 @@ def parsing_probe(train_tokens: np.ndarray, train_grid_masks: np.ndarray, test_t
     return out
 
 
+def per_image_confusion(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> np.ndarray:
+    """(N, C, C) confusion counts of each image (rows = truth); their sum is the test set's."""
+    pred, truth = np.asarray(pred, np.int64), np.asarray(truth, np.int64)
+    cells = (truth * num_classes + pred).reshape(len(pred), -1) + (np.arange(len(pred)) * num_classes ** 2)[:, None]
+    counts = np.bincount(cells.ravel(), minlength=len(pred) * num_classes ** 2)
+    return counts.reshape(len(pred), num_classes, num_classes)
+
+
 def cosine_similarity(query: np.ndarray, gallery: np.ndarray) -> np.ndarray:
     q = query / (np.linalg.norm(query, axis=1, keepdims=True) + 1e-12)
     g = gallery / (np.linalg.norm(gallery, axis=1, keepdims=True) + 1e-12)
@@ -162,7 +171,8 @@ def reid_probe(query_x: np.ndarray, query_ids: np.ndarray, query_cams: np.ndarra
     """Cosine nearest neighbours on CLS features, scored with the Market-1501 protocol."""
     score = reid_scores(cosine_similarity(query_x, gallery_x), query_ids, query_cams, gallery_ids, gallery_cams)
     return {"mAP": score.mAP, "rank1": score.rank1, "chance_rank1": score.chance_rank1, "queries": score.queries,
-            "skipped_queries": score.skipped_queries, "gallery": int(len(gallery_ids))}
+            "skipped_queries": score.skipped_queries, "gallery": int(len(gallery_ids)),
+            "scored": score.scored, "per_query_ap": score.per_query_ap, "per_query_rank1": score.per_query_rank1}
 
 
 def _nanmean(values: np.ndarray) -> float:

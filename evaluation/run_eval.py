@@ -20,7 +20,8 @@ from clasp.evaluation.errors import EvalInputError
 from clasp.evaluation.features import FeatureExtractor, extract_features
 from clasp.evaluation.label_grid import majority_downsample
 from clasp.evaluation.market1501 import is_market1501, read_market1501
-from clasp.evaluation.metrics import binary_attribute_names
+from clasp.evaluation.intervals import identity_bootstrap
+from clasp.evaluation.metrics import binary_attribute_names, binary_attributes, mean_accuracy, mean_iou
 from clasp.evaluation.results_json import write_results
 from clasp.evaluation.probes import (
     ProbeSettings, attribute_probe, identity_split, parsing_probe, query_gallery_split, reid_probe,
@@ -122,8 +123,11 @@ def _evaluate_synth(truth: SynthTruth, tasks, extractor, config: EvalConfig, aut
         sizes = [len(g.values) for g in vocab.attributes]
         res = attribute_probe(feats.cls[train], labels[train], feats.cls[test], labels[test], sizes, config.probe)
         names = binary_attribute_names([(g.group, [v.name for v in g.values]) for g in vocab.attributes])
+        predicted, actual = binary_attributes(res["pred"], sizes), binary_attributes(labels[test], sizes)
+        interval = identity_bootstrap(truth.identity[test], lambda rows: mean_accuracy(predicted[rows], actual[rows]))
         out["attributes"] = {
             "mA": res["mA"],
+            "mA_interval": interval.to_dict(),
             "per_attribute": dict(zip(names, res["per_attribute"].tolist())),
             "group_accuracy": {g.group: float(a) for g, a in zip(vocab.attributes, res["group_accuracy"])},
         }
@@ -137,9 +141,12 @@ def _evaluate_synth(truth: SynthTruth, tasks, extractor, config: EvalConfig, aut
         grid_masks = majority_downsample(masks, feats.grid, vocab.num_parts)
         res = parsing_probe(feats.patches[train], grid_masks[train], feats.patches[test], grid_masks[test],
                             vocab.num_parts, masks[test], config.probe)
+        per_image = res["grid_confusion_per_image"]
+        interval = identity_bootstrap(truth.identity[test], lambda rows: mean_iou(per_image[rows].sum(0)))
         out["parsing"] = {
             "grid": list(feats.grid),
             "mIoU_grid": res["mIoU_grid"], "mIoU_pixel": res["mIoU_pixel"],
+            "mIoU_grid_interval": interval.to_dict(),
             "iou_grid": dict(zip(vocab.part_names, res["iou_grid"].tolist())),
             "iou_pixel": dict(zip(vocab.part_names, res["iou_pixel"].tolist())),
         }
@@ -149,9 +156,18 @@ def _evaluate_synth(truth: SynthTruth, tasks, extractor, config: EvalConfig, aut
         query, gallery = query_gallery_split(truth.identity, truth.camera, np.flatnonzero(test))
         out["reid"] = reid_probe(feats.cls[query], truth.identity[query], truth.camera[query],
                                  feats.cls[gallery], truth.identity[gallery], truth.camera[gallery])
+        out["reid"].update(reid_intervals(out["reid"], truth.identity[query]))
         out["reid"]["rule"] = "test identities; first image of each (identity, camera) is a query, the rest gallery"
         out["seconds"]["reid"] = time.perf_counter() - t0
     return out
+
+
+def reid_intervals(reid: dict, query_identities: np.ndarray) -> dict:
+    """mAP and rank-1 intervals over the query identities; removes the per-query arrays from `reid`."""
+    scored, ap, hit = reid.pop("scored"), reid.pop("per_query_ap"), reid.pop("per_query_rank1")
+    identities = np.asarray(query_identities)[scored]
+    return {"mAP_interval": identity_bootstrap(identities, lambda rows: ap[rows].mean()).to_dict(),
+            "rank1_interval": identity_bootstrap(identities, lambda rows: hit[rows].mean()).to_dict()}
 
 
 def _evaluate_market(market, extractor, config: EvalConfig, autocast, log) -> dict:
@@ -164,6 +180,7 @@ def _evaluate_market(market, extractor, config: EvalConfig, autocast, log) -> di
     t0 = time.perf_counter()
     out["reid"] = reid_probe(q.cls, market.query.identity, market.query.camera,
                              g.cls, market.gallery.identity, market.gallery.camera)
+    out["reid"].update(reid_intervals(out["reid"], market.query.identity))
     out["reid"]["junk_gallery_images"] = int((market.gallery.identity == -1).sum())
     out["reid"]["distractor_gallery_images"] = int((market.gallery.identity == 0).sum())
     out["reid"]["ignored_files"] = market.query.ignored + market.gallery.ignored

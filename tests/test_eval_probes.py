@@ -160,6 +160,12 @@ def test_eval_on_a_synthetic_world_with_an_oracle(vocab, tmp_path: Path) -> None
     assert results["attributes"]["group_accuracy"]["bag"] == 1.0
     saved = json.loads(out.read_text())
     assert saved["reid"]["mAP"] == 1.0 and set(saved["attributes"]["per_attribute"]) >= {"gender=male", "age=child"}
+    # perfect on every identity: every resample scores 1.0
+    assert saved["reid"]["mAP_interval"] == {"value": 1.0, "low": 1.0, "high": 1.0}
+    assert saved["parsing"]["mIoU_grid_interval"] == {"value": 1.0, "low": 1.0, "high": 1.0}
+    ma = saved["attributes"]["mA_interval"]
+    assert ma["value"] == results["attributes"]["mA"] and ma["low"] < ma["value"] <= ma["high"] <= 1.0
+    assert "per_query_ap" not in saved["reid"]
     table = format_table(results)
     assert "re-ID mAP" in table and "100.00" in table
 
@@ -174,3 +180,5 @@ def test_eval_on_random_features_is_near_chance(synth_world: Path) -> None:
     assert "parsing" not in results
     assert 0.25 < results["attributes"]["mA"] < 0.75
     assert results["reid"]["mAP"] < 0.8  # 4 identities: chance is high, perfection is not expected
+    interval = results["reid"]["mAP_interval"]
+    assert interval["value"] == results["reid"]["mAP"] and interval["low"] < interval["value"] < interval["high"]
