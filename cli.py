@@ -15,7 +15,6 @@ import click
 from clasp import __version__
 from clasp.hardware import PRECISIONS
 from clasp.labeling.dense_modes import DENSE_MODES
-from clasp.labeling.tiny_clip import PRESETS as TRAIN_CLIP_ARCHS
 
 
 PRECISION_HELP = ("auto: bf16 where the device multiplies it natively (CUDA with bf16, CPUs with AMX or "
@@ -163,8 +162,8 @@ def label(images: Path, out: Path, clip_model: str, revision: str | None, clip_s
               help="Folder of images plus captions.jsonl ({\"path\": ..., \"caption\": ...} a line), e.g. from `clasp synth-corpus`.")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Folder for the trained CLIP (save_pretrained) and train_report.json.")
-@click.option("--arch", type=click.Choice(sorted(TRAIN_CLIP_ARCHS)), default="tiny", show_default=True,
-              help="CLIP architecture preset (labeling/tiny_clip.py).")
+@click.option("--arch", default="tiny", show_default=True,
+              help="CLIP architecture preset from labeling/tiny_clip.py PRESETS (tiny, ViT-B/16, ...).")
 @click.option("--steps", type=click.IntRange(min=1), default=None, show_default="see TrainClipConfig",
               help="Optimizer steps.")
 @click.option("--input-size", "input_hw", default="224x112", show_default=True, callback=_parse_hw,
@@ -585,8 +584,11 @@ def synth_corpus(out: Path, pairs: int, cameras: int, seed: int) -> None:
               help="L-BFGS iterations (at most) of the linear probes.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="Of feature extraction. " + PRECISION_HELP)
+@click.option("--task-prompt", type=click.Choice(["export", "per-probe"]), default="export", show_default=True,
+              help="export: every probe reads the export's task prompt; per-probe: attributes read the 'attribute' "
+                   "prompt, parsing 'part', re-ID 'instance'.")
 def eval_command(backbone: Path, data: Path, tasks: str | None, out: Path | None, batch_size: int,
-                 probe_steps: int, precision: str) -> None:
+                 probe_steps: int, precision: str, task_prompt: str) -> None:
     """Probe a frozen backbone: attributes (linear, mA), parsing (linear on patches, mIoU), re-ID (cosine kNN, mAP, rank-1)."""
     from clasp.evaluation.errors import EvalInputError
     from clasp.evaluation.probes import ProbeSettings
@@ -594,7 +596,7 @@ def eval_command(backbone: Path, data: Path, tasks: str | None, out: Path | None
 
     chosen = tuple(t.strip() for t in tasks.split(",") if t.strip()) if tasks else None
     config = EvalConfig(backbone=backbone, data=data, tasks=chosen, out=out, batch_size=batch_size,
-                        precision=precision, probe=ProbeSettings(steps=probe_steps))
+                        precision=precision, task_prompt=task_prompt, probe=ProbeSettings(steps=probe_steps))
     try:
         results = evaluate(config, log=lambda msg: click.echo(msg, err=True))
     except EvalInputError as exc:

@@ -30,6 +30,10 @@ from clasp.evaluation.truth import SynthTruth
 from clasp.store import Vocabulary
 
 TASKS = ("attributes", "parsing", "reid")
+# `--task-prompt per-probe`: each probe reads the backbone through its own task prompt,
+# the way a CLASP model is meant to serve tasks of different granularity.
+PROBE_PROMPTS = {"attributes": "attribute", "parsing": "part", "reid": "instance"}
+TASK_PROMPT_MODES = ("export", "per-probe")
 
 
 @dataclass
@@ -40,6 +44,7 @@ class EvalConfig:
     out: Path | None = None
     batch_size: int = 64
     precision: str = "auto"  # of feature extraction (auto | fp32 | bf16); probes are fitted in float32
+    task_prompt: str = "export"  # export: the export's task for every probe; per-probe: PROBE_PROMPTS
     probe: ProbeSettings = field(default_factory=ProbeSettings)
 
 
@@ -75,22 +80,32 @@ def evaluate(config: EvalConfig, extractor: FeatureExtractor | None = None,
     tasks = resolve_tasks(kind, config.tasks, data)
     source = SynthTruth.load(data) if kind == "synth" else read_market1501(data)
     if extractor is None:
-        from clasp.evaluation.backbone import load_frozen_backbone
-
-        extractor = load_frozen_backbone(config.backbone)
+        extractor = load_extractors(config, tasks)
     precision = feature_precision(config.precision)
     log(precision.line())
     if precision.warning:
         log(precision.warning)
     results: dict = {"backbone": str(config.backbone), "data": str(data), "kind": kind, "tasks": list(tasks),
-                     "precision": precision.record()}
+                     "precision": precision.record(), "task_prompt": config.task_prompt}
     if kind == "synth":
         results.update(_evaluate_synth(source, tasks, extractor, config, precision.autocast_dtype, log))
     else:
-        results.update(_evaluate_market(source, extractor, config, precision.autocast_dtype, log))
+        reid = extractor["reid"] if isinstance(extractor, dict) else extractor
+        results.update(_evaluate_market(source, reid, config, precision.autocast_dtype, log))
     if config.out is not None:
         write_results(config.out, results)
     return results
+
+
+def load_extractors(config: EvalConfig, tasks: tuple[str, ...]) -> FeatureExtractor | dict[str, FeatureExtractor]:
+    """One frozen backbone, or one per probe with its matching task prompt (`task_prompt="per-probe"`)."""
+    from clasp.evaluation.backbone import load_frozen_backbone
+
+    if config.task_prompt not in TASK_PROMPT_MODES:
+        raise EvalInputError(f"unknown task prompt mode {config.task_prompt!r}; choose {' or '.join(TASK_PROMPT_MODES)}")
+    if config.task_prompt == "export":
+        return load_frozen_backbone(config.backbone)
+    return {task: load_frozen_backbone(config.backbone, PROBE_PROMPTS[task]) for task in tasks}
 
 
 def feature_precision(requested: str):
@@ -106,9 +121,8 @@ def feature_precision(requested: str):
 def _evaluate_synth(truth: SynthTruth, tasks, extractor, config: EvalConfig, autocast, log) -> dict:
     vocab = Vocabulary.default()
     start = time.perf_counter()
-    log(f"features of {len(truth)} images")
-    feats = extract_features(extractor, [truth.images_dir / p for p in truth.paths], config.batch_size,
-                             keep_patches="parsing" in tasks, autocast=autocast)
+    features = _features_per_probe(extractor, tasks, [truth.images_dir / p for p in truth.paths], config, autocast, log)
+    feats = features[tasks[0]]
     out: dict = {"images": len(truth), "feature_dim": int(feats.cls.shape[1]),
                  "seconds": {"features": time.perf_counter() - start}}
     train, test = identity_split(truth.identity)
@@ -118,6 +132,7 @@ def _evaluate_synth(truth: SynthTruth, tasks, extractor, config: EvalConfig, aut
                     "test_identities": int(len(np.unique(truth.identity[test])))}
     if "attributes" in tasks:
         t0 = time.perf_counter()
+        feats = features["attributes"]
         log("attribute probe")
         labels = truth.attribute_indices(vocab)
         sizes = [len(g.values) for g in vocab.attributes]
@@ -137,6 +152,7 @@ def _evaluate_synth(truth: SynthTruth, tasks, extractor, config: EvalConfig, aut
         log("parsing probe")
         if truth.part_names != vocab.part_names:
             raise EvalInputError(f"{truth.parts_file}: parts {truth.part_names} differ from the vocabulary's {vocab.part_names}")
+        feats = features["parsing"]
         masks = truth.read_masks()
         grid_masks = majority_downsample(masks, feats.grid, vocab.num_parts)
         res = parsing_probe(feats.patches[train], grid_masks[train], feats.patches[test], grid_masks[test],
@@ -153,6 +169,7 @@ def _evaluate_synth(truth: SynthTruth, tasks, extractor, config: EvalConfig, aut
         out["seconds"]["parsing"] = time.perf_counter() - t0
     if "reid" in tasks:
         t0 = time.perf_counter()
+        feats = features["reid"]
         query, gallery = query_gallery_split(truth.identity, truth.camera, np.flatnonzero(test))
         out["reid"] = reid_probe(feats.cls[query], truth.identity[query], truth.camera[query],
                                  feats.cls[gallery], truth.identity[gallery], truth.camera[gallery])
@@ -160,6 +177,19 @@ def _evaluate_synth(truth: SynthTruth, tasks, extractor, config: EvalConfig, aut
         out["reid"]["rule"] = "test identities; first image of each (identity, camera) is a query, the rest gallery"
         out["seconds"]["reid"] = time.perf_counter() - t0
     return out
+
+
+def _features_per_probe(extractor, tasks, paths, config: EvalConfig, autocast, log) -> dict:
+    """Features for each probe; probes that share an extractor share one pass over the images."""
+    extractors = extractor if isinstance(extractor, dict) else {task: extractor for task in tasks}
+    done: dict[int, object] = {}
+    for task in tasks:
+        chosen = extractors[task]
+        if id(chosen) not in done:
+            log(f"features of {len(paths)} images" + (f" ({PROBE_PROMPTS[task]} prompt)" if extractor is not chosen else ""))
+            patches = any(t == "parsing" and extractors[t] is chosen for t in tasks)
+            done[id(chosen)] = extract_features(chosen, paths, config.batch_size, keep_patches=patches, autocast=autocast)
+    return {task: done[id(extractors[task])] for task in tasks}
 
 
 def reid_intervals(reid: dict, query_identities: np.ndarray) -> dict:

@@ -170,10 +170,21 @@ def test_eval_on_a_synthetic_world_with_an_oracle(vocab, tmp_path: Path) -> None
     assert "re-ID mAP" in table and "100.00" in table
 
 
+def random_backbone(images: torch.Tensor):
+    g = torch.Generator().manual_seed(int(images.float().sum().item()) % 100_000)
+    return torch.randn(len(images), 16, generator=g), torch.randn(len(images), 128, 16, generator=g)
+
+
+def test_each_probe_reads_its_own_extractor(vocab, synth_world: Path) -> None:
+    truth = SynthTruth.load(synth_world)
+    oracle = Oracle(truth, vocab)
+    results = evaluate(EvalConfig(backbone=Path("per-probe"), data=synth_world, task_prompt="per-probe", probe=FAST),
+                       extractor={"attributes": random_backbone, "parsing": oracle, "reid": oracle})
+    assert results["parsing"]["mIoU_grid"] == 1.0 and results["reid"]["mAP"] == 1.0
+    assert results["attributes"]["mA"] < 0.75 and results["task_prompt"] == "per-probe"
+
+
 def test_eval_on_random_features_is_near_chance(synth_world: Path) -> None:
-    def random_backbone(images: torch.Tensor):
-        g = torch.Generator().manual_seed(int(images.float().sum().item()) % 100_000)
-        return torch.randn(len(images), 16, generator=g), torch.randn(len(images), 128, 16, generator=g)
 
     results = evaluate(EvalConfig(backbone=Path("random"), data=synth_world, tasks=("attributes", "reid"),
                                   probe=FAST), extractor=random_backbone)

@@ -65,6 +65,14 @@ def test_exported_teacher_gives_the_trained_teachers_features(run_dir: Path, tmp
     # the task prompt matters: the same images give other features under another prompt
     with torch.no_grad():
         assert not torch.allclose(load_backbone(tmp_path / "part")(x)[0], load_backbone(tmp_path / "instance")(x)[0])
+    # `clasp eval --task-prompt per-probe` reads one export through each probe's own prompt
+    from clasp.evaluation.run_eval import EvalConfig, load_extractors
+
+    per_probe = load_extractors(EvalConfig(tmp_path / "instance", tmp_path, task_prompt="per-probe"),
+                                ("attributes", "parsing", "reid"))
+    with torch.no_grad():
+        for probe, task in (("attributes", "attribute"), ("parsing", "part"), ("reid", "instance")):
+            torch.testing.assert_close(per_probe[probe](x)[0], teacher.for_task(task)(x)[0], rtol=0, atol=0)
 
 
 def test_export_keys_config_and_student_choice(run_dir: Path, tmp_path: Path) -> None:
