@@ -1,0 +1,117 @@
+"""`clasp finetune` end to end on the synthetic world in benchmark layouts, with a tiny random backbone."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
+
+from clasp.cli import main
+from clasp.evaluation.features import extract_features
+from clasp.evaluation.market1501 import read_market1501
+from clasp.evaluation.probes import reid_probe
+from clasp.evaluation.synth import SynthConfig
+from clasp.evaluation.synth.layouts import write_layout
+from clasp.finetune.config import build_config
+from clasp.finetune.loop import run_finetune
+from clasp.pretraining.backbone import BACKBONE_FORMAT, BACKBONE_VERSION, CONFIG_FILE, WEIGHTS_FILE, load_backbone
+from clasp.pretraining.vit import PromptedViT, ViTConfig
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+VENV_BIN = Path(sys.executable).parent
+FAST = dict(precision="fp32", num_workers=0, log_every=1, eval_batch_size=32)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop sizes torch's thread pool from OMP_NUM_THREADS; tiny models run fastest on one."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+def write_random_export(out: Path, seed: int = 0, task: str = "instance") -> Path:
+    """A `clasp export` folder holding a freshly initialised tiny backbone."""
+    torch.manual_seed(seed)
+    arch = ViTConfig(dim=48, depth=2, heads=2, moe_layers=1, num_experts=2, top_k=1)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in PromptedViT(arch).state_dict().items()}, str(out / WEIGHTS_FILE))
+    (out / CONFIG_FILE).write_text(json.dumps({"format": BACKBONE_FORMAT, "version": BACKBONE_VERSION,
+                                               "architecture": arch.to_dict(), "task": task}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("finetune")
+    out = {"export": write_random_export(root / "export")}
+    for layout, ids in (("market1501", 16), ("pa100k", 12), ("lip", 6)):
+        out[layout] = write_layout(layout, SynthConfig(out=root / layout, identities=ids, images_per_id=4, cameras=2))
+    return out
+
+
+def reid_config(world, out: Path, **extra):
+    settings = dict(task="reid", backbone=str(world["export"]), data=str(world["market1501"]), out=str(out),
+                    ids_per_batch=4, images_per_id=4, lr=1e-3, warmup=0.0, **FAST)
+    return build_config(**{**settings, **extra})
+
+
+def losses(out: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
+
+
+def test_reid_fine_tuning_lowers_the_loss_and_beats_the_frozen_probe(world, tmp_path: Path) -> None:
+    result = run_finetune(reid_config(world, tmp_path / "run", steps=24, rerank=True, k1=4, k2=2))
+    logged = losses(tmp_path / "run")
+    assert np.mean([logged[s] for s in (22, 23, 24)]) < 0.8 * np.mean([logged[s] for s in (1, 2, 3)])
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved == json.loads(json.dumps(result.results))
+    assert {"map", "rank1", "rank5", "rank10", "map_rerank"} <= set(saved)
+    assert all(0 <= saved[k] <= 1 for k in ("map", "rank1", "rank5", "rank10", "map_rerank"))
+    market = read_market1501(world["market1501"])
+    frozen = load_backbone(world["export"])
+    q = extract_features(frozen, market.query.paths, keep_patches=False).cls
+    g = extract_features(frozen, market.gallery.paths, keep_patches=False).cls
+    probe = reid_probe(q, market.query.identity, market.query.camera, g, market.gallery.identity, market.gallery.camera)
+    print(f"fine-tuned mAP {saved['map']:.3f}, frozen probe mAP {probe['mAP']:.3f}")
+    assert saved["map"] > probe["mAP"] + 0.05, (saved["map"], probe["mAP"])
+
+
+def test_stop_and_resume_equals_an_uninterrupted_run(world, tmp_path: Path) -> None:
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    run_finetune(reid_config(world, whole, steps=6, save_every=100))
+    first = run_finetune(reid_config(world, parts, steps=6, stop_at=3))
+    assert first.stopped_by == "stop_at" and first.results is None
+    assert not (parts / "results.json").exists()
+    run_finetune(build_config(out=str(parts), task="reid", resume=True))
+    assert losses(parts) == pytest.approx(losses(whole), abs=1e-6)
+    a = load_file(str(whole / "checkpoints" / "step-00000006" / "model.safetensors"))
+    b = load_file(str(parts / "checkpoints" / "step-00000006" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert json.loads((parts / "results.json").read_text())["map"] == pytest.approx(
+        json.loads((whole / "results.json").read_text())["map"], abs=1e-6)
+
+
+def test_attributes_and_parsing_recipes_run_and_report(world, tmp_path: Path) -> None:
+    runner = CliRunner()
+    common = ["--backbone", str(world["export"]), "--precision", "fp32", "--num-workers", "0", "--batch-size", "8"]
+    got = runner.invoke(main, ["finetune", "attributes", "--data", str(world["pa100k"]), "--out", str(tmp_path / "a"),
+                               "--steps", "4", "--prompt", "attribute", *common])
+    assert got.exit_code == 0, got.output
+    attrs = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert attrs["task_prompt"] == "attribute" and attrs["layout"] == "pa100k"
+    assert all(0 <= attrs[k] <= 1 for k in ("ma", "accuracy", "precision", "recall", "f1"))
+    assert len(attrs["per_attribute"]) == 34
+    got = runner.invoke(main, ["finetune", "parsing", "--data", str(world["lip"]), "--out", str(tmp_path / "p"),
+                               "--steps", "3", "--head-dim", "16", "--log-every", "1", *common])
+    assert got.exit_code == 0, got.output
+    parsing = json.loads((tmp_path / "p" / "results.json").read_text())
+    assert 0 <= parsing["miou"] <= 1 and len(parsing["iou"]) == 20
+    assert losses(tmp_path / "p").keys() == {1, 2, 3}
