@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ from PIL import Image
 
 from clasp.evaluation.plots import PALETTE, grouped_bars, line_chart
 from clasp.evaluation.reproduce import (
-    METHODS, ReproduceConfig, StageTimes, render_report, run_reproduce, write_random_export,
+    METHODS, ReproduceConfig, Stages, StageTimes, render_report, results_summary, run_reproduce, write_random_export,
 )
 
 
@@ -65,41 +64,74 @@ def test_charts_draw_series_in_their_colours(tmp_path: Path) -> None:
 
 
 def _result(value: float) -> dict:
-    return {"attributes": {"mA": value}, "parsing": {"mIoU_grid": value, "mIoU_pixel": value},
-            "reid": {"mAP": value, "rank1": float("nan"), "chance_rank1": 0.02}}
+    interval = {"value": value, "low": value - 0.05, "high": value + 0.05}
+    return {"attributes": {"mA": value, "mA_interval": interval},
+            "parsing": {"mIoU_grid": value, "mIoU_pixel": value, "mIoU_grid_interval": interval},
+            "reid": {"mAP": value, "rank1": float("nan"), "chance_rank1": 0.02, "mAP_interval": interval}}
 
 
-def test_report_says_tiny_clip_labels_carry_no_semantics() -> None:
-    quality = {"parts": {"iou": {"head": 0.25}, "mIoU": 0.25},
-               "attributes": {"accuracy": {"gender": 0.5}, "chance": {"gender": 0.5}, "mean_accuracy": 0.5}}
-    times = StageTimes({"label": 10.0, "pretrain": 100.0})
+QUALITY = {mode: {"parts": {"iou": {"background": 0.9, "head": 0.5}, "mIoU": 0.7},
+                  "attributes": {"accuracy": {"gender": 0.75}, "chance": {"gender": 0.5}, "mean_accuracy": 0.75,
+                                 "mA": 0.8}} for mode in ("maskclip", "naclip")}
+
+
+def test_report_and_summary_state_scores_intervals_label_quality_and_precision(tmp_path: Path) -> None:
+    stages = Stages(tmp_path, echo=lambda _: None)
+    stages.times = StageTimes({"label": 10.0, "pretrain": 100.0})
+    stages.method_times["clasp"] = {"pretrain": 60, "eval": 5}
     hardware = {"requested": "auto", "precision": "fp32", "capability": "CPU capability AVX2, no native bf16",
                 "available_cores": 2}
-    text = render_report(ReproduceConfig(), {m: _result(0.5 + k / 10) for k, m in enumerate(METHODS)}, quality,
-                         times, {"clasp": {"pretrain": 60, "eval": 5}}, 130.0, {"expert_load": "expert_load.png"},
-                         hardware)
+    results = {m: _result(0.5 + k / 10) for k, m in enumerate(METHODS)}
+    text = render_report(ReproduceConfig(), results, QUALITY, "maskclip", stages, 130.0,
+                         {"expert_load": "expert_load.png"}, hardware)
     assert "precision auto → fp32 (CPU capability AVX2, no native bf16; 2 cores)" in text
-    assert "random: its part masks and attributes carry no semantics" in text
-    assert "| CLASP (part + attribute + DINO, PC-MoE) | 50.0 | 50.0 | 50.0 | 50.0 | n/a | 25.0 / 50.0 | 60 | 5 |" in text
-    assert "| random weights (untrained) | 70.0 |" in text
+    assert "never saw the evaluation world's images, and no mask, box or label of any world" in text
+    assert "| CLASP (part + attribute + DINO, PC-MoE) | 50.0 [45.0, 55.0] | 50.0 [45.0, 55.0] | 50.0 " \
+           "| 50.0 [45.0, 55.0] | n/a | 60 | 5 |" in text
+    assert "| maskclip (default) | 70.0 | 80.0 | 75.0 |" in text and "| naclip | 70.0 | 80.0 | 75.0 |" in text
     assert "re-ID rank-1 of a random ranking 2.0" in text
     assert "![Expert load per task prompt of the CLASP backbone](expert_load.png)" in text
     assert "| **total** | **130** (2.2 min) |" in text
-    real = render_report(ReproduceConfig(clip_model="openai/clip-vit-base-patch16"),
-                         {m: _result(0.5) for m in METHODS}, quality, times, {}, 1.0, {}, {})
-    assert "no semantics" not in real
+    real = render_report(ReproduceConfig(clip_model="openai/clip-vit-base-patch16"), results, QUALITY, "maskclip",
+                         stages, 1.0, {}, {})
+    assert "What the CLIP saw" not in real and "CLIP: `openai/clip-vit-base-patch16`" in real
+
+    summary = results_summary(130.0, hardware, "maskclip", QUALITY, results)
+    assert summary["precision"] == "fp32" and summary["default_dense_mode"] == "maskclip"
+    assert summary["label_quality"]["naclip"] == {"part_miou": 0.7, "attr_ma": 0.8}
+    assert summary["methods"]["dino-only"]["attr_ma"] == pytest.approx({"value": 0.6, "low": 0.55, "high": 0.65})
+    assert summary["methods"]["clasp"]["reid_rank1"]["low"] is None  # no interval recorded: value only
+    assert set(summary["methods"]) == set(METHODS)
+
+
+def check_reproduction(report: Path, modes: tuple[str, ...]) -> dict:
+    text = report.read_text()
+    assert "| DINO only" in text and "| random weights" in text and "What the CLIP saw" in text
+    for name in ("loss_loss.png", "part_masks.png", "expert_load.png"):
+        assert (report.parent / name).exists()
+    saved = json.loads((report.parent / "results.json").read_text())
+    assert set(saved["methods"]) == set(METHODS) and set(saved["label_quality"]) == set(modes)
+    assert saved["default_dense_mode"] in modes and saved["precision"] in ("fp32", "bf16")
+    for scores in saved["methods"].values():
+        assert set(scores) == {"attr_ma", "parsing_miou", "reid_map", "reid_rank1"}
+        for key in ("attr_ma", "parsing_miou", "reid_map"):
+            assert scores[key]["low"] <= scores[key]["value"] <= scores[key]["high"], key
+    assert 0 < saved["seconds"] and (report.parent / "clip" / "config.json").exists()
+    return saved
+
+
+def test_reproduce_end_to_end_in_miniature(tmp_path: Path) -> None:
+    """Every stage on a tiny world, corpus and schedule: corpus, CLIP, two dense modes, both methods."""
+    config = ReproduceConfig(out=tmp_path / "out", identities=8, images_per_id=4, corpus_pairs=120, clip_steps=2,
+                             dense_modes=("maskclip", "naive"), steps=2, probe_steps=20, sheet_images=4)
+    check_reproduction(run_reproduce(config, echo=lambda _: None), ("maskclip", "naive"))
 
 
 @pytest.mark.slow
 def test_reproduce_end_to_end(tmp_path: Path) -> None:
-    """The whole pipeline on a tiny world for two steps (several minutes on 2 cores)."""
-    os.environ.pop("IMAGES", None)
-    report = run_reproduce(ReproduceConfig(out=tmp_path / "out", identities=12, images_per_id=6, steps=2,
-                                           probe_steps=30, sheet_images=4), echo=lambda _: None)
-    text = report.read_text()
-    assert "| DINO only" in text and "| random weights" in text
-    for name in ("loss_loss.png", "part_masks.png", "expert_load.png"):
-        assert (report.parent / name).exists()
-    saved = json.loads((report.parent / "results.json").read_text())
-    assert set(saved["results"]) == set(METHODS)
-    assert saved["results"]["clasp"]["reid"]["queries"] > 0
+    """The whole pipeline on a small world with every dense mode (several minutes on 2 cores)."""
+    from clasp.labeling.dense_modes import DENSE_MODES
+
+    config = ReproduceConfig(out=tmp_path / "out", identities=24, images_per_id=6, corpus_pairs=600, clip_steps=20,
+                             steps=4, probe_steps=30, sheet_images=4)
+    check_reproduction(run_reproduce(config, echo=lambda _: None), DENSE_MODES)
