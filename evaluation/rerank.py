@@ -2,7 +2,7 @@
 
 Given the (Q+G) x (Q+G) distance matrix of queries and gallery together:
 
-1. distances are divided by each column's maximum; `initial_rank[i]` orders
+1. each row of distances is divided by its maximum; `initial_rank[i]` orders
    all images by distance to i (i itself first);
 2. R(i, k1), the k-reciprocal neighbours of i: those among its k1+1 nearest
    whose own k1+1 nearest include i; R is expanded by the k-reciprocal set
@@ -34,7 +34,7 @@ def re_rank(dist_qg: np.ndarray, dist_qq: np.ndarray, dist_gg: np.ndarray,
     """(Q, G) re-ranked distances (lower = more alike) from query-gallery, query-query and gallery-gallery distances."""
     q = dist_qg.shape[0]
     dist = np.block([[dist_qq, dist_qg], [dist_qg.T, dist_gg]]).astype(np.float64)
-    dist = dist / np.maximum(dist.max(axis=0, keepdims=True), 1e-12)
+    dist = dist / np.maximum(dist.max(axis=1, keepdims=True), 1e-12)  # each row by its largest distance
     n = len(dist)
     initial_rank = np.argsort(dist, axis=1, kind="stable")
     v = np.zeros((n, n))
