@@ -115,3 +115,60 @@ def test_attributes_and_parsing_recipes_run_and_report(world, tmp_path: Path) ->
     parsing = json.loads((tmp_path / "p" / "results.json").read_text())
     assert 0 <= parsing["miou"] <= 1 and len(parsing["iou"]) == 20
     assert losses(tmp_path / "p").keys() == {1, 2, 3}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_two(world, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    command = [str(VENV_BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+               "-m", "clasp.cli", "finetune", "reid", "--backbone", str(world["export"]),
+               "--data", str(world["market1501"]), "--out", str(out), "--ids-per-batch", "4", "--images-per-id", "2",
+               "--precision", "fp32", "--num-workers", "0", "--log-every", "1", *extra]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+
+
+def check_two_process_run(out: Path, second: subprocess.CompletedProcess) -> None:
+    assert second.returncode == 0, second.stderr[-3000:]
+    saved = json.loads((out / "config.json").read_text())
+    # 8 training identities x 4 images: 4 P x K batches of 4 x 2 per epoch, 2 per process
+    assert saved["derived"]["world_size"] == 2 and saved["derived"]["images_per_step"] == 16
+    assert saved["derived"]["batches_per_epoch"] == 2
+    assert sorted(losses(out)) == [1, 2, 3, 4]
+    results = json.loads((out / "results.json").read_text())
+    assert results["steps"] == 4 and 0 <= results["map"] <= 1
+    assert second.stdout.count("results written") == 1  # the main process evaluates, once
+
+
+def test_two_processes_under_accelerate_launch(world, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    check_two_process_run(out, launch_two(world, out, "--steps", "4"))
+
+
+@pytest.mark.slow
+def test_two_processes_under_accelerate_launch_stop_and_resume(world, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    first = launch_two(world, out, "--steps", "4", "--stop-at", "2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000002"]
+    assert not (out / "results.json").exists()
+    check_two_process_run(out, launch_two(world, out, "--steps", "4", "--resume"))
+
+
+def test_run_folder_rules(world, tmp_path: Path) -> None:
+    from clasp.finetune.data import FinetuneInputError
+
+    out = tmp_path / "run"
+    run_finetune(reid_config(world, out, steps=2, stop_at=1))
+    with pytest.raises(FinetuneInputError, match="holds another run"):
+        run_finetune(reid_config(world, out, steps=2))
+    with pytest.raises(FinetuneInputError, match=r"cannot resume, settings differ \(lr: checkpoint 0.001, now 0.002"):
+        run_finetune(reid_config(world, out, steps=2, lr=2e-3, resume=True))
+    assert (out / "error.log").read_text().count("error: ") == 2
+    result = run_finetune(reid_config(world, out, steps=2, force=True))
+    assert result.step == 2 and sorted(losses(out)) == [1, 2] and not (out / "error.log").exists()
