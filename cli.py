@@ -30,9 +30,57 @@ class UserError(click.ClickException):
         click.echo(f"error: {self.format_message()}", err=True, file=file)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+# Commands whose `--out` is a folder of their own: an unexpected failure is also recorded there as error.log.
+OUT_FOLDER_COMMANDS = frozenset({"pretrain", "reid", "attributes", "parsing"})
+
+
+class ClaspCommand(click.Command):
+    """A command that leaves its parsed options where the group's error handler can read them."""
+
+    def invoke(self, ctx: click.Context):
+        ctx.find_root().meta["clasp.command"] = (ctx.command_path, self.name, dict(ctx.params))
+        return super().invoke(ctx)
+
+
+class ClaspGroup(click.Group):
+    """The policy of every command, in one place: a failure is one `error:` line, never a traceback.
+
+    User errors (UserError, click's usage errors) exit 2 as they are raised. Any
+    other exception exits 1 with `error: <command>: <ExceptionType>: <message>`
+    (and error.log in a run folder); `clasp --debug ...` shows the traceback instead.
+    """
+
+    command_class = ClaspCommand
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the one place unexpected errors become one line
+            if ctx.find_root().params.get("debug"):
+                raise
+            path, name, params = ctx.find_root().meta.get("clasp.command", (ctx.command_path, None, {}))
+            message = " ".join(str(exc).split()) or "(no message)"
+            line = f"{path}: {type(exc).__name__}: {message}"
+            out = params.get("out")
+            if name in OUT_FOLDER_COMMANDS and out is not None and Path(out).is_dir():
+                try:
+                    with open(Path(out) / "error.log", "a", encoding="utf-8") as f:
+                        f.write(f"error: {line}\n")
+                except OSError:
+                    pass
+            click.echo(f"error: {line} (run with `clasp --debug` for the traceback)", err=True)
+            sys.exit(1)
+
+
+ClaspGroup.group_class = ClaspGroup
+
+
+@click.group(cls=ClaspGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "--version", prog_name="clasp")
-def main() -> None:
+@click.option("--debug", is_flag=True, default=False, help="Show the Python traceback of an unexpected error.")
+def main(debug: bool) -> None:
     """CLASP: pre-train human-centric vision backbones from unlabeled person images.
 
     \b
@@ -431,6 +479,8 @@ def _finetune_options(func):
         _ft("--weight-decay", "weight_decay", click.FloatRange(min=0), "AdamW weight decay (weights only)."),
         _ft("--layer-decay", "layer_decay", click.FloatRange(0, 1, min_open=True), "Layer-wise lr decay (1: off)."),
         _ft("--clip-grad", "clip_grad", click.FloatRange(min=0), "Max gradient norm (0: off)."),
+        click.option("--freeze-backbone", "freeze_backbone", is_flag=True, default=None,
+                     help="Train the head only (the frozen-probe baseline)."),
         _ft("--batch-size", "batch_size", click.IntRange(min=1), "Images per process per step (attributes, parsing)."),
         _ft("--eval-batch-size", "eval_batch_size", click.IntRange(min=1), "Images per forward pass when evaluating."),
         _ft("--precision", "precision", click.Choice(PRECISIONS), PRECISION_HELP),

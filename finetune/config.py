@@ -60,6 +60,7 @@ class FinetuneConfig:
     weight_decay: float = 0.05  # biases, norms, position embedding, CLS token and task prompts exempt
     layer_decay: float = 1.0  # layer-wise lr decay (1 = off; BEiT/MAE use 0.65-0.75)
     clip_grad: float = 0.0  # max gradient norm (0 = off)
+    freeze_backbone: bool = False  # train the head only, backbone in eval mode (the frozen-probe baseline)
     # --- re-ID recipe (BNNeck)
     label_smoothing: float = 0.1  # identity cross-entropy smoothing
     margin: float = 0.3  # batch-hard triplet margin

@@ -133,6 +133,8 @@ def _build_model(config, recipe, backbone, accelerator):
 
     set_seed(config.seed)
     vit = backbone.backbone
+    if config.freeze_backbone:
+        backbone.requires_grad_(False)
     model = FinetuneModel(backbone, recipe.head(vit.config.dim, vit.config.grid))
     optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay, config.layer_decay), lr=0.0)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -273,6 +275,8 @@ class _Loop:
 
     def step(self, step: int, batch: dict, stop: bool) -> dict[str, float]:
         acc, config = self.accelerator, self.config
+        if config.freeze_backbone:
+            self.unwrapped.backbone.eval()  # a frozen backbone stays in eval mode
         for group in self.optimizer.param_groups:
             group["lr"] = float(self.lrs[step]) * group["lr_scale"]
         batch = {k: v.to(acc.device) for k, v in batch.items()}

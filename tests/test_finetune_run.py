@@ -172,3 +172,12 @@ def test_run_folder_rules(world, tmp_path: Path) -> None:
     assert (out / "error.log").read_text().count("error: ") == 2
     result = run_finetune(reid_config(world, out, steps=2, force=True))
     assert result.step == 2 and sorted(losses(out)) == [1, 2] and not (out / "error.log").exists()
+
+
+def test_freeze_backbone_trains_the_head_only(world, tmp_path: Path) -> None:
+    run_finetune(reid_config(world, tmp_path / "run", steps=2, freeze_backbone=True))
+    trained = load_file(str(tmp_path / "run" / "checkpoints" / "step-00000002" / "model.safetensors"))
+    exported = load_file(str(world["export"] / WEIGHTS_FILE))
+    for key, value in exported.items():
+        assert torch.equal(trained[f"backbone.backbone.{key}"], value), key
+    assert not torch.equal(trained["head.bottleneck.weight"], torch.ones_like(trained["head.bottleneck.weight"]))
