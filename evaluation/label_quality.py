@@ -1,8 +1,12 @@
 """`clasp eval-labels`: how good are the pseudo-labels of a store, against synthetic ground truth?
 
-Shard rows are matched to the truth by their `path` (relative to the folder
-given to `clasp label`; a leading `images/` is dropped, so labeling the world
-folder or its `images/` folder both match). For the matched rows:
+Shard rows are matched to the truth by content: a row's `key` (the sha1 of the
+source file's bytes, written by `clasp label`) against the sha1 of each image
+file of the world (`images/`), computed while reading the truth. Where several
+world images have the same bytes, the one at the row's `path` (relative to the
+folder given to `clasp label`; a leading `images/` is dropped) is taken. A
+store none of whose keys is an image of the world is refused: same file names
+do not make another world's labels comparable. For the matched rows:
 
 - parts: the truth mask (256x128 pixels) is brought down to the manifest's
   label grid by majority per cell (`clasp.evaluation.label_grid`), parts are
@@ -11,6 +15,11 @@ folder or its `images/` folder both match). For the matched rows:
 - attributes: within each group the value with the highest `attr_logits` is the
   label; accuracy per group is the share of rows where it equals the truth.
   Groups are matched by name; chance (1 / number of values) is reported beside.
+- attribute mA, as pedestrian attribute recognition defines it
+  (`clasp.evaluation.metrics.mean_accuracy`): each group becomes binary
+  attributes (a two-value group one, a k-value group k one-vs-rest), each gets
+  the mean of its positive and negative recall, mA is their mean. Rows whose
+  truth lacks a group value the vocabulary knows are left out of mA.
 """
 
 from __future__ import annotations
@@ -23,12 +32,13 @@ import numpy as np
 
 from clasp.evaluation.errors import EvalInputError
 from clasp.evaluation.label_grid import majority_downsample
-from clasp.evaluation.metrics import confusion_matrix, iou_per_class, mean_iou
+from clasp.evaluation.metrics import (binary_attribute_names, binary_attributes, confusion_matrix, iou_per_class,
+                                      label_based_accuracy, mean_iou)
 from clasp.evaluation.results_json import write_results
 from clasp.evaluation.truth import SynthTruth, truth_path_of
 from clasp.store import ShardStore
 
-READ_FIELDS = ("path", "part_mask", "attr_logits")
+READ_FIELDS = ("key", "path", "part_mask", "attr_logits")
 
 
 @dataclass
@@ -58,17 +68,21 @@ def evaluate_labels(config: LabelQualityConfig) -> dict:
         lookup = {v: i for i, v in enumerate(values[g])}
         truth_values[:, k] = [lookup.get(a.get(g), -1) for a in truth.attributes]
 
-    lookup = truth.index_of()
+    match = _content_matcher(truth)
+    names, same_name = set(truth.paths), 0  # rows named like a world image whose bytes differ
     confusion = np.zeros((num_parts, num_parts), np.int64)
     correct = np.zeros(len(groups), np.int64)
     scored = np.zeros(len(groups), np.int64)
     rows = matched = 0
     seen = np.zeros(len(truth), bool)
+    predicted_values: list[np.ndarray] = []
+    wanted_values: list[np.ndarray] = []
     for entry in store.shards:
         with store.open_shard(entry) as shard:
             for block in shard.iter_chunks(READ_FIELDS):
                 rows += len(block.path)
-                hits = [(r, lookup.get(truth_path_of(p), -1)) for r, p in enumerate(block.path)]
+                hits = [(r, match(k, p)) for r, (k, p) in enumerate(zip(block.key, block.path))]
+                same_name += sum(1 for (_, t), p in zip(hits, block.path) if t < 0 and truth_path_of(p) in names)
                 hits = [(r, t) for r, t in hits if t >= 0]
                 if not hits:
                     continue
@@ -79,34 +93,74 @@ def evaluate_labels(config: LabelQualityConfig) -> dict:
                 truth_grid = truth_to_store[majority_downsample(truth.read_masks(ti), grid, len(truth.part_names))]
                 confusion += confusion_matrix(block.part_mask[local], truth_grid, num_parts)
                 logits = block.attr_logits[local].astype(np.float32)
+                predicted_values.append(np.stack([logits[:, sl].argmax(1) for _, sl in groups], axis=1)
+                                        if groups else np.zeros((len(ti), 0), np.int64))
+                wanted_values.append(truth_values[ti])
                 for k, (_, sl) in enumerate(groups):
                     want = truth_values[ti, k]
                     ok = want >= 0
                     correct[k] += int((logits[ok, sl].argmax(1) == want[ok]).sum())
                     scored[k] += int(ok.sum())
     if matched == 0:
-        raise EvalInputError(f"{config.shards}: none of its {rows} rows has a path in {truth.root / 'truth'} "
-                             "(was the store labeled from this world's images/ folder?)")
+        raise EvalInputError(f"{config.shards}: none of its {rows} rows is an image of the world {truth.root} "
+                             f"(no row's key, the sha1 of its source file, matches a file in {truth.images_dir}); "
+                             "the store was labeled from other images")
     iou = iou_per_class(confusion)
     accuracy = {g: (correct[k] / scored[k] if scored[k] else float("nan")) for k, (g, _) in enumerate(groups)}
     results = {
         "shards": str(config.shards), "truth": str(truth.root), "label_grid": list(grid),
         "rows": rows, "matched_rows": matched, "unmatched_rows": rows - matched,
+        "matching": "row key (sha1 of the source file) equal to the sha1 of a world image file",
+        "unmatched_rows_named_like_world_images": same_name,
         "truth_images_not_in_store": int((~seen).sum()),
         "grid_rule": "truth mask downsampled to the label grid by majority per cell, ties to the lower part index",
         "parts": {"iou": dict(zip(vocab.part_names, iou.tolist())),
                   "mIoU": mean_iou(confusion)},
         "attributes": {"accuracy": accuracy,
                        "chance": {g: 1.0 / len(values[g]) for g, _ in groups},
-                       "mean_accuracy": float(np.mean(list(accuracy.values()))) if accuracy else float("nan")},
+                       "mean_accuracy": float(np.mean(list(accuracy.values()))) if accuracy else float("nan"),
+                       **_attribute_ma(groups, values, np.concatenate(predicted_values), np.concatenate(wanted_values))},
     }
     if config.out is not None:
         write_results(config.out, results)
     return results
 
 
+def _content_matcher(truth: SynthTruth):
+    """(key, path) of a shard row -> index of the world image with those bytes, or -1."""
+    by_key: dict[str, list[int]] = {}
+    for i, key in enumerate(truth.file_sha1()):
+        if key is not None:
+            by_key.setdefault(key, []).append(i)
+    if not by_key:
+        raise EvalInputError(f"{truth.images_dir}: no image files of the world to match the store's rows against "
+                             "(eval-labels matches rows by the sha1 of the source images)")
+
+    def match(key, path: str) -> int:
+        found = by_key.get(key.decode("ascii", "replace") if isinstance(key, bytes) else str(key))
+        if not found:
+            return -1
+        if len(found) > 1:
+            wanted = truth_path_of(path)
+            return next((i for i in found if truth.paths[i] == wanted), found[0])
+        return found[0]
+
+    return match
+
+
+def _attribute_ma(groups: list, values: dict[str, list[str]], predicted: np.ndarray, wanted: np.ndarray) -> dict:
+    """{"mA": ..., "mA_per_attribute": {"group=value": ...}} over rows whose truth knows every group."""
+    complete = (wanted >= 0).all(axis=1)
+    sizes = [len(values[g]) for g, _ in groups]
+    accuracy = label_based_accuracy(binary_attributes(predicted[complete], sizes), binary_attributes(wanted[complete], sizes))
+    names = binary_attribute_names([(g, values[g]) for g, _ in groups])
+    defined = accuracy[np.isfinite(accuracy)]
+    return {"mA": float(defined.mean()) if len(defined) else float("nan"),
+            "mA_per_attribute": {n: float(a) for n, a in zip(names, accuracy)}}
+
+
 def format_label_quality(results: dict) -> str:
-    lines = [f"{results['matched_rows']} of {results['rows']} rows matched the ground truth "
+    lines = [f"{results['matched_rows']} of {results['rows']} rows matched the ground truth by content "
              f"(label grid {results['label_grid'][0]}x{results['label_grid'][1]})", "", "part          IoU"]
     for name, value in results["parts"]["iou"].items():
         lines.append(f"{name:<12} {_pct(value)}")
@@ -115,6 +169,7 @@ def format_label_quality(results: dict) -> str:
     for name, value in results["attributes"]["accuracy"].items():
         lines.append(f"{name:<18} {_pct(value)}  {_pct(results['attributes']['chance'][name])}")
     lines.append(f"{'mean':<18} {_pct(results['attributes']['mean_accuracy'])}")
+    lines.append(f"{'mA':<18} {_pct(results['attributes'].get('mA', float('nan')))}")
     return "\n".join(lines)
 
 
