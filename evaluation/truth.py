@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,16 @@ class SynthTruth:
 
     def index_of(self) -> dict[str, int]:
         return {p: i for i, p in enumerate(self.paths)}
+
+    def file_sha1(self) -> list[str | None]:
+        """sha1 (hex) of each image file's bytes under `images/`, in `paths` order; None for a missing file."""
+        out: list[str | None] = []
+        for p in self.paths:
+            try:
+                out.append(hashlib.sha1((self.images_dir / p).read_bytes()).hexdigest())
+            except OSError:
+                out.append(None)
+        return out
 
     def attribute_indices(self, vocab: Vocabulary) -> np.ndarray:
         """(N, G) index of each image's value within each group of `vocab`, matched by name."""

@@ -19,7 +19,7 @@ from clasp.evaluation.truth import SynthTruth
 from clasp.store import ClipInfo, LabelRows, Manifest, record_shard, shard_name, write_shard_for
 
 
-def _store(root: Path, vocab, grid, paths, masks, attr_logits, shard_rows=None) -> Path:
+def _store(root: Path, vocab, grid, paths, masks, attr_logits, shard_rows=None, keys=None) -> Path:
     manifest = Manifest(ClipInfo("test-clip"), vocab, grid)
     n = len(paths)
     shard_rows = shard_rows or [n]
@@ -28,7 +28,8 @@ def _store(root: Path, vocab, grid, paths, masks, attr_logits, shard_rows=None) 
         sl = slice(start, start + count)
         images = [f"img{i}".encode() for i in range(start, start + count)]
         rows = LabelRows(
-            image=images, key=[hashlib.sha1(b).hexdigest() for b in images], path=list(paths[sl]),
+            image=images, key=list(keys[sl]) if keys is not None else [hashlib.sha1(b).hexdigest() for b in images],
+            path=list(paths[sl]),
             orig_hw=np.tile(np.array([256, 128], np.uint16), (count, 1)),
             part_mask=np.asarray(masks[sl], np.uint8), part_conf=np.ones((count, *grid), np.float16),
             attr_logits=np.asarray(attr_logits[sl], np.float16))
@@ -47,7 +48,8 @@ def test_labels_equal_to_the_truth_score_perfectly(synth_world: Path, vocab, tmp
     grid = (28, 14)  # the labeler's default grid: cells of 9 or 10 pixels
     masks = majority_downsample(truth.read_masks(), grid, vocab.num_parts)
     paths = np.array(truth.paths, dtype=object)
-    store = _store(tmp_path / "shards", vocab, grid, paths, masks, _one_hot_logits(truth, vocab), [20, 28])
+    store = _store(tmp_path / "shards", vocab, grid, paths, masks, _one_hot_logits(truth, vocab), [20, 28],
+                   keys=truth.file_sha1())
     out = tmp_path / "quality.json"
     res = evaluate_labels(LabelQualityConfig(store, synth_world, out))
     assert (res["rows"], res["matched_rows"], res["unmatched_rows"], res["truth_images_not_in_store"]) == (48, 48, 0, 0)
@@ -62,6 +64,9 @@ def test_labels_equal_to_the_truth_score_perfectly(synth_world: Path, vocab, tmp
 
 def _hand_truth(root: Path, masks: np.ndarray, paths: list[str], attributes: list[dict], part_names) -> Path:
     (root / "truth").mkdir(parents=True)
+    for p in paths:  # rows are matched by the sha1 of these files: _file_key(p)
+        (root / "images" / p).parent.mkdir(parents=True, exist_ok=True)
+        (root / "images" / p).write_bytes(p.encode())
     with open(root / "truth" / "annotations.jsonl", "w") as fh:
         for i, (p, a) in enumerate(zip(paths, attributes)):
             fh.write(json.dumps({"path": p, "identity": i, "camera": 0, "attributes": a}) + "\n")
@@ -72,6 +77,10 @@ def _hand_truth(root: Path, masks: np.ndarray, paths: list[str], attributes: lis
         f["part_mask"] = masks.astype(np.uint8)
         f["path"] = np.array(paths, dtype=h5py.string_dtype("utf-8"))
     return root
+
+
+def _file_key(path: str) -> str:
+    return hashlib.sha1(path.encode()).hexdigest()
 
 
 def test_known_corruption_gives_the_hand_computed_numbers(vocab, tmp_path: Path) -> None:
@@ -88,7 +97,7 @@ def test_known_corruption_gives_the_hand_computed_numbers(vocab, tmp_path: Path)
     logits[:, [sl.start for _, sl in vocab.group_slices()]] = 1.0  # first value of every group: all right
     logits[0, 1] = 5.0  # ... except A's gender: female
     store = _store(tmp_path / "shards", vocab, (2, 2), np.array(["images/c0/a.jpg", "c0/b.jpg", "c9/other.jpg"]),
-                   labels, logits)
+                   labels, logits, keys=[_file_key("c0/a.jpg"), _file_key("c0/b.jpg"), _file_key("c9/other.jpg")])
     res = evaluate_labels(LabelQualityConfig(store, truth_root))
     assert (res["rows"], res["matched_rows"], res["unmatched_rows"]) == (3, 2, 1)
     iou = res["parts"]["iou"]
@@ -113,3 +122,31 @@ def test_cli_eval_labels_and_bad_inputs(synth_world: Path, make_store, tmp_path:
     assert result.exit_code == 2 and "does not exist" in result.output
     for r in (result,):
         assert len(r.output.strip().splitlines()) == 1
+
+
+def test_rows_are_matched_by_content_not_by_name(vocab, tmp_path: Path) -> None:
+    """A store labeled from another world with the same file names is refused; rows of other images don't count."""
+    base = {g.group: g.values[0].name for g in vocab.attributes}
+    mask = np.zeros((4, 4), np.uint8)
+    world = _hand_truth(tmp_path / "world", np.stack([mask, mask]), ["c0/a.jpg", "c0/b.jpg"], [base, base],
+                        vocab.part_names)
+    labels, logits = np.zeros((2, 2, 2)), np.zeros((2, vocab.num_attributes))
+    paths = np.array(["c0/a.jpg", "c0/b.jpg"])
+    other = _store(tmp_path / "other", vocab, (2, 2), paths, labels, logits,
+                   keys=[hashlib.sha1(b"another world " + p.encode()).hexdigest() for p in paths])
+    before = sorted((p.name, p.stat().st_size) for p in other.iterdir())
+    result = CliRunner().invoke(main, ["eval-labels", "--shards", str(other), "--truth", str(world)])
+    assert result.exit_code == 2
+    line = result.output.strip()
+    assert len(line.splitlines()) == 1 and line.startswith("error: ")
+    assert str(other) in line and str(world) in line and "none of its 2 rows is an image of the world" in line
+    assert sorted((p.name, p.stat().st_size) for p in other.iterdir()) == before
+
+    # one row of this world, one of another with the same name: only the first is scored, and it is said
+    mixed = _store(tmp_path / "mixed", vocab, (2, 2), paths, labels, logits,
+                   keys=[_file_key("c0/a.jpg"), hashlib.sha1(b"elsewhere").hexdigest()])
+    res = evaluate_labels(LabelQualityConfig(mixed, world))
+    assert (res["rows"], res["matched_rows"], res["unmatched_rows_named_like_world_images"]) == (2, 1, 1)
+    assert res["truth_images_not_in_store"] == 1
+    result = CliRunner().invoke(main, ["eval-labels", "--shards", str(mixed), "--truth", str(world)])
+    assert result.exit_code == 0 and "1 of 2 rows matched the ground truth by content" in result.output
