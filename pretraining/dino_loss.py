@@ -12,8 +12,9 @@ centre moves towards the batch mean of the teacher outputs,
 
 with the mean taken over every process when torch.distributed is initialised.
 The teacher temperature may warm up linearly from `warmup_teacher_temp` to
-`teacher_temp` over `warmup_teacher_temp_steps` steps (DINO's schedule, counted
-in optimizer steps rather than epochs).
+`teacher_temp` over `warmup_teacher_temp_steps` steps: DINO's
+`np.linspace(warmup, final, n)`, counted in optimizer steps rather than epochs,
+so step n - 1 already uses the final value.
 """
 
 from __future__ import annotations
@@ -42,9 +43,10 @@ class DINOLoss(nn.Module):
 
     def teacher_temp_at(self, step: int | None) -> float:
         c = self.config
-        if step is None or step >= c.warmup_teacher_temp_steps:
+        n = c.warmup_teacher_temp_steps
+        if step is None or step >= n:
             return c.teacher_temp
-        return c.warmup_teacher_temp + (c.teacher_temp - c.warmup_teacher_temp) * step / c.warmup_teacher_temp_steps
+        return c.warmup_teacher_temp + (c.teacher_temp - c.warmup_teacher_temp) * step / max(n - 1, 1)
 
     def forward(self, student_out: torch.Tensor, teacher_out: torch.Tensor, num_student_views: int,
                 step: int | None = None) -> torch.Tensor:

@@ -176,9 +176,11 @@ class ClaspModel(nn.Module):
     def param_groups(self) -> list[dict]:
         """Student parameters split for AdamW: group 0 decays, group 1 (`weight_decay` 0) is exempt.
 
-        Exempt: biases, norm weights (every 1-D parameter), the position
-        embedding, the CLS token and the task prompts (DINO's get_params_groups).
-        A weight-decay schedule should set group 0 only.
+        Exempt: biases and norm weights (every 1-D parameter), as DINO's
+        `get_params_groups`; and, unlike DINO (which decays them), the position
+        embedding, the CLS token and the task prompts, by the DeiT/timm
+        `no_weight_decay` rule: shrinking learned embeddings towards zero only
+        fights the signal they carry. A weight-decay schedule should set group 0 only.
         """
         decay, no_decay = [], []
         for name, param in self.student.named_parameters():

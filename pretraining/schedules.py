@@ -14,17 +14,20 @@ import numpy as np
 
 def cosine_schedule(start: float, end: float, steps: int, warmup_steps: int = 0,
                     warmup_start: float = 0.0) -> np.ndarray:
-    """`steps` values: linear warmup_start -> start over `warmup_steps`, then cosine start -> end."""
+    """`steps` values of DINO's `utils.cosine_scheduler`, counted in optimizer steps.
+
+    A linear warm-up `np.linspace(warmup_start, start, warmup_steps)` that reaches
+    `start` on its last step, then over the remaining n steps
+    `end + (start - end) / 2 * (1 + cos(pi * i / n))` for i = 0 .. n-1, which ends
+    just above `end` (as DINO's does) rather than on it.
+    """
     if steps < 1:
         raise ValueError(f"a schedule needs at least one step, got {steps}")
     warmup_steps = min(max(warmup_steps, 0), steps)
-    warmup = np.linspace(warmup_start, start, warmup_steps, endpoint=False) if warmup_steps else np.zeros(0)
-    rest = steps - warmup_steps
-    t = np.arange(rest) / max(rest - 1, 1)
-    cosine = end + 0.5 * (start - end) * (1 + np.cos(np.pi * t))
-    out = np.concatenate([warmup, cosine])
-    assert len(out) == steps
-    return out
+    warmup = np.linspace(warmup_start, start, warmup_steps)
+    rest = np.arange(steps - warmup_steps)
+    cosine = end + 0.5 * (start - end) * (1 + np.cos(np.pi * rest / max(len(rest), 1)))
+    return np.concatenate([warmup, cosine])
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -120,10 +121,10 @@ def test_dino_loss_pairs_views_like_dino_and_updates_the_centre() -> None:
 
 def test_teacher_temperature_warms_up_linearly() -> None:
     loss_fn = DINOLoss(4, DINOLossConfig(teacher_temp=0.07, warmup_teacher_temp=0.04, warmup_teacher_temp_steps=10))
-    assert loss_fn.teacher_temp_at(0) == pytest.approx(0.04)
-    assert loss_fn.teacher_temp_at(5) == pytest.approx(0.055)
-    assert loss_fn.teacher_temp_at(10) == pytest.approx(0.07)
-    assert loss_fn.teacher_temp_at(None) == pytest.approx(0.07)
+    # DINO: np.concatenate((np.linspace(warmup, final, n), np.ones(rest) * final)), indexed by step
+    dino = np.concatenate((np.linspace(0.04, 0.07, 10), np.ones(5) * 0.07))
+    assert [loss_fn.teacher_temp_at(step) for step in range(15)] == pytest.approx(dino.tolist())
+    assert loss_fn.teacher_temp_at(9) == pytest.approx(0.07) and loss_fn.teacher_temp_at(None) == pytest.approx(0.07)
 
 
 def test_part_loss_ignores_cells_below_the_confidence_threshold() -> None:

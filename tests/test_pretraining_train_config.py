@@ -64,16 +64,35 @@ def test_incompatible_keys_named_with_both_values() -> None:
     assert set(KEYS) >= {"seed", "preset", "lr", "num_workers"}
 
 
-def test_cosine_schedule_shape() -> None:
+def dino_cosine_scheduler(base_value, final_value, epochs, niter_per_ep, warmup_epochs=0, start_warmup_value=0):
+    """DINO's `utils.cosine_scheduler`, transcribed: the reference our schedules must equal."""
+    warmup_schedule = np.array([])
+    warmup_iters = warmup_epochs * niter_per_ep
+    if warmup_epochs > 0:
+        warmup_schedule = np.linspace(start_warmup_value, base_value, warmup_iters)
+    iters = np.arange(epochs * niter_per_ep - warmup_iters)
+    schedule = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * iters / len(iters)))
+    return np.concatenate((warmup_schedule, schedule))
+
+
+@pytest.mark.parametrize("steps, warmup", [(10, 4), (100, 10), (7, 0), (3, 1)])
+def test_schedules_equal_dinos_formulas(steps: int, warmup: int) -> None:
+    np.testing.assert_allclose(cosine_schedule(1e-3, 1e-6, steps, warmup), dino_cosine_scheduler(1e-3, 1e-6, steps, 1, warmup),
+                               rtol=0, atol=1e-15)
+    sched = Schedules.build(steps, 1e-3, 1e-6, warmup / steps, 0.04, 0.4, 0.996, 1.0)
+    np.testing.assert_allclose(sched.lr, dino_cosine_scheduler(1e-3, 1e-6, steps, 1, warmup), rtol=0, atol=1e-15)
+    np.testing.assert_allclose(sched.weight_decay, dino_cosine_scheduler(0.04, 0.4, steps, 1), rtol=0, atol=1e-15)
+    np.testing.assert_allclose(sched.momentum, dino_cosine_scheduler(0.996, 1.0, steps, 1), rtol=0, atol=1e-15)
+
+
+def test_lr_warm_up_reaches_the_peak_on_its_last_step() -> None:
     s = cosine_schedule(1.0, 0.0, 10, warmup_steps=4)
-    assert np.allclose(s[:4], [0, 0.25, 0.5, 0.75])
-    assert s[4] == pytest.approx(1.0) and s[-1] == pytest.approx(0.0)
+    assert np.allclose(s[:4], [0, 1 / 3, 2 / 3, 1.0])  # DINO: np.linspace(0, peak, 4)
+    assert s[4] == pytest.approx(1.0) and 0 < s[-1] < 0.07  # the cosine ends just above the final value
     assert np.all(np.diff(s[4:]) <= 0)
     sched = Schedules.build(100, 1e-3, 1e-6, 0.1, 0.04, 0.4, 0.996, 1.0)
-    lr, wd, m = sched.at(0)
-    assert (lr, wd, m) == (0.0, pytest.approx(0.04), pytest.approx(0.996))
-    assert sched.at(99)[1:] == (pytest.approx(0.4), pytest.approx(1.0))
-    assert sched.lr.max() == pytest.approx(1e-3)
+    assert sched.at(0) == (0.0, pytest.approx(0.04), pytest.approx(0.996))
+    assert sched.lr[9] == pytest.approx(1e-3) and sched.lr.max() == pytest.approx(1e-3)
 
 
 def test_rng_round_trip_without_pickle(tmp_path: Path) -> None:
