@@ -188,8 +188,20 @@ def _features_per_probe(extractor, tasks, paths, config: EvalConfig, autocast, l
         if id(chosen) not in done:
             log(f"features of {len(paths)} images" + (f" ({PROBE_PROMPTS[task]} prompt)" if extractor is not chosen else ""))
             patches = any(t == "parsing" and extractors[t] is chosen for t in tasks)
-            done[id(chosen)] = extract_features(chosen, paths, config.batch_size, keep_patches=patches, autocast=autocast)
+            done[id(chosen)] = finite_features(
+                extract_features(chosen, paths, config.batch_size, keep_patches=patches, autocast=autocast), config)
     return {task: done[id(extractors[task])] for task in tasks}
+
+
+def finite_features(features, config: EvalConfig):
+    """`features`, or EvalInputError naming the export when any image got a NaN or infinite feature."""
+    bad = ~np.isfinite(features.cls).all(axis=1)
+    if features.patches is not None:
+        bad |= ~np.isfinite(features.patches).all(axis=(1, 2))
+    if bad.any():
+        raise EvalInputError(f"{config.backbone}: the backbone gives NaN or infinite features for {int(bad.sum())} "
+                             f"of {len(bad)} images; its weights are not usable (nothing was scored)")
+    return features
 
 
 def reid_intervals(reid: dict, query_identities: np.ndarray) -> dict:
@@ -203,8 +215,10 @@ def reid_intervals(reid: dict, query_identities: np.ndarray) -> dict:
 def _evaluate_market(market, extractor, config: EvalConfig, autocast, log) -> dict:
     start = time.perf_counter()
     log(f"features of {len(market.query)} queries and {len(market.gallery)} gallery images")
-    q = extract_features(extractor, market.query.paths, config.batch_size, keep_patches=False, autocast=autocast)
-    g = extract_features(extractor, market.gallery.paths, config.batch_size, keep_patches=False, autocast=autocast)
+    q = finite_features(extract_features(extractor, market.query.paths, config.batch_size, keep_patches=False,
+                                         autocast=autocast), config)
+    g = finite_features(extract_features(extractor, market.gallery.paths, config.batch_size, keep_patches=False,
+                                         autocast=autocast), config)
     out: dict = {"images": len(market.query) + len(market.gallery), "feature_dim": int(q.cls.shape[1]),
                  "seconds": {"features": time.perf_counter() - start}}
     t0 = time.perf_counter()

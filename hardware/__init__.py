@@ -8,11 +8,12 @@ only when asked about a device, so the command line can import it cheaply.
 from clasp.hardware.cores import (
     available_cores, cores_per_process, dataloader_workers, torch_threads, use_available_cores,
 )
+from clasp.hardware.memory import available_memory
 from clasp.hardware.precision import (
     PRECISIONS, Capability, PrecisionChoice, PrecisionError, probe_capability, resolve_precision,
 )
 
 __all__ = [
-    "PRECISIONS", "Capability", "PrecisionChoice", "PrecisionError", "available_cores",
+    "PRECISIONS", "Capability", "PrecisionChoice", "PrecisionError", "available_cores", "available_memory",
     "cores_per_process", "dataloader_workers", "probe_capability", "resolve_precision", "torch_threads", "use_available_cores",
 ]

@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from clasp.pretraining.vit import PromptedViT, TaskBackbone, ViTConfig
+from clasp.hardware import available_memory
+from clasp.pretraining.vit import TASKS, PromptedViT, TaskBackbone, ViTConfig
 
 BACKBONE_FORMAT = "clasp-backbone"
 BACKBONE_VERSION = 1
@@ -46,6 +47,24 @@ def read_backbone_config(folder: str | Path) -> dict:
     if data.get("version") != BACKBONE_VERSION:
         raise BackboneError(f"{path}: unknown backbone version {data.get('version')!r}; "
                             f"this clasp reads version {BACKBONE_VERSION}")
+    task = data.get("task")
+    if not isinstance(task, str) or task not in TASKS:
+        raise BackboneError(f"{path}: task must be one of {list(TASKS)}, got {task!r}")
+    try:
+        architecture = ViTConfig.from_dict(data.get("architecture"))
+    except (ValueError, TypeError) as exc:
+        raise BackboneError(f"{path}: architecture: {exc}") from None
+    feature_dim = data.get("feature_dim", architecture.dim)
+    if feature_dim != architecture.dim:
+        raise BackboneError(f"{path}: feature_dim {feature_dim!r} differs from architecture.dim {architecture.dim}")
+    image_hw = data.get("image_hw", list(architecture.img_hw))
+    if not isinstance(image_hw, (list, tuple)) or list(image_hw) != list(architecture.img_hw):
+        raise BackboneError(f"{path}: image_hw {image_hw!r} differs from architecture.img_hw {list(architecture.img_hw)}")
+    memory = available_memory()
+    need = architecture.estimated_params() * 4 * 2  # fp32 weights, once built and once read
+    if memory is not None and need > memory:
+        raise BackboneError(f"{path}: architecture needs about {need / 2**30:.1f} GiB to load, "
+                            f"{memory / 2**30:.1f} GiB available")
     return data
 
 
@@ -58,7 +77,7 @@ def load_backbone(folder: str | Path, task: str | None = None, device: str | tor
     """
     folder = Path(folder)
     data = read_backbone_config(folder)
-    backbone = PromptedViT(ViTConfig.from_dict(data["architecture"]))
+    backbone = PromptedViT(ViTConfig.from_dict(data["architecture"]))  # checked by read_backbone_config
     weights_path = folder / WEIGHTS_FILE
     try:
         state = load_file(str(weights_path))
@@ -66,10 +85,18 @@ def load_backbone(folder: str | Path, task: str | None = None, device: str | tor
         raise BackboneError(f"{weights_path}: not found") from None
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
         raise BackboneError(f"{weights_path}: cannot be read ({exc})") from None
-    result = backbone.load_state_dict(state, strict=False)
+    try:
+        result = backbone.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a tensor whose shape differs from the architecture's
+        shapes = " ".join(str(exc).split())
+        raise BackboneError(f"{weights_path}: does not match config.json ({shapes[:400]})") from None
     if result.missing_keys or result.unexpected_keys:
         raise BackboneError(f"{weights_path}: does not match config.json (missing {result.missing_keys[:5]}, "
                             f"unexpected {result.unexpected_keys[:5]})")
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise BackboneError(f"{weights_path}: tensor {key!r} holds {bad} NaN or infinite values of {tensor.numel()}")
     chosen = task or data["task"]
     if backbone.config.moe_layers and chosen not in backbone.config.tasks:
         raise BackboneError(f"{folder}: no task prompt {chosen!r}; this backbone has {list(backbone.config.tasks)}")

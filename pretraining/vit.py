@@ -36,7 +36,8 @@ from `ViTConfig` and a state dict without any training code.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, fields
 from typing import Collection, Sequence
 
 import torch
@@ -48,6 +49,15 @@ from clasp.pretraining.moe import MLP, PCMoE
 TASKS: tuple[str, ...] = ("instance", "part", "attribute")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# What a backbone may be (a config outside these is refused, naming the field): wide enough
+# bounds for any ViT in use (ViT-g is 1536 wide, 40 deep, 1.0 billion parameters), narrow
+# enough that a malformed config cannot ask for tens of GB before anything is checked.
+ARCHITECTURE_LIMITS: dict[str, tuple[int, int]] = {
+    "dim": (8, 4096), "depth": (1, 64), "heads": (1, 128), "patch_size": (2, 64), "num_experts": (1, 64),
+    "top_k": (1, 64), "img_hw": (2, 4096), "mlp_ratio": (0, 16),
+}
+MAX_BACKBONE_PARAMS = 2_000_000_000
 
 PRESETS: dict[str, dict[str, int]] = {
     "tiny": {"dim": 192, "depth": 12, "heads": 3},
@@ -79,6 +89,7 @@ class ViTConfig:
     tasks: tuple[str, ...] = TASKS
 
     def __post_init__(self) -> None:
+        self._check_types_and_ranges()
         self.img_hw = tuple(self.img_hw)
         self.tasks = tuple(self.tasks)
         if self.dim % self.heads:
@@ -91,6 +102,47 @@ class ViTConfig:
             raise ValueError(f"img_hw {self.img_hw} is not a multiple of patch {self.patch_size}")
         if not self.tasks:
             raise ValueError("at least one task is needed")
+
+    def _check_types_and_ranges(self) -> None:
+        """Refuse, naming the field, a value no backbone can have (bounds in ARCHITECTURE_LIMITS)."""
+        def integer(name: str, value) -> int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+            low, high = ARCHITECTURE_LIMITS[name]
+            if not low <= value <= high:
+                raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
+            return value
+
+        for name in ("dim", "depth", "heads", "patch_size", "num_experts", "top_k"):
+            integer(name, getattr(self, name))
+        if isinstance(self.moe_layers, bool) or not isinstance(self.moe_layers, int):
+            raise ValueError(f"moe_layers must be an integer, got {self.moe_layers!r}")
+        if not isinstance(self.img_hw, (list, tuple)) or len(self.img_hw) != 2:
+            raise ValueError(f"img_hw must be [height, width], got {self.img_hw!r}")
+        for side in self.img_hw:
+            integer("img_hw", side)
+        for name in ("mlp_ratio", "expert_mlp_ratio"):
+            value = getattr(self, name)
+            if value is None and name == "expert_mlp_ratio":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or not 0 < value <= ARCHITECTURE_LIMITS["mlp_ratio"][1]:
+                raise ValueError(f"{name} must be a number in (0, {ARCHITECTURE_LIMITS['mlp_ratio'][1]}], got {value!r}")
+        if isinstance(self.tasks, str) or not isinstance(self.tasks, (list, tuple)) \
+                or any(t not in TASKS for t in self.tasks):
+            raise ValueError(f"tasks must be a list of {list(TASKS)}, got {self.tasks!r}")
+        if self.heads > self.dim:
+            raise ValueError(f"heads ({self.heads}) cannot exceed dim ({self.dim})")
+        if self.estimated_params() > MAX_BACKBONE_PARAMS:
+            raise ValueError(f"dim {self.dim} x depth {self.depth} gives about {self.estimated_params() / 1e9:.1f} "
+                             f"billion parameters, more than the {MAX_BACKBONE_PARAMS / 1e9:.1f} billion allowed")
+
+    def estimated_params(self) -> int:
+        """Parameters of the backbone, to within a few percent (attention 4·D², MLP 2·r·D² per block)."""
+        dense = int(self.depth - min(self.moe_layers, self.depth)) * (4 + 2 * self.mlp_ratio) * self.dim ** 2
+        ratio = self.expert_mlp_ratio if self.expert_mlp_ratio is not None else self.mlp_ratio / max(1, self.top_k)
+        moe = min(self.moe_layers, self.depth) * (4 + 2 * ratio * self.num_experts) * self.dim ** 2
+        return int(dense + moe)
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "ViTConfig":
@@ -115,6 +167,11 @@ class ViTConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ViTConfig":
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a mapping of architecture fields, got {type(data).__name__}")
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown architecture field {unknown[0]!r}")
         return cls(**data)
 
 
