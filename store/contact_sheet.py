@@ -22,6 +22,7 @@ from clasp.store.attributes import TopValue, top_values
 from clasp.store.errors import StoreError
 from clasp.store.manifest import ShardEntry
 from clasp.store.reader import ShardStore
+from clasp.store.rowcheck import BadDataError, BadRows, image_problem, label_problems
 
 SHEET_NAME = "contact_sheet.png"
 
@@ -48,6 +49,7 @@ class ContactSheetConfig:
     image_height: int = 256  # display height of each image (width follows the stored aspect ratio)
     attribute_lines: int = 4  # attribute groups listed per image, most confident first
     alpha: float = 0.55  # opacity of the part colours over the greyscale image
+    on_bad_row: str = "stop"  # stop | skip: a sampled row that fails a check (see store/rowcheck.py)
 
 
 @dataclass
@@ -67,6 +69,8 @@ class ContactSheet:
     size: tuple[int, int]  # (width, height) in pixels
     tiles: list[Tile] = field(default_factory=list)
     rows_available: int = 0  # rows the sample was drawn from
+    bad_rows: int = 0  # sampled rows left out because they failed a check (on_bad_row=skip)
+    notes: list[str] = field(default_factory=list)
 
 
 def part_colours(num_parts: int) -> list[tuple[int, int, int] | None]:
@@ -125,17 +129,20 @@ def make_contact_sheet(config: ContactSheetConfig) -> ContactSheet:
     picked = np.sort(rng.choice(total, size=min(config.n, total), replace=False))
 
     vocab = store.manifest.vocab
+    bad = BadRows(config.on_bad_row)
     samples = []
     for s, entry in enumerate(entries):
         local = [int(g - offsets[s]) for g in picked if offsets[s] <= g < offsets[s + 1]]
         if not local:
             continue
-        with store.open_shard(entry) as shard:
-            rows = shard.read_rows(local, fields=("image", "key", "path", "part_mask", "attr_logits"))
-        for i, row in enumerate(local):
-            samples.append((entry.file, row, rows.key[i], rows.path[i], rows.image[i], rows.part_mask[i],
-                            top_values(rows.attr_logits[i], vocab, config.attribute_lines)))
+        with store.open_shard(entry, check_bytes=True) as shard:
+            for row in local:
+                sample = _read_sample(shard, row, store.manifest, config.attribute_lines, bad)
+                if sample is not None:
+                    samples.append(sample)
 
+    if not samples:
+        raise StoreError(store.root, f"every sampled row is bad: {bad.note()}")
     layout = _Layout.for_config(config, store.manifest.image_store.hw, len(samples), vocab.part_names)
     sheet = Image.new("RGB", layout.size, BACKGROUND)
     draw = ImageDraw.Draw(sheet)
@@ -174,7 +181,25 @@ def make_contact_sheet(config: ContactSheetConfig) -> ContactSheet:
     tmp = out_path.with_name(out_path.name + ".tmp")
     sheet.save(tmp, format="PNG")
     tmp.replace(out_path)
-    return ContactSheet(out_path, sheet.size, tiles, total)
+    return ContactSheet(out_path, sheet.size, tiles, total, bad_rows=bad.count, notes=[bad.note()] if bad.count else [])
+
+
+def _read_sample(shard, row: int, manifest, attribute_lines: int, bad: BadRows) -> tuple | None:
+    """One row for a tile, its values checked; None when its labels are bad and `bad` skips it."""
+    try:
+        rows = shard.read(row, row + 1, fields=("image", "key", "path", "part_mask", "part_conf", "attr_logits"))
+    except BadDataError as exc:
+        bad.bad(shard.path, exc.rows, exc.detail)
+        return None
+    problem = label_problems(rows, manifest.vocab.num_parts)[0]
+    if problem:
+        bad.bad(shard.path, f"row {row}", problem)
+        return None
+    problem = image_problem(rows.image[0], manifest.image_store.hw)
+    if problem:  # skipped: the tile stays, with a grey placeholder saying so, since its labels are good
+        bad.bad(shard.path, f"row {row}", problem)
+    return (shard.path.name, row, rows.key[0], rows.path[0], rows.image[0], rows.part_mask[0],
+            top_values(rows.attr_logits[0], manifest.vocab, attribute_lines))
 
 
 def _pick_shards(store: ShardStore, shard: str | None) -> list[ShardEntry]:

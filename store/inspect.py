@@ -1,8 +1,11 @@
 """`clasp inspect`: what a shard folder holds, in numbers a person can sanity-check.
 
 The label statistics are accumulated chunk by chunk (one HDF5 storage chunk of
-rows at a time, images never read), so a folder of any size is summarised in
-constant memory.
+rows at a time, images never decoded), so a folder of any size is summarised in
+constant memory. Each shard's sha256 is checked against the manifest first
+(the whole file is read once), and every chunk's label values are checked
+(`rowcheck.py`): a bad row stops the command, or with `on_bad_row="skip"` is
+left out of the numbers and counted.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import numpy as np
 from clasp.store.attributes import group_argmax
 from clasp.store.manifest import SkippedInput
 from clasp.store.reader import ShardStore
+from clasp.store.rowcheck import BadDataError, BadRows, label_problems
+from clasp.store.schema import LabelRows
 
 LABEL_FIELDS = ("part_mask", "part_conf", "attr_logits")
 
@@ -25,6 +30,7 @@ LABEL_FIELDS = ("part_mask", "part_conf", "attr_logits")
 class InspectConfig:
     root: Path
     examples_per_reason: int = 3  # example paths shown for each skip reason
+    on_bad_row: str = "stop"  # stop | skip: a row whose labels fail a check (see store/rowcheck.py)
 
 
 @dataclass
@@ -76,6 +82,8 @@ class StoreSummary:
     skipped_by_reason: list[SkipReason]
     # Label cells whose part index is outside the vocabulary (0 in a healthy store).
     invalid_part_cells: int = 0
+    # Rows left out because they failed a check (on_bad_row=skip); named in `notes`.
+    bad_rows: int = 0
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -92,9 +100,10 @@ def inspect_store(config: InspectConfig) -> StoreSummary:
     group_counts = [np.zeros(len(g.values), np.int64) for g in vocab.attributes]
     invalid = 0
     images = 0
+    bad = BadRows(config.on_bad_row)
     for entry in store.shards:
-        with store.open_shard(entry) as shard:
-            for chunk in shard.iter_chunks(LABEL_FIELDS):
+        with store.open_shard(entry, check_bytes=True) as shard:
+            for chunk in _good_chunks(shard, vocab.num_parts, bad):
                 images += len(chunk)
                 mask = chunk.part_mask.ravel()
                 counts = np.bincount(mask, minlength=vocab.num_parts)
@@ -105,6 +114,9 @@ def inspect_store(config: InspectConfig) -> StoreSummary:
                 invalid += int(counts[vocab.num_parts:].sum())
                 for counter, top in zip(group_counts, group_argmax(chunk.attr_logits, vocab)):
                     counter += np.bincount(top, minlength=len(counter))
+    notes = [] if images else ["the store holds no images"]
+    if bad.note():
+        notes.append(bad.note())
     total_cells = max(int(part_cells.sum()) + invalid, 1)
     parts = [
         PartShare(name, int(n), int(n) / total_cells, float(part_conf_sum[i] / n) if n else None)
@@ -136,8 +148,31 @@ def inspect_store(config: InspectConfig) -> StoreSummary:
         skipped=len(manifest.skipped),
         skipped_by_reason=group_skipped(manifest.skipped, config.examples_per_reason),
         invalid_part_cells=invalid,
-        notes=[] if images else ["the store holds no images"],
+        bad_rows=bad.count,
+        notes=notes,
     )
+
+
+def _good_chunks(shard, num_parts: int, bad: BadRows):
+    """The shard's label chunks with bad rows left out (or the first one raised), per `bad.on_bad_row`."""
+    step = shard.chunk_rows
+    for start in range(0, shard.rows, step):
+        stop = min(start + step, shard.rows)
+        try:
+            chunk = shard.read(start, stop, LABEL_FIELDS)
+        except BadDataError as exc:
+            bad.bad(shard.path, exc.rows, exc.detail, count=stop - start)
+            continue
+        problems = label_problems(chunk, num_parts)
+        if any(problems):
+            for i, problem in enumerate(problems):
+                if problem:
+                    bad.bad(shard.path, f"row {start + i}", problem)
+            keep = np.array([p is None for p in problems])
+            chunk = LabelRows(image=[], key=[k for k, ok in zip(chunk.key, keep) if ok], path=[],
+                              orig_hw=chunk.orig_hw, part_mask=chunk.part_mask[keep],
+                              part_conf=chunk.part_conf[keep], attr_logits=chunk.attr_logits[keep])
+        yield chunk
 
 
 def reason_head(reason: str) -> str:

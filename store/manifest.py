@@ -7,14 +7,18 @@ flight.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
 from clasp import __version__
 from clasp.store.durable import write_json_atomic
 from clasp.store.errors import NotAStoreError, StoreError
-from clasp.store.schema import FORMAT_VERSION, MANIFEST_FORMAT, MANIFEST_NAME, SHARD_SUFFIX
+from clasp.store.schema import (
+    DENSE_MODES, FORMAT_VERSION, LABEL_PRECISIONS, MANIFEST_FORMAT, MANIFEST_NAME, SHARD_SUFFIX,
+)
 from clasp.store.vocabulary import Vocabulary
 
 
@@ -79,6 +83,9 @@ class Manifest:
     skipped: list[SkippedInput] = field(default_factory=list)
     clasp_version: str = __version__
     labeled_with: LabeledWith | None = None
+    # sha256 of the manifest.json bytes this was loaded from (None when built in memory):
+    # a reader compares it later to notice a store rewritten under it.
+    source_sha256: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def total_rows(self) -> int:
@@ -103,46 +110,68 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: dict, source: str | Path) -> "Manifest":
+        """Check the manifest field by field (types and ranges) and build it.
+
+        Every problem raises `StoreError(source, "<field>: <problem>")`, one line
+        naming the field: numbers must be finite integers within bounds (no
+        `1e999`, no `10**30` rows, no fractional grid), sizes positive, hashes
+        64 hex digits, the dense mode and precision known values.
+        """
         if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
             raise StoreError(source, f"not a CLASP manifest (format is {data.get('format') if isinstance(data, dict) else None!r}, expected {MANIFEST_FORMAT!r})")
         version = data.get("version")
-        if version != FORMAT_VERSION:
-            raise StoreError(source, f"unknown format version {version!r}; this clasp reads version {FORMAT_VERSION}")
+        if type(version) is not int or version != FORMAT_VERSION:
+            raise StoreError(source, f"unknown format version {_show(version)}; this clasp reads version {FORMAT_VERSION}")
+        f = _Fields(source)
+        vocab_data = f.obj(data, "vocab")
         try:
-            vocab_data = data["vocab"]
-            if not isinstance(vocab_data, dict):
-                raise TypeError("vocab is not an object")
             vocab = Vocabulary.from_dict(vocab_data, source)
-            if vocab_data.get("sha256") != vocab.sha256:
-                raise StoreError(source, f"vocabulary hash {vocab_data.get('sha256')!r} does not match its content ({vocab.sha256})")
-            clip = data["clip"]
-            store = data.get("image_store", {})
-            manifest = cls(
-                clip=ClipInfo(clip["model"], clip.get("revision"), tuple(clip["input_hw"]), clip["dense_mode"],
-                              clip.get("precision")),
-                vocab=vocab,
-                label_grid=tuple(int(x) for x in data["label_grid"]),
-                image_store=ImageStore(tuple(store.get("hw", (256, 128))), store.get("codec", "jpeg"), int(store.get("quality", 95))),
-                shard_size=int(data["shard_size"]),
-                shards=[ShardEntry(**s) for s in data["shards"]],
-                skipped=[SkippedInput(**s) for s in data.get("skipped", [])],
-                clasp_version=str(data.get("clasp_version", "unknown")),
-                labeled_with=LabeledWith(**data["labeled_with"]) if data.get("labeled_with") else None,
-            )
-        except StoreError:
-            raise
-        except (KeyError, TypeError, ValueError) as exc:
-            raise StoreError(source, f"malformed manifest ({type(exc).__name__}: {exc})") from None
-        if len(manifest.label_grid) != 2 or min(manifest.label_grid) < 1:
-            raise StoreError(source, f"label_grid must be two positive sizes, got {manifest.label_grid}")
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise StoreError(source, f"vocab: malformed ({type(exc).__name__}: {exc})") from None
+        if vocab_data.get("sha256") != vocab.sha256:
+            raise StoreError(source, f"vocabulary hash {_show(vocab_data.get('sha256'))} does not match its content ({vocab.sha256})")
+        clip = f.obj(data, "clip")
+        store = f.obj(data, "image_store", optional=True) or {}
+        labeled = f.obj(data, "labeled_with", optional=True)
+        manifest = cls(
+            clip=ClipInfo(
+                model=f.text(clip, "model", "clip.model"),
+                revision=f.text(clip, "revision", "clip.revision", optional=True),
+                input_hw=f.pair(clip, "input_hw", "clip.input_hw", MAX_SIDE),
+                dense_mode=f.choice(clip, "dense_mode", "clip.dense_mode", DENSE_MODES),
+                precision=f.choice(clip, "precision", "clip.precision", LABEL_PRECISIONS, optional=True),
+            ),
+            vocab=vocab,
+            label_grid=f.pair(data, "label_grid", "label_grid", MAX_SIDE),
+            image_store=ImageStore(
+                hw=f.pair(store, "hw", "image_store.hw", MAX_SIDE, default=(256, 128)),
+                codec=f.choice(store, "codec", "image_store.codec", ("jpeg",), default="jpeg"),
+                quality=f.integer(store, "quality", "image_store.quality", 1, 100, default=95),
+            ),
+            shard_size=f.integer(data, "shard_size", "shard_size", 1, MAX_ROWS),
+            shards=[f.shard(entry, i) for i, entry in enumerate(f.items(data, "shards"))],
+            skipped=[SkippedInput(f.text(s, "path", f"skipped[{i}].path"), f.text(s, "reason", f"skipped[{i}].reason"))
+                     for i, s in enumerate(f.items(data, "skipped", optional=True))
+                     if f.only(s, ("path", "reason"), f"skipped[{i}]")],
+            clasp_version=str(data.get("clasp_version", "unknown")),
+            labeled_with=None if labeled is None else LabeledWith(
+                batch_size=f.integer(labeled, "batch_size", "labeled_with.batch_size", 1, MAX_ROWS),
+                device=f.text(labeled, "device", "labeled_with.device"),
+                capability=f.text(labeled, "capability", "labeled_with.capability"),
+                precision_requested=f.text(labeled, "precision_requested", "labeled_with.precision_requested"),
+            ),
+        )
+        if labeled is not None:
+            f.only(labeled, ("batch_size", "device", "capability", "precision_requested"), "labeled_with")
+        if manifest.label_grid[0] > manifest.clip.input_hw[0] or manifest.label_grid[1] > manifest.clip.input_hw[1]:
+            raise StoreError(source, f"label_grid: {list(manifest.label_grid)} is finer than the CLIP input "
+                                     f"{list(manifest.clip.input_hw)} (a cell is at least one pixel)")
         seen: set[str] = set()
         for entry in manifest.shards:
             check_shard_file_name(entry.file, source)
             if entry.file in seen:
                 raise StoreError(source, f"shard {entry.file!r} is listed twice")
             seen.add(entry.file)
-            if not isinstance(entry.rows, int) or entry.rows < 0 or not isinstance(entry.bytes, int):
-                raise StoreError(source, f"shard {entry.file!r}: rows and bytes must be non-negative integers")
         return manifest
 
     @classmethod
@@ -156,12 +185,15 @@ class Manifest:
         if not path.exists():
             raise NotAStoreError(path, "manifest not found (is this a folder written by `clasp label`?)")
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            raw = path.read_bytes()
+            data = json.loads(raw.decode("utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise StoreError(path, f"manifest does not parse as JSON ({exc})") from None
         except OSError as exc:
             raise StoreError(path, f"cannot read manifest ({exc.strerror or exc})") from None
-        return cls.from_dict(data, path)
+        manifest = cls.from_dict(data, path)
+        manifest.source_sha256 = hashlib.sha256(raw).hexdigest()
+        return manifest
 
     def save(self, root: str | Path) -> None:
         """Write atomically: a temp file in the same folder, fsync, rename.
@@ -170,6 +202,116 @@ class Manifest:
         """
         self.clasp_version = __version__
         write_json_atomic(Path(root) / MANIFEST_NAME, self.to_dict())
+
+
+# Bounds of manifest numbers: far beyond any real store, small enough that no
+# arithmetic on them overflows or allocates absurd memory.
+MAX_ROWS = 2**31 - 1  # rows of a shard, shard size, batch size
+MAX_BYTES = 2**50  # bytes of one shard file (1 PiB)
+MAX_SIDE = 2**16 - 1  # image sides and label grids (orig_hw is uint16 too)
+_HEX = frozenset("0123456789abcdef")
+
+
+def _show(value) -> str:
+    """A value for an error message: its repr, cut to stay on one short line."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class _Fields:
+    """Typed field readers that raise `StoreError(source, "<field>: <problem>")`."""
+
+    def __init__(self, source: str | Path) -> None:
+        self.source = source
+
+    def fail(self, where: str, problem: str) -> StoreError:
+        return StoreError(self.source, f"{where}: {problem}")
+
+    def obj(self, data: dict, key: str, where: str | None = None, optional: bool = False) -> dict | None:
+        where = where or key
+        value = data.get(key)
+        if value is None and optional:
+            return None
+        if key not in data:
+            raise self.fail(where, "missing")
+        if not isinstance(value, dict):
+            raise self.fail(where, f"must be an object, got {_show(value)}")
+        return value
+
+    def items(self, data: dict, key: str, optional: bool = False) -> list:
+        value = data.get(key)
+        if value is None and optional:
+            return []
+        if not isinstance(value, list):
+            raise self.fail(key, "missing" if key not in data else f"must be a list, got {_show(value)}")
+        for i, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise self.fail(f"{key}[{i}]", f"must be an object, got {_show(item)}")
+        return value
+
+    def only(self, data: dict, keys: tuple[str, ...], where: str) -> bool:
+        unknown = sorted(set(data) - set(keys))
+        if unknown:
+            raise self.fail(where, f"unknown field {unknown[0]!r}")
+        return True
+
+    def integer(self, data: dict, key: str, where: str, low: int, high: int, default=None) -> int:
+        if key not in data or data[key] is None:
+            if default is not None:
+                return default
+            raise self.fail(where, "missing")
+        value = data[key]
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            value = int(value)
+        if type(value) is not int:
+            raise self.fail(where, f"must be a whole number, got {_show(value)}")
+        if not low <= value <= high:
+            raise self.fail(where, f"must be in [{low}, {high}], got {_show(value)}")
+        return value
+
+    def pair(self, data: dict, key: str, where: str, high: int, default=None) -> tuple[int, int]:
+        if key not in data and default is not None:
+            return tuple(default)
+        value = data.get(key)
+        if not isinstance(value, list | tuple) or len(value) != 2:
+            raise self.fail(where, "missing" if key not in data else f"must be [height, width], got {_show(value)}")
+        return tuple(self.integer({"v": v}, "v", f"{where}[{i}]", 1, high) for i, v in enumerate(value))
+
+    def text(self, data: dict, key: str, where: str, optional: bool = False) -> str | None:
+        value = data.get(key)
+        if value is None and optional:
+            return None
+        if not isinstance(value, str):
+            raise self.fail(where, "missing" if key not in data else f"must be a string, got {_show(value)}")
+        return value
+
+    def choice(self, data: dict, key: str, where: str, known: tuple[str, ...], optional: bool = False,
+               default: str | None = None) -> str | None:
+        if data.get(key) is None and (optional or default is not None):
+            return default
+        value = self.text(data, key, where)
+        if value not in known:
+            raise self.fail(where, f"unknown value {_show(value)}; known: {', '.join(known)}")
+        return value
+
+    def sha256(self, data: dict, key: str, where: str, optional: bool = False) -> str | None:
+        value = data.get(key)
+        if value is None and optional:
+            return None
+        if not isinstance(value, str) or len(value) != 64 or not set(value) <= _HEX:
+            raise self.fail(where, f"must be 64 lowercase hex digits, got {_show(value)}")
+        return value
+
+    def shard(self, entry: dict, i: int) -> ShardEntry:
+        where = f"shards[{i}]"
+        self.only(entry, ("file", "rows", "sha256", "bytes", "inputs_sha256"), where)
+        return ShardEntry(
+            file=self.text(entry, "file", f"{where}.file"),
+            rows=self.integer(entry, "rows", f"{where}.rows", 0, MAX_ROWS),
+            sha256=self.sha256(entry, "sha256", f"{where}.sha256"),
+            bytes=self.integer(entry, "bytes", f"{where}.bytes", 0, MAX_BYTES),
+            inputs_sha256=self.sha256(entry, "inputs_sha256", f"{where}.inputs_sha256", optional=True),
+        )
 
 
 def check_shard_file_name(name: str, source: str | Path) -> None:

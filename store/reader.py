@@ -8,6 +8,8 @@ to the chunks it reads.
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +20,9 @@ import numpy as np
 from clasp.store.digest import file_sha256
 from clasp.store.errors import StoreError
 from clasp.store.manifest import Manifest, ShardEntry
+from clasp.store.rowcheck import BadDataError, rows_label
 from clasp.store.schema import (
-    CHUNK_ROWS, FIELD_NAMES, FIELDS, FORMAT_VERSION, SHARD_FORMAT, LabelRows, row_shape,
+    CHUNK_ROWS, FIELD_NAMES, FIELDS, FORMAT_VERSION, MANIFEST_NAME, SHARD_FORMAT, LabelRows, row_shape,
 )
 
 # Enough for one chunk of every dataset of a default shard, several times over.
@@ -41,8 +44,9 @@ class ShardStore:
         store = cls(root, manifest)
         for entry in manifest.shards:
             path = store.path_of(entry)
-            if not path.is_file():
-                raise StoreError(path, "shard listed in the manifest is missing")
+            problem = shard_path_problem(path)
+            if problem:
+                raise StoreError(path, problem)
             size = path.stat().st_size
             if size != entry.bytes:
                 raise StoreError(path, f"shard has {size} bytes, the manifest says {entry.bytes} (truncated or replaced?)")
@@ -59,9 +63,79 @@ class ShardStore:
     def shards(self) -> list[ShardEntry]:
         return self.manifest.shards
 
-    def open_shard(self, entry: ShardEntry, chunk_cache_bytes: int = DEFAULT_CHUNK_CACHE_BYTES) -> "ShardFile":
-        return ShardFile(self.path_of(entry), self.manifest, expected_rows=entry.rows,
-                         chunk_cache_bytes=chunk_cache_bytes)
+    def open_shard(self, entry: ShardEntry, chunk_cache_bytes: int = DEFAULT_CHUNK_CACHE_BYTES,
+                   check_bytes: bool = False) -> "ShardFile":
+        """Open a listed shard; refuse a link out of the folder, and with `check_bytes` a size or sha256 mismatch.
+
+        `check_bytes` reads the whole file once to hash it: readers that use the
+        images (which HDF5 stores uncompressed and unchecked) ask for it, so
+        that bytes flipped inside a stored JPEG are caught before training on it.
+        """
+        path = self.path_of(entry)
+        problem = shard_path_problem(path)
+        if problem:
+            raise StoreError(path, problem)
+        if check_bytes:
+            problem = shard_bytes_problem(path, entry)
+            if problem:
+                raise StoreError(path, problem)
+        return ShardFile(path, self.manifest, expected_rows=entry.rows, chunk_cache_bytes=chunk_cache_bytes)
+
+    def manifest_changed(self) -> str | None:
+        """Why the manifest on disk is no longer the one this store was opened with, or None."""
+        path = self.root / MANIFEST_NAME
+        if self.manifest.source_sha256 is None:
+            return None
+        try:
+            digest = file_sha256(path)
+        except OSError as exc:
+            return f"manifest can no longer be read ({exc.strerror or exc})"
+        if digest != self.manifest.source_sha256:
+            return "manifest changed since this command started (the store was relabeled or rewritten)"
+        return None
+
+
+def shard_bytes_problem(path: Path, entry: ShardEntry) -> str | None:
+    """Size, then sha256, of the shard file against its manifest entry."""
+    try:
+        size = path.stat().st_size
+        if size != entry.bytes:
+            return f"shard has {size} bytes, the manifest says {entry.bytes} (truncated or replaced?)"
+        digest = file_sha256(path)
+    except OSError as exc:
+        return f"cannot read shard ({exc.strerror or exc})"
+    if digest != entry.sha256:
+        return (f"sha256 mismatch: file {digest[:12]}…, manifest {entry.sha256[:12]}… (the bytes changed after "
+                "it was written; `clasp verify` lists such shards, a rerun of `clasp label` rebuilds them)")
+    return None
+
+
+def shard_path_problem(path: Path) -> str | None:
+    """Why `path` may not be opened as a shard: missing, not a regular file, or a link out of its folder.
+
+    A symbolic link is followed only when its target, fully resolved, is a
+    regular file inside the shard folder itself; a link elsewhere (`/etc/...`,
+    another store) is refused before anything opens or hashes it. A FIFO or
+    device would block or never end, so only regular files are opened.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return "shard listed in the manifest is missing"
+    except OSError as exc:
+        return f"cannot stat shard ({exc.strerror or exc})"
+    if stat.S_ISLNK(st.st_mode):
+        target = os.path.realpath(path)
+        folder = os.path.realpath(path.parent)
+        if os.path.dirname(target) != folder:
+            return f"shard is a symbolic link to {target}, outside the shard folder {folder}"
+        try:
+            st = os.stat(target)
+        except OSError:
+            return "shard is a dangling symbolic link"
+    if not stat.S_ISREG(st.st_mode):
+        return "shard is not a regular file"
+    return None
 
 
 class ShardFile:
@@ -134,13 +208,19 @@ class ShardFile:
             return out
         f = self._file
         for name in fields:
-            data = f[name][start:stop]
+            try:
+                data = f[name][start:stop]
+            except (OSError, RuntimeError, ValueError, KeyError) as exc:
+                # A damaged compressed chunk: h5py says "Can't read data (filter returned failure)".
+                reason = " ".join(str(exc).split()) or type(exc).__name__
+                raise BadDataError(self.path, rows_label(start, stop),
+                                   f"{name}: stored chunk does not decode ({reason})") from None
             if name == "image":
                 out.image = [row.tobytes() for row in data]
             elif name == "key":
-                out.key = [k.decode("ascii") for k in data]
+                out.key = [k.decode("ascii", "replace") for k in data]
             elif name == "path":
-                out.path = [p.decode("utf-8") if isinstance(p, bytes) else str(p) for p in data]
+                out.path = [p.decode("utf-8", "backslashreplace") if isinstance(p, bytes) else str(p) for p in data]
             else:
                 setattr(out, name, np.asarray(data))
         if "key" not in fields:  # keep len() meaningful for partial reads

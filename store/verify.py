@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from clasp.store.digest import file_sha256
 from clasp.store.errors import NotAStoreError, StoreError
 from clasp.store.manifest import Manifest, ShardEntry
-from clasp.store.reader import ShardFile
+from clasp.store.reader import ShardFile, shard_path_problem
+from clasp.store.rowcheck import BadDataError, image_problem, label_problems
 from clasp.store.schema import MANIFEST_NAME, SHARD_SUFFIX, TMP_SUFFIX
 
 
@@ -16,6 +18,13 @@ from clasp.store.schema import MANIFEST_NAME, SHARD_SUFFIX, TMP_SUFFIX
 class ShardProblem:
     path: Path
     problem: str
+
+
+@dataclass
+class ShardTiming:
+    path: Path
+    rows: int
+    seconds: float
 
 
 @dataclass
@@ -28,14 +37,20 @@ class VerifyReport:
     # Shard-like files the manifest does not list (e.g. a `.tmp` left by a crash).
     # Readers never open them, so they are not problems; a rerun overwrites them.
     unlisted: list[Path] = field(default_factory=list)
+    timings: list["ShardTiming"] = field(default_factory=list)  # deep checks only: seconds per shard
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
 
-def verify_store(root: str | Path) -> VerifyReport:
+def verify_store(root: str | Path, deep: bool = False) -> VerifyReport:
     """Check schema, sha256, byte size and row count of every listed shard.
+
+    With `deep`, also decode every row of every good shard: every compressed
+    chunk, every image (it must decode to the manifest's store size) and every
+    label value (`rowcheck.py`); a shard with bad rows is one problem naming
+    its first bad rows, and `timings` holds the seconds each shard took.
 
     A path that is not a shard folder at all (missing, not a folder, no
     manifest) raises `NotAStoreError`. A manifest that exists but cannot be
@@ -61,7 +76,12 @@ def verify_store(root: str | Path) -> VerifyReport:
     for entry in manifest.shards:
         report.shards_checked += 1
         path = root / entry.file
+        started = time.perf_counter()
         problem = _check_one(path, entry, manifest)
+        if problem is None and deep:
+            problem = _check_rows(path, entry, manifest)
+        if deep:
+            report.timings.append(ShardTiming(path, entry.rows, time.perf_counter() - started))
         if problem:
             report.problems.append(ShardProblem(path, problem))
         else:
@@ -71,8 +91,9 @@ def verify_store(root: str | Path) -> VerifyReport:
 
 def file_problem(path: Path, entry: ShardEntry) -> str | None:
     """What is wrong with the shard file's bytes against its manifest entry (existence, size, sha256), if anything."""
-    if not path.is_file():
-        return "missing"
+    problem = shard_path_problem(path)
+    if problem:
+        return "missing" if problem.endswith("is missing") else problem
     size = path.stat().st_size
     if size != entry.bytes:
         return f"size {size} bytes, manifest says {entry.bytes} (truncated or replaced)"
@@ -80,6 +101,40 @@ def file_problem(path: Path, entry: ShardEntry) -> str | None:
     if digest != entry.sha256:
         return f"sha256 mismatch (file {digest[:12]}…, manifest {entry.sha256[:12]}…)"
     return None
+
+
+DEEP_EXAMPLES = 3  # bad rows named per shard by a deep check
+
+
+def _check_rows(path: Path, entry: ShardEntry, manifest: Manifest) -> str | None:
+    """Decode every chunk, image and label value of a shard whose file checks passed."""
+    first: list[str] = []
+    bad = 0
+    try:
+        with ShardFile(path, manifest, expected_rows=entry.rows) as shard:
+            step = shard.chunk_rows
+            for start in range(0, shard.rows, step):
+                stop = min(start + step, shard.rows)
+                try:
+                    rows = shard.read(start, stop, ("image", "part_mask", "part_conf", "attr_logits"))
+                except BadDataError as exc:
+                    bad += stop - start
+                    first.append(f"{exc.rows}: {exc.detail}")
+                    continue
+                labels = label_problems(rows, manifest.vocab.num_parts)
+                for i, problem in enumerate(labels):
+                    problem = problem or image_problem(rows.image[i], manifest.image_store.hw)
+                    if problem:
+                        bad += 1
+                        first.append(f"row {start + i}: {problem}")
+    except StoreError as exc:
+        return exc.problem
+    except OSError as exc:
+        return f"unreadable: {exc}"
+    if not bad:
+        return None
+    shown = "; ".join(first[:DEEP_EXAMPLES])
+    return shown + (f" ({bad} bad rows)" if bad > 1 else "")
 
 
 def _check_one(path: Path, entry: ShardEntry, manifest: Manifest) -> str | None:

@@ -53,8 +53,9 @@ def three_part_store(tmp_path):
 
 def test_sheet_geometry_and_overlay_colours(three_part_store, tmp_path):
     config = ContactSheetConfig(three_part_store, tmp_path / "out", n=6, seed=0, columns=3, image_height=128,
-                                attribute_lines=2)
+                                attribute_lines=2, on_bad_row="skip")
     sheet = make_contact_sheet(config)
+    assert sheet.bad_rows == 1 and "shard-000001.h5: row 1: image: does not decode" in sheet.notes[0]
     assert sheet.path == tmp_path / "out" / "contact_sheet.png"
     png = Image.open(sheet.path)
     # width: 2 margins of 16 + 3 tiles of (2 images of 64 + gap 4) + 2 gutters of 20
@@ -87,7 +88,8 @@ def test_sheet_geometry_and_overlay_colours(three_part_store, tmp_path):
 
 def test_sample_is_seeded_and_can_be_limited_to_one_shard(three_part_store, tmp_path):
     def keys(**kw):
-        sheet = make_contact_sheet(ContactSheetConfig(three_part_store, tmp_path / "o", image_height=32, **kw))
+        sheet = make_contact_sheet(ContactSheetConfig(three_part_store, tmp_path / "o", image_height=32,
+                                                      on_bad_row="skip", **kw))
         return [int(t.key) for t in sheet.tiles]
 
     assert keys(n=3, seed=1) == keys(n=3, seed=1)
@@ -115,6 +117,7 @@ def test_part_colours_are_distinct_and_background_is_none():
 def test_cli_writes_the_sheet_and_prints_its_path(three_part_store, tmp_path):
     out = tmp_path / "sheet"
     result = CliRunner().invoke(main, ["show", str(three_part_store), "--out", str(out), "-n", "4", "--seed", "2",
+                                       "--on-bad-row", "skip",
                                        "--image-height", "64"])
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == str(out / "contact_sheet.png")
