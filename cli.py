@@ -21,6 +21,11 @@ PRECISION_HELP = ("auto: bf16 where the device multiplies it natively (CUDA with
                   "AVX512-BF16), fp16 on older GPUs, else fp32. An explicit choice that is only emulated here warns.")
 
 
+ON_BAD_ROW_HELP = ("A row that fails a check (a chunk that does not decompress, an image that does not decode, "
+                   "part_mask outside the vocabulary, part_conf outside [0, 1], attr_logits not finite): stop with "
+                   "one line naming shard, row and field, or skip it and count it.")
+
+
 class UserError(click.ClickException):
     """A problem with the user's input: one line on stderr, exit code 2, no traceback."""
 
@@ -107,20 +112,26 @@ def _log_to_stderr() -> None:
 
 @main.command()
 @click.argument("shards", type=click.Path(path_type=Path))
-def verify(shards: Path) -> None:
+@click.option("--deep", is_flag=True, default=False, show_default=True,
+              help="Also decode every row: every compressed chunk, every image, every label value "
+                   "(part_mask in the vocabulary, part_conf in [0, 1], finite attr_logits); prints each shard's time.")
+def verify(shards: Path, deep: bool) -> None:
     """Check every shard of SHARDS against its manifest (schema, sha256, rows).
 
     \b
     Exit 0: every listed shard is good.
-    Exit 1: one line per bad shard (or a manifest that cannot be accepted).
+    Exit 1: one line per bad shard (or a manifest that cannot be accepted);
+            with --deep, `BAD <shard>: row N: <problem>` naming its first bad rows.
     Exit 2: SHARDS is missing, not a folder, or has no manifest.json.
     """
     from clasp.store import NotAStoreError, verify_store
 
     try:
-        report = verify_store(shards)
+        report = verify_store(shards, deep=deep)
     except NotAStoreError as exc:
         raise UserError(str(exc)) from None
+    for t in report.timings:
+        click.echo(f"checked {t.path}: {t.rows} rows in {t.seconds:.2f} s")
     for p in report.problems:
         click.echo(f"BAD {p.path}: {p.problem}")
     for path in report.unlisted:
@@ -271,7 +282,9 @@ def tiny_clip(out_dir: Path, seed: int, vocab: Path | None) -> None:
               help="Print the summary as JSON (machine-readable) instead of text.")
 @click.option("--examples", default=3, show_default=True, type=click.IntRange(min=0),
               help="Example paths listed for each skip reason.")
-def inspect_command(shards: Path, as_json: bool, examples: int) -> None:
+@click.option("--on-bad-row", type=click.Choice(["stop", "skip"]), default="stop", show_default=True,
+              help=ON_BAD_ROW_HELP)
+def inspect_command(shards: Path, as_json: bool, examples: int, on_bad_row: str) -> None:
     """Summarise the shard folder SHARDS: images, shards, bytes, CLIP settings, vocabulary,
     share of label cells per part, top attribute value per group, skipped inputs by reason.
 
@@ -284,7 +297,7 @@ def inspect_command(shards: Path, as_json: bool, examples: int) -> None:
     from clasp.store.inspect import InspectConfig, inspect_store, render_summary
 
     try:
-        summary = inspect_store(InspectConfig(shards, examples_per_reason=examples))
+        summary = inspect_store(InspectConfig(shards, examples_per_reason=examples, on_bad_row=on_bad_row))
     except StoreError as exc:
         raise UserError(str(exc)) from None
     click.echo(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False) if as_json else render_summary(summary))
@@ -304,8 +317,10 @@ def inspect_command(shards: Path, as_json: bool, examples: int) -> None:
               help="Attribute groups listed under each image, most confident first.")
 @click.option("--image-height", default=256, show_default=True, type=click.IntRange(min=16),
               help="Display height of each image in pixels.")
+@click.option("--on-bad-row", type=click.Choice(["stop", "skip"]), default="stop", show_default=True,
+              help=ON_BAD_ROW_HELP + " A skipped image keeps its tile, greyed out.")
 def show(shards: Path, out: Path, n: int, seed: int, shard: str | None, columns: int | None,
-         attribute_lines: int, image_height: int) -> None:
+         attribute_lines: int, image_height: int, on_bad_row: str) -> None:
     """Draw a PNG contact sheet of N sampled images of SHARDS with their part masks and top attributes.
 
     Each image is shown plain and, beside it, greyed with its part mask in colour
@@ -320,11 +335,13 @@ def show(shards: Path, out: Path, n: int, seed: int, shard: str | None, columns:
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: --out exists and is not a folder")
     config = ContactSheetConfig(shards, out, n=n, seed=seed, shard=shard, columns=columns,
-                                image_height=image_height, attribute_lines=attribute_lines)
+                                image_height=image_height, attribute_lines=attribute_lines, on_bad_row=on_bad_row)
     try:
         sheet = make_contact_sheet(config)
     except StoreError as exc:
         raise UserError(str(exc)) from None
+    for note in sheet.notes:
+        click.echo(f"note: {note}", err=True)
     click.echo(str(sheet.path))
 
 

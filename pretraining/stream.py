@@ -28,11 +28,32 @@ never read.
 h5py files are opened inside the process that iterates (each DataLoader
 worker), never in the constructor: the stream holds only the manifest and
 paths, pickles cleanly and survives fork, spawn and forkserver alike.
+
+Checks, in the worker (the store is data to judge, not to trust):
+
+- Opening a shard: the manifest on disk must still be the one the run started
+  with (its sha256), and the shard a regular file in the folder with the
+  recorded size; otherwise `StoreChangedError` (e.g. `clasp label --force`
+  rewrote the store under the run). Its sha256 must match the manifest (the
+  whole file is hashed once per open), or `BadRowError`: bytes flipped inside
+  a stored JPEG often still decode, so only the hash can tell.
+- Every row: its chunk decompresses, its image decodes to the manifest's store
+  size, `part_mask` is within the vocabulary, `part_conf` in [0, 1],
+  `attr_logits` finite (`clasp.store.rowcheck`). `on_bad_row="stop"` raises
+  `BadRowError` naming the shard, row and field; `"skip"` drops the row from
+  its batch (the batch gets smaller, the batch count per epoch is unchanged),
+  logs it and counts it in `rows_skipped`. A batch with no good row left
+  raises `BadRowError` under either setting.
+
+Both errors are one line (`str(exc)`), also after the DataLoader re-raises
+them in the training process.
 """
 
 from __future__ import annotations
 
 import io
+import logging
+import re
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,9 +70,46 @@ from clasp.pretraining.epoch_plan import (
     Segment, WorkerPlan, augment_seed, epoch_segments, plan_rank, plan_worker,
 )
 from clasp.store import ShardFile, ShardStore, StoreError
-from clasp.store.schema import CHUNK_ROWS
+from clasp.store.reader import shard_bytes_problem, shard_path_problem
+from clasp.store.rowcheck import BadDataError, check_policy, label_problems
+from clasp.store.schema import CHUNK_ROWS, MANIFEST_NAME
 
 LABEL_FIELDS = ("image", "part_mask", "part_conf", "attr_logits")
+SKIP_COUNTER_SLOTS = 64  # per-worker counters of skipped rows (worker id mod this)
+
+log = logging.getLogger("clasp")
+
+
+class BadRowError(ValueError):
+    """A row, chunk or shard of the store that fails a check while streaming.
+
+    Raised in a DataLoader worker; torch re-raises it in the training process
+    with the worker's traceback as its message, so `str(exc)` gives back the
+    original one line: `<shard path>: row N: <field>: <problem>`.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.line = _original_line(message)
+
+    def __str__(self) -> str:
+        return self.line
+
+
+class StoreChangedError(BadRowError):
+    """The store changed under the run: another manifest, or a shard of another size or gone.
+
+    A subclass of BadRowError, so that one `except BadRowError` handles both.
+    """
+
+
+def _original_line(message: str) -> str:
+    """The one-line message, also out of torch's "Caught X in DataLoader worker ... Original Traceback" text."""
+    lines = [line for line in str(message).splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else ""
+    match = re.match(r"^[\w.]*(?:BadRowError|StoreChangedError): (.*)$", lines[-1])
+    return match.group(1) if match else lines[-1]
 
 
 @dataclass
@@ -69,6 +127,7 @@ class StreamConfig:
     # h5py chunk cache per open shard; None sizes it from the manifest (see chunk_cache_size).
     chunk_cache_bytes: int | None = None
     crops: MultiCropConfig = field(default_factory=MultiCropConfig)
+    on_bad_row: str = "stop"  # stop | skip: a row that fails a check (see the module docstring)
 
     def __post_init__(self) -> None:
         self.shards = Path(self.shards)
@@ -76,6 +135,7 @@ class StreamConfig:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.shuffle_buffer < 1:
             raise ValueError(f"shuffle_buffer must be at least 1, got {self.shuffle_buffer}")
+        check_policy(self.on_bad_row)
 
 
 @dataclass
@@ -87,23 +147,26 @@ class RawRow:
     part_conf: np.ndarray  # (h, w) float16
     attr_logits: np.ndarray  # (A,) float16
     row_id: int
+    shard: int = -1  # index of its shard in the manifest
+    shard_row: int = -1  # row number within that shard
+    problem: str | None = None  # "<field>: <problem>" when a check failed
 
 
-def validate_store(root: str | Path) -> ShardStore:
+def validate_store(root: str | Path, on_bad_row: str = "stop") -> ShardStore:
     """Open every shard once in the parent and check it against the manifest.
 
     Catches, before the first training step, a missing or empty folder, a
     manifest that does not parse, a missing or truncated shard, another
     vocabulary, an unknown version, a label grid or row count that differs from
-    the manifest, and a first image that does not decode. Raises StoreError
-    naming the file; closes every file it opened.
+    the manifest, and (with `on_bad_row="stop"`) a first image that does not
+    decode. Raises StoreError naming the file; closes every file it opened.
     """
     store = ShardStore.open(root)
     if not store.shards or store.manifest.total_rows == 0:
         raise StoreError(Path(root) / "manifest.json", "the store lists no rows (no finished shard)")
     for entry in store.shards:
         with store.open_shard(entry) as shard:
-            if shard.rows == 0:
+            if shard.rows == 0 or on_bad_row == "skip":
                 continue
             first = shard.read(0, 1, fields=("image",))
         try:
@@ -131,14 +194,41 @@ def decode_image(data: bytes) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+def open_checked(store: ShardStore, index: int, chunk_cache_bytes: int) -> ShardFile:
+    """Open shard `index` after checking that the store did not change and the file is intact."""
+    entry = store.shards[index]
+    path = store.path_of(entry)
+    changed = store.manifest_changed()
+    if changed:
+        raise StoreChangedError(f"{store.root / MANIFEST_NAME}: {changed}; start the run again on the new store")
+    problem = shard_path_problem(path)
+    if problem is None:
+        size = path.stat().st_size
+        if size != entry.bytes:
+            problem = f"shard has {size} bytes, the run started with {entry.bytes}"
+    if problem:
+        raise StoreChangedError(f"{path}: {problem} (the store changed under this run)")
+    problem = shard_bytes_problem(path, entry)
+    if problem:
+        raise BadRowError(f"{path}: {problem}")
+    try:
+        return store.open_shard(entry, chunk_cache_bytes=chunk_cache_bytes)
+    except StoreError as exc:
+        raise BadRowError(str(exc)) from None
+
+
 def read_rows(store: ShardStore, segments: list[Segment], needed: np.ndarray, row_offsets: list[int],
-              chunk_cache_bytes: int) -> Iterator[tuple[int, RawRow | None]]:
+              chunk_cache_bytes: int, on_bad_row: str = "stop") -> Iterator[tuple[int, RawRow | None]]:
     """Yield (local row number, row) in reading order; rows not `needed` come as None.
 
     Reads one segment (at most one chunk) per h5py call and skips segments with
     no needed row entirely. Keeps one shard open at a time: a shard's chunks
-    are consecutive in the sequence.
+    are consecutive in the sequence. Each shard is checked on open
+    (`open_checked`); label values are checked per row and a chunk that does
+    not decompress makes all its rows bad: under "stop" the first bad needed
+    row raises BadRowError, under "skip" it comes with `problem` set.
     """
+    num_parts = store.manifest.vocab.num_parts
     shard: ShardFile | None = None
     shard_index = -1
     local = 0
@@ -153,13 +243,27 @@ def read_rows(store: ShardStore, segments: list[Segment], needed: np.ndarray, ro
             if seg.shard != shard_index:
                 if shard is not None:
                     shard.close()
-                shard = store.open_shard(store.shards[seg.shard], chunk_cache_bytes=chunk_cache_bytes)
+                shard = None
+                shard = open_checked(store, seg.shard, chunk_cache_bytes)
                 shard_index = seg.shard
-            block = shard.read(seg.start, seg.stop, fields=LABEL_FIELDS)
+            try:
+                block = shard.read(seg.start, seg.stop, fields=LABEL_FIELDS)
+                problems = label_problems(block, num_parts)
+            except BadDataError as exc:
+                if on_bad_row == "stop":
+                    raise BadRowError(str(exc)) from None
+                block, problems = None, [exc.detail] * len(seg)
             base = row_offsets[seg.shard] + seg.start
             for i in range(len(seg)):
-                row = RawRow(block.image[i], block.part_mask[i], block.part_conf[i], block.attr_logits[i],
-                             base + i) if wanted[i] else None
+                row = None
+                if wanted[i]:
+                    if problems[i] and on_bad_row == "stop":
+                        raise BadRowError(f"{shard.path}: row {seg.start + i}: {problems[i]}")
+                    if block is None:
+                        row = RawRow(b"", None, None, None, base + i, seg.shard, seg.start + i, problems[i])
+                    else:
+                        row = RawRow(block.image[i], block.part_mask[i], block.part_conf[i], block.attr_logits[i],
+                                     base + i, seg.shard, seg.start + i, problems[i])
                 yield local + i, row
             local += len(seg)
     finally:
@@ -225,6 +329,7 @@ class ShardStream(IterableDataset):
         # [epoch, batches yielded this epoch]; in shared memory so that persistent
         # DataLoader workers see set_epoch/load_state_dict made in the parent.
         self._position = torch.zeros(2, dtype=torch.int64).share_memory_()
+        self._skipped = torch.zeros(SKIP_COUNTER_SLOTS, dtype=torch.int64).share_memory_()
 
     # ------------------------------------------------------------- position
 
@@ -310,7 +415,7 @@ class ShardStream(IterableDataset):
         for j in todo:
             needed[plan.batches[j]] = True
         cache = self.config.chunk_cache_bytes or chunk_cache_size(self.store.manifest)
-        rows = read_rows(self.store, plan.segments, needed, self.row_offsets, cache)
+        rows = read_rows(self.store, plan.segments, needed, self.row_offsets, cache, self.config.on_bad_row)
         # Rows read and waiting for their batch: the shuffle buffer itself. A row
         # leaves the simulated buffer at most `shuffle_buffer` rows after it
         # entered, so this holds about shuffle_buffer + batch_size + one chunk rows.
@@ -331,15 +436,56 @@ class ShardStream(IterableDataset):
             rows.close()
 
     def make_batch(self, rows: list[RawRow], epoch: int, batch_index: int) -> MultiCropBatch:
-        """Decode, augment and collate one batch; randomness from (seed, epoch, rank, batch_index)."""
+        """Decode, augment and collate one batch; randomness from (seed, epoch, rank, batch_index).
+
+        Each row keeps its own seed whatever happens to the others, so skipping
+        a bad row changes nothing about the rest of the batch.
+        """
         seeds = augment_seed(self.config.seed, epoch, self.rank, batch_index).spawn(len(rows))
-        crop_sets = []
+        crop_sets, good = [], []
         for row, seq in zip(rows, seeds):
+            image = self._decode_checked(row)
+            if image is None:
+                continue
             geometry_seq, colour_seq = seq.spawn(2)
-            image = decode_image(row.image)
             crop_sets.append(self.multicrop(image, row.part_mask, row.part_conf,
                                             np.random.default_rng(geometry_seq), np.random.default_rng(colour_seq)))
-        return collate(crop_sets, rows, self.config.crops)
+            good.append(row)
+        if not good:
+            raise BadRowError(f"{self.store.root}: every row of batch {batch_index} of epoch {epoch} is bad "
+                              f"(last: {self._where(rows[-1])}: {rows[-1].problem}); too much of the store is "
+                              "damaged to train on (`clasp verify --deep` lists the bad rows)")
+        return collate(crop_sets, good, self.config.crops)
+
+    def _decode_checked(self, row: RawRow) -> Image.Image | None:
+        """The row's image, or None for a bad row under on_bad_row="skip" (logged and counted)."""
+        if row.problem is None:
+            try:
+                image = decode_image(row.image)
+            except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad data
+                row.problem = f"image: does not decode ({' '.join(str(exc).split()) or type(exc).__name__})"
+            else:
+                hw = tuple(self.store.manifest.image_store.hw)
+                if (image.height, image.width) == hw:
+                    return image
+                row.problem = f"image: decodes to {image.height}x{image.width}, the manifest says {hw[0]}x{hw[1]}"
+        message = f"{self._where(row)}: {row.problem}"
+        if self.config.on_bad_row == "stop":
+            raise BadRowError(message)
+        info = get_worker_info()
+        self._skipped[(info.id if info is not None else 0) % SKIP_COUNTER_SLOTS] += 1
+        log.warning("skipped bad row (on_bad_row=skip): %s", message)
+        return None
+
+    def _where(self, row: RawRow) -> str:
+        if row.shard < 0:
+            return f"row id {row.row_id}"
+        return f"{self.store.path_of(self.store.shards[row.shard])}: row {row.shard_row}"
+
+    @property
+    def rows_skipped(self) -> int:
+        """Bad rows left out so far under on_bad_row="skip", over all workers of this process."""
+        return int(self._skipped.sum())
 
 
 class StreamLoader(DataLoader):
