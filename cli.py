@@ -404,6 +404,7 @@ def _setting(flag: str, name: str, kind, help: str, **extra):
 @_setting("--stop-at", "stop_at", click.IntRange(min=1),
           "Stop cleanly after this step with a checkpoint (schedule unchanged); --resume continues.")
 @_setting("--seed", "seed", click.IntRange(min=0), "Seed of the model init, data order and augmentation.")
+@_setting("--on-bad-row", "on_bad_row", click.Choice(["stop", "skip"]), ON_BAD_ROW_HELP)
 @click.option("--resume", is_flag=True, default=False, show_default="off",
               help="Continue the run in --out from its newest checkpoint, with its saved settings.")
 @click.option("--force", is_flag=True, default=False, show_default="off",

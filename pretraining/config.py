@@ -17,6 +17,7 @@ saved config's `derived` block is the rate actually used.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,34 @@ CONFIG_NAME = "config.json"
 
 
 class ConfigError(ValueError):
-    """A setting or config file the run cannot use; the message is one line naming it."""
+    """A setting or config file the run cannot use; the message is one line naming it (`key`, when one setting)."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+# Bounds of the counts and rates (README, "Bounds"). Counts that become processes or
+# memory are also checked against this machine in `check_resources`.
+LIMITS: dict[str, tuple[float, float]] = {
+    "steps": (1, 10_000_000), "epochs": (1, 100_000), "batch_size": (1, 65_536), "grad_accum": (1, 4096),
+    "global_crops": (1, 16), "local_crops": (0, 64), "shuffle_buffer": (1, 1_000_000),
+    "save_every": (1, 10_000_000), "log_every": (1, 10_000_000), "keep_checkpoints": (1, 1000),
+    "experts": (1, 64), "top_k": (1, 64), "moe_layers": (0, 64), "seed": (0, 2**32 - 1),
+    "dino_out_dim": (1, 262_144), "dino_hidden_dim": (1, 16_384), "dino_bottleneck_dim": (1, 4096),
+    "warmup_teacher_temp_steps": (0, 10_000_000), "freeze_last_layer_steps": (0, 10_000_000),
+    "stop_at": (1, 10_000_000),
+    "lr": (0, 1), "min_lr": (0, 1), "weight_decay": (0, 1), "weight_decay_end": (0, 1), "clip_grad": (0, 1e6),
+    "w_part": (0, 1000), "w_attr": (0, 1000), "w_balance": (0, 1000),
+    "momentum_teacher": (0, 1), "momentum_teacher_end": (0, 1),
+}
+# Temperatures divide logits: they must be above 0 and at most this.
+MAX_TEMPERATURE = 1.0
+# DataLoader workers per available core (clasp.hardware.available_cores) at most.
+WORKERS_PER_CORE = 4
+# Bytes per student parameter: fp32 weights, gradient, two AdamW moments, and the EMA teacher's copy.
+BYTES_PER_PARAMETER = 20
+CROP_HW = {"global": (256, 128), "local": (128, 64)}
 
 
 @dataclass
@@ -79,6 +107,7 @@ class PretrainConfig:
     # --- data loading
     num_workers: int | None = None  # DataLoader workers per process; None: from the cores (clasp.hardware.cores)
     shuffle_buffer: int = 2048  # rows held by each worker's shuffle buffer
+    on_bad_row: str = "stop"  # stop | skip: a store row that fails a check (pretraining/stream.py)
     # --- checkpoints, logging, stopping
     save_every: int = 1000  # optimizer steps between checkpoints (plus one at the end)
     keep_checkpoints: int = 3  # newest checkpoints kept in OUT/checkpoints
@@ -109,9 +138,10 @@ class PretrainConfig:
         for name in positive + (["steps"] if self.steps is not None else ["epochs"]):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        self.check_bounds()
         for name in ("dim", "depth", "heads"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}", name)
         for name in ("dino_out_dim", "dino_hidden_dim", "dino_bottleneck_dim"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -127,6 +157,8 @@ class PretrainConfig:
         for name in ("teacher_temp", "warmup_teacher_temp"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.on_bad_row not in ("stop", "skip"):
+            raise ConfigError(f"on_bad_row must be stop or skip, got {self.on_bad_row!r}")
         if self.top_k > self.experts:
             raise ConfigError(f"top_k ({self.top_k}) cannot exceed experts ({self.experts})")
         if not 0 <= self.warmup < 1:
@@ -136,7 +168,78 @@ class PretrainConfig:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.stop_at is not None and self.stop_at < 1:
             raise ConfigError(f"stop_at must be at least 1, got {self.stop_at}")
+        self.check_model()
+        self.check_resources()
         return self
+
+    def check_bounds(self) -> None:
+        """Every number finite and within LIMITS; temperatures in (0, MAX_TEMPERATURE]."""
+        for name, (low, high) in LIMITS.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number, got {value}", name)
+            if not low <= value <= high:
+                raise ConfigError(f"{name} must be in [{low:g}, {high:g}], got {value:g}", name)
+        for name in ("teacher_temp", "warmup_teacher_temp"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and 0 < value <= MAX_TEMPERATURE):
+                raise ConfigError(f"{name} must be in (0, {MAX_TEMPERATURE:g}], got {value}", name)
+        if not math.isfinite(self.warmup):
+            raise ConfigError(f"warmup must be a finite number, got {self.warmup}", "warmup")
+
+    def check_model(self) -> None:
+        """The backbone the settings describe must exist (dim divisible by heads, MoE within the depth, ...)."""
+        from clasp.pretraining.vit import ViTConfig
+
+        overrides = {k: getattr(self, k) for k in ("dim", "depth", "heads") if getattr(self, k) is not None}
+        names = {"num_experts": "experts"}
+        try:
+            ViTConfig.preset(self.preset, moe_layers=self.moe_layers, num_experts=self.experts, top_k=self.top_k,
+                             **overrides)
+        except ValueError as exc:
+            message = str(exc)
+            for field_name, key in names.items():
+                message = message.replace(field_name, key)
+            key = next((k for k in ("dim", "heads", "depth", "moe_layers", "experts", "top_k") if k in message), None)
+            raise ConfigError(f"{message} (preset {self.preset})", key) from None
+
+    def model_parameters(self) -> int:
+        """Student parameters, estimated: the backbone plus the DINO head's MLP."""
+        from clasp.pretraining.vit import ViTConfig
+
+        overrides = {k: getattr(self, k) for k in ("dim", "depth", "heads") if getattr(self, k) is not None}
+        vit = ViTConfig.preset(self.preset, moe_layers=self.moe_layers, num_experts=self.experts, top_k=self.top_k,
+                               **overrides)
+        hidden, bottleneck = self.dino_hidden_dim, self.dino_bottleneck_dim
+        head = vit.dim * hidden + hidden * hidden + hidden * bottleneck + bottleneck * self.dino_out_dim
+        return vit.estimated_params() + head
+
+    def batch_bytes(self) -> int:
+        """One micro-batch of crops as float32 pixels: batch_size x (global + local crop pixels) x 3 x 4."""
+        pixels = (self.global_crops * CROP_HW["global"][0] * CROP_HW["global"][1]
+                  + self.local_crops * CROP_HW["local"][0] * CROP_HW["local"][1])
+        return self.batch_size * pixels * 3 * 4
+
+    def check_resources(self) -> None:
+        """Counts that become processes or memory, against what this machine has (README, "Bounds")."""
+        from clasp.hardware import available_cores, available_memory
+
+        cores = available_cores()
+        if self.num_workers is not None and self.num_workers > WORKERS_PER_CORE * cores:
+            raise ConfigError(f"num_workers {self.num_workers} is more than {WORKERS_PER_CORE} per available core "
+                              f"({WORKERS_PER_CORE} x {cores} = {WORKERS_PER_CORE * cores})", "num_workers")
+        memory = available_memory()
+        if memory is None:
+            return
+        model, batch = self.model_parameters() * BYTES_PER_PARAMETER, self.batch_bytes()
+        if model + batch > memory:
+            key = "batch_size" if batch >= model else "dim"
+            raise ConfigError(f"{key}: the model ({model / 2**30:.1f} GiB for weights, teacher and optimizer) and "
+                              f"one batch of crops ({self.batch_size} x {self.global_crops}+{self.local_crops} crops, "
+                              f"{batch / 2**30:.1f} GiB as float32) need more than the {memory / 2**30:.1f} GiB "
+                              "of memory available", key)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,7 +255,7 @@ DEFAULTS = PretrainConfig()
 # listed here.
 RESUMABLE_CHANGES = frozenset({
     "shards", "out", "resume", "force", "stop_at", "save_every", "log_every", "keep_checkpoints",
-    "precision", "log_rows",
+    "precision", "log_rows", "on_bad_row",
 })
 
 
@@ -207,6 +310,7 @@ def build_config(config_file: str | Path | None = None, **overrides: Any) -> Pre
     file_layer = load_config_file(config_file) if config_file is not None else {}
     flags = {k: _coerce(k, v, "command line") for k, v in given.items()}
     layers = [file_layer, flags]
+    sources = [str(config_file), "command line"]
     merged = {**file_layer, **flags}
     if merged.get("resume") and merged.get("out"):
         saved_path = Path(merged["out"]) / CONFIG_NAME
@@ -215,6 +319,7 @@ def build_config(config_file: str | Path | None = None, **overrides: Any) -> Pre
             base = {k: _coerce(k, v, str(saved_path)) for k, v in saved.items()
                     if k in KEYS and k not in NOT_INHERITED_ON_RESUME}
             layers.insert(0, base)
+            sources.insert(0, str(saved_path))
     values: dict[str, Any] = {}
     for layer in layers:
         if "steps" in layer and "epochs" not in layer:
@@ -222,7 +327,13 @@ def build_config(config_file: str | Path | None = None, **overrides: Any) -> Pre
         if "epochs" in layer and "steps" not in layer:
             values["steps"] = None
         values.update(layer)
-    return PretrainConfig(**values).validate()
+    try:
+        return PretrainConfig(**values).validate()
+    except ConfigError as exc:
+        given_in = [source for layer, source in zip(layers, sources) if exc.key in layer]
+        if exc.key is None or not given_in:
+            raise
+        raise ConfigError(f"{given_in[-1]}: {exc}", exc.key) from None
 
 
 def _coerce(key: str, value: Any, source: str) -> Any:
