@@ -420,7 +420,7 @@ def pretrain(config_file: Path | None, resume: bool, force: bool, log_rows: bool
     """
     from clasp.pretraining.config import ConfigError, build_config
     from clasp.pretraining.run_folder import write_error_log
-    from clasp.pretraining.train import NonFiniteLossError, PretrainInputError, run_pretraining
+    from clasp.pretraining.train import PretrainInputError, RunFailedError, run_pretraining
 
     flags = {**settings, "resume": resume or None, "force": force or None, "log_rows": log_rows or None}
     try:
@@ -433,7 +433,7 @@ def pretrain(config_file: Path | None, resume: bool, force: bool, log_rows: bool
         result = run_pretraining(config)
     except PretrainInputError as exc:
         raise UserError(str(exc)) from None
-    except NonFiniteLossError as exc:
+    except RunFailedError as exc:  # disk full, out of memory, a bad row, a NaN loss: error.log is written
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     if result.stopped_by not in ("end", "stop_at"):

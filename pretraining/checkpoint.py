@@ -23,6 +23,7 @@ the previous checkpoint as the newest complete one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -30,7 +31,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -50,6 +51,14 @@ CONFIG_FILE = CONFIG_NAME  # the run's settings, at the run root and in each che
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used; the message names the file."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (disk full, quota, I/O error); its `.tmp` folder has been removed."""
+
+
+def _one_line(exc: BaseException, limit: int = 400) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:limit]}"
 
 
 def step_dir_name(step: int) -> str:
@@ -147,27 +156,51 @@ class CheckpointWriter:
         tmp = self.run_dir / CHECKPOINTS_DIR / (step_dir_name(step) + ".tmp")
         if self.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
+            with self._failing_write(tmp, "the folder"):
+                tmp.mkdir(parents=True)
         return tmp
+
+    @contextlib.contextmanager
+    def _failing_write(self, tmp: Path, what: str) -> Iterator[None]:
+        """A write into `tmp`: any failure removes `tmp` and becomes one CheckpointWriteError line.
+
+        Disk full shows as OSError(ENOSPC) from plain writes but as RuntimeError from
+        torch.save's zip writer and as safetensors' own error, so every exception counts.
+        """
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001 - see above
+            shutil.rmtree(tmp, ignore_errors=True)
+            last = find_checkpoint(self.run_dir)
+            raise CheckpointWriteError(
+                f"{tmp}: writing {what} of the checkpoint failed ({_one_line(exc, 200)}); it was removed, "
+                f"the last complete checkpoint is {last or 'none'}") from None
 
     def write_shared(self, tmp: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                      scaler: Any, saved_config: dict[str, Any]) -> None:
         """Main process: the pieces every process holds identically."""
-        save_model(model, str(tmp / MODEL_FILE))
-        torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+        with self._failing_write(tmp, MODEL_FILE):
+            save_model(model, str(tmp / MODEL_FILE))
+        with self._failing_write(tmp, OPTIMIZER_FILE):
+            torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
         if scaler is not None:
-            torch.save(scaler.state_dict(), tmp / SCALER_FILE)
-        write_json_atomic(tmp / CONFIG_FILE, saved_config)
+            with self._failing_write(tmp, SCALER_FILE):
+                torch.save(scaler.state_dict(), tmp / SCALER_FILE)
+        with self._failing_write(tmp, CONFIG_FILE):
+            write_json_atomic(tmp / CONFIG_FILE, saved_config)
 
     def write_own(self, tmp: Path, stream_state: Any) -> None:
         """Every process: its RNG states and data position."""
-        torch.save(capture_rng(), tmp / f"rng-rank{self.rank}.pt")
-        torch.save(stream_state, tmp / f"stream-rank{self.rank}.pt")
+        with self._failing_write(tmp, f"rng-rank{self.rank}.pt"):
+            torch.save(capture_rng(), tmp / f"rng-rank{self.rank}.pt")
+        with self._failing_write(tmp, f"stream-rank{self.rank}.pt"):
+            torch.save(stream_state, tmp / f"stream-rank{self.rank}.pt")
 
     def commit(self, tmp: Path, step: int, trainer_state: dict[str, Any]) -> Path:
         """Main process, after every process wrote: mark complete, rename, prune old ones."""
         final = tmp.with_name(step_dir_name(step))
-        write_json_atomic(tmp / TRAINER_FILE, trainer_state)
+        with self._failing_write(tmp, TRAINER_FILE):
+            write_json_atomic(tmp / TRAINER_FILE, trainer_state)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -188,21 +221,66 @@ class LoadedCheckpoint:
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
                     scaler: Any, rank: int) -> LoadedCheckpoint:
     """Load weights and optimizer/scaler state in place; return the rest (RNG restored by the caller)."""
-    try:
-        trainer = json.loads((path / TRAINER_FILE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path / TRAINER_FILE}: cannot be read ({exc})") from None
+    trainer = read_trainer_state(path)
     try:
         missing, unexpected = load_model(model, str(path / MODEL_FILE), strict=False)
     except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"{path / MODEL_FILE}: cannot be loaded ({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(f"{path / MODEL_FILE}: cannot be loaded ({_one_line(exc)})") from None
     if missing or unexpected:
         raise CheckpointError(f"{path / MODEL_FILE}: does not match the model (missing {sorted(missing)[:5]}, "
                               f"unexpected {sorted(unexpected)[:5]})")
     if optimizer is not None:
-        optimizer.load_state_dict(safe_load(path / OPTIMIZER_FILE))
+        state = safe_load(path / OPTIMIZER_FILE)
+        check_optimizer_state(state, optimizer, path / OPTIMIZER_FILE)
+        try:
+            optimizer.load_state_dict(state)
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise CheckpointError(f"{path / OPTIMIZER_FILE}: does not fit the optimizer ({_one_line(exc)})") from None
     if scaler is not None and (path / SCALER_FILE).exists():
-        scaler.load_state_dict(safe_load(path / SCALER_FILE))
+        try:
+            scaler.load_state_dict(safe_load(path / SCALER_FILE))
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise CheckpointError(f"{path / SCALER_FILE}: does not fit the scaler ({_one_line(exc)})") from None
     rng_file = path / f"rng-rank{rank}.pt"
     stream_file = path / f"stream-rank{rank}.pt"
     return LoadedCheckpoint(path, trainer, safe_load(stream_file), safe_load(rng_file))
+
+
+def read_trainer_state(path: Path) -> dict[str, Any]:
+    """trainer.json of a checkpoint: an object whose `step` is the integer in the folder's name."""
+    file = path / TRAINER_FILE
+    try:
+        trainer = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{file}: cannot be read ({_one_line(exc)})") from None
+    if not isinstance(trainer, dict):
+        raise CheckpointError(f"{file}: expected a JSON object, got {type(trainer).__name__}")
+    step = trainer.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"{file}: step must be a non-negative integer, got {step!r}")
+    match = STEP_DIR.match(path.name)
+    if match and int(match.group(1)) != step:
+        raise CheckpointError(f"{file}: step {step} differs from the folder's {int(match.group(1))}")
+    return trainer
+
+
+def check_optimizer_state(state: Any, optimizer: torch.optim.Optimizer, path: Path) -> None:
+    """Refuse an optimizer state whose parameter count or per-parameter tensor shapes differ from the model's."""
+    if not isinstance(state, dict) or not isinstance(state.get("state"), dict) \
+            or not isinstance(state.get("param_groups"), list):
+        raise CheckpointError(f"{path}: not an optimizer state (needs 'state' and 'param_groups')")
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    try:
+        ids = [i for group in state["param_groups"] for i in group["params"]]
+    except (TypeError, KeyError):
+        raise CheckpointError(f"{path}: param_groups is malformed") from None
+    if len(ids) != len(params):
+        raise CheckpointError(f"{path}: holds {len(ids)} parameters, the model has {len(params)}")
+    for index, (saved_id, param) in enumerate(zip(ids, params)):
+        entry = state["state"].get(saved_id, {})
+        if not isinstance(entry, dict):
+            raise CheckpointError(f"{path}: state of parameter {index} is not a mapping")
+        for key, value in entry.items():
+            if torch.is_tensor(value) and value.ndim > 0 and tuple(value.shape) != tuple(param.shape):
+                raise CheckpointError(f"{path}: {key} of parameter {index} has shape {tuple(value.shape)}, "
+                                      f"the model's parameter {tuple(param.shape)}")

@@ -125,10 +125,10 @@ class PretrainConfig:
         if not self.out:
             raise ConfigError("`out` is required (--out DIR)")
         if self.preset not in PRESETS:
-            raise ConfigError(f"preset must be one of {'|'.join(PRESETS)}, got {self.preset!r}")
+            raise ConfigError(f"preset must be one of {'|'.join(PRESETS)}, got {self.preset!r}", "preset")
         self.precision = LEGACY_PRECISIONS.get(self.precision, self.precision)
         if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {'|'.join(PRECISIONS)}, got {self.precision!r}")
+            raise ConfigError(f"precision must be one of {'|'.join(PRECISIONS)}, got {self.precision!r}", "precision")
         if self.steps is None and self.epochs is None:
             raise ConfigError("set `steps` or `epochs`")
         if self.steps is not None:
@@ -137,37 +137,37 @@ class PretrainConfig:
                     "keep_checkpoints", "experts", "top_k", "shuffle_buffer"]
         for name in positive + (["steps"] if self.steps is not None else ["epochs"]):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        self.check_bounds()
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}", name)
         for name in ("dim", "depth", "heads"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}", name)
         for name in ("dino_out_dim", "dino_hidden_dim", "dino_bottleneck_dim"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}", name)
         if self.num_workers is not None and self.num_workers < 0:
-            raise ConfigError(f"num_workers must not be negative, got {self.num_workers}")
+            raise ConfigError(f"num_workers must not be negative, got {self.num_workers}", "num_workers")
         for name in ("local_crops", "moe_layers", "seed", "warmup_teacher_temp_steps",
                      "freeze_last_layer_steps"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}", name)
         for name in ("lr", "min_lr", "weight_decay", "weight_decay_end", "clip_grad", "w_part", "w_attr", "w_balance"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}", name)
         for name in ("teacher_temp", "warmup_teacher_temp"):
             if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}", name)
         if self.on_bad_row not in ("stop", "skip"):
-            raise ConfigError(f"on_bad_row must be stop or skip, got {self.on_bad_row!r}")
+            raise ConfigError(f"on_bad_row must be stop or skip, got {self.on_bad_row!r}", "on_bad_row")
         if self.top_k > self.experts:
-            raise ConfigError(f"top_k ({self.top_k}) cannot exceed experts ({self.experts})")
+            raise ConfigError(f"top_k ({self.top_k}) cannot exceed experts ({self.experts})", "top_k")
         if not 0 <= self.warmup < 1:
-            raise ConfigError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
+            raise ConfigError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}", "warmup")
         for name in ("momentum_teacher", "momentum_teacher_end"):
             if not 0 <= getattr(self, name) <= 1:
-                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}", name)
         if self.stop_at is not None and self.stop_at < 1:
-            raise ConfigError(f"stop_at must be at least 1, got {self.stop_at}")
+            raise ConfigError(f"stop_at must be at least 1, got {self.stop_at}", "stop_at")
+        self.check_bounds()
         self.check_model()
         self.check_resources()
         return self
@@ -181,7 +181,7 @@ class PretrainConfig:
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{name} must be a finite number, got {value}", name)
             if not low <= value <= high:
-                raise ConfigError(f"{name} must be in [{low:g}, {high:g}], got {value:g}", name)
+                raise ConfigError(f"{name} must be in [{_number(low)}, {_number(high)}], got {_number(value)}", name)
         for name in ("teacher_temp", "warmup_teacher_temp"):
             value = getattr(self, name)
             if not (math.isfinite(value) and 0 < value <= MAX_TEMPERATURE):
@@ -202,7 +202,7 @@ class PretrainConfig:
             message = str(exc)
             for field_name, key in names.items():
                 message = message.replace(field_name, key)
-            key = next((k for k in ("dim", "heads", "depth", "moe_layers", "experts", "top_k") if k in message), None)
+            key = message.split()[0] if message.split()[0] in KEYS_OF_THE_MODEL else None
             raise ConfigError(f"{message} (preset {self.preset})", key) from None
 
     def model_parameters(self) -> int:
@@ -260,6 +260,14 @@ RESUMABLE_CHANGES = frozenset({
 
 
 OPTIONAL_INTS = frozenset({"steps", "epochs", "stop_at", "dim", "depth", "heads", "num_workers"})
+
+
+KEYS_OF_THE_MODEL = frozenset({"dim", "depth", "heads", "moe_layers", "experts", "top_k"})
+
+
+def _number(value: float) -> str:
+    """A bound or value as written in a config: integers in full, other numbers short."""
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else f"{value:g}"
 
 
 def default_of(name: str) -> Any:

@@ -508,15 +508,19 @@ class StreamLoader(DataLoader):
             yield batch
 
 
-def _init_worker(worker_id: int) -> None:
-    """One intra-op thread per worker, and no stop signals.
+def _init_worker(worker_id: int, parent: int | None = None) -> None:
+    """One intra-op thread per worker, no stop signals, and death with the parent.
 
     Several workers with several threads each only fight over the cores.
     `accelerate launch` (torch elastic) stops a job with killpg, and Ctrl-C
     reaches the whole foreground group: workers would die mid-batch and take the
     training process down before it can save. The process that owns the loader
-    decides when to stop and shuts its workers down itself.
+    decides when to stop and shuts its workers down itself; should it die
+    (even by `kill -9`), the kernel kills its workers (`die_with_parent`).
     """
+    from clasp.hardware.processes import die_with_parent
+
+    die_with_parent(parent)
     torch.set_num_threads(1)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -532,7 +536,10 @@ def make_loader(stream: ShardStream, num_workers: int = 1, prefetch_factor: int 
     stream.num_workers = max(1, num_workers)
     kwargs = {}
     if num_workers > 0:
-        kwargs = {"persistent_workers": True, "worker_init_fn": _init_worker,
+        import functools
+        import os
+
+        kwargs = {"persistent_workers": True, "worker_init_fn": functools.partial(_init_worker, parent=os.getpid()),
                   "prefetch_factor": prefetch_factor}
     return StreamLoader(stream, batch_size=None, num_workers=num_workers,
                         pin_memory=torch.cuda.is_available(), **kwargs)

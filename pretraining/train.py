@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,9 @@ from typing import Any, Iterator
 
 import torch
 
-from clasp.pretraining.checkpoint import CONFIG_FILE, CheckpointWriter, find_checkpoint, load_checkpoint, restore_rng
+from clasp.pretraining.checkpoint import (
+    CONFIG_FILE, CheckpointError, CheckpointWriteError, CheckpointWriter, find_checkpoint, load_checkpoint, restore_rng,
+)
 from clasp.pretraining.config import ConfigError, PretrainConfig, saved_form
 from clasp.pretraining.run_folder import (
     ERROR_LOG, METRICS_FILE, ROWS_LOG, RunFolderError, plan_run_folder, truncate_jsonl, wipe_run_files, write_error_log,
@@ -54,7 +57,14 @@ class PretrainInputError(Exception):
     """Bad input found before the first step (store, run folder, settings): one line naming the file."""
 
 
-class NonFiniteLossError(RuntimeError):
+class RunFailedError(RuntimeError):
+    """The run started and could not go on (disk full, out of memory, a bad store row, a non-finite loss).
+
+    One line naming what was being done; exit 1; the last complete checkpoint stays usable.
+    """
+
+
+class NonFiniteLossError(RunFailedError):
     """A loss term became NaN or infinite; training stopped without applying that step."""
 
 
@@ -151,39 +161,89 @@ def open_stream(config: PretrainConfig, rank: int, world_size: int):
 
 
 def total_steps_for(config: PretrainConfig, batches_per_epoch: int) -> int:
+    from clasp.pretraining.config import LIMITS
+
     if config.steps is not None:
         return config.steps
-    return max(1, config.epochs * batches_per_epoch // config.grad_accum)
+    steps = max(1, config.epochs * batches_per_epoch // config.grad_accum)
+    if steps > LIMITS["steps"][1]:
+        raise ConfigError(f"epochs {config.epochs} x {batches_per_epoch} batches per epoch / grad_accum "
+                          f"{config.grad_accum} gives {steps} steps, more than {int(LIMITS['steps'][1])}", "epochs")
+    return steps
 
 
 # ----------------------------------------------------------------------------- signals
 
 
 class StopSignals:
-    """SIGTERM/SIGINT set a flag that the loop reads at the next step boundary; a second one acts at once."""
+    """SIGTERM/SIGINT: the first sets `received`, which the loop reads at the next step boundary; the second
+    ends the process at once (exit 128 + signal number), leaving the last complete checkpoint as it is.
 
-    def __init__(self) -> None:
+    Python runs signal handlers in the main thread between bytecodes, so a handler waits as long as the
+    C++ operation under way (one backward pass of the small preset takes tens of seconds on two busy
+    cores), and signals that arrive meanwhile merge into one call: three SIGTERMs could end up as one
+    late "stop at the next step". So the C-level handler's wakeup pipe (`signal.set_wakeup_fd`, one byte
+    per signal delivered) is read by a watcher thread, which counts every signal as it arrives and does
+    not wait for the main thread. `on_exit_now(signal name)` returns the line printed before the exit.
+    """
+
+    def __init__(self, on_exit_now=None) -> None:
         self.received: str | None = None
+        self.count = 0
+        self._on_exit_now = on_exit_now
         self._previous: dict[int, Any] = {}
+        self._pipe: tuple[int, int] | None = None
+        self._old_wakeup = -1
 
     def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is not threading.main_thread():
+            return self  # handlers can only be set in the main thread: no clean stop
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        self._pipe = (read_fd, write_fd)
         for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: no handlers, no clean stop
-                pass
+            self._previous[sig] = signal.signal(sig, self._handle)
+        self._old_wakeup = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        threading.Thread(target=self._watch, args=(read_fd,), name="clasp-stop-signals", daemon=True).start()
         return self
 
     def _handle(self, signum: int, frame) -> None:
-        if self.received is not None:
-            signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
-            signal.raise_signal(signum)
+        """The Python-level handler: nothing to do, the watcher thread has counted the signal."""
+
+    def _watch(self, read_fd: int) -> None:
+        while True:
+            try:
+                data = os.read(read_fd, 64)
+            except OSError:
+                return
+            if not data:
+                os.close(read_fd)
+                return
+            for signum in data:
+                if signum in (signal.SIGTERM, signal.SIGINT):
+                    self.signal(signum)
+
+    def signal(self, signum: int) -> None:
+        """Count one stop signal: the first asks for a stop at the step boundary, the second exits now."""
+        self.count += 1
+        name = signal.Signals(signum).name
+        if self.count == 1:
+            self.received = name
             return
-        self.received = signal.Signals(signum).name
+        line = self._on_exit_now(name) if self._on_exit_now is not None else f"error: second {name}: stopped at once"
+        try:
+            os.write(2, (line + "\n").encode("utf-8", "replace"))
+        finally:
+            os._exit(128 + signum)
 
     def __exit__(self, *exc) -> None:
+        if self._pipe is None:
+            return
+        signal.set_wakeup_fd(self._old_wakeup)
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        os.close(self._pipe[1])  # the watcher reads end-of-file and returns
+        self._pipe = None
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -205,6 +265,10 @@ def run_pretraining(config: PretrainConfig) -> PretrainResult:
         if os.environ.get("RANK", "0") == "0":  # the launcher's global rank; one log line, not one per process
             write_error_log(config.out, str(exc))
         raise PretrainInputError(str(exc)) from None
+    except RunFailedError as exc:
+        if os.environ.get("RANK", "0") == "0":
+            write_error_log(config.out, str(exc))
+        raise
     finally:
         torch.set_num_threads(threads)
 
@@ -213,10 +277,9 @@ def _run(config: PretrainConfig, accelerator, precision) -> PretrainResult:
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
-    from clasp.pretraining.checkpoint import CheckpointError
     from clasp.pretraining.host_memory import keep_freed_memory
     from clasp.pretraining.model import ClaspModel
-    from clasp.pretraining.stream import make_loader
+    from clasp.pretraining.stream import BadRowError, make_loader
 
     rank, world = accelerator.process_index, accelerator.num_processes
     is_main = accelerator.is_main_process
@@ -247,6 +310,17 @@ def _run(config: PretrainConfig, accelerator, precision) -> PretrainResult:
     schedules = Schedules.build(total_steps, derived["peak_lr"], config.min_lr, config.warmup, config.weight_decay,
                                 config.weight_decay_end, config.momentum_teacher, config.momentum_teacher_end)
 
+    start_step, rng_state = 0, None
+    if plan.resume_from is not None:  # everything it reads is checked before the folder is touched
+        start_step, rng_state = resume_state(plan.resume_from, core, optimizer, accelerator.scaler, stream, rank)
+        try:
+            restore_rng(rng_state)
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+            raise PretrainInputError(f"{plan.resume_from / f'rng-rank{rank}.pt'}: not an RNG state "
+                                     f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
+    else:
+        set_seed(config.seed, device_specific=True)  # per-process randomness from here on
+
     # Nothing has been written yet; from here on the folder is ours.
     accelerator.wait_for_everyone()
     out = plan.out
@@ -256,14 +330,6 @@ def _run(config: PretrainConfig, accelerator, precision) -> PretrainResult:
             wipe_run_files(out)
         (out / ERROR_LOG).unlink(missing_ok=True)
         write_json_atomic(out / CONFIG_FILE, saved_config)  # --resume reads it: never half-written
-    start_step, rng_state = 0, None
-    if plan.resume_from is not None:
-        try:
-            loaded = load_checkpoint(plan.resume_from, core, optimizer, accelerator.scaler, rank)
-            stream.load_state_dict(loaded.stream_state)
-        except (CheckpointError, ValueError) as exc:
-            raise PretrainInputError(f"{plan.resume_from}: {exc}") from None
-        start_step, rng_state = int(loaded.trainer["step"]), loaded.rng
     accelerator.wait_for_everyone()
     if is_main and plan.resume_from is not None:
         truncate_jsonl(out / METRICS_FILE, start_step)
@@ -272,10 +338,6 @@ def _run(config: PretrainConfig, accelerator, precision) -> PretrainResult:
         rows_path = out / ROWS_LOG.format(rank=rank)
         truncate_jsonl(rows_path, start_step)
         rows_log = open(rows_path, "a", encoding="utf-8")
-    if rng_state is not None:
-        restore_rng(rng_state)
-    else:
-        set_seed(config.seed, device_specific=True)  # per-process randomness from here on
 
     writer = CheckpointWriter(out, rank, is_main, config.keep_checkpoints)
     writer.remove_unfinished()
@@ -290,12 +352,18 @@ def _run(config: PretrainConfig, accelerator, precision) -> PretrainResult:
     stopped_by = "end" if end_step == total_steps else "stop_at"
     window = ThroughputWindow()
 
-    def save(at_step: int) -> Path | None:
+    def save(at_step: int, stream_state: dict | None = None) -> Path | None:
+        try:
+            return _save(at_step, stream_state if stream_state is not None else stream.state_dict())
+        except CheckpointWriteError as exc:
+            raise RunFailedError(f"step {at_step}: {exc}") from None
+
+    def _save(at_step: int, stream_state: dict) -> Path | None:
         tmp = writer.begin(at_step)
         accelerator.wait_for_everyone()
         if is_main:
             writer.write_shared(tmp, core, optimizer, accelerator.scaler, saved_config)
-        writer.write_own(tmp, stream.state_dict())
+        writer.write_own(tmp, stream_state)
         accelerator.wait_for_everyone()
         final = None
         if is_main:
@@ -304,8 +372,16 @@ def _run(config: PretrainConfig, accelerator, precision) -> PretrainResult:
         accelerator.wait_for_everyone()
         return final or find_checkpoint(out, at_step)
 
+    def exit_now_line(name: str) -> str:
+        line = (f"second {name}: stopped at once during step {step + 1}; the last complete checkpoint is "
+                f"{find_checkpoint(out) or 'none'}; continue with --resume")
+        if is_main:
+            write_error_log(out, line)
+        return f"error: {line}"
+
+    boundary = stream.state_dict()  # the data position after the last finished step
     try:
-        with StopSignals() as signals:
+        with StopSignals(exit_now_line) as signals:
             window.start()
             while step < end_step:
                 lr, wd, momentum = schedules.at(step)
@@ -341,8 +417,11 @@ def _run(config: PretrainConfig, accelerator, precision) -> PretrainResult:
                         step_stats[key] = step_stats.get(key, 0) + value / config.grad_accum
                 core.update_teacher(momentum)
                 step += 1
+                boundary = stream.state_dict()
                 window.step_done(float(step_stats["_images"] * config.grad_accum))
-                stop_requested = step_stats["_stop"].item() > 0
+                # a signal during this step's backward is seen now, not one step later (several processes
+                # stop together, on the flag their all-reduce carried)
+                stop_requested = step_stats["_stop"].item() > 0 or (world == 1 and signals.received is not None)
                 last_loss = float(step_stats["loss"] / world)
                 bar.update(1)
                 if step % config.log_every == 0 or step == end_step or stop_requested:
@@ -359,6 +438,22 @@ def _run(config: PretrainConfig, accelerator, precision) -> PretrainResult:
                 if stop_requested:
                     stopped_by = signals.received or "signal"
                     break
+    except RunFailedError:
+        raise
+    except BadRowError as exc:
+        where = f"the last complete checkpoint is {find_checkpoint(out) or 'none'}"
+        if world == 1 and step > max(last_saved, start_step):  # a save is collective: one process only
+            checkpoint = save(step, boundary)
+            where = f"saved the last finished step as {checkpoint}; continue with --resume"
+        raise RunFailedError(f"{exc}; {where}") from None
+    except (MemoryError, RuntimeError) as exc:
+        if not isinstance(exc, MemoryError) and not is_out_of_memory(exc):
+            raise
+        raise RunFailedError(f"step {step + 1}: out of memory ({type(exc).__name__}); lower batch_size or the "
+                             f"crops; the last complete checkpoint is {find_checkpoint(out) or 'none'}") from None
+    except OSError as exc:
+        raise RunFailedError(f"{getattr(exc, 'filename', None) or out}: step {step + 1}: {exc.strerror or exc}; "
+                             f"the last complete checkpoint is {find_checkpoint(out) or 'none'}") from None
     finally:
         bar.close()
         if metrics is not None:
@@ -380,6 +475,29 @@ def _run(config: PretrainConfig, accelerator, precision) -> PretrainResult:
 
 
 # ----------------------------------------------------------------------------- helpers of the loop
+
+
+def resume_state(path: Path, core, optimizer, scaler, stream, rank: int) -> tuple[int, dict]:
+    """Load the checkpoint at `path` into the model, optimizer, scaler and stream; (step, RNG state).
+
+    Anything that does not fit (shapes, a malformed trainer.json or stream state) is a PretrainInputError
+    naming the file, raised before the run folder is touched further.
+    """
+    try:
+        loaded = load_checkpoint(path, core, optimizer, scaler, rank)
+    except CheckpointError as exc:
+        raise PretrainInputError(str(exc)) from None
+    stream_file = path / f"stream-rank{rank}.pt"
+    try:
+        if not isinstance(loaded.stream_state, dict):
+            raise TypeError(f"expected a mapping, got {type(loaded.stream_state).__name__}")
+        stream.load_state_dict(loaded.stream_state)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        detail = f"missing {exc}" if isinstance(exc, KeyError) else " ".join(str(exc).split())[:200]
+        raise PretrainInputError(f"{stream_file}: not a usable stream position ({detail})") from None
+    if not isinstance(loaded.rng, dict):
+        raise PretrainInputError(f"{path / f'rng-rank{rank}.pt'}: not an RNG state")
+    return loaded.trainer["step"], loaded.rng
 
 
 class ThroughputWindow:
@@ -431,6 +549,13 @@ class BatchSource:
         iterator = getattr(self.loader, "_iterator", None)
         if iterator is not None and hasattr(iterator, "_shutdown_workers"):
             iterator._shutdown_workers()
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch's allocation failures: OutOfMemoryError on a GPU, a RuntimeError naming the allocator on a CPU."""
+    oom = getattr(torch, "OutOfMemoryError", None)
+    text = str(exc)
+    return (oom is not None and isinstance(exc, oom)) or "can't allocate memory" in text or "out of memory" in text
 
 
 def reduce_stats(accelerator, stats: dict[str, torch.Tensor], images: int, stop_flag: float) -> dict[str, torch.Tensor]:
