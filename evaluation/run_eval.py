@@ -2,7 +2,8 @@
 
 `--data` is recognised by its content: a folder with `truth/annotations.jsonl`
 is a synthetic world (all tasks); a folder with `query/` or
-`bounding_box_test/` is Market-1501 (re-ID only). Results are a nested dict
+`bounding_box_test/` is Market-1501 and one with `list_query.txt` MSMT17 (both
+re-ID only). Results are a nested dict
 (also written as JSON) and a plain-text table.
 """
 
@@ -20,6 +21,7 @@ from clasp.evaluation.errors import EvalInputError
 from clasp.evaluation.features import FeatureExtractor, extract_features
 from clasp.evaluation.label_grid import majority_downsample
 from clasp.evaluation.market1501 import is_market1501, read_market1501
+from clasp.evaluation.msmt17 import is_msmt17, read_msmt17
 from clasp.evaluation.intervals import identity_bootstrap
 from clasp.evaluation.metrics import binary_attribute_names, binary_attributes, mean_accuracy, mean_iou
 from clasp.evaluation.results_json import write_results
@@ -53,6 +55,8 @@ def data_kind(data: Path) -> str:
         return "synth"
     if is_market1501(data):
         return "market1501"
+    if is_msmt17(data):
+        return "msmt17"
     if not data.is_dir():
         raise EvalInputError(f"{data}: folder does not exist")
     raise EvalInputError(f"{data}: no ground truth (neither truth/annotations.jsonl of `clasp synth` "
@@ -68,7 +72,7 @@ def resolve_tasks(kind: str, tasks: tuple[str, ...] | None, data: Path) -> tuple
         raise EvalInputError(f"unknown task(s) {', '.join(unknown)}; choose from {', '.join(TASKS)}")
     unsupported = [t for t in tasks if t not in supported]
     if unsupported:
-        raise EvalInputError(f"{data}: a Market-1501 folder has no ground truth for {', '.join(unsupported)} (reid only)")
+        raise EvalInputError(f"{data}: a {kind} folder has no ground truth for {', '.join(unsupported)} (reid only)")
     return tuple(tasks)
 
 
@@ -78,7 +82,8 @@ def evaluate(config: EvalConfig, extractor: FeatureExtractor | None = None,
     data = Path(config.data)
     kind = data_kind(data)
     tasks = resolve_tasks(kind, config.tasks, data)
-    source = SynthTruth.load(data) if kind == "synth" else read_market1501(data)
+    readers = {"synth": SynthTruth.load, "market1501": read_market1501, "msmt17": read_msmt17}
+    source = readers[kind](data)
     if extractor is None:
         extractor = load_extractors(config, tasks)
     precision = feature_precision(config.precision)

@@ -52,7 +52,7 @@ def write_random_export(out: Path, seed: int = 0, task: str = "instance") -> Pat
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("finetune")
     out = {"export": write_random_export(root / "export")}
-    for layout, ids in (("market1501", 16), ("pa100k", 12), ("lip", 6)):
+    for layout, ids in (("market1501", 16), ("pa100k", 12), ("lip", 6), ("msmt17", 6)):
         out[layout] = write_layout(layout, SynthConfig(out=root / layout, identities=ids, images_per_id=4, cameras=2))
     return out
 
@@ -181,3 +181,11 @@ def test_freeze_backbone_trains_the_head_only(world, tmp_path: Path) -> None:
     for key, value in exported.items():
         assert torch.equal(trained[f"backbone.backbone.{key}"], value), key
     assert not torch.equal(trained["head.bottleneck.weight"], torch.ones_like(trained["head.bottleneck.weight"]))
+
+
+def test_clasp_eval_reads_msmt17_too(world, tmp_path: Path) -> None:
+    from clasp.evaluation.run_eval import EvalConfig, evaluate
+
+    results = evaluate(EvalConfig(backbone=world["export"], data=world["msmt17"], precision="fp32"))
+    assert results["kind"] == "msmt17" and results["tasks"] == ["reid"]
+    assert results["reid"]["queries"] > 0 and 0 <= results["reid"]["mAP"] <= 1
