@@ -1,6 +1,6 @@
 """Throughput of `clasp label` against the bare CLIP vision forward, in one run.
 
-    python benchmarks/label_throughput.py                    # ViT-B/16, 256 images, batch 32, bf16
+    python benchmarks/label_throughput.py                    # ViT-B/16, 96 images, batch 32, --precision auto
     python benchmarks/label_throughput.py --preset tiny      # a quick check of the script itself
 
 On the same JPEG files (person crops of 256x128 to 400x200 written by this
@@ -16,6 +16,16 @@ and prints both and their ratio (target >= 0.90: the pipeline keeps the model
 busy). The CLIP is built from the preset's config with random weights, offline;
 the model is loaded once before timing, as a labeling run loads it once. With
 `--profile` it also prints the cost of each stage done one after another.
+
+The FLOPs of the CLIP vision forward for one image are counted with
+`FlopCounterMode`; times the images/s of each side they give its achieved
+GFLOP/s, printed as a fraction of the GEMM peak at CLIP's shapes
+(`machine_peak.py`) in the same precision: how close the bare forward comes to
+what the machine can multiply, and how much of that labeling keeps.
+`--precision auto` resolves as `clasp label` does (fp32 on a CPU without native
+bf16, where bf16 autocast would be several times slower). The run labels
+whole batches, so end-to-end fixed costs (the manifest, the shard's hash) are
+part of the ratio; with few images they weigh more, which can only lower it.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from clasp.hardware import PRECISIONS, use_available_cores
 from clasp.labeling.decode import decode_input
 from clasp.labeling.discover import discover_images
 from clasp.labeling.run import LabelConfig, run_labeling
@@ -39,15 +50,21 @@ from clasp.labeling.shard_worker import LabelerSpec, build_clip_labeler, cached_
 from clasp.labeling.tiny_clip import clip_from_config
 from clasp.store import LabelRows, Vocabulary, write_shard
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import count_flops, efficiency_line, print_header, verdict  # noqa: E402
+from machine_peak import clip_shapes, peak_gflops  # noqa: E402
+
 OUT = Path(__file__).resolve().parent / "out"
+IMAGES = 96
+TARGET = 0.90
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", default="ViT-B/16", choices=["ViT-B/16", "tiny"], help="CLIP architecture (random weights)")
-    p.add_argument("--images", type=int, default=256, help="number of JPEG files to label")
+    p.add_argument("--images", type=int, default=IMAGES, help="number of JPEG files to label")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--precision", default="bf16", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--precision", default="auto", choices=PRECISIONS, help="resolved as `clasp label` does")
     p.add_argument("--clip-size", default="448x224", help="CLIP input HEIGHTxWIDTH")
     p.add_argument("--workers", type=int, default=0, help="as `clasp label --workers` (0: in this process)")
     p.add_argument("--repeats", type=int, default=1, help="measure both this many times (ABBA order); report medians")
@@ -117,54 +134,80 @@ def profile_stages(labeler, images: Path, spec: LabelerSpec, batch_size: int, st
     return {k: v / len(files) for k, v in t.items()}
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    clip_size = tuple(int(x) for x in args.clip_size.lower().split("x"))
-    work = args.work
-    work.mkdir(parents=True, exist_ok=True)
-    images = work / f"images-{args.images}"
-    print(f"preparing {args.images} JPEG person crops and a {args.preset} CLIP (random weights) in {work}", flush=True)
-    write_person_crops(images, args.images)
-    model = prepare_model(work, args.preset)
-
-    vocab = Vocabulary.default()
-    spec = LabelerSpec(str(model), None, clip_size, "maskclip", args.precision, "cpu", vocab)
-    labeler = cached_labeler(build_clip_labeler, spec)  # the run below reuses this process's labeler
+def prepared_batches(labeler, images: Path, clip_size: tuple[int, int], batch_size: int) -> list[torch.Tensor]:
+    """The images decoded, resized and preprocessed as the run does it: the baseline's input."""
     files = [f.path for f in discover_images(images)]
     decoded = [decode_input(images, f, (256, 128), clip_size) for f in files]
-    batches = [labeler.preprocess([d.label_image for d in decoded[i:i + args.batch_size]])
-               for i in range(0, len(decoded), args.batch_size)]
-    del decoded
-    labeler.vision_forward(batches[0])  # warm-up: kernel selection, allocator
-    labeler.label(batches[0])
-    print(f"torch threads {torch.get_num_threads()}, batch {args.batch_size}, {args.precision}, "
-          f"clip size {clip_size[0]}x{clip_size[1]}, workers {args.workers}", flush=True)
+    return [labeler.preprocess([d.label_image for d in decoded[i:i + batch_size]])
+            for i in range(0, len(decoded), batch_size)]
 
+
+def labeling_peak(labeler, precision: str, batch_size: int, clip_size: tuple[int, int]) -> float:
+    """The GEMM peak at this CLIP's shapes: batch x tokens rows, its width and MLP width."""
+    vision = labeler.model.config.vision_config
+    tokens = 1 + (clip_size[0] // vision.patch_size) * (clip_size[1] // vision.patch_size)
+    return peak_gflops(precision, clip_shapes(batch_size, tokens, vision.hidden_size, vision.intermediate_size))
+
+
+def measure(args: argparse.Namespace, labeler, batches: list[torch.Tensor], config_for) -> tuple[list, list]:
+    """images/s of the bare forward and of `run_labeling`, `--repeats` times in ABBA order."""
+    images = sum(len(b) for b in batches)
     bare_rates, e2e_rates = [], []
     for r in range(args.repeats):
         # ABBA order: on a shared machine, load that drifts over time biases neither side.
         order = ("baseline", "end to end") if r % 2 == 0 else ("end to end", "baseline")
         for which in order:
             if which == "baseline":
-                bare_rates.append(len(files) / bare_forward(labeler, batches))
+                bare_rates.append(images / bare_forward(labeler, batches))
                 continue
-            out = work / f"shards-{r}"
+            out = args.work / f"shards-{r}"
             if out.exists():
                 for p in out.iterdir():
                     p.unlink()
-            config = LabelConfig(images=images, out=out, clip_model=str(model), clip_size=clip_size,
-                                 batch_size=args.batch_size, precision=args.precision, workers=args.workers,
-                                 progress=False)
-            seconds, labeled = end_to_end(config)
-            assert labeled == len(files), f"labeled {labeled} of {len(files)}"
+            seconds, labeled = end_to_end(config_for(out))
+            assert labeled == images, f"labeled {labeled} of {images}"
             e2e_rates.append(labeled / seconds)
         print(f"  repeat {r + 1} ({order[0]} first): baseline {bare_rates[-1]:.2f} images/s, "
               f"end to end {e2e_rates[-1]:.2f} images/s", flush=True)
+    return bare_rates, e2e_rates
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    use_available_cores()  # as `clasp label` in this process does
+    choice = print_header(args.precision)
+    clip_size = tuple(int(x) for x in args.clip_size.lower().split("x"))
+    args.work.mkdir(parents=True, exist_ok=True)
+    images = args.work / f"images-{args.images}"
+    print(f"preparing {args.images} JPEG person crops and a {args.preset} CLIP (random weights) in {args.work}",
+          flush=True)
+    write_person_crops(images, args.images)
+    model = prepare_model(args.work, args.preset)
+
+    spec = LabelerSpec(str(model), None, clip_size, "maskclip", choice.precision, "cpu", Vocabulary.default())
+    labeler = cached_labeler(build_clip_labeler, spec)  # the run below reuses this process's labeler
+    batches = prepared_batches(labeler, images, clip_size, args.batch_size)
+    labeler.vision_forward(batches[0])  # warm-up: kernel selection, allocator
+    labeler.label(batches[0])
+    flops_per_image = count_flops(lambda: labeler.vision_forward(batches[0][:1]))
+    peak = labeling_peak(labeler, choice.precision, args.batch_size, clip_size)
+    print(f"torch threads {torch.get_num_threads()}, batch {args.batch_size}, {choice.precision}, "
+          f"clip size {clip_size[0]}x{clip_size[1]}, workers {args.workers}; CLIP vision forward "
+          f"{flops_per_image / 1e9:.1f} GFLOP per image, {choice.precision} GEMM peak {peak:.1f} GFLOP/s", flush=True)
+
+    def config_for(out: Path) -> LabelConfig:
+        return LabelConfig(images=images, out=out, clip_model=str(model), clip_size=clip_size,
+                           batch_size=args.batch_size, precision=choice.precision, workers=args.workers,
+                           progress=False)
+
+    bare_rates, e2e_rates = measure(args, labeler, batches, config_for)
     bare, e2e = statistics.median(bare_rates), statistics.median(e2e_rates)
     print(f"baseline (bare CLIP vision forward, prepared batches): {bare:.2f} images/s")
     print(f"end to end (clasp label, files -> shards):              {e2e:.2f} images/s")
-    print(f"ratio end-to-end / baseline: {e2e / bare:.3f} (target >= 0.90)")
+    print(efficiency_line("bare CLIP vision forward per image", flops_per_image, 1 / bare, peak, choice.precision))
+    print(efficiency_line("end to end per image (same CLIP FLOPs)", flops_per_image, 1 / e2e, peak,
+                          choice.precision))
+    print(f"ratio end-to-end / baseline: {e2e / bare:.3f} {verdict(e2e / bare, TARGET, at_least=True)}")
     if args.profile:
         print("stages one after another, ms per image:")
         for name, seconds in profile_stages(labeler, images, spec, args.batch_size).items():

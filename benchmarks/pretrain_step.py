@@ -9,9 +9,19 @@ steps each is reported after `--warmup` untimed steps, as wall time and as this
 process's CPU time. On a machine shared with other jobs, `--threads 1` gives
 the steadiest figures (two OpenMP threads stall whenever one is descheduled).
 
-    python benchmarks/pretrain_step.py --preset small --batch-size 32 --precision bf16
+    python benchmarks/pretrain_step.py      # preset small, batch 32, 2 + 6 crops, --precision auto
 
-Target: ratio ≤ 1.5 at preset small, batch 32, bf16 autocast on CPU, 2 + 6 crops.
+The first warm-up step of each is run under `FlopCounterMode`: the FLOPs of one
+CLASP step and one DINO step (forward + backward; the optimizer and the teacher
+update do no matrix products). Their ratio is what the extra branches, the MoE
+and the heads add in arithmetic; the time ratio beside it says how much more
+they cost than that arithmetic (time ratio / FLOP ratio = 1: no overhead beyond
+the FLOPs). Each step's achieved GFLOP/s is printed as a fraction of the GEMM
+peak at the ViT's and the DINO head's shapes (`machine_peak.py`) in the same
+precision. `--precision auto` resolves as `clasp pretrain` does (fp32 on a CPU
+without native bf16, where bf16 autocast would be several times slower).
+
+Target: time ratio CLASP / DINO <= 1.5 at preset small, batch 32, 2 + 6 crops.
 """
 
 from __future__ import annotations
@@ -19,14 +29,26 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
+from clasp.hardware import PRECISIONS, PrecisionChoice, use_available_cores
 from clasp.pretraining.batch import MultiCropBatch
 from clasp.pretraining.host_memory import keep_freed_memory
 from clasp.pretraining.model import ClaspModel, ModelConfig
 from clasp.store import Vocabulary
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import count_flops, efficiency_line, print_header, verdict  # noqa: E402
+from machine_peak import dino_head_shapes, peak_gflops, vit_shapes  # noqa: E402
+
+TARGET = 1.5
+# fp32 on an idle 2-core CPU: a CLASP + DINO pair of small steps takes about a minute;
+# 1 counted + 1 warm-up + 4 timed pairs fit in 10 minutes.
+WARMUP, ITERS = 2, 4
 
 
 def synthetic_batch(batch_size: int, global_crops: int, local_crops: int, vocab: Vocabulary) -> MultiCropBatch:
@@ -42,14 +64,14 @@ def synthetic_batch(batch_size: int, global_crops: int, local_crops: int, vocab:
 
 
 class Stepper:
-    def __init__(self, config: ModelConfig, precision: str) -> None:
+    def __init__(self, config: ModelConfig, choice: PrecisionChoice) -> None:
         self.model = ClaspModel(config)
         self.optimizer = torch.optim.AdamW(self.model.param_groups(), lr=1e-4, weight_decay=0.04)
-        self.precision = precision
+        self.autocast_dtype = choice.autocast_dtype  # None: fp32, no autocast
 
     def step(self, batch: MultiCropBatch) -> tuple[float, float]:
         """(wall seconds, CPU seconds of this process) for one step."""
-        autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if self.precision == "bf16"
+        autocast = (torch.autocast("cpu", dtype=self.autocast_dtype) if self.autocast_dtype is not None
                     else contextlib.nullcontext())
         start, start_cpu = time.perf_counter(), time.process_time()
         with autocast:
@@ -61,56 +83,92 @@ class Stepper:
         return time.perf_counter() - start, time.process_time() - start_cpu
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="small", choices=["tiny", "small", "base"])
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--global-crops", type=int, default=2)
     parser.add_argument("--local-crops", type=int, default=6)
-    parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS)
     parser.add_argument("--moe-layers", type=int, default=4)
     parser.add_argument("--experts", type=int, default=6)
     parser.add_argument("--top-k", type=int, default=2)
     parser.add_argument("--expert-mlp-ratio", type=float, default=None,
                         help="expert width / dim (default: mlp_ratio / top_k)")
     parser.add_argument("--dino-out-dim", type=int, default=8192)
-    parser.add_argument("--warmup", type=int, default=4, help="untimed steps first (the heap reaches its steady size)")
-    parser.add_argument("--iters", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    keep_freed_memory()  # as `clasp pretrain` does on CPU; process-wide, so both sides alike
+    parser.add_argument("--warmup", type=int, default=WARMUP,
+                        help="untimed steps first, the first one counting FLOPs (the heap reaches its steady size)")
+    parser.add_argument("--iters", type=int, default=ITERS)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the cores available)")
+    return parser.parse_args()
 
-    torch.manual_seed(0)
-    vocab = Vocabulary.default()
-    batch = synthetic_batch(args.batch_size, args.global_crops, args.local_crops, vocab)
-    clasp = Stepper(ModelConfig.build(args.preset, vocab, moe_layers=args.moe_layers, num_experts=args.experts,
-                                      top_k=args.top_k, dino_out_dim=args.dino_out_dim,
-                                      expert_mlp_ratio=args.expert_mlp_ratio), args.precision)
-    dino = Stepper(ModelConfig.dino_baseline(args.preset, dino_out_dim=args.dino_out_dim), args.precision)
 
-    for _ in range(args.warmup):
-        clasp.step(batch)
-        dino.step(batch)
+def step_shapes(args: argparse.Namespace, config: ModelConfig) -> tuple:
+    """The GEMM shapes of one step, for the peak it is compared with."""
+    dim, crops = config.vit.dim, args.global_crops + args.local_crops
+    return (vit_shapes(dim, args.batch_size, args.global_crops, args.local_crops, args.experts, args.top_k,
+                       config.vit.expert_hidden)
+            + dino_head_shapes(dim, args.batch_size * crops, config.dino_hidden_dim, config.dino_bottleneck_dim,
+                               args.dino_out_dim))
+
+
+def timed_steps(clasp: Stepper, dino: Stepper, batch: MultiCropBatch, iters: int) -> tuple[list, list]:
     clasp_times, dino_times = [], []
-    for i in range(args.iters):  # ABBA order: load drift on a shared machine biases neither side
+    for i in range(iters):  # ABBA order: load drift on a shared machine biases neither side
         if i % 2 == 0:
             clasp_times.append(clasp.step(batch))
             dino_times.append(dino.step(batch))
         else:
             dino_times.append(dino.step(batch))
             clasp_times.append(clasp.step(batch))
+        print(f"  step {i + 1}: CLASP {clasp_times[-1][0]:.2f} s wall ({clasp_times[-1][1]:.2f} s CPU), "
+              f"DINO {dino_times[-1][0]:.2f} s wall ({dino_times[-1][1]:.2f} s CPU)", flush=True)
+    return clasp_times, dino_times
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads) if args.threads else use_available_cores()
+    choice = print_header(args.precision)
+    keep_freed_memory()  # as `clasp pretrain` does on CPU; process-wide, so both sides alike
+
+    torch.manual_seed(0)
+    vocab = Vocabulary.default()
+    batch = synthetic_batch(args.batch_size, args.global_crops, args.local_crops, vocab)
+    clasp_config = ModelConfig.build(args.preset, vocab, moe_layers=args.moe_layers, num_experts=args.experts,
+                                     top_k=args.top_k, dino_out_dim=args.dino_out_dim,
+                                     expert_mlp_ratio=args.expert_mlp_ratio)
+    clasp = Stepper(clasp_config, choice)
+    dino = Stepper(ModelConfig.dino_baseline(args.preset, dino_out_dim=args.dino_out_dim), choice)
+    peak = peak_gflops(choice.precision, step_shapes(args, clasp_config))
+
+    clasp_flops, dino_flops = count_flops(lambda: clasp.step(batch)), count_flops(lambda: dino.step(batch))
+    print(f"FLOPs of one step (forward + backward): CLASP {clasp_flops / 1e9:.1f} G, DINO {dino_flops / 1e9:.1f} G; "
+          f"{choice.precision} GEMM peak at the step's shapes {peak:.1f} GFLOP/s", flush=True)
+    for _ in range(args.warmup - 1):
+        clasp.step(batch)
+        dino.step(batch)
+    clasp_times, dino_times = timed_steps(clasp, dino, batch, args.iters)
     clasp_s, dino_s = (statistics.median(t[0] for t in clasp_times), statistics.median(t[0] for t in dino_times))
     clasp_cpu, dino_cpu = (statistics.median(t[1] for t in clasp_times), statistics.median(t[1] for t in dino_times))
     print(f"preset={args.preset} batch={args.batch_size} crops={args.global_crops}+{args.local_crops} "
-          f"precision={args.precision} threads={torch.get_num_threads()} iters={args.iters}")
+          f"precision={choice.precision} threads={torch.get_num_threads()} warmup={args.warmup} iters={args.iters}")
     print(f"CLASP step (3 branches, MoE {args.moe_layers}x{args.experts} top-{args.top_k}, 3 heads): "
           f"{clasp_s:.3f} s wall, {clasp_cpu:.3f} s CPU")
     print(f"DINO step (same ViT, no MoE, DINO head only): {dino_s:.3f} s wall, {dino_cpu:.3f} s CPU")
+    print(efficiency_line("CLASP step, forward + backward", clasp_flops, clasp_s, peak, choice.precision))
+    print(efficiency_line("DINO step, forward + backward", dino_flops, dino_s, peak, choice.precision))
+    report_ratios(clasp_s / dino_s, clasp_cpu / dino_cpu, clasp_flops / dino_flops)
+
+
+def report_ratios(wall: float, cpu: float, flops: float) -> None:
     # CPU time is what the step costs this process; wall time also counts waiting for a core
     # another process holds, so on a shared machine the CPU ratio is the steadier figure.
-    print(f"ratio CLASP / DINO: {clasp_s / dino_s:.3f} (wall), {clasp_cpu / dino_cpu:.3f} (CPU time)")
+    print(f"FLOP ratio CLASP / DINO: {flops:.3f} (the arithmetic the branches, MoE and heads add)")
+    print(f"time ratio CLASP / DINO: {wall:.3f} (wall) {verdict(wall, TARGET, at_least=False)}, "
+          f"{cpu:.3f} (CPU time) {verdict(cpu, TARGET, at_least=False)}")
+    print(f"time ratio / FLOP ratio: {wall / flops:.2f} (wall), {cpu / flops:.2f} (CPU time); "
+          f"1.00 = CLASP costs exactly its extra FLOPs, above = overhead beyond the arithmetic")
 
 
 if __name__ == "__main__":

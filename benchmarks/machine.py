@@ -1,0 +1,124 @@
+"""What every benchmark prints before it measures: the machine, and the precision it computes in.
+
+A ratio or a rate means little without the machine it came from: the device,
+the CPU capability torch found (`torch.backends.cpu.get_cpu_capability()`:
+AVX2, AVX512, ...; bf16 is native only with AMX or AVX512-BF16, and emulated
+bf16 runs ~7.6x slower than fp32), the cores this process may use against the
+threads torch runs, and what `--precision auto` resolved to. `print_header`
+prints that in two lines, from `clasp.hardware`, the same rule every `clasp`
+command follows.
+
+The compute benchmarks also say how hard they drive the arithmetic: FLOPs of
+their work counted by `torch.utils.flop_counter.FlopCounterMode`, divided by
+the measured time, as a fraction of the GEMM peak that `machine_peak.py`
+measures at the same precision (`efficiency_line`). Targets print as PASS or
+MISS beside the measured figure (`verdict`).
+
+Benchmarks are run as `python benchmarks/NAME.py`, so their folder is on
+`sys.path` and they import this module as `machine`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from clasp.hardware import PrecisionChoice, PrecisionError, available_cores, probe_capability, resolve_precision
+
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def choose_precision(requested: str, device: str = "cpu") -> PrecisionChoice:
+    """`requested` resolved on `device` as every `clasp` command does; a precision the device cannot run exits."""
+    try:
+        return resolve_precision(requested, probe_capability(device))
+    except PrecisionError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
+def cpu_model() -> str:
+    """The CPU's model name as the kernel reports it (for the reader only: nothing is decided from it)."""
+    try:
+        for line in CPUINFO.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def header_lines(choice: PrecisionChoice) -> list[str]:
+    """Line 1: device, torch's CPU capability, cores vs threads. Line 2: how the precision was resolved."""
+    import torch
+
+    capability = choice.capability
+    name = cpu_model() if capability.device == "cpu" else capability.isa
+    machine = (f"machine: {capability.device} ({name}), torch {torch.__version__}, "
+               f"get_cpu_capability() {torch.backends.cpu.get_cpu_capability()} [{capability.tag()}], "
+               f"cores available {available_cores()}, torch threads {torch.get_num_threads()}")
+    precision = choice.line() + (f"  ({choice.warning})" if choice.warning else "")
+    return [machine, precision]
+
+
+def print_header(requested: str = "auto", device: str = "cpu", note: str = "") -> PrecisionChoice:
+    """Resolve `requested`, print the two header lines (`note` ends the second), return the choice.
+
+    Call it after setting torch's threads, so that the count printed is the one measured with.
+    """
+    choice = choose_precision(requested, device)
+    lines = header_lines(choice)
+    lines[-1] += f"; {note}" if note else ""
+    for line in lines:
+        print(line, flush=True)
+    return choice
+
+
+def _cpu_flash_attention_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query, key, value)
+
+
+def _cpu_flash_attention_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_backward_flop_count
+
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+def _cpu_attention_mapping() -> dict:
+    """FLOP formulas for the CPU kernels of `scaled_dot_product_attention`, which FlopCounterMode does not count.
+
+    Without them the attention of CLIP and of the fp32 ViT would count as zero
+    FLOPs; the formulas are torch's own for the CUDA flash kernels.
+    """
+    import torch
+
+    aten = torch.ops.aten
+    mapping = {}
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        mapping[aten._scaled_dot_product_flash_attention_for_cpu] = _cpu_flash_attention_flops
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward"):
+        mapping[aten._scaled_dot_product_flash_attention_for_cpu_backward] = _cpu_flash_attention_backward_flops
+    return mapping
+
+
+def count_flops(work: Callable[[], object]) -> int:
+    """FLOPs of the matrix products (linear, matmul, conv, attention) that `work()` runs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False, custom_mapping=_cpu_attention_mapping()) as counter:
+        work()
+    return int(counter.get_total_flops())
+
+
+def efficiency_line(what: str, flops: float, seconds: float, peak: float, precision: str) -> str:
+    """e.g. `bare CLIP forward: 67.1 GFLOP in 1.52 s = 44.1 GFLOP/s, 38 % of the fp32 GEMM peak (116 GFLOP/s)`."""
+    achieved = flops / seconds / 1e9
+    return (f"{what}: {flops / 1e9:.1f} GFLOP in {seconds:.3f} s = {achieved:.1f} GFLOP/s, "
+            f"{achieved / peak:.0%} of the {precision} GEMM peak at its shapes ({peak:.1f} GFLOP/s)")
+
+
+def verdict(value: float, target: float, at_least: bool, shown: str | None = None) -> str:
+    """`PASS` or `MISS` with the target, e.g. `PASS (target >= 0.9)`; `shown` spells the target (`10%`)."""
+    met = value >= target if at_least else value <= target
+    return f"{'PASS' if met else 'MISS'} (target {'>=' if at_least else '<='} {shown or format(target, 'g')})"
