@@ -232,8 +232,9 @@ def main() -> None:
             for name in best:
                 print(f"{name}: {best[name][0]:.1f} images/s ({best[name][1]:.1f} per worker CPU second)")
             wall, cpu = best["shards"][0] / best["folder"][0], best["shards"][1] / best["folder"][1]
-            print(f"ratio shards/folder ({cache} cache): {wall:.2f} in images/s {verdict(wall, 1.0, at_least=True, shown="1.0")}, "
-                  f"{cpu:.2f} in images per CPU second {verdict(cpu, 1.0, at_least=True, shown="1.0")}")
+            wall_verdict, cpu_verdict = (verdict(r, 1.0, at_least=True, shown="1.0") for r in (wall, cpu))
+            print(f"ratio shards/folder ({cache} cache): {wall:.2f} in images/s {wall_verdict}, "
+                  f"{cpu:.2f} in images per CPU second {cpu_verdict}")
         raw_shards, raw_folder = decode_only(store, folder, args.repeats)
         print(f"read + decode only (no augmentation, one process, warm cache): shards {raw_shards:.0f}, "
               f"folder {raw_folder:.0f} images per CPU second, ratio {raw_shards / raw_folder:.2f}")
