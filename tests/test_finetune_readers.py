@@ -160,3 +160,11 @@ def test_every_bad_input_exits_2_with_one_line(layouts, tmp_path: Path) -> None:
     config.write_text("ids_per_batch: 4\nwingspan: 3\n")
     assert_refused(finetune("reid", layouts["market1501"], tmp_path / "o9", nowhere, "--config", str(config)),
                    tmp_path / "o9", "unknown setting 'wingspan'")
+
+
+def test_synth_layout_command(tmp_path: Path) -> None:
+    got = CliRunner().invoke(main, ["synth", "--layout", "peta", "--out", str(tmp_path / "peta"), "--identities", "4",
+                                    "--images-per-id", "2", "--cameras", "2"])
+    assert got.exit_code == 0, got.output
+    assert sorted(p.name for p in (tmp_path / "peta").iterdir()) == ["PETA.mat", "images"]
+    assert len(read_peta(tmp_path / "peta").splits["test"]) == 4  # 40 % of 4 identities x 2 images
