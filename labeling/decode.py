@@ -59,10 +59,12 @@ class DecodeSkip:
 
 
 def decode_input(root: str | Path, rel_path: str, store_hw: tuple[int, int] = (256, 128),
-                 label_hw: tuple[int, int] = (448, 224), quality: int = STORE_QUALITY) -> DecodedImage | DecodeSkip:
-    """Read `root/rel_path` and produce the stored JPEG and the labeler's input image."""
+                 label_hw: tuple[int, int] = (448, 224), quality: int = STORE_QUALITY,
+                 fs_path: str | None = None) -> DecodedImage | DecodeSkip:
+    """Read `root/rel_path` (or `root/fs_path`, the file system's name when `rel_path` is its
+    escaped form) and produce the stored JPEG and the labeler's input image, recorded as `rel_path`."""
     try:
-        data = (Path(root) / rel_path).read_bytes()
+        data = (Path(root) / (fs_path if fs_path is not None else rel_path)).read_bytes()
     except OSError as exc:
         return DecodeSkip(rel_path, f"cannot read file: {exc.strerror or exc}")
     if not data:

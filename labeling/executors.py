@@ -12,7 +12,7 @@ import logging
 import os
 from typing import Callable, Iterator
 
-from clasp.labeling.errors import LabelingError
+from clasp.labeling.errors import LabelingError, LabelingRunError
 from clasp.hardware import available_cores, torch_threads
 from clasp.labeling.shard_worker import (
     LabelerFactory, LabelerInfo, LabelerSpec, ShardJob, ShardOutcome, label_shard, labeler_info,
@@ -97,6 +97,8 @@ def _plain_user_errors():
         yield
     except LabelingError as exc:
         raise LabelingError(str(exc)) from None
+    except LabelingRunError as exc:
+        raise LabelingRunError(str(exc)) from None
 
 
 def share_cores(client, hosts: dict[str, tuple[str, int]]) -> dict[str, int]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from clasp.hardware import PRECISIONS
 from clasp.labeling.dense_modes import DENSE_MODES
 from clasp.labeling.discover import discover_images
-from clasp.labeling.errors import LabelingError
+from clasp.labeling.errors import LabelingError, LabelingRunError, write_problem
 from clasp.labeling.executors import open_executor
 from clasp.labeling.folder_lock import exclusive_folder
 from clasp.labeling.plan import new_manifest, plan_run, plan_shards
@@ -24,6 +24,7 @@ from clasp.labeling.shard_worker import (
     LabelerFactory, LabelerInfo, LabelerSpec, ShardJob, build_clip_labeler, settings_only,
 )
 from clasp.store import LabeledWith, Manifest, SkippedInput, StoreError, Vocabulary, record_shard
+from clasp.store.schema import MANIFEST_NAME
 
 log = logging.getLogger("clasp")
 
@@ -83,7 +84,8 @@ def run_labeling(config: LabelConfig, factory: LabelerFactory = build_clip_label
 
     `factory` builds the labeler from a `LabelerSpec` (the CLIP labeler by
     default; tests pass a stand-in). Raises `LabelingError` for problems the
-    user can fix.
+    user can fix, `LabelingRunError` when a shard or the manifest cannot be
+    written (e.g. the disk is full; what was finished stays intact).
     """
     started = time.perf_counter()
     check_config(config)
@@ -112,7 +114,11 @@ def run_labeling(config: LabelConfig, factory: LabelerFactory = build_clip_label
                 shard_paths = {f.path for f in by_file[outcome.entry.file].inputs}
                 manifest.skipped = sorted([s for s in manifest.skipped if s.path not in shard_paths] + outcome.skipped,
                                           key=lambda s: s.path)
-                record_shard(manifest, out, outcome.entry)
+                try:
+                    record_shard(manifest, out, outcome.entry)
+                except OSError as exc:
+                    raise LabelingRunError(f"{out / MANIFEST_NAME}: cannot write the manifest: {write_problem(exc)}; "
+                                           "it still lists the shards finished before") from None
                 labeled_now += outcome.labeled
     return LabelSummary(
         images=len(inputs), labeled=manifest.total_rows, skipped=len(manifest.skipped), labeled_now=labeled_now,

@@ -12,12 +12,14 @@ from __future__ import annotations
 import queue
 import threading
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
 
 from clasp.hardware import PrecisionChoice
 from clasp.labeling.decode import DecodedImage, DecodeSkip, decode_input
+from clasp.labeling.errors import LabelingRunError, write_problem
 from clasp.labeling.plan import ShardPlan
 from clasp.store import ClipInfo, LabelRows, Manifest, ShardEntry, SkippedInput, Vocabulary, write_shard_for
 
@@ -136,7 +138,11 @@ def label_shard(job: ShardJob, on_batch: Callable[[int], None] | None = None) ->
         if on_batch is not None:
             on_batch(len(decoded) + len(skips))
     rows = LabelRows.concat(parts) if parts else LabelRows.empty(grid, num_attr)
-    entry = write_shard_for(job.manifest, job.out, job.plan.file, rows, inputs_sha256=job.plan.inputs_sha256)
+    try:
+        entry = write_shard_for(job.manifest, job.out, job.plan.file, rows, inputs_sha256=job.plan.inputs_sha256)
+    except OSError as exc:
+        raise LabelingRunError(f"{Path(job.out) / job.plan.file}: cannot write the shard: {write_problem(exc)}; "
+                               "the shards finished before it are intact and listed in the manifest") from None
     return ShardOutcome(entry, skipped, len(rows))
 
 
@@ -171,7 +177,7 @@ def _prefetched_batches(job: ShardJob, labeler: Labeler):
             for f in job.plan.inputs:
                 if stop.is_set():
                     return
-                result = decode_input(job.images, f.path, store_hw, label_hw)
+                result = decode_input(job.images, f.path, store_hw, label_hw, fs_path=f.fs_path)
                 if isinstance(result, DecodeSkip):
                     skips.append(result)
                     continue
