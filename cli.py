@@ -197,7 +197,7 @@ def label(images: Path, out: Path, clip_model: str, revision: str | None, clip_s
     reason in the manifest. Rerunning the same command keeps finished shards
     whose inputs did not change and does the rest.
     """
-    from clasp.labeling.errors import LabelingError
+    from clasp.labeling.errors import LabelingError, LabelingRunError
     from clasp.labeling.run import LabelConfig, run_labeling
 
     config = LabelConfig(images=images, out=out, clip_model=clip_model, revision=revision, clip_size=clip_size,
@@ -208,6 +208,9 @@ def label(images: Path, out: Path, clip_model: str, revision: str | None, clip_s
         summary = run_labeling(config)
     except LabelingError as exc:
         raise UserError(str(exc)) from None
+    except LabelingRunError as exc:  # e.g. disk full: a failed run, not a user mistake
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
     click.echo(summary.line())
     if strict and summary.skipped_inputs:
         click.echo(f"error: {len(summary.skipped_inputs)} inputs skipped (--strict):", err=True)
