@@ -116,6 +116,7 @@ def _setup(config: FinetuneConfig, accelerator):
     derived = {"world_size": accelerator.num_processes, "total_steps": total, "batches_per_epoch": plan.per_epoch,
                "images_per_step": recipe.batch_images * accelerator.num_processes,
                "layout": getattr(data, "layout", None), "task_prompt": backbone.task,
+               "train_images": len(recipe.train) if hasattr(recipe, "train") else len(data.train_paths),
                "outputs": _output_names(config, data)}
     return recipe, plan, backbone, derived
 
