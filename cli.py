@@ -419,7 +419,8 @@ def pretrain(config_file: Path | None, resume: bool, force: bool, log_rows: bool
 
     Settings come from the defaults, then --config FILE, then the flags. The
     resolved config is saved as OUT/config.json and beside every checkpoint.
-    SIGTERM or Ctrl-C stop at the next step with a checkpoint.
+    SIGTERM or Ctrl-C stop at the next step with a checkpoint; a second one stops
+    at once, keeping the last complete checkpoint.
     """
     from clasp.pretraining.config import ConfigError, build_config
     from clasp.pretraining.run_folder import write_error_log
