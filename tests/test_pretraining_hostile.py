@@ -374,3 +374,35 @@ def test_dataloader_workers_die_with_a_killed_parent(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_real_bad_row_read_by_a_worker_is_one_line(tmp_path: Path) -> None:
+    """A NaN attribute logit in the middle of a shard, found by a DataLoader worker (on_bad_row=stop)."""
+    import numpy as np
+
+    from clasp.store import Manifest, ShardStore, record_shard, shard_name, write_shard_for
+
+    store = _write_store(tmp_path / "shards")
+    manifest = Manifest.load(store)
+    with ShardStore.open(store).open_shard(ShardStore.open(store).shards[0]) as shard:
+        rows = next(iter(shard.iter_chunks(("image", "key", "path", "orig_hw", "part_mask", "part_conf",
+                                              "attr_logits"))))
+    from clasp.store import LabelRows
+
+    logits = np.array(rows.attr_logits, np.float16)
+    logits[6, 2] = np.nan
+    bad = LabelRows(image=list(rows.image), key=[k.decode() if isinstance(k, bytes) else k for k in rows.key],
+                    path=list(rows.path), orig_hw=rows.orig_hw, part_mask=rows.part_mask, part_conf=rows.part_conf,
+                    attr_logits=logits)
+    manifest.shards = []
+    record_shard(manifest, store, write_shard_for(manifest, store, shard_name(0), bad))
+    out = tmp_path / "run"
+    result = pretrain("--shards", str(store), "--out", str(out), "--config",
+                      str(write_config(tmp_path / "a.yaml", num_workers=1, save_every=100, steps=6)))
+    line = one_error_line(result, 1)
+    assert line.startswith(f"error: {store / 'shard-000000.h5'}: row 6: attr_logits"), line
+    assert (out / "error.log").read_text().strip() == line
+    newest = find_checkpoint(out)
+    if newest is not None:  # the steps finished before the bad batch are kept
+        assert f"saved the last finished step as {newest}" in line
+        assert read_trainer_state(newest)["step"] >= 1
