@@ -76,6 +76,7 @@ from clasp.store.schema import CHUNK_ROWS, MANIFEST_NAME
 
 LABEL_FIELDS = ("image", "part_mask", "part_conf", "attr_logits")
 SKIP_COUNTER_SLOTS = 64  # per-worker counters of skipped rows (worker id mod this)
+LOGGED_SKIPS = 20  # skipped rows each worker names in the log; the rest are only counted
 
 log = logging.getLogger("clasp")
 
@@ -473,8 +474,12 @@ class ShardStream(IterableDataset):
         if self.config.on_bad_row == "stop":
             raise BadRowError(message)
         info = get_worker_info()
-        self._skipped[(info.id if info is not None else 0) % SKIP_COUNTER_SLOTS] += 1
-        log.warning("skipped bad row (on_bad_row=skip): %s", message)
+        slot = (info.id if info is not None else 0) % SKIP_COUNTER_SLOTS
+        self._skipped[slot] += 1
+        if self._skipped[slot] <= LOGGED_SKIPS:
+            log.warning("skipped bad row (on_bad_row=skip): %s%s", message,
+                        "; further bad rows of this worker are counted, not logged"
+                        if self._skipped[slot] == LOGGED_SKIPS else "")
         return None
 
     def _where(self, row: RawRow) -> str:
