@@ -459,10 +459,13 @@ def export_command(run: Path, out: Path, task: str, checkpoint: int | None, stud
     Load it with `clasp.pretraining.load_backbone(OUT)`: images (B, 3, 256, 128),
     uint8 or float in [0, 1] -> (CLS (B, D), patch features (B, N, D)).
     """
-    from clasp.pretraining.export import ExportConfig, ExportError, export_backbone
+    from clasp.pretraining.export import ExportConfig, ExportError, ExportWriteError, export_backbone
 
     try:
         folder = export_backbone(ExportConfig(run=run, out=out, task=task, checkpoint=checkpoint, student=student))
+    except ExportWriteError as exc:  # disk full: a failed run, not a user mistake
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
     except ExportError as exc:
         raise UserError(str(exc)) from None
     click.echo(f"exported the {'student' if student else 'teacher'} backbone ({task}) to {folder}")

@@ -10,9 +10,11 @@ backbone.py for the format and the loader).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file, save_file
 
 from clasp import __version__
@@ -27,6 +29,10 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 class ExportError(ValueError):
     """A run or checkpoint that cannot be exported; the message names the file."""
+
+
+class ExportWriteError(ExportError):
+    """The export could not be written (disk full, permissions); nothing a loader would accept was left."""
 
 
 @dataclass
@@ -86,13 +92,25 @@ def export_backbone(config: ExportConfig) -> Path:
     which = "student" if config.student else "teacher"
     weights = backbone_state(state, which)
     # The weights must rebuild the backbone exactly, or the export is useless.
-    check = PromptedViT(architecture).load_state_dict(weights, strict=False)
+    try:
+        check = PromptedViT(architecture).load_state_dict(weights, strict=False)
+    except RuntimeError as exc:  # a tensor of another shape
+        raise ExportError(f"{checkpoint / MODEL_FILE}: {which} backbone does not match its config "
+                          f"({' '.join(str(exc).split())[:300]})") from None
     if check.missing_keys or check.unexpected_keys:
         raise ExportError(f"{checkpoint / MODEL_FILE}: {which} backbone does not match its config "
                           f"(missing {check.missing_keys[:5]}, unexpected {check.unexpected_keys[:5]})")
+    for key, tensor in weights.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ExportError(f"{checkpoint / MODEL_FILE}: the {which} backbone's {key!r} holds NaN or infinite "
+                              "values; export an earlier checkpoint (--checkpoint STEP)")
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(weights, str(out / WEIGHTS_FILE), metadata={"format": BACKBONE_FORMAT, "task": config.task})
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out}: exists and is not a folder")
+    try:
+        write_weights(out, weights, config.task)
+    except OSError as exc:
+        raise ExportWriteError(f"{out / WEIGHTS_FILE}: cannot be written ({exc.strerror or exc})") from None
     grid = architecture.grid
     description = {
         "format": BACKBONE_FORMAT,
@@ -109,5 +127,23 @@ def export_backbone(config: ExportConfig) -> Path:
         "source": {"run": str(run.resolve()), "checkpoint": checkpoint.name,
                    "step": int(checkpoint.name.split("-")[-1])},
     }
-    write_json_atomic(out / CONFIG_FILE, description)
+    try:
+        write_json_atomic(out / CONFIG_FILE, description)  # last: a folder without it is no export
+    except OSError as exc:
+        raise ExportWriteError(f"{out / CONFIG_FILE}: cannot be written ({exc.strerror or exc})") from None
     return out
+
+
+def write_weights(out: Path, weights: dict, task: str) -> None:
+    """model.safetensors via a temporary file; an older export's config.json goes first, so a folder
+    left by a failed export is never taken for a complete one."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CONFIG_FILE).unlink(missing_ok=True)
+    tmp = out / (WEIGHTS_FILE + ".tmp")
+    try:
+        save_file(weights, str(tmp), metadata={"format": BACKBONE_FORMAT, "task": task})
+        os.replace(tmp, out / WEIGHTS_FILE)
+    except Exception as exc:  # noqa: BLE001 - safetensors reports a full disk with its own error type
+        tmp.unlink(missing_ok=True)
+        raise OSError(getattr(exc, "errno", None), f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}") \
+            from None

@@ -406,3 +406,60 @@ def test_a_real_bad_row_read_by_a_worker_is_one_line(tmp_path: Path) -> None:
     if newest is not None:  # the steps finished before the bad batch are kept
         assert f"saved the last finished step as {newest}" in line
         assert read_trainer_state(newest)["step"] >= 1
+
+
+def test_out_of_memory_in_a_step_is_one_line_and_keeps_the_checkpoint(store: Path, tmp_path: Path,
+                                                                        monkeypatch) -> None:
+    from clasp.pretraining.model import ClaspModel
+
+    real, calls = ClaspModel.forward, []
+
+    def forward(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:118] data. DefaultCPUAllocator: can't allocate "
+                               "memory: you tried to allocate 68719476736 bytes. Error code 12")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ClaspModel, "forward", forward)
+    out = tmp_path / "run"
+    line = one_error_line(pretrain("--shards", str(store), "--out", str(out),
+                                   "--config", str(write_config(tmp_path / "a.yaml"))), 1)
+    assert line == (f"error: step 2: out of memory (RuntimeError); lower batch_size or the crops; "
+                    f"the last complete checkpoint is {out / 'checkpoints' / 'step-00000001'}")
+    assert read_trainer_state(out / "checkpoints" / "step-00000001")["step"] == 1
+    assert (out / "error.log").read_text().strip() == line
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def test_export_refuses_nan_weights_and_a_full_disk_leaves_no_export(stopped_run: Path, tmp_path: Path,
+                                                                     monkeypatch) -> None:
+    import clasp.pretraining.export as export
+
+    good = tmp_path / "good"
+    assert CliRunner().invoke(main, ["export", str(stopped_run), "--out", str(good)]).exit_code == 0
+
+    def full(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
+
+    monkeypatch.setattr(export, "save_file", full)
+    result = CliRunner().invoke(main, ["export", str(stopped_run), "--out", str(good)])
+    line = one_error_line(result, 1)
+    assert line.startswith(f"error: {good / 'model.safetensors'}: cannot be written") and "No space left" in line
+    assert sorted(p.name for p in good.iterdir()) == ["model.safetensors"]  # config.json gone: not an export
+    from clasp.pretraining.backbone import BackboneError, load_backbone
+    with pytest.raises(BackboneError, match="config.json: not found"):
+        load_backbone(good)
+    monkeypatch.undo()
+
+    weights = stopped_run / "checkpoints" / "step-00000001" / "model.safetensors"
+    tensors = load_file(str(weights))
+    key = next(k for k in tensors if k.startswith("teacher.backbone.") and tensors[k].is_floating_point())
+    tensors[key][...] = float("nan")
+    save_file(tensors, str(weights))
+    line = one_error_line(CliRunner().invoke(main, ["export", str(stopped_run), "--out", str(tmp_path / "nan")]), 2)
+    assert line.startswith(f"error: {weights}: the teacher backbone's ") and "NaN or infinite" in line
+    assert not (tmp_path / "nan").exists()
