@@ -132,7 +132,7 @@ class Manifest:
             raise StoreError(source, f"vocabulary hash {_show(vocab_data.get('sha256'))} does not match its content ({vocab.sha256})")
         clip = f.obj(data, "clip")
         store = f.obj(data, "image_store", optional=True) or {}
-        labeled = f.obj(data, "labeled_with", optional=True)
+        labeled = f.obj(data, "labeled_with", optional=True) or None  # {} too: nothing recorded
         manifest = cls(
             clip=ClipInfo(
                 model=f.text(clip, "model", "clip.model"),

@@ -257,6 +257,10 @@ def test_a_written_manifest_still_loads(make_store):
     manifest = Manifest.load(root)
     assert [s.rows for s in manifest.shards] == [3, 0]
     assert Manifest.from_dict(manifest.to_dict(), "x").to_dict() == manifest.to_dict()
+    older = {**manifest.to_dict(), "labeled_with": {}}
+    older["image_store"].pop("quality")
+    again = Manifest.from_dict(older, "x")
+    assert again.labeled_with is None and again.image_store.quality == 95
 
 
 # --------------------------------------------------------------------------- file modes
