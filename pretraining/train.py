@@ -184,13 +184,15 @@ class StopSignals:
     cores), and signals that arrive meanwhile merge into one call: three SIGTERMs could end up as one
     late "stop at the next step". So the C-level handler's wakeup pipe (`signal.set_wakeup_fd`, one byte
     per signal delivered) is read by a watcher thread, which counts every signal as it arrives and does
-    not wait for the main thread. `on_exit_now(signal name)` returns the line printed before the exit.
+    not wait for the main thread. `on_first(signal name)` and `on_exit_now(signal name)` return the line
+    printed on the first signal and before the exit (None: print nothing).
     """
 
-    def __init__(self, on_exit_now=None) -> None:
+    def __init__(self, on_exit_now=None, on_first=None) -> None:
         self.received: str | None = None
         self.count = 0
         self._on_exit_now = on_exit_now
+        self._on_first = on_first
         self._previous: dict[int, Any] = {}
         self._pipe: tuple[int, int] | None = None
         self._old_wakeup = -1
@@ -229,6 +231,9 @@ class StopSignals:
         name = signal.Signals(signum).name
         if self.count == 1:
             self.received = name
+            line = self._on_first(name) if self._on_first is not None else None
+            if line:
+                os.write(2, ("\n" + line + "\n").encode("utf-8", "replace"))
             return
         line = self._on_exit_now(name) if self._on_exit_now is not None else f"error: second {name}: stopped at once"
         try:
@@ -379,9 +384,13 @@ def _run(config: PretrainConfig, accelerator, precision) -> PretrainResult:
             write_error_log(out, line)
         return f"error: {line}"
 
+    def first_line(name: str) -> str | None:
+        return (f"{name}: stopping after step {step + 1} with a checkpoint; send it again to stop at once"
+                if is_main else None)
+
     boundary = stream.state_dict()  # the data position after the last finished step
     try:
-        with StopSignals(exit_now_line) as signals:
+        with StopSignals(exit_now_line, first_line) as signals:
             window.start()
             while step < end_step:
                 lr, wd, momentum = schedules.at(step)
