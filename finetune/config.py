@@ -16,6 +16,7 @@ images), scaled per layer by `layer_decay ** (depth + 1 - layer)` when
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -118,7 +119,25 @@ class FinetuneConfig:
         self.milestone_fractions()
         if self.stop_at is not None and self.stop_at < 1:
             raise FinetuneConfigError(f"stop_at must be at least 1, got {self.stop_at}")
+        self.check_bounds()
         return self
+
+    def check_bounds(self) -> None:
+        """Numbers finite and within BOUNDS; `num_workers` at most 4 per available core (as `clasp pretrain`)."""
+        from clasp.hardware import available_cores
+
+        for name, (low, high) in BOUNDS.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, float) and not math.isfinite(value):
+                raise FinetuneConfigError(f"{name} must be a finite number, got {value}")
+            if not low <= value <= high:
+                raise FinetuneConfigError(f"{name} must be in [{_number(low)}, {_number(high)}], got {_number(value)}")
+        cores = available_cores()
+        if self.num_workers is not None and self.num_workers > 4 * cores:
+            raise FinetuneConfigError(f"num_workers {self.num_workers} is more than 4 per available core "
+                                      f"(4 x {cores} = {4 * cores})")
 
     def milestone_fractions(self) -> list[float]:
         try:
@@ -131,6 +150,21 @@ class FinetuneConfig:
 
     def attribute_names(self) -> list[str] | None:
         return [a.strip() for a in self.attributes.split(",") if a.strip()] or None
+
+
+# Bounds of the numbers (README "Errors and bad input"): beyond them no run is sane on any machine.
+BOUNDS: dict[str, tuple[float, float]] = {
+    "steps": (1, 10_000_000), "epochs": (1, 100_000), "batch_size": (1, 65_536), "ids_per_batch": (1, 4096),
+    "images_per_id": (1, 1024), "eval_batch_size": (1, 65_536), "head_dim": (1, 8192), "k1": (1, 10_000),
+    "k2": (1, 10_000), "save_every": (1, 10_000_000), "log_every": (1, 10_000_000), "keep_checkpoints": (1, 1000),
+    "stop_at": (1, 10_000_000), "seed": (0, 2**32 - 1), "num_workers": (0, 1_000_000),
+    "lr": (0, 1), "min_lr": (0, 1), "weight_decay": (0, 1), "clip_grad": (0, 1e6), "margin": (0, 100),
+    "w_triplet": (0, 1000), "gamma": (0, 10), "warmup": (0, 0.999), "layer_decay": (1e-6, 1),
+    "label_smoothing": (0, 0.999), "rerank_lambda": (0, 1),
+}
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else f"{value:g}"
 
 
 KEYS = tuple(f.name for f in fields(FinetuneConfig))
