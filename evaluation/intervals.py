@@ -36,6 +36,8 @@ def identity_bootstrap(identities: np.ndarray, statistic: Callable[[np.ndarray],
                        seed: int = 0, level: float = LEVEL) -> Interval:
     """`statistic(rows)` on all rows, and its percentile interval over identity resamples."""
     identities = np.asarray(identities)
+    if len(identities) == 0:
+        return Interval(float("nan"), float("nan"), float("nan"))
     unique, inverse = np.unique(identities, return_inverse=True)
     rows_of = [np.flatnonzero(inverse == k) for k in range(len(unique))]
     value = float(statistic(np.arange(len(identities))))

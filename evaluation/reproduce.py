@@ -64,8 +64,8 @@ class ReproduceConfig:
     # A short schedule needs a faster teacher than DINO's 0.996, or the exported
     # EMA teacher stays near its initialisation.
     momentum_teacher: float = 0.99
-    num_workers: int = 1
     label_batch_size: int = 32
+    pretrain_settings: dict = field(default_factory=dict)  # extra `clasp pretrain --config` keys, e.g. {"depth": 2}
     probe_steps: int = 300
     sheet_images: int = 12
 
@@ -197,7 +197,12 @@ def label_every_mode(config: ReproduceConfig, stages: Stages, clip: str, world: 
 
 
 def pretrain_and_export(config: ReproduceConfig, stages: Stages, shards: Path) -> None:
-    common = ["--shards", str(shards), "--preset", config.preset, "--steps", str(config.steps),
+    settings = []
+    if config.pretrain_settings:  # keys only a config file takes (model sizes, DINO head), e.g. for a quick check
+        path = stages.out / "pretrain-settings.json"
+        path.write_text(json.dumps(config.pretrain_settings), encoding="utf-8")
+        settings = ["--config", str(path)]
+    common = [*settings, "--shards", str(shards), "--preset", config.preset, "--steps", str(config.steps),
               "--batch-size", str(config.batch_size), "--local-crops", str(config.local_crops),
               "--precision", config.precision, "--momentum-teacher", str(config.momentum_teacher),
               "--save-every", str(config.steps), "--log-every", "1", "--seed", str(config.seed), "--force"]

@@ -28,6 +28,8 @@ def test_interval_is_seeded_and_tightens_with_more_identities() -> None:
     b = identity_bootstrap(many, lambda rows: score_many[rows].mean())
     assert a.low <= a.value <= a.high and b.low <= b.value <= b.high
     assert (b.high - b.low) < (a.high - a.low) / 3  # ~ 1 / sqrt(identities)
+    nothing = identity_bootstrap(np.zeros(0), lambda rows: 1.0)  # e.g. no query had a match
+    assert np.isnan([nothing.value, nothing.low, nothing.high]).all()
     constant = identity_bootstrap(few, lambda rows: 0.25)
     assert (constant.value, constant.low, constant.high) == (0.25, 0.25, 0.25)
 

@@ -122,9 +122,16 @@ def check_reproduction(report: Path, modes: tuple[str, ...]) -> dict:
 
 def test_reproduce_end_to_end_in_miniature(tmp_path: Path) -> None:
     """Every stage on a tiny world, corpus and schedule: corpus, CLIP, two dense modes, both methods."""
-    config = ReproduceConfig(out=tmp_path / "out", identities=8, images_per_id=4, corpus_pairs=120, clip_steps=2,
-                             dense_modes=("maskclip", "naive"), steps=2, probe_steps=20, sheet_images=4)
-    check_reproduction(run_reproduce(config, echo=lambda _: None), ("maskclip", "naive"))
+    small_model = dict(dim=32, depth=2, heads=2, moe_layers=1, experts=2, top_k=1, dino_out_dim=64,
+                       dino_hidden_dim=32, dino_bottleneck_dim=16)
+    config = ReproduceConfig(out=tmp_path / "out", identities=8, images_per_id=4, cameras=2, corpus_pairs=60,
+                             clip_steps=1, dense_modes=("naive",), steps=1, batch_size=4, local_crops=0,
+                             probe_steps=10, sheet_images=2, pretrain_settings=small_model)
+    from clasp.labeling.labeler import ClipLabelerConfig
+
+    default = ClipLabelerConfig().dense_mode
+    saved = check_reproduction(run_reproduce(config, echo=lambda _: None), tuple(dict.fromkeys((default, "naive"))))
+    assert saved["default_dense_mode"] == default
 
 
 @pytest.mark.slow
