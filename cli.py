@@ -60,6 +60,11 @@ class ClaspGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except UserError:
+            raise
+        except click.UsageError as exc:  # a bad option or command: one line too, naming the command
+            path = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+            raise UserError(f"{path}: {exc.format_message()} (see `{path} --help`)") from None
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit, KeyboardInterrupt):
             raise
         except Exception as exc:  # noqa: BLE001 - the one place unexpected errors become one line
@@ -159,6 +164,16 @@ def _parse_hw(ctx, param, value: str) -> tuple[int, int]:
     return h, w
 
 
+def _at_most_per_core(ctx, param, value: int) -> int:
+    """A count of local processes: at most 4 per core this process may use (`clasp.hardware.available_cores`)."""
+    from clasp.hardware import available_cores
+
+    cores = available_cores()
+    if value > 4 * cores:
+        raise click.BadParameter(f"{value} processes is more than 4 per available core (4 x {cores} = {4 * cores})")
+    return value
+
+
 @main.command()
 @click.option("--images", required=True, type=click.Path(path_type=Path),
               help="Folder of person images, scanned recursively for jpg/jpeg/png/bmp/webp.")
@@ -174,9 +189,11 @@ def _parse_hw(ctx, param, value: str) -> tuple[int, int]:
                    "(q-q attention), sclip (q-q + k-k attention) or naclip (k-k attention, neighbourhood prior).")
 @click.option("--vocab", type=click.Path(path_type=Path), default=None, show_default="the shipped default vocabulary",
               help="Vocabulary JSON file (parts and attribute groups with their prompts).")
-@click.option("--shard-size", type=click.IntRange(min=1), default=4096, show_default=True, help="Input images per shard.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Images per CLIP forward.")
-@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--shard-size", type=click.IntRange(min=1, max=1_000_000), default=4096, show_default=True,
+              help="Input images per shard.")
+@click.option("--batch-size", type=click.IntRange(min=1, max=65_536), default=32, show_default=True,
+              help="Images per CLIP forward.")
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, callback=_at_most_per_core,
               help="0: label in this process (torch uses every core). N: start a local dask cluster of N processes "
                    "(with --device cuda, worker k uses GPU k).")
 @click.option("--scheduler", default=None, show_default=True,

@@ -43,3 +43,21 @@ def test_a_run_folder_gets_error_log_and_user_errors_keep_exit_2(monkeypatch, tm
     assert (out / "error.log").read_text().strip() in line
     usage = CliRunner().invoke(main, ["eval", "--backbone", str(tmp_path / "none"), "--data", str(tmp_path)])
     assert usage.exit_code == 2 and usage.output.startswith("error: ")
+
+
+def test_bad_options_are_one_line_exit_2(tmp_path: Path) -> None:
+    cases = [
+        (["label", "--images", str(tmp_path), "--out", str(tmp_path / "o"), "--workers", "100000"],
+         "error: main label: Invalid value for '--workers': 100000 processes is more than 4 per available core"),
+        (["label", "--images", str(tmp_path), "--out", str(tmp_path / "o"), "--batch-size", "10000000"],
+         "error: main label: Invalid value for '--batch-size'"),
+        (["pretrain", "--lr", "abc"], "error: main pretrain: Invalid value for '--lr'"),
+        (["finetune", "reid", "--bogus"], "error: main finetune reid: No such option '--bogus'"),
+        (["labl"], "error: main: No such command 'labl'"),
+    ]
+    for args, start in cases:
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(start), result.output
+    assert not (tmp_path / "o").exists()
