@@ -461,7 +461,7 @@ def _run(config: PretrainConfig, accelerator, precision) -> PretrainResult:
         raise RunFailedError(f"step {step + 1}: out of memory ({type(exc).__name__}); lower batch_size or the "
                              f"crops; the last complete checkpoint is {find_checkpoint(out) or 'none'}") from None
     except OSError as exc:
-        raise RunFailedError(f"{getattr(exc, 'filename', None) or out}: step {step + 1}: {exc.strerror or exc}; "
+        raise RunFailedError(f"{getattr(exc, 'filename', None) or out}: step {step + 1}: {exc.strerror or one_line(exc)}; "
                              f"the last complete checkpoint is {find_checkpoint(out) or 'none'}") from None
     finally:
         bar.close()
@@ -558,6 +558,15 @@ class BatchSource:
         iterator = getattr(self.loader, "_iterator", None)
         if iterator is not None and hasattr(iterator, "_shutdown_workers"):
             iterator._shutdown_workers()
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line; for one re-raised from a DataLoader worker, its last line
+    (torch puts "Caught X in DataLoader worker process N. Original Traceback ..." before it)."""
+    text = str(exc).strip()
+    if "Original Traceback" in text and text.splitlines():
+        text = text.splitlines()[-1]
+    return " ".join(text.split())[:300]
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -463,3 +463,18 @@ def test_export_refuses_nan_weights_and_a_full_disk_leaves_no_export(stopped_run
     line = one_error_line(CliRunner().invoke(main, ["export", str(stopped_run), "--out", str(tmp_path / "nan")]), 2)
     assert line.startswith(f"error: {weights}: the teacher backbone's ") and "NaN or infinite" in line
     assert not (tmp_path / "nan").exists()
+
+
+def test_a_read_error_in_a_worker_is_one_line(store: Path, tmp_path: Path, monkeypatch) -> None:
+    from clasp.pretraining import train
+
+    def failing(self, window):
+        raise OSError("Caught OSError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):"
+                      "\n  File \"x.py\", line 1, in f\nOSError: [Errno 5] Input/output error: 'shard-000000.h5'")
+
+    monkeypatch.setattr(train.BatchSource, "next", failing)
+    out = tmp_path / "run"
+    line = one_error_line(pretrain("--shards", str(store), "--out", str(out),
+                                   "--config", str(write_config(tmp_path / "a.yaml"))), 1)
+    assert line == (f"error: {out}: step 1: OSError: [Errno 5] Input/output error: 'shard-000000.h5'; "
+                    "the last complete checkpoint is none")
