@@ -71,7 +71,10 @@ class ClaspGroup(click.Group):
             if ctx.find_root().params.get("debug"):
                 raise
             path, name, params = ctx.find_root().meta.get("clasp.command", (ctx.command_path, None, {}))
-            message = " ".join(str(exc).split()) or "(no message)"
+            text = str(exc).strip()
+            if "Original Traceback" in text:  # re-raised from a DataLoader worker: its own last line
+                text = text.splitlines()[-1]
+            message = " ".join(text.split())[:500] or "(no message)"
             line = f"{path}: {type(exc).__name__}: {message}"
             out = params.get("out")
             if name in OUT_FOLDER_COMMANDS and out is not None and Path(out).is_dir():
