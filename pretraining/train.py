@@ -146,11 +146,11 @@ def open_stream(config: PretrainConfig, rank: int, world_size: int):
     from clasp.store import StoreError
 
     try:
-        store = validate_store(config.shards)
+        store = validate_store(config.shards, on_bad_row=config.on_bad_row)
     except StoreError as exc:
         raise PretrainInputError(str(exc)) from None
     stream_config = StreamConfig(Path(config.shards), batch_size=config.batch_size,
-                                 shuffle_buffer=config.shuffle_buffer, seed=config.seed,
+                                 shuffle_buffer=config.shuffle_buffer, seed=config.seed, on_bad_row=config.on_bad_row,
                                  crops=MultiCropConfig(global_crops=config.global_crops,
                                                        local_crops=config.local_crops))
     try:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -140,6 +141,20 @@ def test_auto_precision_and_loader_workers_are_resolved_and_saved(store: Path, t
     assert metrics(out)[0]["precision"] == auto.precision
     # a config saved with accelerate's old spelling of full precision still loads, as fp32
     assert PretrainConfig(**{**TINY, "shards": "s", "out": "o", "precision": "no"}).validate().precision == "fp32"
+
+
+def test_a_bad_row_is_skipped_when_the_run_says_so(store: Path, tmp_path: Path) -> None:
+    import h5py
+
+    from clasp.pretraining.train import PretrainInputError as _  # noqa: F401  (the stop case is tested elsewhere)
+    from tests.test_pretraining_stream_hostile import set_values
+
+    shard = sorted(store.glob("shard-*.h5"))[0]
+    set_values(shard, "part_conf", [1], np.nan)
+    result = train(store, tmp_path / "run", steps=2, on_bad_row="skip")
+    assert result.step == 2 and all(np.isfinite(r["part"]) for r in metrics(tmp_path / "run"))
+    with h5py.File(shard) as f:
+        assert np.isnan(f["part_conf"][1]).all()  # the store is read, never mended
 
 
 def test_teacher_temperature_follows_its_configured_warm_up(store: Path, tmp_path: Path) -> None:
