@@ -146,7 +146,6 @@ def test_auto_precision_and_loader_workers_are_resolved_and_saved(store: Path, t
 def test_a_bad_row_is_skipped_when_the_run_says_so(store: Path, tmp_path: Path) -> None:
     import h5py
 
-    from clasp.pretraining.train import PretrainInputError as _  # noqa: F401  (the stop case is tested elsewhere)
     from tests.test_pretraining_stream_hostile import set_values
 
     shard = sorted(store.glob("shard-*.h5"))[0]
