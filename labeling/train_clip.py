@@ -69,8 +69,11 @@ class TrainClipConfig:
     weight_decay: float = 0.05
     warmup: float = 0.06
     dense_weight: float = 1.0
+    dense_within_mosaic: bool = True  # a patch's classes: its mosaic's captions (True) or the whole step's
+    tiles_from_crops: bool = True  # mosaic tiles only from images smaller than the input (close-ups, crops)
     max_text_tokens: int = 48
     seed: int = 0
+    checkpoint_every: int = 0  # > 0: also save the model to out/step-NNNNNN every this many steps
     vocab: Vocabulary | None = None  # prompts the tokenizer must know; None: the default vocabulary
     progress: bool = True
 
@@ -190,13 +193,23 @@ class Step:
     pairs: int  # pairs shown: full views plus mosaic tiles
 
 
+def tile_pool(images: CorpusImages, pool: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """Pairs whose image is smaller than the input in height or width: close-ups and crops, which
+    show one thing. Whole pictures (a pedestrian, a street) would teach every patch of a small
+    tile the caption of a whole scene. Falls back to every pair when none is smaller."""
+    small = torch.tensor([images.originals[i].height < hw[0] or images.originals[i].width < hw[1]
+                          for i in pool.tolist()], dtype=torch.bool)
+    return pool[small] if bool(small.any()) else pool
+
+
 def make_step(gen: torch.Generator, images: CorpusImages, pool: torch.Tensor, config: TrainClipConfig,
-              patch: int) -> Step:
+              patch: int, tiles: torch.Tensor | None = None) -> Step:
     full_idx = pool[torch.randint(0, len(pool), (config.full_batch,), generator=gen)].tolist()
     flips = torch.rand(config.full_batch, generator=gen) < 0.5
     full = images.full[full_idx]
     full[flips.numpy()] = full[flips.numpy()][:, :, ::-1]
-    mosaics = [build_mosaic(gen, images, pool, config.input_hw, patch) for _ in range(config.mosaic_batch)]
+    tiles = pool if tiles is None else tiles
+    mosaics = [build_mosaic(gen, images, tiles, config.input_hw, patch) for _ in range(config.mosaic_batch)]
     ids: dict[str, int] = {}
     rep: list[int] = []
 
@@ -218,7 +231,7 @@ def make_step(gen: torch.Generator, images: CorpusImages, pool: torch.Tensor, co
 # ---------------------------------------------------------------- loss
 
 def contrastive_loss(model: CLIPModel, step: Step, tokens: torch.Tensor, lengths: torch.Tensor,
-                     dense_weight: float = 1.0) -> torch.Tensor:
+                     dense_weight: float = 1.0, within_mosaic: bool = True) -> torch.Tensor:
     """Symmetric InfoNCE on full views plus patch-to-caption cross-entropy on mosaics."""
     text = F.normalize(encode_captions(model, step.caption_rep, tokens, lengths), dim=-1)
     scale = model.logit_scale.exp()
@@ -231,8 +244,12 @@ def contrastive_loss(model: CLIPModel, step: Step, tokens: torch.Tensor, lengths
     loss = (i2t + t2i) / 2
     if len(step.patch_target):
         dense = F.normalize(dense_tokens(model, hidden[step.full:]), dim=-1)
-        logits = scale * dense.reshape(-1, dense.shape[-1]) @ text.T
-        loss = loss + dense_weight * F.cross_entropy(logits, step.patch_target.flatten())
+        logits = scale * dense @ text.T  # (M, h*w, U)
+        if within_mosaic:  # a patch chooses among the captions of its own mosaic's tiles
+            present = torch.zeros(logits.shape[0], logits.shape[2], dtype=torch.bool)
+            present.scatter_(1, step.patch_target, True)
+            logits = logits.masked_fill(~present[:, None, :], float("-inf"))
+        loss = loss + dense_weight * F.cross_entropy(logits.reshape(-1, logits.shape[-1]), step.patch_target.flatten())
     return loss
 
 
@@ -290,8 +307,10 @@ def heldout_retrieval(model: CLIPModel, images: CorpusImages, held: torch.Tensor
     sim = image @ text.T
     top5 = sim.topk(min(5, len(texts)), dim=1).indices
     t2i_best = own[(text @ image.T).argmax(1)]
+    rank = (sim > sim.gather(1, own[:, None])).sum(1).float() + 1  # 1 = the right caption is the best
     model.train()
-    return {"image_to_text_r1": float((top5[:, 0] == own).float().mean()),
+    return {"image_to_text_mean_rank": float(rank.mean()), "chance_mean_rank": (len(texts) + 1) / 2,
+            "image_to_text_r1": float((top5[:, 0] == own).float().mean()),
             "image_to_text_r5": float((top5 == own[:, None]).any(1).float().mean()),
             "text_to_image_r1": float((t2i_best == torch.arange(len(texts))).float().mean()),
             "chance_r1": 1.0 / len(texts), "captions": len(texts)}
@@ -326,7 +345,7 @@ def train(config: TrainClipConfig) -> TrainedClip:
     index = torch.arange(len(pairs))
     held = index[index % HOLDOUT_EVERY == HOLDOUT_EVERY - 1]
     pool = index[index % HOLDOUT_EVERY != HOLDOUT_EVERY - 1] if len(held) < len(pairs) else index
-    curve = _optimise(model, images, pool, tokens, lengths, config)
+    curve = _optimise(model, images, pool, tokens, lengths, config, tokenizer)
     heldout = heldout_retrieval(model, images, held, tokens, lengths) if len(held) else {}
     report = TrainClipReport(config.steps, time.perf_counter() - start, len(pool), len(held),
                              curve[0][1] if curve else float("nan"), _tail_mean(curve), heldout, curve)
@@ -334,11 +353,12 @@ def train(config: TrainClipConfig) -> TrainedClip:
 
 
 def _optimise(model: CLIPModel, images: CorpusImages, pool: torch.Tensor, tokens: torch.Tensor,
-              lengths: torch.Tensor, config: TrainClipConfig) -> list[tuple[int, float]]:
+              lengths: torch.Tensor, config: TrainClipConfig, tokenizer: CLIPTokenizer) -> list[tuple[int, float]]:
     """The training loop; returns (step, loss) per step."""
     patch = model.config.vision_config.patch_size
     gen = torch.Generator().manual_seed(config.seed)
     optimizer = make_optimizer(model, config)
+    tiles = tile_pool(images, pool, config.input_hw) if config.tiles_from_crops else pool
     model.train()
     curve: list[tuple[int, float]] = []
     bar = tqdm(range(config.steps), desc="train-clip", unit="step", disable=not config.progress, dynamic_ncols=True)
@@ -346,8 +366,8 @@ def _optimise(model: CLIPModel, images: CorpusImages, pool: torch.Tensor, tokens
     for step_no in bar:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step_no, config)
-        step = make_step(gen, images, pool, config, patch)
-        loss = contrastive_loss(model, step, tokens, lengths, config.dense_weight)
+        step = make_step(gen, images, pool, config, patch, tiles)
+        loss = contrastive_loss(model, step, tokens, lengths, config.dense_weight, config.dense_within_mosaic)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -358,6 +378,8 @@ def _optimise(model: CLIPModel, images: CorpusImages, pool: torch.Tensor, tokens
         curve.append((step_no, value))
         seen += step.pairs
         bar.set_postfix(loss=f"{value:.3f}", pairs_s=f"{seen / (time.perf_counter() - tick):.0f}")
+        if config.checkpoint_every and (step_no + 1) % config.checkpoint_every == 0 and step_no + 1 < config.steps:
+            save_clip(model, tokenizer, Path(config.out) / f"step-{step_no + 1:06d}", model.config.vision_config.image_size)
     return curve
 
 

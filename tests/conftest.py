@@ -117,3 +117,37 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def caption_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small caption corpus written by `clasp synth-corpus`: 600 pairs, 6 cameras, seed 0."""
+    from clasp.evaluation.synth.corpus import CorpusConfig, write_corpus
+
+    root = tmp_path_factory.mktemp("corpus") / "corpus"
+    write_corpus(CorpusConfig(root, pairs=600, cameras=6, seed=0))
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_clip(caption_corpus: Path, tmp_path_factory: pytest.TempPathFactory):
+    """(folder, TrainedClip): a tiny CLIP trained briefly on `caption_corpus` and saved, once per session."""
+    import torch
+
+    from clasp.labeling.train_clip import REPORT_FILE, TrainClipConfig, _write_report, save_clip, train
+
+    folder = tmp_path_factory.mktemp("clip") / "clip"
+    config = TrainClipConfig(corpus=caption_corpus, out=folder, steps=TRAINED_CLIP_STEPS, full_batch=16,
+                             mosaic_batch=8, progress=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        trained = train(config)
+    finally:
+        torch.set_num_threads(before)
+    save_clip(trained.model, trained.tokenizer, folder, trained.model.config.vision_config.image_size)
+    _write_report(folder / REPORT_FILE, config, trained.report)
+    return folder, trained
+
+
+TRAINED_CLIP_STEPS = 40
