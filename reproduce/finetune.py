@@ -4,9 +4,9 @@ For each backbone `make reproduce` exported (CLASP, DINO only, random weights:
 `EXPORTS`, default reproduce/out/exports) and each task (re-ID on the
 synthetic world in the Market-1501 layout, attributes in the PA-100K layout,
 both written by `clasp synth --layout` with a seed no pre-training world uses),
-it runs `clasp finetune` twice: the whole network (fine-tuned) and the head
-only (`--freeze-backbone`, the frozen probe of the same recipe), same steps,
-same data order. Writes OUT/results.md and OUT/results.json (default
+it runs `clasp finetune` twice: the whole network (fine-tuned, lr 1e-3) and the
+head only (`--freeze-backbone`, lr 1e-2: the frozen probe of the same recipe),
+same steps, same data order. Writes OUT/results.md and OUT/results.json (default
 reproduce/out/finetune) and keeps each run folder under OUT/runs/.
 
 Environment: EXPORTS, FT_STEPS (default 60 per run), FT_IDENTITIES (default 60),
@@ -28,7 +28,8 @@ METHODS = {"clasp": "CLASP", "dino-only": "DINO only", "random": "random weights
 # 16 images a step for both tasks (the published recipes use 64 on a GPU).
 TASKS = {"reid": ("market1501", ["--ids-per-batch", "4", "--images-per-id", "4", "--rerank"]),
          "attributes": ("pa100k", ["--batch-size", "16", "--prompt", "attribute"])}
-MODES = {"fine-tuned": [], "frozen": ["--freeze-backbone"]}
+# A short schedule: a higher rate than the recipes' 3.5e-4, and a linear-probe rate for the head alone.
+MODES = {"fine-tuned": ["--lr", "1e-3"], "frozen": ["--freeze-backbone", "--lr", "1e-2"]}
 
 
 def clasp(log: Path, *args: str) -> float:
