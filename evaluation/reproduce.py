@@ -54,9 +54,10 @@ class ReproduceConfig:
     label_clip_size: str | None = None
     dense_modes: tuple[str, ...] = DENSE_MODES  # every mode is scored against the truth; the default is trained on
     images: Path | None = None  # None: pre-train on the synthetic world
-    # 200 steps of both methods take about 6 minutes on 2 idle cores with AMX (bf16)
-    # and about 19 minutes on 2 AVX2 cores (fp32), inside the 25-minute target.
-    steps: int = 200
+    # A step of preset tiny at batch 16 (2 + 2 crops) takes ~3.6 s (CLASP) and ~2.2 s
+    # (DINO only) on 2 AVX2 cores in fp32: 150 steps of both are ~15 minutes, which
+    # with the corpus, the CLIP (~5 min), labeling and evaluation fits 25 minutes.
+    steps: int = 150
     preset: str = "tiny"
     batch_size: int = 16
     local_crops: int = 2
