@@ -4,8 +4,6 @@ stops it with StoreChangedError naming the file."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import h5py
@@ -15,6 +13,7 @@ import pytest
 from clasp.pretraining.augment import MultiCropConfig
 from clasp.pretraining.config import ConfigError, build_config
 from clasp.pretraining.stream import BadRowError, ShardStream, StoreChangedError, StreamConfig, make_loader
+from tests.test_store_hostile import rehash
 
 CROPS = MultiCropConfig(global_size=(32, 16), local_size=(16, 8), patch_size=4, local_crops=1)
 
@@ -22,16 +21,6 @@ CROPS = MultiCropConfig(global_size=(32, 16), local_size=(16, 8), patch_size=4, 
 def stream_for(root: Path, on_bad_row: str = "stop", batch_size: int = 8, buffer: int = 16) -> ShardStream:
     return ShardStream(StreamConfig(root, batch_size=batch_size, shuffle_buffer=buffer, crops=CROPS,
                                     on_bad_row=on_bad_row))
-
-
-def rehash(root: Path) -> None:
-    path = root / "manifest.json"
-    data = json.loads(path.read_text())
-    for entry in data["shards"]:
-        shard = root / entry["file"]
-        entry["bytes"] = shard.stat().st_size
-        entry["sha256"] = hashlib.sha256(shard.read_bytes()).hexdigest()
-    path.write_text(json.dumps(data))
 
 
 def set_values(shard: Path, name: str, rows, value) -> None:
