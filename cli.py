@@ -47,6 +47,10 @@ class ClaspCommand(click.Command):
         return super().invoke(ctx)
 
 
+# click >= 8.2 raises this usage error to print the help of a group called without arguments
+NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 class ClaspGroup(click.Group):
     """The policy of every command, in one place: a failure is one `error:` line, never a traceback.
 
@@ -56,6 +60,15 @@ class ClaspGroup(click.Group):
     """
 
     command_class = ClaspCommand
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """A bad option of `clasp` itself (`clasp --bogus`) is one line too; `clasp` alone still shows help."""
+        try:
+            return super().parse_args(ctx, args)
+        except NO_ARGS_IS_HELP:
+            raise
+        except click.UsageError as exc:
+            raise UserError(f"{ctx.command_path}: {exc.format_message()} (see `{ctx.command_path} --help`)") from None
 
     def invoke(self, ctx: click.Context):
         try:

@@ -54,6 +54,7 @@ def test_bad_options_are_one_line_exit_2(tmp_path: Path) -> None:
         (["pretrain", "--lr", "abc"], "error: main pretrain: Invalid value for '--lr'"),
         (["finetune", "reid", "--bogus"], "error: main finetune reid: No such option '--bogus'"),
         (["labl"], "error: main: No such command 'labl'"),
+        (["--bogus", "label"], "error: main: No such option '--bogus'"),
     ]
     for args, start in cases:
         result = CliRunner().invoke(main, args)
@@ -61,3 +62,5 @@ def test_bad_options_are_one_line_exit_2(tmp_path: Path) -> None:
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(start), result.output
     assert not (tmp_path / "o").exists()
+    alone = CliRunner().invoke(main, [])
+    assert alone.output.startswith("Usage:") and "error:" not in alone.output  # `clasp` alone shows its help
