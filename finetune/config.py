@@ -231,12 +231,14 @@ def build_config(config_file: str | Path | None = None, **overrides: Any) -> Fin
         raise FinetuneConfigError(f"unknown setting {unknown[0]!r}")
     layers = [load_config_file(config_file) if config_file is not None else {},
               {k: _coerce(k, v, "command line") for k, v in given.items()}]
+    sources = [str(config_file), "command line"]
     merged = {**layers[0], **layers[1]}
     saved_path = Path(merged.get("out", "")) / CONFIG_NAME
     if merged.get("resume") and merged.get("out") and saved_path.is_file():
         saved, _ = load_saved(saved_path)
         layers.insert(0, {k: _coerce(k, v, str(saved_path)) for k, v in saved.items()
                           if k in KEYS and k not in NOT_INHERITED_ON_RESUME})
+        sources.insert(0, str(saved_path))
     values: dict[str, Any] = {}
     for layer in layers:
         if "steps" in layer and "epochs" not in layer:
@@ -244,7 +246,14 @@ def build_config(config_file: str | Path | None = None, **overrides: Any) -> Fin
         if "epochs" in layer and "steps" not in layer:
             values["steps"] = None
         values.update(layer)
-    return FinetuneConfig(**values).validate()
+    try:
+        return FinetuneConfig(**values).validate()
+    except FinetuneConfigError as exc:  # name the file (or the command line) that set the refused key
+        key = str(exc).split(" ", 1)[0].strip("`")
+        given_in = [source for layer, source in zip(layers, sources) if key in layer]
+        if not given_in:
+            raise
+        raise FinetuneConfigError(f"{given_in[-1]}: {exc}") from None
 
 
 def saved_form(config: FinetuneConfig, derived: dict[str, Any]) -> dict[str, Any]:

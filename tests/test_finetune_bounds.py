@@ -31,4 +31,5 @@ def test_finetune_bounds(tmp_path: Path, monkeypatch, settings: dict, needle: st
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], result.output
+    assert f"{config}: " in lines[0]  # the file that set it
     assert sorted(p.name for p in out.iterdir()) == ["error.log"]
