@@ -51,10 +51,12 @@ them in the training process.
 
 from __future__ import annotations
 
+import atexit
 import io
 import logging
 import re
 import signal
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -508,9 +510,28 @@ class StreamLoader(DataLoader):
         if self.num_workers == 0:
             yield from iterator
             return
+        _LOADERS_WITH_WORKERS.add(self)
         for batch in iterator:
             self.dataset.note_consumed()
             yield batch
+
+
+_LOADERS_WITH_WORKERS: "weakref.WeakSet[StreamLoader]" = weakref.WeakSet()
+
+
+@atexit.register
+def _kill_workers_at_exit() -> None:
+    """Kill the workers of every loader still alive when this process exits.
+
+    Workers ignore SIGTERM (`_init_worker`), and SIGTERM is what multiprocessing
+    sends its children at exit before joining them: a process that still holds a
+    loader (one kept alive by a traceback, say) would wait for them forever.
+    Registered after multiprocessing's own exit handler, so it runs first.
+    """
+    for loader in list(_LOADERS_WITH_WORKERS):
+        for worker in getattr(getattr(loader, "_iterator", None), "_workers", None) or []:
+            if worker.is_alive():
+                worker.kill()
 
 
 def _init_worker(worker_id: int, parent: int | None = None) -> None:

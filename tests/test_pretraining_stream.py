@@ -186,3 +186,28 @@ def test_no_file_is_open_before_iteration_and_the_stream_pickles(small_store):
     it.close()
     assert open_h5_files() == before
     assert_batches_equal([first], [next(iter(stream))])
+
+
+HOLD_A_LOADER_AND_EXIT = """
+import sys
+from clasp.pretraining.augment import MultiCropConfig
+from clasp.pretraining.stream import ShardStream, StreamConfig, make_loader
+
+crops = MultiCropConfig(global_size=(32, 16), local_size=(16, 8), patch_size=4, local_crops=1)
+loader = make_loader(ShardStream(StreamConfig(sys.argv[1], batch_size=2, shuffle_buffer=4, crops=crops)), 1)
+batches = iter(loader)
+next(batches)
+held = (loader, batches)  # still referenced at exit, workers running
+print("exiting", flush=True)
+"""
+
+
+def test_a_process_holding_a_loader_exits_and_takes_its_workers(make_store) -> None:
+    """Workers ignore SIGTERM, which multiprocessing sends at exit before joining them: they are killed instead."""
+    import subprocess
+    import sys
+
+    root = make_store([6], grid=(8, 4), hw=(32, 16))
+    done = subprocess.run([sys.executable, "-c", HOLD_A_LOADER_AND_EXIT, str(root)], capture_output=True, text=True,
+                          timeout=120)  # before the exit handler this never returned
+    assert done.returncode == 0 and done.stdout.strip() == "exiting", done.stderr[-2000:]
