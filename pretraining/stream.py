@@ -510,26 +510,30 @@ class StreamLoader(DataLoader):
         if self.num_workers == 0:
             yield from iterator
             return
-        _LOADERS_WITH_WORKERS.add(self)
+        _ITERATORS_WITH_WORKERS.add(iterator)
         for batch in iterator:
             self.dataset.note_consumed()
             yield batch
 
 
-_LOADERS_WITH_WORKERS: "weakref.WeakSet[StreamLoader]" = weakref.WeakSet()
+# The worker-owning iterators of every StreamLoader, as long as they live.
+_ITERATORS_WITH_WORKERS: weakref.WeakSet = weakref.WeakSet()
 
 
 @atexit.register
 def _kill_workers_at_exit() -> None:
-    """Kill the workers of every loader still alive when this process exits.
+    """Shut down the workers of every loader iterator still alive when this process exits.
 
     Workers ignore SIGTERM (`_init_worker`), and SIGTERM is what multiprocessing
-    sends its children at exit before joining them: a process that still holds a
-    loader (one kept alive by a traceback, say) would wait for them forever.
-    Registered after multiprocessing's own exit handler, so it runs first.
+    sends its children at exit before joining them: a process that still holds an
+    iterator (one kept alive by a traceback, say) would wait for them forever.
+    Registered after multiprocessing's and torch's own exit handlers, so it runs
+    first, while the iterator's orderly shutdown still works; a worker that does
+    not end then is killed.
     """
-    for loader in list(_LOADERS_WITH_WORKERS):
-        for worker in getattr(getattr(loader, "_iterator", None), "_workers", None) or []:
+    for iterator in list(_ITERATORS_WITH_WORKERS):
+        iterator._shutdown_workers()
+        for worker in getattr(iterator, "_workers", None) or []:
             if worker.is_alive():
                 worker.kill()
 

@@ -211,3 +211,4 @@ def test_a_process_holding_a_loader_exits_and_takes_its_workers(make_store) -> N
     done = subprocess.run([sys.executable, "-c", HOLD_A_LOADER_AND_EXIT, str(root)], capture_output=True, text=True,
                           timeout=120)  # before the exit handler this never returned
     assert done.returncode == 0 and done.stdout.strip() == "exiting", done.stderr[-2000:]
+    assert "Traceback" not in done.stderr  # an orderly shutdown, not a killed worker reported at exit
