@@ -54,6 +54,7 @@ from __future__ import annotations
 import atexit
 import io
 import logging
+import multiprocessing.util  # registers its exit handler now, so that ours (below) runs before it
 import re
 import signal
 import weakref
@@ -531,11 +532,13 @@ def _kill_workers_at_exit() -> None:
     first, while the iterator's orderly shutdown still works; a worker that does
     not end then is killed.
     """
+    from torch.utils.data._utils.worker import _worker_loop
+
     for iterator in list(_ITERATORS_WITH_WORKERS):
         iterator._shutdown_workers()
-        for worker in getattr(iterator, "_workers", None) or []:
-            if worker.is_alive():
-                worker.kill()
+    for child in multiprocessing.active_children():  # any DataLoader worker left, e.g. of a dropped iterator
+        if getattr(child, "_target", None) is _worker_loop and child.is_alive():
+            child.kill()
 
 
 def _init_worker(worker_id: int, parent: int | None = None) -> None:
