@@ -681,7 +681,8 @@ def synth_corpus(out: Path, pairs: int, cameras: int, seed: int) -> None:
 @main.command("eval")
 @click.option("--backbone", required=True, type=click.Path(path_type=Path), help="Folder written by `clasp export`.")
 @click.option("--data", required=True, type=click.Path(path_type=Path),
-              help="A `clasp synth` folder (all tasks) or a Market-1501 folder (reid).")
+              help="A `clasp synth` folder (all tasks), or a Market-1501 (query/, bounding_box_test/) or MSMT17 "
+                   "(list_query.txt, list_gallery.txt) folder (reid).")
 @click.option("--tasks", default=None, show_default="every task the data supports",
               help="Comma-separated subset of attributes,parsing,reid.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, show_default="no file",

@@ -60,7 +60,7 @@ def data_kind(data: Path) -> str:
     if not data.is_dir():
         raise EvalInputError(f"{data}: folder does not exist")
     raise EvalInputError(f"{data}: no ground truth (neither truth/annotations.jsonl of `clasp synth` "
-                         "nor Market-1501's query/ and bounding_box_test/)")
+                         "nor Market-1501's query/ and bounding_box_test/ nor MSMT17's list_query.txt)")
 
 
 def resolve_tasks(kind: str, tasks: tuple[str, ...] | None, data: Path) -> tuple[str, ...]:

@@ -189,3 +189,13 @@ def test_clasp_eval_reads_msmt17_too(world, tmp_path: Path) -> None:
     results = evaluate(EvalConfig(backbone=world["export"], data=world["msmt17"], precision="fp32"))
     assert results["kind"] == "msmt17" and results["tasks"] == ["reid"]
     assert results["reid"]["queries"] > 0 and 0 <= results["reid"]["mAP"] <= 1
+
+
+def test_clasp_eval_names_every_layout_it_reads(tmp_path: Path) -> None:
+    runner = CliRunner()
+    shown = " ".join(runner.invoke(main, ["eval", "--help"]).output.split())
+    assert "Market-1501" in shown and "MSMT17" in shown
+    got = runner.invoke(main, ["eval", "--backbone", str(tmp_path), "--data", str(tmp_path)])
+    lines = got.output.strip().splitlines()
+    assert got.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), got.output
+    assert "Market-1501" in lines[0] and "MSMT17" in lines[0] and "clasp synth" in lines[0]
