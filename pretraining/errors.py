@@ -1,0 +1,22 @@
+"""How a pre-training run fails: refused before it starts, or stopped after it started.
+
+The command line maps the first to exit 2 (bad input, nothing trained) and the
+second to exit 1 (the last complete checkpoint stays usable).
+"""
+
+from __future__ import annotations
+
+
+class PretrainInputError(Exception):
+    """Bad input found before the first step (store, run folder, settings): one line naming the file."""
+
+
+class RunFailedError(RuntimeError):
+    """The run started and could not go on (disk full, out of memory, a bad store row, a non-finite loss).
+
+    One line naming what was being done; exit 1; the last complete checkpoint stays usable.
+    """
+
+
+class NonFiniteLossError(RunFailedError):
+    """A loss term became NaN or infinite; training stopped without applying that step."""

@@ -1,0 +1,90 @@
+"""Stopping a run cleanly on SIGTERM/SIGINT, and at once on the second one.
+
+The first signal only sets a flag that the loop reads at its next step
+boundary (several processes stop together, on the flag their all-reduce
+carries); the second ends the process at once, leaving the last complete
+checkpoint as it is.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from typing import Any
+
+
+class StopSignals:
+    """SIGTERM/SIGINT: the first sets `received`, which the loop reads at the next step boundary; the second
+    ends the process at once (exit 128 + signal number), leaving the last complete checkpoint as it is.
+
+    Python runs signal handlers in the main thread between bytecodes, so a handler waits as long as the
+    C++ operation under way (one backward pass of the small preset takes tens of seconds on two busy
+    cores), and signals that arrive meanwhile merge into one call: three SIGTERMs could end up as one
+    late "stop at the next step". So the C-level handler's wakeup pipe (`signal.set_wakeup_fd`, one byte
+    per signal delivered) is read by a watcher thread, which counts every signal as it arrives and does
+    not wait for the main thread. `on_first(signal name)` and `on_exit_now(signal name)` return the line
+    printed on the first signal and before the exit (None: print nothing).
+    """
+
+    def __init__(self, on_exit_now=None, on_first=None) -> None:
+        self.received: str | None = None
+        self.count = 0
+        self._on_exit_now = on_exit_now
+        self._on_first = on_first
+        self._previous: dict[int, Any] = {}
+        self._pipe: tuple[int, int] | None = None
+        self._old_wakeup = -1
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is not threading.main_thread():
+            return self  # handlers can only be set in the main thread: no clean stop
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        self._pipe = (read_fd, write_fd)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        self._old_wakeup = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        threading.Thread(target=self._watch, args=(read_fd,), name="clasp-stop-signals", daemon=True).start()
+        return self
+
+    def _handle(self, signum: int, frame) -> None:
+        """The Python-level handler: nothing to do, the watcher thread has counted the signal."""
+
+    def _watch(self, read_fd: int) -> None:
+        while True:
+            try:
+                data = os.read(read_fd, 64)
+            except OSError:
+                return
+            if not data:
+                os.close(read_fd)
+                return
+            for signum in data:
+                if signum in (signal.SIGTERM, signal.SIGINT):
+                    self.signal(signum)
+
+    def signal(self, signum: int) -> None:
+        """Count one stop signal: the first asks for a stop at the step boundary, the second exits now."""
+        self.count += 1
+        name = signal.Signals(signum).name
+        if self.count == 1:
+            self.received = name
+            line = self._on_first(name) if self._on_first is not None else None
+            if line:
+                os.write(2, ("\n" + line + "\n").encode("utf-8", "replace"))
+            return
+        line = self._on_exit_now(name) if self._on_exit_now is not None else f"error: second {name}: stopped at once"
+        try:
+            os.write(2, (line + "\n").encode("utf-8", "replace"))
+        finally:
+            os._exit(128 + signum)
+
+    def __exit__(self, *exc) -> None:
+        if self._pipe is None:
+            return
+        signal.set_wakeup_fd(self._old_wakeup)
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        os.close(self._pipe[1])  # the watcher reads end-of-file and returns
+        self._pipe = None
