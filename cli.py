@@ -13,17 +13,10 @@ from pathlib import Path
 import click
 
 from clasp import __version__
-from clasp.hardware import PRECISIONS
-from clasp.labeling.dense_modes import DENSE_MODES
+from clasp.hardware import PRECISION_HELP, PRECISIONS
+from clasp.pretraining.config import ON_BAD_ROW_HELP
 
 
-PRECISION_HELP = ("auto: bf16 where the device multiplies it natively (CUDA with bf16, CPUs with AMX or "
-                  "AVX512-BF16), fp16 on older GPUs, else fp32. An explicit choice that is only emulated here warns.")
-
-
-ON_BAD_ROW_HELP = ("A row that fails a check (a chunk that does not decompress, an image that does not decode, "
-                   "part_mask outside the vocabulary, part_conf outside [0, 1], attr_logits not finite): stop with "
-                   "one line naming shard, row and field, or skip it and count it.")
 
 
 class UserError(click.ClickException):
@@ -170,7 +163,9 @@ def verify(shards: Path, deep: bool) -> None:
 # --------------------------------------------------------------------------- label
 
 
-def _parse_hw(ctx, param, value: str) -> tuple[int, int]:
+def _parse_hw(ctx, param, value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
     try:
         h, w = (int(x) for x in value.lower().split("x"))
     except ValueError:
@@ -180,50 +175,28 @@ def _parse_hw(ctx, param, value: str) -> tuple[int, int]:
     return h, w
 
 
-def _at_most_per_core(ctx, param, value: int) -> int:
+def _at_most_per_core(ctx, param, value: int | None) -> int | None:
     """A count of local processes: at most 4 per core this process may use (`clasp.hardware.available_cores`)."""
     from clasp.hardware import available_cores
 
     cores = available_cores()
-    if value > 4 * cores:
+    if value is not None and value > 4 * cores:
         raise click.BadParameter(f"{value} processes is more than 4 per available core (4 x {cores} = {4 * cores})")
     return value
 
 
+def _label_options(func):
+    """One option per setting of `clasp.labeling.config.LabelConfig`."""
+    from clasp.labeling.config import LabelConfig
+    from clasp.settings.click_options import click_options
+
+    return click_options(LabelConfig, extra={"clip_size": {"callback": _parse_hw},
+                                             "workers": {"callback": _at_most_per_core}})(func)
+
+
 @main.command()
-@click.option("--images", required=True, type=click.Path(path_type=Path),
-              help="Folder of person images, scanned recursively for jpg/jpeg/png/bmp/webp.")
-@click.option("--out", required=True, type=click.Path(path_type=Path),
-              help="Shard folder to write (manifest.json + shard-*.h5); a rerun finishes or updates it.")
-@click.option("--clip-model", default="openai/clip-vit-base-patch16", show_default=True,
-              help="CLIP to label with: a hub id or a local folder (`clasp tiny-clip DIR` writes an offline one).")
-@click.option("--revision", default=None, show_default=True, help="Hub revision (branch, tag or commit) of --clip-model.")
-@click.option("--clip-size", default="448x224", show_default=True, callback=_parse_hw,
-              help="CLIP input size HEIGHTxWIDTH; with patch 16, 448x224 gives a 28x14 label grid.")
-@click.option("--dense-mode", type=click.Choice(DENSE_MODES), default="maskclip", show_default=True,
-              help="Patch features from CLIP's last block: maskclip (value path), naive (plain tokens), clearclip "
-                   "(q-q attention), sclip (q-q + k-k attention) or naclip (k-k attention, neighbourhood prior).")
-@click.option("--vocab", type=click.Path(path_type=Path), default=None, show_default="the shipped default vocabulary",
-              help="Vocabulary JSON file (parts and attribute groups with their prompts).")
-@click.option("--shard-size", type=click.IntRange(min=1, max=1_000_000), default=4096, show_default=True,
-              help="Input images per shard.")
-@click.option("--batch-size", type=click.IntRange(min=1, max=65_536), default=32, show_default=True,
-              help="Images per CLIP forward.")
-@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, callback=_at_most_per_core,
-              help="0: label in this process (torch uses every core). N: start a local dask cluster of N processes "
-                   "(with --device cuda, worker k uses GPU k).")
-@click.option("--scheduler", default=None, show_default=True,
-              help="Address of an existing dask scheduler (e.g. tcp://host:8786); its workers must see --images and --out.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
-              help=PRECISION_HELP)
-@click.option("--device", default="cpu", show_default=True, help="Torch device for CLIP, e.g. cpu, cuda, cuda:1.")
-@click.option("--strict", is_flag=True, default=False, show_default=True,
-              help="Exit with code 1, naming them, when any input was skipped (the shards are still written).")
-@click.option("--force", is_flag=True, default=False, show_default=True,
-              help="Relabel an --out folder made with another model, size, dense mode, vocabulary or shard size.")
-def label(images: Path, out: Path, clip_model: str, revision: str | None, clip_size: tuple[int, int], dense_mode: str,
-          vocab: Path | None, shard_size: int, batch_size: int, workers: int, scheduler: str | None,
-          precision: str, device: str, strict: bool, force: bool) -> None:
+@_label_options
+def label(**settings) -> None:
     """Label a folder of person images with CLIP part masks and attribute logits.
 
     Writes SHARDS to --out. Unreadable inputs are skipped and recorded with a
@@ -233,10 +206,7 @@ def label(images: Path, out: Path, clip_model: str, revision: str | None, clip_s
     from clasp.labeling.errors import LabelingError, LabelingRunError
     from clasp.labeling.run import LabelConfig, run_labeling
 
-    config = LabelConfig(images=images, out=out, clip_model=clip_model, revision=revision, clip_size=clip_size,
-                         dense_mode=dense_mode, vocab=vocab, shard_size=shard_size, batch_size=batch_size,
-                         workers=workers, scheduler=scheduler, precision=precision, device=device,
-                         strict=strict, force=force)
+    config = LabelConfig(**{k: v for k, v in settings.items() if v is not None})
     try:
         summary = run_labeling(config)
     except LabelingError as exc:
@@ -245,7 +215,7 @@ def label(images: Path, out: Path, clip_model: str, revision: str | None, clip_s
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     click.echo(summary.line())
-    if strict and summary.skipped_inputs:
+    if config.strict and summary.skipped_inputs:
         click.echo(f"error: {len(summary.skipped_inputs)} inputs skipped (--strict):", err=True)
         for s in summary.skipped_inputs:
             click.echo(f"  {s.path}: {s.reason}", err=True)
@@ -384,70 +354,20 @@ def show(shards: Path, out: Path, n: int, seed: int, shard: str | None, columns:
 # --------------------------------------------------------------------------- pretrain
 
 
-def _setting(flag: str, name: str, kind, help: str, **extra):
-    """An option that overrides the config setting `name`; its default is the dataclass's, shown in --help."""
-    from clasp.pretraining.config import default_of
+def _pretrain_options(func):
+    """`--config` and one option per setting of `clasp.pretraining.config.PretrainConfig`."""
+    from clasp.pretraining.config import PretrainConfig
+    from clasp.settings.click_options import click_options
 
-    default = default_of(name)
-    shown = "from the preset" if default is None and name in ("dim", "depth", "heads") else (
-        "none" if default is None else str(default))
-    return click.option(flag, name, type=kind, default=None, show_default=shown, help=help, **extra)
+    func = click_options(PretrainConfig)(func)
+    return click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, show_default="none",
+                        help="YAML or JSON file of settings (keys as in the README); flags override it. "
+                             "With --resume the run's saved settings come first.")(func)
 
 
 @main.command()
-@click.option("--shards", type=click.Path(path_type=Path), default=None, show_default="required, here or in --config",
-              help="Shard folder written by `clasp label`.")
-@click.option("--out", type=click.Path(path_type=Path), default=None, show_default="required, here or in --config",
-              help="Run folder: config.json, metrics.jsonl, checkpoints/.")
-@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, show_default="none",
-              help="YAML or JSON file of settings (keys as in the README); flags override it. "
-                   "With --resume the run's saved settings come first.")
-@_setting("--preset", "preset", click.Choice(["tiny", "small", "base"]), "ViT size.")
-@_setting("--steps", "steps", click.IntRange(min=1), "Optimizer steps; wins over --epochs.")
-@_setting("--epochs", "epochs", click.IntRange(min=1), "Passes over the store (when --steps is not set).")
-@_setting("--batch-size", "batch_size", click.IntRange(min=1), "Images per process per micro-batch.")
-@_setting("--lr", "lr", click.FloatRange(min=0), "Peak learning rate per 256 images of total batch (scaled linearly).")
-@_setting("--min-lr", "min_lr", click.FloatRange(min=0), "Learning rate at the end of the cosine.")
-@_setting("--warmup", "warmup", click.FloatRange(0, 1, max_open=True), "Fraction of the steps with linear lr warm-up.")
-@_setting("--weight-decay", "weight_decay", click.FloatRange(min=0), "Weight decay at the start (cosine to --weight-decay-end).")
-@_setting("--weight-decay-end", "weight_decay_end", click.FloatRange(min=0), "Weight decay at the end.")
-@_setting("--momentum-teacher", "momentum_teacher", click.FloatRange(0, 1), "EMA momentum of the teacher at the start (cosine to 1).")
-@_setting("--clip-grad", "clip_grad", click.FloatRange(min=0), "Max gradient norm (0: no clipping).")
-@_setting("--moe-layers", "moe_layers", click.IntRange(min=0), "Last blocks whose MLP is a prompt-controlled MoE.")
-@_setting("--experts", "experts", click.IntRange(min=1), "Experts per MoE layer.")
-@_setting("--top-k", "top_k", click.IntRange(min=1), "Experts per token.")
-@_setting("--w-part", "w_part", click.FloatRange(min=0), "Weight of the part loss (0: no part branch).")
-@_setting("--w-attr", "w_attr", click.FloatRange(min=0), "Weight of the attribute loss (0: no attribute branch).")
-@_setting("--w-balance", "w_balance", click.FloatRange(min=0), "Weight of the MoE load-balancing loss.")
-@_setting("--teacher-temp", "teacher_temp", click.FloatRange(min=0, min_open=True),
-          "DINO teacher temperature (after its warm-up).")
-@_setting("--warmup-teacher-temp", "warmup_teacher_temp", click.FloatRange(min=0, min_open=True),
-          "Teacher temperature at step 0, rising linearly to --teacher-temp.")
-@_setting("--warmup-teacher-temp-steps", "warmup_teacher_temp_steps", click.IntRange(min=0),
-          "Optimizer steps of the teacher-temperature warm-up (0: none).")
-@_setting("--freeze-last-layer-steps", "freeze_last_layer_steps", click.IntRange(min=0),
-          "First optimizer steps that keep the DINO head's prototypes fixed (DINO: one epoch).")
-@_setting("--global-crops", "global_crops", click.IntRange(min=1), "256x128 crops per image.")
-@_setting("--local-crops", "local_crops", click.IntRange(min=0), "128x64 crops per image.")
-@_setting("--precision", "precision", click.Choice(PRECISIONS), PRECISION_HELP + " fp16 needs a GPU.")
-@_setting("--grad-accum", "grad_accum", click.IntRange(min=1), "Micro-batches per optimizer step.")
-@_setting("--num-workers", "num_workers", click.IntRange(min=0),
-          "DataLoader worker processes per training process; none: 1 per 8 cores on a CPU, cores - 1 (at most 8) "
-          "on a GPU, counting only the cores this process may use.")
-@_setting("--save-every", "save_every", click.IntRange(min=1), "Optimizer steps between checkpoints.")
-@_setting("--keep-checkpoints", "keep_checkpoints", click.IntRange(min=1), "Newest checkpoints to keep.")
-@_setting("--log-every", "log_every", click.IntRange(min=1), "Optimizer steps between lines of metrics.jsonl.")
-@_setting("--stop-at", "stop_at", click.IntRange(min=1),
-          "Stop cleanly after this step with a checkpoint (schedule unchanged); --resume continues.")
-@_setting("--seed", "seed", click.IntRange(min=0), "Seed of the model init, data order and augmentation.")
-@_setting("--on-bad-row", "on_bad_row", click.Choice(["stop", "skip"]), ON_BAD_ROW_HELP)
-@click.option("--resume", is_flag=True, default=False, show_default="off",
-              help="Continue the run in --out from its newest checkpoint, with its saved settings.")
-@click.option("--force", is_flag=True, default=False, show_default="off",
-              help="Start over in an --out that holds another run (deletes that run's files).")
-@click.option("--log-rows", is_flag=True, default=False, hidden=True,
-              help="Debug: write the row ids each process reads to OUT/rows-rankR.jsonl.")
-def pretrain(config_file: Path | None, resume: bool, force: bool, log_rows: bool, **settings) -> None:
+@_pretrain_options
+def pretrain(config_file: Path | None, **settings) -> None:
     """Pre-train the backbone on a shard folder (also under `accelerate launch`).
 
     Settings come from the defaults, then --config FILE, then the flags. The
@@ -458,10 +378,10 @@ def pretrain(config_file: Path | None, resume: bool, force: bool, log_rows: bool
     from clasp.pretraining.config import ConfigError, build_config
     from clasp.pretraining.run_folder import write_error_log
     from clasp.pretraining.train import PretrainInputError, RunFailedError, run_pretraining
+    from clasp.settings.click_options import given
 
-    flags = {**settings, "resume": resume or None, "force": force or None, "log_rows": log_rows or None}
     try:
-        config = build_config(config_file, **{k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items()})
+        config = build_config(config_file, **given(settings))
     except ConfigError as exc:
         if settings.get("out") is not None:
             write_error_log(settings["out"], str(exc))

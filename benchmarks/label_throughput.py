@@ -46,7 +46,8 @@ from clasp.hardware import PRECISIONS, use_available_cores
 from clasp.labeling.decode import decode_input
 from clasp.labeling.discover import discover_images
 from clasp.labeling.run import LabelConfig, run_labeling
-from clasp.labeling.shard_worker import LabelerSpec, build_clip_labeler, cached_labeler
+from clasp.labeling.config import ClipLabelerConfig
+from clasp.labeling.shard_worker import build_clip_labeler, cached_labeler
 from clasp.labeling.tiny_clip import clip_from_config
 from clasp.store import LabelRows, Vocabulary, write_shard
 
@@ -108,7 +109,7 @@ def end_to_end(config: LabelConfig) -> tuple[float, int]:
     return summary.seconds, summary.labeled_now
 
 
-def profile_stages(labeler, images: Path, spec: LabelerSpec, batch_size: int, store_hw=(256, 128)) -> dict[str, float]:
+def profile_stages(labeler, images: Path, spec: ClipLabelerConfig, batch_size: int, store_hw=(256, 128)) -> dict[str, float]:
     """Seconds per image for each stage, run one after another (no overlap)."""
     files = [f.path for f in discover_images(images)]
     t = {"read+decode+resize+JPEG encode": 0.0, "preprocess": 0.0, "label (CLIP + labels)": 0.0, "h5 write": 0.0}
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     write_person_crops(images, args.images)
     model = prepare_model(args.work, args.preset)
 
-    spec = LabelerSpec(str(model), None, clip_size, "maskclip", choice.precision, "cpu", Vocabulary.default())
+    spec = ClipLabelerConfig(str(model), None, clip_size, "maskclip", choice.precision, "cpu", Vocabulary.default())
     labeler = cached_labeler(build_clip_labeler, spec)  # the run below reuses this process's labeler
     batches = prepared_batches(labeler, images, clip_size, args.batch_size)
     labeler.vision_forward(batches[0])  # warm-up: kernel selection, allocator

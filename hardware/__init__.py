@@ -10,10 +10,10 @@ from clasp.hardware.cores import (
 )
 from clasp.hardware.memory import available_memory
 from clasp.hardware.precision import (
-    PRECISIONS, Capability, PrecisionChoice, PrecisionError, probe_capability, resolve_precision,
+    PRECISION_HELP, PRECISIONS, Capability, PrecisionChoice, PrecisionError, probe_capability, resolve_precision,
 )
 
 __all__ = [
-    "PRECISIONS", "Capability", "PrecisionChoice", "PrecisionError", "available_cores", "available_memory",
+    "PRECISION_HELP", "PRECISIONS", "Capability", "PrecisionChoice", "PrecisionError", "available_cores", "available_memory",
     "cores_per_process", "dataloader_workers", "probe_capability", "resolve_precision", "torch_threads", "use_available_cores",
 ]

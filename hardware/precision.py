@@ -30,6 +30,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISION_HELP = ("auto: bf16 where the device multiplies it natively (CUDA with bf16, CPUs with AMX or "
+                  "AVX512-BF16), fp16 on older GPUs, else fp32. An explicit choice that is only emulated here warns.")
 # bf16 autocast / fp32, measured on a 2-core AVX2 EPYC (see the module docstring).
 EMULATED_BF16_SLOWDOWN = 7.6
 

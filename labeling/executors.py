@@ -14,8 +14,9 @@ from typing import Callable, Iterator
 
 from clasp.labeling.errors import LabelingError, LabelingRunError
 from clasp.hardware import available_cores, torch_threads
+from clasp.labeling.config import ClipLabelerConfig
 from clasp.labeling.shard_worker import (
-    LabelerFactory, LabelerInfo, LabelerSpec, ShardJob, ShardOutcome, label_shard, labeler_info,
+    LabelerFactory, LabelerInfo, ShardJob, ShardOutcome, label_shard, labeler_info,
 )
 
 PROGRESS_TOPIC = "clasp-label-progress"
@@ -28,7 +29,7 @@ class InProcessExecutor:
     def __init__(self, factory: LabelerFactory) -> None:
         self.factory = factory
 
-    def labeler_info(self, spec: LabelerSpec) -> LabelerInfo:
+    def labeler_info(self, spec: ClipLabelerConfig) -> LabelerInfo:
         return labeler_info(self.factory, spec)
 
     def run(self, jobs: list[ShardJob], progress: Progress) -> Iterator[ShardOutcome]:
@@ -51,7 +52,7 @@ class DaskExecutor:
         share_cores(client, hosts)
         spread_over_gpus(client, hosts)
 
-    def labeler_info(self, spec: LabelerSpec) -> LabelerInfo:
+    def labeler_info(self, spec: ClipLabelerConfig) -> LabelerInfo:
         future = self.client.submit(labeler_info_on_worker, self.factory, spec, pure=False,
                                     key=f"clasp-labeler-info-{os.getpid()}")
         return future.result()
@@ -72,7 +73,7 @@ class DaskExecutor:
                 self.client.unsubscribe_topic(PROGRESS_TOPIC)
 
 
-def labeler_info_on_worker(factory: LabelerFactory, spec: LabelerSpec) -> LabelerInfo:
+def labeler_info_on_worker(factory: LabelerFactory, spec: ClipLabelerConfig) -> LabelerInfo:
     with _plain_user_errors():
         return labeler_info(factory, spec)
 

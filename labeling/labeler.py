@@ -21,7 +21,6 @@ float32.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -29,35 +28,24 @@ from PIL import Image
 
 from clasp.hardware import PrecisionChoice, PrecisionError, probe_capability, resolve_precision
 from clasp.labeling.clip_loading import load_clip, load_image_normalization, loaded_revision
-from clasp.labeling.dense_features import DENSE_MODES, dense_features
+from clasp.labeling.config import ClipLabelerConfig
+from clasp.labeling.dense_features import dense_features
 from clasp.labeling.errors import LabelingError
 from clasp.labeling.pseudo_labels import attribute_logits, part_labels, part_logits
 from clasp.labeling.text_embeddings import build_text_embeddings
 from clasp.store import ClipInfo, Vocabulary
 
 
-@dataclass
-class ClipLabelerConfig:
-    clip_model: str = "openai/clip-vit-base-patch16"
-    revision: str | None = None
-    clip_size: tuple[int, int] = (448, 224)  # H, W
-    dense_mode: str = "maskclip"  # one of DENSE_MODES
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (fp16 needs CUDA)
-    device: str = "cpu"
-
-
-def check_config(config: ClipLabelerConfig) -> PrecisionChoice:
-    """Reject settings the labeler cannot honour, before any model is loaded; the precision to use."""
-    if config.dense_mode not in DENSE_MODES:
-        raise LabelingError(f"unknown dense mode {config.dense_mode!r}; choose one of {', '.join(DENSE_MODES)}")
+def resolve_device_precision(config: ClipLabelerConfig) -> PrecisionChoice:
+    """Check the settings (`ClipLabelerConfig.check`) and the device, before any model is loaded; the
+    precision to use on that device."""
+    config.check()
     try:
         device = torch.device(config.device)
     except RuntimeError:
         raise LabelingError(f"unknown device {config.device!r}; use e.g. cpu, cuda or cuda:1") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise LabelingError(f"device {config.device!r} asked for, but torch sees no CUDA device here")
-    if len(config.clip_size) != 2 or min(config.clip_size) <= 0:
-        raise LabelingError(f"clip size must be two positive numbers HxW, got {config.clip_size!r}")
     try:
         return resolve_precision(config.precision, probe_capability(device))
     except PrecisionError as exc:
@@ -67,10 +55,10 @@ def check_config(config: ClipLabelerConfig) -> PrecisionChoice:
 class ClipLabeler:
     """Loads CLIP and the vocabulary's text embeddings once; labels batches of preprocessed images."""
 
-    def __init__(self, config: ClipLabelerConfig, vocab: Vocabulary) -> None:
-        self.precision_choice = check_config(config)
+    def __init__(self, config: ClipLabelerConfig, vocab: Vocabulary | None = None) -> None:
+        self.precision_choice = resolve_device_precision(config)
         self.config = config
-        self.vocab = vocab
+        self.vocab = vocab if vocab is not None else config.vocab if config.vocab is not None else Vocabulary.default()
         self.device = torch.device(config.device)
         self.model, self.tokenizer = load_clip(config.clip_model, config.revision, self.device)
         patch = self.model.config.vision_config.patch_size
@@ -81,7 +69,7 @@ class ClipLabeler:
         normalization = load_image_normalization(config.clip_model, config.revision)
         self._mean = torch.tensor(normalization.mean, dtype=torch.float32).view(1, 3, 1, 1)
         self._std = torch.tensor(normalization.std, dtype=torch.float32).view(1, 3, 1, 1)
-        self.text = build_text_embeddings(self.model, self.tokenizer, vocab)
+        self.text = build_text_embeddings(self.model, self.tokenizer, self.vocab)
         self.logit_scale = self.model.logit_scale.detach().float()
         self.clip_info = ClipInfo(
             model=config.clip_model,

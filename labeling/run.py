@@ -13,15 +13,14 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from clasp.hardware import PRECISIONS
-from clasp.labeling.dense_modes import DENSE_MODES
+from clasp.labeling.config import ClipLabelerConfig, LabelConfig
 from clasp.labeling.discover import discover_images
 from clasp.labeling.errors import LabelingError, LabelingRunError, write_problem
 from clasp.labeling.executors import open_executor
 from clasp.labeling.folder_lock import exclusive_folder
 from clasp.labeling.plan import new_manifest, plan_run, plan_shards
 from clasp.labeling.shard_worker import (
-    LabelerFactory, LabelerInfo, LabelerSpec, ShardJob, build_clip_labeler, settings_only,
+    LabelerFactory, LabelerInfo, ShardJob, build_clip_labeler, settings_only,
 )
 from clasp.store import LabeledWith, Manifest, SkippedInput, StoreError, Vocabulary, record_shard
 from clasp.store.schema import MANIFEST_NAME
@@ -29,28 +28,6 @@ from clasp.store.schema import MANIFEST_NAME
 log = logging.getLogger("clasp")
 
 STORE_HW = (256, 128)
-
-
-@dataclass
-class LabelConfig:
-    images: Path
-    out: Path
-    clip_model: str = "openai/clip-vit-base-patch16"
-    revision: str | None = None
-    clip_size: tuple[int, int] = (448, 224)  # height, width
-    dense_mode: str = "maskclip"  # one of DENSE_MODES
-    vocab: Path | None = None  # None: the shipped default vocabulary
-    shard_size: int = 4096
-    batch_size: int = 32
-    # 0 runs in this process (no cluster; torch uses every core). N > 0 starts a
-    # local dask cluster of N processes; `scheduler` uses an existing cluster.
-    workers: int = 0
-    scheduler: str | None = None
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16, resolved on the labeling device (clasp.hardware)
-    device: str = "cpu"
-    strict: bool = False  # the caller fails the run when inputs were skipped
-    force: bool = False  # relabel an output folder made with other settings
-    progress: bool = True  # show a progress bar on stderr
 
 
 @dataclass
@@ -82,7 +59,7 @@ class LabelSummary:
 def run_labeling(config: LabelConfig, factory: LabelerFactory = build_clip_labeler) -> LabelSummary:
     """Label every image under `config.images` into shards in `config.out`.
 
-    `factory` builds the labeler from a `LabelerSpec` (the CLIP labeler by
+    `factory` builds the labeler from a `ClipLabelerConfig` (the CLIP labeler by
     default; tests pass a stand-in). Raises `LabelingError` for problems the
     user can fix, `LabelingRunError` when a shard or the manifest cannot be
     written (e.g. the disk is full; what was finished stays intact).
@@ -95,8 +72,7 @@ def run_labeling(config: LabelConfig, factory: LabelerFactory = build_clip_label
     vocab = load_vocab(config.vocab)
     inputs = discover_images(images)
     shards = plan_shards(inputs, config.shard_size)
-    spec = LabelerSpec(config.clip_model, config.revision, tuple(config.clip_size), config.dense_mode,
-                       config.precision, config.device, vocab)
+    spec = config.labeler(vocab)
     with exclusive_folder(out), open_executor(config.workers, config.scheduler, factory) as executor:
         info = executor.labeler_info(spec)
         spec = _pin_precision(spec, info)
@@ -127,21 +103,11 @@ def run_labeling(config: LabelConfig, factory: LabelerFactory = build_clip_label
 
 
 def check_config(config: LabelConfig) -> None:
-    if config.dense_mode not in DENSE_MODES:
-        raise LabelingError(f"unknown dense mode {config.dense_mode!r}; choose one of {', '.join(DENSE_MODES)}")
-    if config.precision not in PRECISIONS:
-        raise LabelingError(f"unknown precision {config.precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if len(config.clip_size) != 2 or min(config.clip_size) < 1:
-        raise LabelingError(f"--clip-size must be two positive sizes HxW, got {config.clip_size}")
-    for name, value, low in (("--shard-size", config.shard_size, 1), ("--batch-size", config.batch_size, 1),
-                             ("--workers", config.workers, 0)):
-        if value < low:
-            raise LabelingError(f"{name} must be at least {low}, got {value}")
-    if config.scheduler and config.workers:
-        raise LabelingError("give --workers N (a local cluster) or --scheduler ADDRESS (an existing one), not both")
+    """Refuse settings the run cannot use (`LabelConfig.check`)."""
+    config.check()
 
 
-def _pin_precision(spec: LabelerSpec, info: LabelerInfo) -> LabelerSpec:
+def _pin_precision(spec: ClipLabelerConfig, info: LabelerInfo) -> ClipLabelerConfig:
     """Log how `auto` was resolved and give every shard job that precision, so all workers use what is recorded."""
     choice = info.precision_choice
     log.info(choice.line())

@@ -18,6 +18,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from clasp.hardware import PrecisionChoice
+from clasp.labeling.config import ClipLabelerConfig
 from clasp.labeling.decode import DecodedImage, DecodeSkip, decode_input
 from clasp.labeling.errors import LabelingRunError, write_problem
 from clasp.labeling.plan import ShardPlan
@@ -38,33 +39,18 @@ class Labeler(Protocol):
     def label(self, pixels) -> tuple: ...
 
 
-@dataclass(frozen=True)
-class LabelerSpec:
-    """Everything that decides which labeler a process builds; hashable, so it keys the cache."""
+def build_clip_labeler(spec: ClipLabelerConfig) -> Labeler:
+    from clasp.labeling.labeler import ClipLabeler
 
-    clip_model: str
-    revision: str | None
-    clip_size: tuple[int, int]
-    dense_mode: str
-    precision: str
-    device: str
-    vocab: Vocabulary
+    return ClipLabeler(spec)
 
 
-def build_clip_labeler(spec: LabelerSpec) -> Labeler:
-    from clasp.labeling.labeler import ClipLabeler, ClipLabelerConfig
-
-    config = ClipLabelerConfig(clip_model=spec.clip_model, revision=spec.revision, clip_size=tuple(spec.clip_size),
-                               dense_mode=spec.dense_mode, precision=spec.precision, device=spec.device)
-    return ClipLabeler(config, spec.vocab)
-
-
-LabelerFactory = Callable[[LabelerSpec], Labeler]
+LabelerFactory = Callable[[ClipLabelerConfig], Labeler]
 _CACHE: dict[tuple, Labeler] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def cached_labeler(factory: LabelerFactory, spec: LabelerSpec) -> Labeler:
+def cached_labeler(factory: LabelerFactory, spec: ClipLabelerConfig) -> Labeler:
     """The process's labeler for `spec`, built on first use.
 
     A spec whose precision is the one the cached labeler resolved `auto` to is
@@ -90,7 +76,7 @@ class LabelerInfo:
     precision_choice: PrecisionChoice
 
 
-def labeler_info(factory: LabelerFactory, spec: LabelerSpec) -> LabelerInfo:
+def labeler_info(factory: LabelerFactory, spec: ClipLabelerConfig) -> LabelerInfo:
     """Build the labeler (and so check it loads) and report what it is."""
     labeler = cached_labeler(factory, spec)
     return LabelerInfo(labeler.clip_info, tuple(labeler.label_grid), labeler.precision_choice)
@@ -104,7 +90,7 @@ class ShardJob:
     out: str
     manifest: Manifest  # settings only (no shard list): written into the shard's attributes
     plan: ShardPlan
-    spec: LabelerSpec
+    spec: ClipLabelerConfig
     batch_size: int = 32
     factory: LabelerFactory = build_clip_labeler
 

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from clasp.hardware import PRECISIONS
+from clasp.hardware import PRECISION_HELP, PRECISIONS
+from clasp.settings import check_value, coerce, setting, settings_of
 
 PRESETS = ("tiny", "small", "base")
 # Earlier runs saved accelerate's spelling of full precision; it still loads, as fp32.
@@ -40,20 +41,6 @@ class ConfigError(ValueError):
         self.key = key
 
 
-# Bounds of the counts and rates (README, "Bounds"). Counts that become processes or
-# memory are also checked against this machine in `check_resources`.
-LIMITS: dict[str, tuple[float, float]] = {
-    "steps": (1, 10_000_000), "epochs": (1, 100_000), "batch_size": (1, 65_536), "grad_accum": (1, 4096),
-    "global_crops": (1, 16), "local_crops": (0, 64), "shuffle_buffer": (1, 1_000_000),
-    "save_every": (1, 10_000_000), "log_every": (1, 10_000_000), "keep_checkpoints": (1, 1000),
-    "experts": (1, 64), "top_k": (1, 64), "moe_layers": (0, 64), "seed": (0, 2**32 - 1),
-    "dino_out_dim": (1, 262_144), "dino_hidden_dim": (1, 16_384), "dino_bottleneck_dim": (1, 4096),
-    "warmup_teacher_temp_steps": (0, 10_000_000), "freeze_last_layer_steps": (0, 10_000_000),
-    "stop_at": (1, 10_000_000),
-    "lr": (0, 1), "min_lr": (0, 1), "weight_decay": (0, 1), "weight_decay_end": (0, 1), "clip_grad": (0, 1e6),
-    "w_part": (0, 1000), "w_attr": (0, 1000), "w_balance": (0, 1000),
-    "momentum_teacher": (0, 1), "momentum_teacher_end": (0, 1),
-}
 # Temperatures divide logits: they must be above 0 and at most this.
 MAX_TEMPERATURE = 1.0
 # DataLoader workers per available core (clasp.hardware.available_cores) at most.
@@ -61,62 +48,98 @@ WORKERS_PER_CORE = 4
 # Bytes per student parameter: fp32 weights, gradient, two AdamW moments, and the EMA teacher's copy.
 BYTES_PER_PARAMETER = 20
 CROP_HW = {"global": (256, 128), "local": (128, 64)}
+STEPS = (1, 10_000_000)  # bounds of any count of optimizer steps
+ON_BAD_ROW_HELP = ("A row that fails a check (a chunk that does not decompress, an image that does not decode, "
+                   "part_mask outside the vocabulary, part_conf outside [0, 1], attr_logits not finite): stop with "
+                   "one line naming shard, row and field, or skip it and count it.")
 
 
 @dataclass
 class PretrainConfig:
+    """Every setting of a run; `limits` are the README's "Bounds" (counts that become processes or
+    memory are also checked against this machine in `check_resources`)."""
+
     # --- data and run folder
-    shards: str = ""  # shard folder written by `clasp label` (required)
-    out: str = ""  # run folder: checkpoints, metrics, config (required)
+    shards: str = setting("", "Shard folder written by `clasp label`.", shown="required, here or in --config",
+                          metavar="DIR", resumable=True)
+    out: str = setting("", "Run folder: config.json, metrics.jsonl, checkpoints/.",
+                       shown="required, here or in --config", metavar="DIR", resumable=True, inherited=False)
     # --- model
-    preset: str = "small"  # ViT size: tiny | small | base
-    moe_layers: int = 4  # last blocks whose MLP is a prompt-controlled mixture of experts
-    experts: int = 6  # experts per MoE layer
-    top_k: int = 2  # experts each token is routed to
-    dim: int | None = None  # token width; None = the preset's (tiny 192, small 384, base 768)
-    depth: int | None = None  # transformer blocks; None = the preset's (12)
-    heads: int | None = None  # attention heads; None = the preset's (3, 6, 12)
-    dino_out_dim: int = 8192  # prototypes of the DINO head
-    dino_hidden_dim: int = 2048  # hidden width of the DINO head's MLP
-    dino_bottleneck_dim: int = 256  # bottleneck of the DINO head
+    preset: str = setting("small", "ViT size: tiny | small | base (dim 192/384/768, 12 blocks, 3/6/12 heads).",
+                          choices=PRESETS)
+    dim: int | None = setting(None, "Token width; overrides the preset's.", shown="from the preset", flag=False)
+    depth: int | None = setting(None, "Transformer blocks; overrides the preset's.", shown="from the preset",
+                                flag=False)
+    heads: int | None = setting(None, "Attention heads; overrides the preset's.", shown="from the preset",
+                                flag=False)
+    moe_layers: int = setting(4, "Last blocks whose MLP is a prompt-controlled mixture of experts.",
+                              limits=(0, 64))
+    experts: int = setting(6, "Experts per MoE layer.", limits=(1, 64))
+    top_k: int = setting(2, "Experts each token is routed to (at most `experts`).", limits=(1, 64))
+    dino_out_dim: int = setting(8192, "Prototypes of the DINO head.", limits=(1, 262_144), flag=False)
+    dino_hidden_dim: int = setting(2048, "Hidden width of the DINO head's MLP.", limits=(1, 16_384), flag=False)
+    dino_bottleneck_dim: int = setting(256, "Bottleneck of the DINO head.", limits=(1, 4096), flag=False)
     # --- objectives
-    w_part: float = 1.0  # weight of the per-token part loss
-    w_attr: float = 1.0  # weight of the attribute loss
-    w_balance: float = 0.01  # weight of the MoE load-balancing loss
-    teacher_temp: float = 0.04  # DINO teacher softmax temperature after its warm-up
-    warmup_teacher_temp: float = 0.04  # ... at step 0, rising linearly to teacher_temp
-    warmup_teacher_temp_steps: int = 0  # optimizer steps of that warm-up (0: none)
-    freeze_last_layer_steps: int = 0  # first optimizer steps that leave the DINO prototypes unchanged
-    global_crops: int = 2  # 256x128 crops per image (teacher and student)
-    local_crops: int = 6  # 128x64 crops per image (student only)
+    w_part: float = setting(1.0, "Weight of the per-token part loss (0: no part branch).", limits=(0, 1000))
+    w_attr: float = setting(1.0, "Weight of the attribute loss (0: no attribute branch).", limits=(0, 1000))
+    w_balance: float = setting(0.01, "Weight of the MoE load-balancing loss.", limits=(0, 1000))
+    teacher_temp: float = setting(0.04, "DINO teacher softmax temperature (after its warm-up).",
+                                  limits=(0, MAX_TEMPERATURE), open_low=True)
+    warmup_teacher_temp: float = setting(
+        0.04, "Teacher temperature at step 0, rising linearly to --teacher-temp (DINO's ViT-B recipe: 0.07, "
+        "0.04, 30 epochs' worth of steps).", limits=(0, MAX_TEMPERATURE), open_low=True)
+    warmup_teacher_temp_steps: int = setting(0, "Optimizer steps of the teacher-temperature warm-up (0: none).",
+                                             limits=(0, STEPS[1]))
+    freeze_last_layer_steps: int = setting(
+        0, "First optimizer steps that keep the DINO head's prototypes (its last layer) fixed; DINO freezes them "
+        "for the first epoch.", limits=(0, STEPS[1]))
+    global_crops: int = setting(2, "256x128 crops per image (teacher and student).", limits=(1, 16))
+    local_crops: int = setting(6, "128x64 crops per image (student only).", limits=(0, 64))
     # --- length: `steps` (optimizer steps) wins when set, else `epochs` passes over the store
-    steps: int | None = None  # optimizer steps of the whole run
-    epochs: int | None = 100  # passes over the store, used when `steps` is not set
+    steps: int | None = setting(None, "Optimizer steps of the whole run; wins over --epochs.", limits=STEPS)
+    epochs: int | None = setting(100, "Passes over the store, when --steps is not set.", limits=(1, 100_000))
     # --- optimisation (AdamW; schedules are cosine, one value per optimizer step)
-    batch_size: int = 32  # images per process per micro-batch
-    grad_accum: int = 1  # micro-batches per optimizer step
-    lr: float = 5e-4  # peak lr for a total batch of 256, scaled linearly (see module doc)
-    min_lr: float = 1e-6  # lr at the end of the cosine
-    warmup: float = 0.1  # fraction of the optimizer steps with linear lr warm-up
-    weight_decay: float = 0.04  # at the start of training ...
-    weight_decay_end: float = 0.4  # ... and at the end (cosine in between)
-    momentum_teacher: float = 0.996  # EMA momentum of the teacher at the start (cosine to 1)
-    momentum_teacher_end: float = 1.0  # EMA momentum at the end
-    clip_grad: float = 3.0  # max gradient norm; 0 disables clipping
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (fp16 needs a GPU); auto: see clasp.hardware.precision
+    batch_size: int = setting(32, "Images per process per micro-batch.", limits=(1, 65_536))
+    grad_accum: int = setting(1, "Micro-batches per optimizer step.", limits=(1, 4096))
+    lr: float = setting(5e-4, "Peak learning rate per 256 images of total batch; the rate used is lr x batch_size "
+                        "x processes x grad_accum / 256 (DINO's linear scaling).", limits=(0, 1))
+    min_lr: float = setting(1e-6, "Learning rate at the end of the cosine.", limits=(0, 1))
+    warmup: float = setting(0.1, "Fraction of the steps with linear lr warm-up, reaching the peak on its last "
+                            "step as DINO's does.", limits=(0, 1), open_high=True)
+    weight_decay: float = setting(0.04, "Weight decay at the start, cosine to --weight-decay-end (biases, norms, "
+                                  "position embedding, CLS token and task prompts are exempt).", limits=(0, 1))
+    weight_decay_end: float = setting(0.4, "Weight decay at the end.", limits=(0, 1))
+    momentum_teacher: float = setting(0.996, "EMA momentum of the teacher at the start (cosine to "
+                                      "momentum_teacher_end).", limits=(0, 1))
+    momentum_teacher_end: float = setting(1.0, "EMA momentum of the teacher at the end.", limits=(0, 1), flag=False)
+    clip_grad: float = setting(3.0, "Max gradient norm (0: no clipping).", limits=(0, 1e6))
+    precision: str = setting("auto", PRECISION_HELP + " fp16 needs a GPU (see Speed). `no`, the old spelling of "
+                             "fp32 in saved configs, reads as fp32.", choices=PRECISIONS, resumable=True)
     # --- data loading
-    num_workers: int | None = None  # DataLoader workers per process; None: from the cores (clasp.hardware.cores)
-    shuffle_buffer: int = 2048  # rows held by each worker's shuffle buffer
-    on_bad_row: str = "stop"  # stop | skip: a store row that fails a check (pretraining/stream.py)
+    num_workers: int | None = setting(
+        None, "DataLoader worker processes per training process; from the cores: 1 per 8 cores on a CPU, cores - 1 "
+        "(at most 8) on a GPU, counting only the cores this process may use. The count used is saved.",
+        shown="from the cores", limits=(0, math.inf))
+    shuffle_buffer: int = setting(2048, "Rows held by each worker's shuffle buffer.", limits=(1, 1_000_000),
+                                  flag=False)
+    on_bad_row: str = setting("stop", ON_BAD_ROW_HELP + " May change on --resume.", choices=("stop", "skip"),
+                              resumable=True)
     # --- checkpoints, logging, stopping
-    save_every: int = 1000  # optimizer steps between checkpoints (plus one at the end)
-    keep_checkpoints: int = 3  # newest checkpoints kept in OUT/checkpoints
-    log_every: int = 10  # optimizer steps between lines of OUT/metrics.jsonl
-    stop_at: int | None = None  # stop cleanly after this step with a checkpoint; schedule unchanged
-    seed: int = 0  # model init, data order and augmentation
-    resume: bool = False  # continue from the newest checkpoint in `out`
-    force: bool = False  # start over in an `out` that holds another run
-    log_rows: bool = False  # debug: write the row ids each process reads to OUT/rows-rankR.jsonl
+    save_every: int = setting(1000, "Optimizer steps between checkpoints (there is always one at the end).",
+                              limits=STEPS, resumable=True)
+    keep_checkpoints: int = setting(3, "Newest checkpoints kept in OUT/checkpoints.", limits=(1, 1000),
+                                    resumable=True)
+    log_every: int = setting(10, "Optimizer steps between lines of OUT/metrics.jsonl.", limits=STEPS,
+                             resumable=True)
+    stop_at: int | None = setting(None, "Stop cleanly after this step with a checkpoint (schedule unchanged); "
+                                  "--resume continues.", limits=STEPS, resumable=True, inherited=False)
+    seed: int = setting(0, "Seed of the model init, data order and augmentation.", limits=(0, 2**32 - 1))
+    resume: bool = setting(False, "Continue the run in --out from its newest checkpoint, with its saved settings.",
+                           resumable=True, inherited=False)
+    force: bool = setting(False, "Start over in an --out that holds another run (deletes that run's files).",
+                          resumable=True, inherited=False)
+    log_rows: bool = setting(False, "Debug: write the row ids each process reads to OUT/rows-rankR.jsonl.",
+                             hidden=True, resumable=True)
 
     def validate(self) -> "PretrainConfig":
         """Raise ConfigError naming the first setting that cannot work."""
@@ -124,94 +147,43 @@ class PretrainConfig:
             raise ConfigError("`shards` is required (--shards DIR)")
         if not self.out:
             raise ConfigError("`out` is required (--out DIR)")
-        if self.preset not in PRESETS:
-            raise ConfigError(f"preset must be one of {'|'.join(PRESETS)}, got {self.preset!r}", "preset")
         self.precision = LEGACY_PRECISIONS.get(self.precision, self.precision)
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {'|'.join(PRECISIONS)}, got {self.precision!r}", "precision")
         if self.steps is None and self.epochs is None:
             raise ConfigError("set `steps` or `epochs`")
         if self.steps is not None:
             self.epochs = None  # resolved: the length is `steps`
-        positive = ["batch_size", "grad_accum", "global_crops", "save_every", "log_every",
-                    "keep_checkpoints", "experts", "top_k", "shuffle_buffer"]
-        for name in positive + (["steps"] if self.steps is not None else ["epochs"]):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}", name)
-        for name in ("dim", "depth", "heads"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}", name)
-        for name in ("dino_out_dim", "dino_hidden_dim", "dino_bottleneck_dim"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}", name)
-        if self.num_workers is not None and self.num_workers < 0:
-            raise ConfigError(f"num_workers must not be negative, got {self.num_workers}", "num_workers")
-        for name in ("local_crops", "moe_layers", "seed", "warmup_teacher_temp_steps",
-                     "freeze_last_layer_steps"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}", name)
-        for name in ("lr", "min_lr", "weight_decay", "weight_decay_end", "clip_grad", "w_part", "w_attr", "w_balance"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}", name)
-        for name in ("teacher_temp", "warmup_teacher_temp"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}", name)
-        if self.on_bad_row not in ("stop", "skip"):
-            raise ConfigError(f"on_bad_row must be stop or skip, got {self.on_bad_row!r}", "on_bad_row")
-        if self.top_k > self.experts:
-            raise ConfigError(f"top_k ({self.top_k}) cannot exceed experts ({self.experts})", "top_k")
-        if not 0 <= self.warmup < 1:
-            raise ConfigError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}", "warmup")
-        for name in ("momentum_teacher", "momentum_teacher_end"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}", name)
-        if self.stop_at is not None and self.stop_at < 1:
-            raise ConfigError(f"stop_at must be at least 1, got {self.stop_at}", "stop_at")
         self.check_bounds()
         self.check_model()
         self.check_resources()
         return self
 
     def check_bounds(self) -> None:
-        """Every number finite and within LIMITS; temperatures in (0, MAX_TEMPERATURE]."""
-        for name, (low, high) in LIMITS.items():
-            value = getattr(self, name)
-            if value is None:
-                continue
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"{name} must be a finite number, got {value}", name)
-            if not low <= value <= high:
-                raise ConfigError(f"{name} must be in [{_number(low)}, {_number(high)}], got {_number(value)}", name)
-        for name in ("teacher_temp", "warmup_teacher_temp"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and 0 < value <= MAX_TEMPERATURE):
-                raise ConfigError(f"{name} must be in (0, {MAX_TEMPERATURE:g}], got {value}", name)
-        if not math.isfinite(self.warmup):
-            raise ConfigError(f"warmup must be a finite number, got {self.warmup}", "warmup")
+        """Every setting within its declaration: a choice, a finite number within its `limits`."""
+        for info in settings_of(PretrainConfig):
+            problem = check_value(info, getattr(self, info.name))
+            if problem is not None:
+                raise ConfigError(problem, info.name)
 
-    def check_model(self) -> None:
-        """The backbone the settings describe must exist (dim divisible by heads, MoE within the depth, ...)."""
+    def vit_config(self):
+        """The backbone these settings describe; `ViTConfig` refuses one that cannot exist."""
         from clasp.pretraining.vit import ViTConfig
 
         overrides = {k: getattr(self, k) for k in ("dim", "depth", "heads") if getattr(self, k) is not None}
-        names = {"num_experts": "experts"}
+        return ViTConfig.preset(self.preset, moe_layers=self.moe_layers, num_experts=self.experts, top_k=self.top_k,
+                                **overrides)
+
+    def check_model(self) -> None:
+        """The backbone must exist (dim divisible by heads, MoE within the depth, top_k <= experts, ...)."""
         try:
-            ViTConfig.preset(self.preset, moe_layers=self.moe_layers, num_experts=self.experts, top_k=self.top_k,
-                             **overrides)
+            self.vit_config()
         except ValueError as exc:
-            message = str(exc)
-            for field_name, key in names.items():
-                message = message.replace(field_name, key)
+            message = str(exc).replace("num_experts", "experts")  # the model's name of the `experts` setting
             key = message.split()[0] if message.split()[0] in KEYS_OF_THE_MODEL else None
             raise ConfigError(f"{message} (preset {self.preset})", key) from None
 
     def model_parameters(self) -> int:
         """Student parameters, estimated: the backbone plus the DINO head's MLP."""
-        from clasp.pretraining.vit import ViTConfig
-
-        overrides = {k: getattr(self, k) for k in ("dim", "depth", "heads") if getattr(self, k) is not None}
-        vit = ViTConfig.preset(self.preset, moe_layers=self.moe_layers, num_experts=self.experts, top_k=self.top_k,
-                               **overrides)
+        vit = self.vit_config()
         hidden, bottleneck = self.dino_hidden_dim, self.dino_bottleneck_dim
         head = vit.dim * hidden + hidden * hidden + hidden * bottleneck + bottleneck * self.dino_out_dim
         return vit.estimated_params() + head
@@ -245,29 +217,19 @@ class PretrainConfig:
         return asdict(self)
 
 
-KEYS: tuple[str, ...] = tuple(f.name for f in fields(PretrainConfig))
+SETTINGS = {info.name: info for info in settings_of(PretrainConfig)}
+KEYS: tuple[str, ...] = tuple(SETTINGS)
 DEFAULTS = PretrainConfig()
+LIMITS: dict[str, tuple[float, float]] = {k: i.limits for k, i in SETTINGS.items() if i.limits is not None}
 
-# Settings that may change between a checkpoint and `--resume` without breaking
-# the run: where things are, how often to save/log, when to stop, and the
-# arithmetic precision. Everything else (model shape, data, batch, schedule,
-# seed, and the derived values) must match; a new setting is incompatible until
-# listed here.
-RESUMABLE_CHANGES = frozenset({
-    "shards", "out", "resume", "force", "stop_at", "save_every", "log_every", "keep_checkpoints",
-    "precision", "log_rows", "on_bad_row",
-})
-
-
-OPTIONAL_INTS = frozenset({"steps", "epochs", "stop_at", "dim", "depth", "heads", "num_workers"})
-
+# Settings that may change between a checkpoint and `--resume` without breaking the run (declared
+# `resumable`): where things are, how often to save/log, when to stop, the arithmetic precision.
+# Everything else (model shape, data, batch, schedule, seed, and the derived values) must match.
+RESUMABLE_CHANGES = frozenset(k for k, i in SETTINGS.items() if i.resumable)
+# Settings of a saved run that do not carry over to `--resume` (they describe one start, not the run).
+NOT_INHERITED_ON_RESUME = frozenset(k for k, i in SETTINGS.items() if not i.inherited)
 
 KEYS_OF_THE_MODEL = frozenset({"dim", "depth", "heads", "moe_layers", "experts", "top_k"})
-
-
-def _number(value: float) -> str:
-    """A bound or value as written in a config: integers in full, other numbers short."""
-    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else f"{value:g}"
 
 
 def default_of(name: str) -> Any:
@@ -297,10 +259,6 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: unknown setting {unknown[0]!r}" + (f" (and {unknown[1:]})" if unknown[1:] else "")
                           + f"; known settings: {', '.join(KEYS)}")
     return {key: _coerce(key, value, str(path)) for key, value in data.items()}
-
-
-# Settings of a saved run that do not carry over to `--resume` (they describe one start, not the run).
-NOT_INHERITED_ON_RESUME = frozenset({"out", "resume", "force", "stop_at"})
 
 
 def build_config(config_file: str | Path | None = None, **overrides: Any) -> PretrainConfig:
@@ -345,35 +303,11 @@ def build_config(config_file: str | Path | None = None, **overrides: Any) -> Pre
 
 
 def _coerce(key: str, value: Any, source: str) -> Any:
-    """Check a value against the field's type (ints stay ints; '1e-4' from YAML becomes a float)."""
-    kind = type(default_of(key))
-    optional_int = key in OPTIONAL_INTS
-    if value is None:
-        if optional_int:
-            return None
-        raise ConfigError(f"{source}: setting {key!r} cannot be empty")
+    """Check a value against the setting's declared type (ints stay ints; '1e-4' from YAML becomes a float)."""
     try:
-        if optional_int or kind is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
-        if kind is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if kind is bool:
-            if not isinstance(value, bool):
-                raise ValueError
-            return value
-        if kind is str:
-            if not isinstance(value, (str, Path)):
-                raise ValueError
-            return str(value)
-    except (TypeError, ValueError):
-        pass
-    else:
-        return value
-    raise ConfigError(f"{source}: setting {key!r} must be {'an integer' if optional_int else kind.__name__}, got {value!r}")
+        return coerce(SETTINGS[key], value, source)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 # ----------------------------------------------------------------------------- saved form

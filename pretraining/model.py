@@ -29,6 +29,7 @@ from torch import nn
 
 from clasp.pretraining.attribute_loss import AttributeLoss, AttributeLossConfig
 from clasp.pretraining.batch import MultiCropBatch
+from clasp.pretraining.config import DEFAULTS as SETTINGS
 from clasp.pretraining.dino_loss import DINOLoss, DINOLossConfig
 from clasp.pretraining.heads import AttributeHead, DINOHead, PartHead
 from clasp.pretraining.part_loss import PartLoss, PartLossConfig
@@ -43,13 +44,13 @@ CLS_ONLY_TASKS = frozenset({"instance", "attribute"})
 class LossConfig:
     """Loss weights and the settings of each loss, flat so each maps to one config key."""
 
-    w_part: float = 1.0
-    w_attr: float = 1.0
-    w_balance: float = 0.01
+    w_part: float = SETTINGS.w_part
+    w_attr: float = SETTINGS.w_attr
+    w_balance: float = SETTINGS.w_balance
     student_temp: float = 0.1
-    teacher_temp: float = 0.04
-    warmup_teacher_temp: float = 0.04
-    warmup_teacher_temp_steps: int = 0
+    teacher_temp: float = SETTINGS.teacher_temp
+    warmup_teacher_temp: float = SETTINGS.warmup_teacher_temp
+    warmup_teacher_temp_steps: int = SETTINGS.warmup_teacher_temp_steps
     center_momentum: float = 0.9
     part_conf_threshold: float = 0.3
     attr_temperature: float = 1.0
@@ -75,9 +76,9 @@ class ModelConfig:
     vit: ViTConfig = field(default_factory=ViTConfig)
     num_parts: int = 6
     attribute_groups: tuple[tuple[int, int], ...] = ()
-    dino_out_dim: int = 8192
-    dino_hidden_dim: int = 2048
-    dino_bottleneck_dim: int = 256
+    dino_out_dim: int = SETTINGS.dino_out_dim
+    dino_hidden_dim: int = SETTINGS.dino_hidden_dim
+    dino_bottleneck_dim: int = SETTINGS.dino_bottleneck_dim
     loss: LossConfig = field(default_factory=LossConfig)
 
     def __post_init__(self) -> None:
@@ -108,9 +109,11 @@ class ModelConfig:
         return self.tasks == ("instance",) and self.vit.moe_layers == 0
 
     @classmethod
-    def build(cls, preset: str = "small", vocab=None, *, moe_layers: int = 4, num_experts: int = 6,
-              top_k: int = 2, dino_out_dim: int = 8192, dino_hidden_dim: int = 2048,
-              dino_bottleneck_dim: int = 256, loss: LossConfig | None = None, **vit_overrides) -> "ModelConfig":
+    def build(cls, preset: str = SETTINGS.preset, vocab=None, *, moe_layers: int = SETTINGS.moe_layers,
+              num_experts: int = SETTINGS.experts, top_k: int = SETTINGS.top_k,
+              dino_out_dim: int = SETTINGS.dino_out_dim, dino_hidden_dim: int = SETTINGS.dino_hidden_dim,
+              dino_bottleneck_dim: int = SETTINGS.dino_bottleneck_dim, loss: LossConfig | None = None,
+              **vit_overrides) -> "ModelConfig":
         """A config from a ViT preset and (optionally) a `clasp.store.Vocabulary`."""
         vit = ViTConfig.preset(preset, moe_layers=moe_layers, num_experts=num_experts, top_k=top_k, **vit_overrides)
         parts, groups = 6, ()
@@ -121,8 +124,9 @@ class ModelConfig:
                    dino_hidden_dim=dino_hidden_dim, dino_bottleneck_dim=dino_bottleneck_dim, loss=loss or LossConfig())
 
     @classmethod
-    def dino_baseline(cls, preset: str = "small", *, dino_out_dim: int = 8192, dino_hidden_dim: int = 2048,
-                      dino_bottleneck_dim: int = 256, loss: LossConfig | None = None,
+    def dino_baseline(cls, preset: str = SETTINGS.preset, *, dino_out_dim: int = SETTINGS.dino_out_dim,
+                      dino_hidden_dim: int = SETTINGS.dino_hidden_dim,
+                      dino_bottleneck_dim: int = SETTINGS.dino_bottleneck_dim, loss: LossConfig | None = None,
                       **vit_overrides) -> "ModelConfig":
         """Plain DINO on the same ViT: no MoE, no part or attribute branch."""
         base = loss or LossConfig()

@@ -72,8 +72,6 @@ class PCMoE(nn.Module):
 
     def __init__(self, dim: int, hidden: int, num_experts: int, top_k: int) -> None:
         super().__init__()
-        if not 1 <= top_k <= num_experts:
-            raise ValueError(f"top_k must be in [1, num_experts={num_experts}], got {top_k}")
         self.num_experts = num_experts
         self.top_k = top_k
         self.router = nn.Linear(dim, num_experts)

@@ -21,7 +21,7 @@ import torch
 
 from clasp.pretraining.batch_source import BatchSource
 from clasp.pretraining.checkpoint import CONFIG_FILE, CheckpointError, CheckpointWriter, load_checkpoint, restore_rng
-from clasp.pretraining.config import LIMITS, ConfigError, PretrainConfig, saved_form
+from clasp.pretraining.config import STEPS, ConfigError, PretrainConfig, saved_form
 from clasp.pretraining.errors import PretrainInputError
 from clasp.pretraining.run_folder import ERROR_LOG, METRICS_FILE, RunPlan, plan_run_folder, truncate_jsonl, wipe_run_files
 from clasp.pretraining.run_logs import MetricsLog, RowLog
@@ -288,9 +288,9 @@ def total_steps_for(config: PretrainConfig, batches_per_epoch: int) -> int:
     if config.steps is not None:
         return config.steps
     steps = max(1, config.epochs * batches_per_epoch // config.grad_accum)
-    if steps > LIMITS["steps"][1]:
+    if steps > STEPS[1]:
         raise ConfigError(f"epochs {config.epochs} x {batches_per_epoch} batches per epoch / grad_accum "
-                          f"{config.grad_accum} gives {steps} steps, more than {int(LIMITS['steps'][1])}", "epochs")
+                          f"{config.grad_accum} gives {steps} steps, more than {STEPS[1]}", "epochs")
     return steps
 
 

@@ -96,8 +96,8 @@ class ViTConfig:
             raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
         if not 0 <= self.moe_layers <= self.depth:
             raise ValueError(f"moe_layers must be in [0, depth={self.depth}], got {self.moe_layers}")
-        if self.moe_layers and not 1 <= self.top_k <= self.num_experts:
-            raise ValueError(f"top_k must be in [1, num_experts={self.num_experts}], got {self.top_k}")
+        if self.top_k > self.num_experts:  # the one check of it: PCMoE and the run settings rely on it
+            raise ValueError(f"top_k ({self.top_k}) cannot exceed num_experts ({self.num_experts})")
         if any(h % self.patch_size for h in self.img_hw):
             raise ValueError(f"img_hw {self.img_hw} is not a multiple of patch {self.patch_size}")
         if not self.tasks:

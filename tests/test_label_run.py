@@ -22,7 +22,7 @@ from clasp.hardware import probe_capability, resolve_precision
 from clasp.labeling.plan import inputs_digest, plan_shards
 from clasp.labeling.discover import discover_images
 from clasp.labeling.run import LabelConfig, run_labeling
-from clasp.labeling.shard_worker import LabelerSpec
+from clasp.labeling.config import ClipLabelerConfig
 from clasp.store import ClipInfo, LabeledWith, Manifest, ShardStore, verify_store
 
 GRID = (4, 2)
@@ -31,7 +31,7 @@ GRID = (4, 2)
 class MeanColourLabeler:
     """Part index = brightness bucket of each grid cell; attribute logits = per-channel means."""
 
-    def __init__(self, spec: LabelerSpec) -> None:
+    def __init__(self, spec: ClipLabelerConfig) -> None:
         self.spec = spec
         self.label_grid = GRID
         self.precision_choice = resolve_precision(spec.precision, probe_capability("cpu"))
@@ -245,10 +245,10 @@ def test_user_errors_from_a_dask_worker_survive_pickling(config: LabelConfig) ->
     from clasp.labeling.clip_loading import ClipLoadError
     from clasp.labeling.executors import labeler_info_on_worker
 
-    def unloadable(spec: LabelerSpec):
+    def unloadable(spec: ClipLabelerConfig):
         raise ClipLoadError(spec.clip_model, "no such folder")
 
-    spec = LabelerSpec("/nowhere/clip", None, (64, 32), "maskclip", "fp32", "cpu", None)
+    spec = ClipLabelerConfig("/nowhere/clip", None, (64, 32), "maskclip", "fp32", "cpu", None)
     with pytest.raises(LabelingError) as caught:
         labeler_info_on_worker(unloadable, spec)
     again = pickle.loads(pickle.dumps(caught.value))

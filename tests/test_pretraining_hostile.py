@@ -119,7 +119,7 @@ def snapshot(folder: Path) -> dict[str, str]:
     ({"w_part": float("nan")}, "w_part must be a finite number"),
     ({"teacher_temp": 0.0}, "teacher_temp must"),
     ({"warmup_teacher_temp": 100.0}, "warmup_teacher_temp must be in (0, 1]"),
-    ({"momentum_teacher": float("nan")}, "momentum_teacher must be in [0, 1], got nan"),
+    ({"momentum_teacher": float("nan")}, "momentum_teacher must be a finite number, got nan"),
     ({"batch_size": 10_000_000}, "batch_size must be in [1, 65536]"),
     ({"batch_size": 60_000, "global_crops": 16, "local_crops": 64}, "of memory available"),
     ({"grad_accum": 10**9}, "grad_accum must be in"),

@@ -1,0 +1,73 @@
+"""Settings declared once: the CLI options, config keys, resume rule and README tables come from the dataclasses."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from clasp.settings import check_value, coerce, settings_of
+from clasp.settings.readme_tables import TABLES, blocks, render
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_tables_are_the_dataclasses() -> None:
+    found = blocks(README.read_text(encoding="utf-8"))
+    assert set(found) == set(TABLES)
+    for name, body in found.items():
+        assert body == render(name), f"README table {name!r} drifted: run `python -m clasp.settings README.md`"
+
+
+def test_pretrain_options_keys_and_resume_rule_come_from_the_dataclass() -> None:
+    from clasp.cli import pretrain
+    from clasp.pretraining.config import KEYS, RESUMABLE_CHANGES, PretrainConfig
+
+    infos = settings_of(PretrainConfig)
+    options = {p.name: p for p in pretrain.params}
+    assert {i.name for i in infos if i.flag} == set(options) - {"config_file"}
+    assert set(KEYS) == {i.name for i in infos}
+    assert options["experts"].type.max == 64 and tuple(options["preset"].type.choices) == ("tiny", "small", "base")
+    assert {"precision", "save_every", "out", "on_bad_row"} <= RESUMABLE_CHANGES
+    assert not {"batch_size", "lr", "experts", "seed"} & RESUMABLE_CHANGES
+
+
+def test_label_options_come_from_the_dataclass() -> None:
+    from clasp.cli import label
+    from clasp.labeling.config import LabelConfig
+
+    flags = {i.name for i in settings_of(LabelConfig) if i.flag}
+    assert flags == {p.name for p in label.params}
+
+
+def test_every_command_offers_one_precision_vocabulary() -> None:
+    from clasp.cli import main
+
+    seen = []
+    for command in main.commands.values():
+        for sub in getattr(command, "commands", {"": command}).values():
+            seen += [tuple(p.type.choices) for p in sub.params if p.name == "precision"]
+    assert seen and set(seen) == {("auto", "fp32", "bf16", "fp16")}
+
+
+@pytest.mark.parametrize("value, message", [
+    (-1, "must not be negative, got -1"), (0.0, None), (2.0, "must be in [0, 1], got 2"),
+    (math.nan, "must be a finite number, got nan"),
+])
+def test_one_bounds_rule_for_every_number(value, message) -> None:
+    from clasp.pretraining.config import SETTINGS
+
+    problem = check_value(SETTINGS["lr"], value)
+    assert (problem is None) if message is None else (problem == f"lr {message}")
+
+
+def test_coerce_keeps_ints_and_names_the_source() -> None:
+    from clasp.pretraining.config import SETTINGS
+
+    assert coerce(SETTINGS["lr"], "1e-4", "f.yaml") == 1e-4
+    assert coerce(SETTINGS["steps"], None, "f.yaml") is None
+    with pytest.raises(ValueError, match=r"f\.yaml: setting 'batch_size' must be an integer, got 2\.5"):
+        coerce(SETTINGS["batch_size"], 2.5, "f.yaml")
+    with pytest.raises(ValueError, match="cannot be empty"):
+        coerce(SETTINGS["batch_size"], None, "f.yaml")
