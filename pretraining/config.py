@@ -17,7 +17,10 @@ saved config's `derived` block is the rate actually used.
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,10 @@ import yaml
 from clasp.hardware import PRECISION_HELP, PRECISIONS
 from clasp.settings import check_value, coerce, setting, settings_of
 
+log = logging.getLogger("clasp")
+
 PRESETS = ("tiny", "small", "base")
+RUNS_DIR = "runs"  # where a run started without `out` gets its folder
 # Earlier runs saved accelerate's spelling of full precision; it still loads, as fp32.
 LEGACY_PRECISIONS = {"no": "fp32"}
 CONFIG_NAME = "config.json"
@@ -62,8 +68,9 @@ class PretrainConfig:
     # --- data and run folder
     shards: str = setting("", "Shard folder written by `clasp label`.", shown="required, here or in --config",
                           metavar="DIR", resumable=True)
-    out: str = setting("", "Run folder: config.json, metrics.jsonl, checkpoints/.",
-                       shown="required, here or in --config", metavar="DIR", resumable=True, inherited=False)
+    out: str = setting("", "Run folder: config.json, metrics.jsonl, checkpoints/. Without it a single process "
+                       "starts a new folder named from the store and the time, and prints it.",
+                       shown="runs/SHARDS-YYYYmmdd-HHMMSS", metavar="DIR", resumable=True, inherited=False)
     # --- model
     preset: str = setting("small", "ViT size: tiny | small | base (dim 192/384/768, 12 blocks, 3/6/12 heads).",
                           choices=PRESETS)
@@ -146,7 +153,7 @@ class PretrainConfig:
         if not self.shards:
             raise ConfigError("`shards` is required (--shards DIR)")
         if not self.out:
-            raise ConfigError("`out` is required (--out DIR)")
+            raise ConfigError("`out` is required (--out DIR): with several processes, or with --resume")
         self.precision = LEGACY_PRECISIONS.get(self.precision, self.precision)
         if self.steps is None and self.epochs is None:
             raise ConfigError("set `steps` or `epochs`")
@@ -293,6 +300,8 @@ def build_config(config_file: str | Path | None = None, **overrides: Any) -> Pre
         if "epochs" in layer and "steps" not in layer:
             values["steps"] = None
         values.update(layer)
+    if values.get("shards") and not values.get("out") and not values.get("resume"):
+        values["out"] = default_run_folder(values["shards"])
     try:
         return PretrainConfig(**values).validate()
     except ConfigError as exc:
@@ -300,6 +309,20 @@ def build_config(config_file: str | Path | None = None, **overrides: Any) -> Pre
         if exc.key is None or not given_in:
             raise
         raise ConfigError(f"{given_in[-1]}: {exc}", exc.key) from None
+
+
+def default_run_folder(shards: str, now: float | None = None) -> str:
+    """A new run folder for a run started without `out`: runs/<store folder>-<local time>, said on stderr.
+
+    Several processes (`accelerate launch`) could each read another second, so
+    they must be given `out`; a single process names its folder here.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return ""  # validate() then asks for --out
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    out = str(Path(RUNS_DIR) / f"{Path(shards).resolve().name or 'shards'}-{stamp}")
+    log.info(f"run folder: {out} (no --out given)")
+    return out
 
 
 def _coerce(key: str, value: Any, source: str) -> Any:

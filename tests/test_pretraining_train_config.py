@@ -102,3 +102,18 @@ def test_rng_round_trip_without_pickle(tmp_path: Path) -> None:
     random.seed(9), np.random.seed(9), torch.manual_seed(9)
     restore_rng(torch.load(tmp_path / "rng.pt", weights_only=True))
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == want
+
+
+def test_without_out_a_single_process_gets_a_new_run_folder(tmp_path: Path, monkeypatch, caplog) -> None:
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with caplog.at_level("INFO", logger="clasp"):
+        cfg = build_config(shards=str(tmp_path / "market-shards"), steps=3)
+    assert Path(cfg.out).parent == Path("runs") and Path(cfg.out).name.startswith("market-shards-")
+    assert f"run folder: {cfg.out}" in caplog.text
+    from clasp.pretraining.config import default_run_folder
+    assert default_run_folder("a/shards", now=0.0).startswith("runs/shards-19")  # local time of the epoch
+    monkeypatch.setenv("WORLD_SIZE", "2")  # several processes could each read another second
+    with pytest.raises(ConfigError, match="`out` is required"):
+        build_config(shards="s", steps=3)
+    with pytest.raises(ConfigError, match="`out` is required"):
+        build_config(shards="s", resume=True)
