@@ -28,10 +28,6 @@ class AttributeLossConfig:
     def __post_init__(self) -> None:
         self.groups = tuple((int(a), int(b)) for a, b in self.groups)
 
-    @classmethod
-    def from_vocabulary(cls, vocab, temperature: float = 1.0) -> "AttributeLossConfig":
-        return cls(tuple((s.start, s.stop) for _, s in vocab.group_slices()), temperature)
-
     @property
     def num_attributes(self) -> int:
         return max((stop for _, stop in self.groups), default=0)

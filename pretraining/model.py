@@ -104,10 +104,6 @@ class ModelConfig:
     def num_attributes(self) -> int:
         return max((stop for _, stop in self.attribute_groups), default=0)
 
-    @property
-    def dino_only(self) -> bool:
-        return self.tasks == ("instance",) and self.vit.moe_layers == 0
-
     @classmethod
     def build(cls, preset: str = SETTINGS.preset, vocab=None, *, moe_layers: int = SETTINGS.moe_layers,
               num_experts: int = SETTINGS.experts, top_k: int = SETTINGS.top_k,
@@ -169,13 +165,6 @@ class ClaspModel(nn.Module):
                                if "attribute" in c.tasks else None)
 
     # -- what the loop needs ------------------------------------------------------------------------
-
-    def student_backbone(self) -> PromptedViT:
-        return self.student["backbone"]
-
-    def teacher_backbone(self) -> PromptedViT:
-        """The EMA backbone: what `clasp export` saves by default."""
-        return self.teacher["backbone"]
 
     def param_groups(self) -> list[dict]:
         """Student parameters split for AdamW: group 0 decays, group 1 (`weight_decay` 0) is exempt.

@@ -44,15 +44,21 @@ from torch import nn
 ALIGN_ROWS = 32
 
 
+def balance_from_counts(counts: torch.Tensor, prob_sum: torch.Tensor, tokens: int) -> torch.Tensor:
+    """E · Σ_e f_e · P_e from the routed (token, slot) pairs per expert and the router probabilities summed
+    over `tokens` tokens: the one formula, used by `PCMoE.stats` over a whole step."""
+    fraction = counts / counts.sum()
+    mean_prob = prob_sum / tokens
+    return counts.numel() * (fraction.to(mean_prob.device) * mean_prob).sum()
+
+
 def load_balancing_loss(router_probs: torch.Tensor, expert_index: torch.Tensor, num_experts: int) -> torch.Tensor:
     """E · Σ_e f_e · P_e for one set of tokens.
 
     router_probs: (T, E) softmax over experts; expert_index: (T, k) chosen experts.
     """
     counts = torch.bincount(expert_index.reshape(-1), minlength=num_experts).to(router_probs.dtype)
-    fraction = counts / expert_index.numel()
-    mean_prob = router_probs.mean(0)
-    return num_experts * (fraction * mean_prob).sum()
+    return balance_from_counts(counts, router_probs.sum(0), router_probs.shape[0])
 
 
 class MLP(nn.Module):
@@ -92,10 +98,7 @@ class PCMoE(nn.Module):
         if self._tokens == 0:
             zero = self.router.weight.new_zeros(())
             return zero, torch.zeros(self.num_experts)
-        fraction = self._counts / self._counts.sum()
-        mean_prob = self._prob_sum / self._tokens
-        balance = self.num_experts * (fraction.to(mean_prob.device) * mean_prob).sum()
-        return balance, fraction
+        return balance_from_counts(self._counts, self._prob_sum, self._tokens), self._counts / self._counts.sum()
 
     def route(self, x: torch.Tensor, prompt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Router probabilities (R, S, E) in fp32, chosen experts (R, S, k) and their renormalised gates.

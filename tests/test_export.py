@@ -49,7 +49,7 @@ def images(seed: int = 0) -> torch.Tensor:
 
 
 def test_exported_teacher_gives_the_trained_teachers_features(run_dir: Path, tmp_path: Path) -> None:
-    teacher = trained_model(run_dir).teacher_backbone()
+    teacher = trained_model(run_dir).teacher["backbone"]
     x = images()
     for task in ("instance", "part", "attribute"):
         backbone = load_backbone(export_backbone(ExportConfig(run=run_dir, out=tmp_path / task, task=task)))
@@ -91,7 +91,7 @@ def test_export_keys_config_and_student_choice(run_dir: Path, tmp_path: Path) ->
     # the student is another network: the export really chose it
     model = trained_model(run_dir)
     student = load_file(student_dir / "model.safetensors")
-    torch.testing.assert_close(student["norm.weight"], model.student_backbone().norm.weight.detach())
+    torch.testing.assert_close(student["norm.weight"], model.student["backbone"].norm.weight.detach())
     x = images(1)
     with torch.no_grad():
         s_cls, _ = load_backbone(student_dir)(x)

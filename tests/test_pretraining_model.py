@@ -148,7 +148,7 @@ def test_part_loss_ignores_cells_below_the_confidence_threshold() -> None:
 
 
 def test_attribute_loss_is_the_mean_over_groups_of_the_kl_to_clip(vocab) -> None:
-    config = AttributeLossConfig.from_vocabulary(vocab, temperature=2.0)
+    config = AttributeLossConfig(tuple((s.start, s.stop) for _, s in vocab.group_slices()), temperature=2.0)
     assert config.num_attributes == vocab.num_attributes and len(config.groups) == len(vocab.attributes)
     torch.manual_seed(0)
     prediction = torch.randn(4, vocab.num_attributes)
@@ -185,7 +185,7 @@ def test_dino_baseline_builds_and_runs_only_the_instance_branch(vocab) -> None:
     torch.manual_seed(0)
     model = ClaspModel(ModelConfig.dino_baseline("tiny", dino_out_dim=64, dino_hidden_dim=64, dino_bottleneck_dim=32,
                                                  dim=32, depth=3, heads=2))
-    assert model.config.dino_only and model.config.tasks == ("instance",)
+    assert model.config.tasks == ("instance",) and model.config.vit.moe_layers == 0
     assert set(model.student) == {"backbone", "dino_head"}
     assert len(model.student["backbone"].moe_blocks) == 0
     total, stats = model(random_batch(vocab))

@@ -134,6 +134,19 @@ def test_load_balancing_loss_formula() -> None:
     assert load_balancing_loss(probs, index, 3).item() == pytest.approx(3 * (f * p).sum().item())
 
 
+def test_the_moe_layer_reports_the_tested_balance_formula() -> None:
+    torch.manual_seed(4)
+    moe = PCMoE(dim=8, hidden=16, num_experts=4, top_k=2)
+    x, prompt = torch.randn(2, 5, 8), torch.randn(2, 8)
+    with torch.no_grad():
+        probs, index, _ = moe.route(x, prompt)
+        moe.reset_stats()
+        moe(x, prompt)
+    balance, _ = moe.stats()
+    expected = load_balancing_loss(probs.reshape(-1, 4), index.reshape(-1, 2), 4)
+    assert balance.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
 def test_moe_statistics_cover_every_call_since_reset() -> None:
     torch.manual_seed(3)
     moe = PCMoE(dim=8, hidden=16, num_experts=4, top_k=2)
