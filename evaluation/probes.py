@@ -129,7 +129,9 @@ def attribute_probe(train_x: np.ndarray, train_labels: np.ndarray, test_x: np.nd
 def parsing_probe(train_tokens: np.ndarray, train_grid_masks: np.ndarray, test_tokens: np.ndarray,
                   test_grid_masks: np.ndarray, num_classes: int, test_pixel_masks: np.ndarray | None = None,
                   settings: ProbeSettings = ProbeSettings()) -> dict:
-    """Per-token linear probe. Tokens (N, P, D), grid masks (N, h, w) with h*w = P."""
+    """Per-token linear probe. Tokens (N, P, D), grid masks (N, h, w) with h*w = P.
+
+    Pixels of `test_pixel_masks` at or above `num_classes` (LIP's and CIHP's 255) are not scored."""
     n_train, p, d = train_tokens.shape
     grid = test_grid_masks.shape[1:]
     xtr, xte = _standardise(train_tokens.reshape(-1, d), test_tokens.reshape(-1, d))
@@ -145,8 +147,10 @@ def parsing_probe(train_tokens: np.ndarray, train_grid_masks: np.ndarray, test_t
         hw = test_pixel_masks.shape[1:]
         for start in range(0, len(test_tokens), settings.pixel_batch):
             block = logits[start:start + settings.pixel_batch].permute(0, 3, 1, 2)
-            up = F.interpolate(block, size=hw, mode="bilinear", align_corners=False).argmax(1)
-            pixel_conf += confusion_matrix(up.numpy(), test_pixel_masks[start:start + settings.pixel_batch], num_classes)
+            up = F.interpolate(block, size=hw, mode="bilinear", align_corners=False).argmax(1).numpy()
+            truth = np.asarray(test_pixel_masks[start:start + settings.pixel_batch])
+            valid = truth < num_classes  # benchmarks mark pixels to ignore with a value beyond the classes (255)
+            pixel_conf += confusion_matrix(up[valid], truth[valid], num_classes)
         out["iou_pixel"] = iou_per_class(pixel_conf)
         out["mIoU_pixel"] = _nanmean(out["iou_pixel"])
     return out

@@ -135,3 +135,17 @@ def test_config_file_and_flags(tmp_path) -> None:
         build_config(task="reid", backbone="b", data="d", out="o", layout="lip")
     with pytest.raises(FinetuneConfigError, match="milestones"):
         build_config(task="reid", backbone="b", data="d", out="o", milestones="0.5,2")
+
+
+def test_parsing_probe_leaves_ignored_pixels_unscored() -> None:
+    from clasp.evaluation.probes import parsing_probe
+
+    # two tokens per image (a 2x1 grid), features saying their class; pixel maps 4x2 with 255 on the boundary
+    grid = np.array([[[0], [1]], [[1], [0]]])
+    tokens = np.eye(2, dtype=np.float32)[grid.reshape(2, 2)] + 0.01 * np.arange(4, dtype=np.float32).reshape(2, 2, 1)
+    pixels = np.repeat(np.repeat(grid, 2, axis=1), 2, axis=2).astype(np.uint8)
+    pixels[:, 1:3, :] = 255  # the rows either side of the border between the two tokens
+    probe = parsing_probe(tokens, grid, tokens, grid, 2, pixels)
+    assert probe["mIoU_grid"] == 1.0 and probe["mIoU_pixel"] == 1.0
+    pixels[0, 0, 0] = 1  # a scored pixel the probe gets wrong counts
+    assert parsing_probe(tokens, grid, tokens, grid, 2, pixels)["mIoU_pixel"] < 1.0
