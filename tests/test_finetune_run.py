@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -99,22 +100,67 @@ def test_stop_and_resume_equals_an_uninterrupted_run(world, tmp_path: Path) -> N
         json.loads((whole / "results.json").read_text())["map"], abs=1e-6)
 
 
-def test_attributes_and_parsing_recipes_run_and_report(world, tmp_path: Path) -> None:
+def reid_command(world, out: Path, *extra: str) -> list[str]:
+    """`clasp finetune reid` with the settings of `reid_config` (one loader worker, as a user's run has)."""
+    return [sys.executable, "-m", "clasp.cli", "finetune", "reid", "--backbone", str(world["export"]),
+            "--data", str(world["market1501"]), "--out", str(out), "--ids-per-batch", "4", "--images-per-id", "4",
+            "--lr", "1e-3", "--warmup", "0", "--precision", "fp32", "--num-workers", "1", "--log-every", "1",
+            "--eval-batch-size", "32", *extra]
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_equals_an_uninterrupted_run(world, tmp_path: Path) -> None:
+    from tests.test_pretraining_train_processes import env, steps_logged, wait_for
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen(reid_command(world, out, "--steps", "500", "--save-every", "1000"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    wait_for(lambda: len(steps_logged(out)) >= 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-3000:]
+    stopped = max(steps_logged(out))
+    assert f"stopped (SIGTERM) after step {stopped} of 500; continue with --resume" in stderr
+    assert steps_logged(out) == list(range(1, stopped + 1))
+    assert [c.name for c in (out / "checkpoints").iterdir()] == [f"step-{stopped:08d}"]
+    assert not (out / "results.json").exists()
+
+    end = stopped + 2  # two more steps in this process, then the same two in a run never interrupted
+    run_finetune(build_config(out=str(out), task="reid", resume=True, stop_at=end, num_workers=0))
+    run_finetune(reid_config(world, tmp_path / "whole", steps=500, stop_at=end, save_every=1000))
+    assert losses(out) == pytest.approx(losses(tmp_path / "whole"), abs=1e-6)
+    assert sorted(losses(out)) == list(range(1, end + 1))
+    a = load_file(str(out / "checkpoints" / f"step-{end:08d}" / "model.safetensors"))
+    b = load_file(str(tmp_path / "whole" / "checkpoints" / f"step-{end:08d}" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def falls(logged: dict[int, float], last: int) -> tuple[float, float]:
+    """Mean loss of the first three and of the last three logged steps."""
+    return float(np.mean([logged[s] for s in (1, 2, 3)])), float(np.mean([logged[s] for s in (last - 2, last - 1, last)]))
+
+
+def test_attributes_and_parsing_recipes_lower_the_loss_and_report(world, tmp_path: Path) -> None:
     runner = CliRunner()
-    common = ["--backbone", str(world["export"]), "--precision", "fp32", "--num-workers", "0", "--batch-size", "8"]
+    common = ["--backbone", str(world["export"]), "--precision", "fp32", "--num-workers", "0", "--batch-size", "8",
+              "--lr", "3e-3", "--warmup", "0", "--log-every", "1"]
     got = runner.invoke(main, ["finetune", "attributes", "--data", str(world["pa100k"]), "--out", str(tmp_path / "a"),
-                               "--steps", "4", "--prompt", "attribute", *common])
+                               "--steps", "16", "--prompt", "attribute", *common])
     assert got.exit_code == 0, got.output
     attrs = json.loads((tmp_path / "a" / "results.json").read_text())
     assert attrs["task_prompt"] == "attribute" and attrs["layout"] == "pa100k"
     assert all(0 <= attrs[k] <= 1 for k in ("ma", "accuracy", "precision", "recall", "f1"))
     assert len(attrs["per_attribute"]) == 34
+    first, last = falls(losses(tmp_path / "a"), 16)
+    print(f"attributes: weighted BCE {first:.3f} -> {last:.3f}")
     got = runner.invoke(main, ["finetune", "parsing", "--data", str(world["lip"]), "--out", str(tmp_path / "p"),
-                               "--steps", "3", "--head-dim", "16", "--log-every", "1", *common])
+                               "--steps", "12", "--head-dim", "16", *common])
     assert got.exit_code == 0, got.output
     parsing = json.loads((tmp_path / "p" / "results.json").read_text())
     assert 0 <= parsing["miou"] <= 1 and len(parsing["iou"]) == 20
-    assert losses(tmp_path / "p").keys() == {1, 2, 3}
+    assert sorted(losses(tmp_path / "p")) == list(range(1, 13))
+    first_p, last_p = falls(losses(tmp_path / "p"), 12)
+    print(f"parsing: pixel CE {first_p:.3f} -> {last_p:.3f}")
+    assert last < 0.9 * first and last_p < 0.9 * first_p
 
 
 def free_port() -> int:
