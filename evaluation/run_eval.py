@@ -104,7 +104,7 @@ def evaluate(config: EvalConfig, extractor: FeatureExtractor | None = None,
 
 def load_extractors(config: EvalConfig, tasks: tuple[str, ...]) -> FeatureExtractor | dict[str, FeatureExtractor]:
     """One frozen backbone, or one per probe with its matching task prompt (`task_prompt="per-probe"`)."""
-    from clasp.evaluation.backbone import load_frozen_backbone
+    from clasp.evaluation.frozen_backbone import load_frozen_backbone
 
     if config.task_prompt not in TASK_PROMPT_MODES:
         raise EvalInputError(f"unknown task prompt mode {config.task_prompt!r}; choose {' or '.join(TASK_PROMPT_MODES)}")

@@ -37,16 +37,12 @@ import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 
-from clasp.pretraining.config import CONFIG_NAME
+from clasp.pretraining.layout import (
+    CHECKPOINTS_DIR, MODEL_FILE, OPTIMIZER_FILE, RNG_FILE, RUN_CONFIG, SCALER_FILE, STREAM_FILE, TRAINER_FILE,
+)
 from clasp.store.durable import fsync_dir, write_json_atomic
 
-CHECKPOINTS_DIR = "checkpoints"
 STEP_DIR = re.compile(r"^step-(\d{8})$")
-MODEL_FILE = "model.safetensors"
-OPTIMIZER_FILE = "optimizer.pt"
-SCALER_FILE = "scaler.pt"
-TRAINER_FILE = "trainer.json"
-CONFIG_FILE = CONFIG_NAME  # the run's settings, at the run root and in each checkpoint
 
 
 class CheckpointError(RuntimeError):
@@ -186,15 +182,15 @@ class CheckpointWriter:
         if scaler is not None:
             with self._failing_write(tmp, SCALER_FILE):
                 torch.save(scaler.state_dict(), tmp / SCALER_FILE)
-        with self._failing_write(tmp, CONFIG_FILE):
-            write_json_atomic(tmp / CONFIG_FILE, saved_config)
+        with self._failing_write(tmp, RUN_CONFIG):
+            write_json_atomic(tmp / RUN_CONFIG, saved_config)
 
     def write_own(self, tmp: Path, stream_state: Any) -> None:
         """Every process: its RNG states and data position."""
-        with self._failing_write(tmp, f"rng-rank{self.rank}.pt"):
-            torch.save(capture_rng(), tmp / f"rng-rank{self.rank}.pt")
-        with self._failing_write(tmp, f"stream-rank{self.rank}.pt"):
-            torch.save(stream_state, tmp / f"stream-rank{self.rank}.pt")
+        with self._failing_write(tmp, RNG_FILE.format(rank=self.rank)):
+            torch.save(capture_rng(), tmp / RNG_FILE.format(rank=self.rank))
+        with self._failing_write(tmp, STREAM_FILE.format(rank=self.rank)):
+            torch.save(stream_state, tmp / STREAM_FILE.format(rank=self.rank))
 
     def commit(self, tmp: Path, step: int, trainer_state: dict[str, Any]) -> Path:
         """Main process, after every process wrote: mark complete, rename, prune old ones."""
@@ -241,8 +237,8 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
             scaler.load_state_dict(safe_load(path / SCALER_FILE))
         except (ValueError, KeyError, TypeError, RuntimeError) as exc:
             raise CheckpointError(f"{path / SCALER_FILE}: does not fit the scaler ({_one_line(exc)})") from None
-    rng_file = path / f"rng-rank{rank}.pt"
-    stream_file = path / f"stream-rank{rank}.pt"
+    rng_file = path / RNG_FILE.format(rank=rank)
+    stream_file = path / STREAM_FILE.format(rank=rank)
     return LoadedCheckpoint(path, trainer, safe_load(stream_file), safe_load(rng_file))
 
 

@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from clasp.hardware import PRECISION_HELP, PRECISIONS
+from clasp.pretraining.layout import RUN_CONFIG
 from clasp.settings import check_value, coerce, setting, settings_of
 
 log = logging.getLogger("clasp")
@@ -36,7 +37,6 @@ PRESETS = ("tiny", "small", "base")
 RUNS_DIR = "runs"  # where a run started without `out` gets its folder
 # Earlier runs saved accelerate's spelling of full precision; it still loads, as fp32.
 LEGACY_PRECISIONS = {"no": "fp32"}
-CONFIG_NAME = "config.json"
 
 
 class ConfigError(ValueError):
@@ -286,7 +286,7 @@ def build_config(config_file: str | Path | None = None, **overrides: Any) -> Pre
     sources = [str(config_file), "command line"]
     merged = {**file_layer, **flags}
     if merged.get("resume") and merged.get("out"):
-        saved_path = Path(merged["out"]) / CONFIG_NAME
+        saved_path = Path(merged["out"]) / RUN_CONFIG
         if saved_path.is_file():
             saved, _ = load_saved(saved_path)
             base = {k: _coerce(k, v, str(saved_path)) for k, v in saved.items()

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from clasp import __version__
 from clasp.pretraining.backbone import BACKBONE_FORMAT, BACKBONE_VERSION, CONFIG_FILE, WEIGHTS_FILE
-from clasp.pretraining.checkpoint import CONFIG_FILE as RUN_CONFIG_FILE
+from clasp.pretraining.layout import RUN_CONFIG as RUN_CONFIG_FILE
 from clasp.pretraining.checkpoint import MODEL_FILE, find_checkpoint, list_checkpoints
 from clasp.pretraining.vit import IMAGENET_MEAN, IMAGENET_STD, TASKS, PromptedViT, ViTConfig
 from clasp.store.durable import write_json_atomic

@@ -1,13 +1,4 @@
-"""The run folder (`--out`): what belongs to a run, and whether a new run may use it.
-
-```
-OUT/
-  config.json         resolved settings of the run (+ derived values), rewritten at every start
-  metrics.jsonl       one JSON object per logged step
-  checkpoints/        step-XXXXXXXX/ (see checkpoint.py)
-  rows-rankR.jsonl    row ids read by process R (only with log_rows)
-  error.log           the last input error that stopped a start
-```
+"""The run folder (`--out`, drawn in layout.py): what belongs to a run, and whether a new run may use it.
 
 A folder that holds another run is only reused with `resume` (continue it,
 after checking the settings are compatible) or `force` (delete the run's files
@@ -22,12 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clasp.pretraining.checkpoint import CHECKPOINTS_DIR, CONFIG_FILE, find_checkpoint
+from clasp.pretraining.checkpoint import find_checkpoint
 from clasp.pretraining.config import PretrainConfig, describe_differences, incompatible_differences, load_saved
-
-METRICS_FILE = "metrics.jsonl"
-ERROR_LOG = "error.log"
-ROWS_LOG = "rows-rank{rank}.jsonl"
+from clasp.pretraining.layout import CHECKPOINTS_DIR, ERROR_LOG, METRICS_FILE, ROWS_LOG, RUN_CONFIG
 
 
 class RunFolderError(Exception):
@@ -35,7 +23,7 @@ class RunFolderError(Exception):
 
 
 def _is_run_file(name: str) -> bool:
-    return (name in (CONFIG_FILE, METRICS_FILE, CHECKPOINTS_DIR, ERROR_LOG)
+    return (name in (RUN_CONFIG, METRICS_FILE, CHECKPOINTS_DIR, ERROR_LOG)
             or (name.startswith("rows-rank") and name.endswith(".jsonl")))
 
 
@@ -56,7 +44,7 @@ def plan_run_folder(config: PretrainConfig, derived: dict[str, Any]) -> RunPlan:
     if not out.exists():
         return RunPlan(out, None, False)
     checkpoint = find_checkpoint(out)
-    saved_config = (checkpoint / CONFIG_FILE) if checkpoint else out / CONFIG_FILE
+    saved_config = (checkpoint / RUN_CONFIG) if checkpoint else out / RUN_CONFIG
     if config.resume:
         if saved_config.is_file():
             saved, saved_derived = load_saved(saved_config)

@@ -14,7 +14,8 @@ from typing import Any, TextIO
 
 import torch
 
-from clasp.pretraining.run_folder import METRICS_FILE, ROWS_LOG, truncate_jsonl
+from clasp.pretraining.layout import METRICS_FILE, ROWS_LOG
+from clasp.pretraining.run_folder import truncate_jsonl
 
 
 class MetricsLog:

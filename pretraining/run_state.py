@@ -20,10 +20,11 @@ from typing import Any
 import torch
 
 from clasp.pretraining.batch_source import BatchSource
-from clasp.pretraining.checkpoint import CONFIG_FILE, CheckpointError, CheckpointWriter, load_checkpoint, restore_rng
+from clasp.pretraining.checkpoint import CheckpointError, CheckpointWriter, load_checkpoint, restore_rng
 from clasp.pretraining.config import STEPS, ConfigError, PretrainConfig, saved_form
 from clasp.pretraining.errors import PretrainInputError
-from clasp.pretraining.run_folder import ERROR_LOG, METRICS_FILE, RunPlan, plan_run_folder, truncate_jsonl, wipe_run_files
+from clasp.pretraining.layout import ERROR_LOG, METRICS_FILE, RNG_FILE, RUN_CONFIG, STREAM_FILE
+from clasp.pretraining.run_folder import RunPlan, plan_run_folder, truncate_jsonl, wipe_run_files
 from clasp.pretraining.run_logs import MetricsLog, RowLog
 from clasp.pretraining.schedules import Schedules
 from clasp.pretraining.step_stats import ThroughputWindow
@@ -184,7 +185,7 @@ def resume_or_seed(config: PretrainConfig, accelerator, inputs: RunInputs, core,
     try:
         restore_rng(rng_state)
     except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
-        raise PretrainInputError(f"{path / f'rng-rank{rank}.pt'}: not an RNG state "
+        raise PretrainInputError(f"{path / RNG_FILE.format(rank=rank)}: not an RNG state "
                                  f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
     return start_step
 
@@ -198,7 +199,7 @@ def take_run_folder(accelerator, inputs: RunInputs, start_step: int) -> None:
         if folder.wipe:
             wipe_run_files(out)
         (out / ERROR_LOG).unlink(missing_ok=True)
-        write_json_atomic(out / CONFIG_FILE, inputs.saved_config)  # --resume reads it: never half-written
+        write_json_atomic(out / RUN_CONFIG, inputs.saved_config)  # --resume reads it: never half-written
     accelerator.wait_for_everyone()
     if accelerator.is_main_process and folder.resume_from is not None:
         truncate_jsonl(out / METRICS_FILE, start_step)
@@ -304,7 +305,7 @@ def resume_state(path: Path, core, optimizer, scaler, stream, rank: int) -> tupl
         loaded = load_checkpoint(path, core, optimizer, scaler, rank)
     except CheckpointError as exc:
         raise PretrainInputError(str(exc)) from None
-    stream_file = path / f"stream-rank{rank}.pt"
+    stream_file = path / STREAM_FILE.format(rank=rank)
     try:
         if not isinstance(loaded.stream_state, dict):
             raise TypeError(f"expected a mapping, got {type(loaded.stream_state).__name__}")
@@ -313,5 +314,5 @@ def resume_state(path: Path, core, optimizer, scaler, stream, rank: int) -> tupl
         detail = f"missing {exc}" if isinstance(exc, KeyError) else " ".join(str(exc).split())[:200]
         raise PretrainInputError(f"{stream_file}: not a usable stream position ({detail})") from None
     if not isinstance(loaded.rng, dict):
-        raise PretrainInputError(f"{path / f'rng-rank{rank}.pt'}: not an RNG state")
+        raise PretrainInputError(f"{path / RNG_FILE.format(rank=rank)}: not an RNG state")
     return loaded.trainer["step"], loaded.rng

@@ -242,7 +242,7 @@ def test_repeated_stops_over_several_epochs_with_workers(make_store: Callable[..
         assert b[step] == pytest.approx(a[step], abs=1e-6), step
 
 
-def test_pretrain_without_out_trains_into_a_new_run_folder(store: Path, tmp_path: Path, monkeypatch) -> None:
+def test_pretrain_without_out_trains_into_a_new_run_folder(store: Path, tmp_path: Path, monkeypatch, caplog) -> None:
     from click.testing import CliRunner
 
     from clasp.cli import main
@@ -250,8 +250,9 @@ def test_pretrain_without_out_trains_into_a_new_run_folder(store: Path, tmp_path
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     (tmp_path / "tiny.json").write_text(json.dumps({**TINY, "steps": 1}))
-    result = CliRunner().invoke(main, ["pretrain", "--shards", str(store), "--config", "tiny.json"])
+    with caplog.at_level("INFO", logger="clasp"):  # the CLI prints the clasp log on stderr
+        result = CliRunner().invoke(main, ["pretrain", "--shards", str(store), "--config", "tiny.json"])
     assert result.exit_code == 0, result.output
     (run,) = (tmp_path / "runs").iterdir()
-    assert run.name.startswith(f"{store.name}-") and f"run folder: runs/{run.name}" in result.output
+    assert run.name.startswith(f"{store.name}-") and f"run folder: runs/{run.name}" in caplog.text
     assert sorted(losses(run)) == [1] and (run / "checkpoints/step-00000001").is_dir()
