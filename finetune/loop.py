@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import time
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from clasp.finetune.checkpoint import (
     write_error_log,
 )
 from clasp.finetune.config import CONFIG_NAME, FinetuneConfig, FinetuneConfigError, saved_form
+from clasp.evaluation.errors import EvalInputError
 from clasp.finetune.data import FinetuneInputError, load_data
 from clasp.store.durable import write_json_atomic
 
@@ -86,18 +88,35 @@ def load_task_backbone(config: FinetuneConfig):
 
 
 def run_finetune(config: FinetuneConfig) -> FinetuneResult:
-    """Fine-tune (or continue) the run `config.out`; input errors as FinetuneInputError (error.log written)."""
+    """Fine-tune (or continue) the run `config.out`; input errors as FinetuneInputError (error.log written).
+
+    Most input errors are found before anything is written. A label map with a
+    class outside the data set's is only found when a batch or the evaluation
+    reads it (decoding every map of a real data set up front would take
+    minutes): it is the same one-line input error, and the run folder keeps
+    what was written, its last checkpoint included."""
     threads = torch.get_num_threads()
     try:
         config.validate()
         accelerator, precision = make_accelerator(config.precision)
         return _run(config, accelerator, precision)
-    except (FinetuneInputError, FinetuneConfigError, RunFolderError) as exc:
+    except (FinetuneInputError, FinetuneConfigError, RunFolderError, EvalInputError) as exc:
+        message = input_error_line(exc)
         if os.environ.get("RANK", "0") == "0":
-            write_error_log(config.out, str(exc))
-        raise FinetuneInputError(str(exc)) from None
+            write_error_log(config.out, message)
+        raise FinetuneInputError(message) from None
     finally:
         torch.set_num_threads(threads)
+
+
+def input_error_line(exc: BaseException) -> str:
+    """The message on one line; for one re-raised from a DataLoader worker (torch puts "Caught X in
+    DataLoader worker process N. Original Traceback ..." before it), the original's message."""
+    text = str(exc).strip()
+    if "Original Traceback" in text and text.splitlines():
+        last = text.splitlines()[-1]
+        text = re.sub(r"^[\w.]*EvalInputError: ", "", last)
+    return " ".join(text.split())
 
 
 def _setup(config: FinetuneConfig, accelerator):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -168,3 +169,44 @@ def test_synth_layout_command(tmp_path: Path) -> None:
     assert got.exit_code == 0, got.output
     assert sorted(p.name for p in (tmp_path / "peta").iterdir()) == ["PETA.mat", "images"]
     assert len(read_peta(tmp_path / "peta").splits["test"]) == 4  # 40 % of 4 identities x 2 images
+
+
+def test_bad_annotation_files_and_label_maps_exit_2_before_anything_is_written(layouts, tmp_path: Path) -> None:
+    nowhere = tmp_path / "no-export"
+    pa = copy_of(layouts["pa100k"], tmp_path)
+    mat = {k: v for k, v in loadmat(str(pa / "annotation.mat")).items() if not k.startswith("__")}
+    savemat(str(pa / "annotation.mat"), {k: v for k, v in mat.items() if k != "test_label"})
+    assert_refused(finetune("attributes", pa, tmp_path / "o1", nowhere), tmp_path / "o1", "missing test_label")
+    mat["train_label"] = mat["train_label"].astype(np.int64) * 2
+    savemat(str(pa / "annotation.mat"), mat)
+    assert_refused(finetune("attributes", pa, tmp_path / "o2", nowhere), tmp_path / "o2", "labels must be 0 or 1")
+    peta = copy_of(layouts["peta"], tmp_path)
+    savemat(str(peta / "PETA.mat"), {"other": np.zeros(3)})
+    assert_refused(finetune("attributes", peta, tmp_path / "o3", nowhere), tmp_path / "o3", "no struct `peta`")
+    lip = copy_of(layouts["lip"], tmp_path)
+    first = sorted((lip / "TrainVal_parsing_annotations" / "val_segmentations").glob("*.png"))[0]
+    Image.fromarray(np.zeros((100, 50), np.uint8), mode="L").save(first)
+    assert_refused(finetune("parsing", lip, tmp_path / "o4", nowhere), tmp_path / "o4", "label map is 100x50")
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_a_label_map_class_out_of_range_found_while_training_exits_2(layouts, tmp_path: Path, monkeypatch,
+                                                                     workers: str) -> None:
+    from tests.test_finetune_run import write_random_export
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    lip = copy_of(layouts["lip"], tmp_path)
+    first = sorted((lip / "TrainVal_parsing_annotations" / "train_segmentations").glob("*.png"))[0]
+    Image.fromarray(np.full((256, 128), 30, np.uint8), mode="L").save(first)
+    out, export = tmp_path / "run", write_random_export(tmp_path / "export")
+    settings = ["--batch-size", "9", "--head-dim", "8", "--num-workers", workers]
+    got = finetune("parsing", lip, out, export, *settings)
+    assert got.exit_code == 2, got.output
+    errors = [line for line in got.output.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: {first}: class 30 is not in 0..19 (or 255 = ignore)"], got.output
+    assert (out / "error.log").read_text() == errors[0] + "\n"
+    assert not (out / "results.json").exists()
+    Image.fromarray(np.zeros((256, 128), np.uint8), mode="L").save(first)  # fixed: the run continues
+    again = finetune("parsing", lip, out, export, *settings, "--resume")
+    assert again.exit_code == 0, again.output
+    assert json.loads((out / "results.json").read_text())["steps"] == 1 and not (out / "error.log").exists()
