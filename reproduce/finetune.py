@@ -9,8 +9,13 @@ head only (`--freeze-backbone`, lr 1e-2: the frozen probe of the same recipe),
 same steps, same data order. Writes OUT/results.md and OUT/results.json (default
 reproduce/out/finetune) and keeps each run folder under OUT/runs/.
 
+The 12 runs go FT_JOBS at a time (default: one per available core), each with
+its share of the cores as torch threads: a tiny model gains little from a second
+thread, and two threads of one run on two shared cores mostly wait for each
+other, while two one-thread runs keep both cores busy.
+
 Environment: EXPORTS, FT_STEPS (default 60 per run), FT_IDENTITIES (default 60),
-FT_PRECISION (default auto). Budget: 12 runs; see the README for the time measured.
+FT_PRECISION (default auto), FT_JOBS. See the README for the time measured.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -32,12 +38,15 @@ TASKS = {"reid": ("market1501", ["--ids-per-batch", "4", "--images-per-id", "4",
 MODES = {"fine-tuned": ["--lr", "1e-3"], "frozen": ["--freeze-backbone", "--lr", "1e-2"]}
 
 
-def clasp(log: Path, *args: str) -> float:
-    """Run `clasp ARGS` with its output in `log`; the seconds it took. A failure ends the script."""
+def clasp(log: Path, *args: str, threads: int | None = None) -> float:
+    """Run `clasp ARGS` with its output in `log` (and `threads` torch threads); the seconds it took.
+
+    A failure ends the script."""
     start = time.perf_counter()
     log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     with open(log, "w", encoding="utf-8") as fh:
-        proc = subprocess.run([sys.executable, "-m", "clasp.cli", *args], stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.run([sys.executable, "-m", "clasp.cli", *args], stdout=fh, stderr=subprocess.STDOUT, env=env)
     if proc.returncode != 0:
         tail = log.read_text(encoding="utf-8", errors="replace").replace("\r", "\n").strip().splitlines()[-5:]
         sys.exit(f"error: clasp {args[0]} failed (exit {proc.returncode}); see {log}:\n" + "\n".join(tail))
@@ -55,19 +64,37 @@ def write_data(out: Path, identities: int) -> dict[str, Path]:
     return data
 
 
-def run_all(exports: Path, out: Path, data: dict[str, Path], steps: int, precision: str) -> dict:
+def run_one(exports: Path, out: Path, data: dict[str, Path], steps: int, precision: str, threads: int,
+            method: str, task: str, mode: str) -> dict:
+    """One fine-tuning run; its results.json with the run's wall time added."""
+    layout, extra = TASKS[task]
+    run = out / "runs" / f"{method}-{task}-{mode}"
+    seconds = clasp(out / "logs" / f"{method}-{task}-{mode}.log", "finetune", task,
+                    "--backbone", str(exports / method), "--data", str(data[layout]), "--out", str(run),
+                    "--steps", str(steps), "--precision", precision, "--force", *extra, *MODES[mode], threads=threads)
+    row = json.loads((run / "results.json").read_text(encoding="utf-8"))
+    row["seconds"]["total"] = seconds
+    row["hardware"] = json.loads((run / "config.json").read_text(encoding="utf-8")).get("hardware", {})
+    print(f"{method} {task} {mode}: {seconds:.0f} s", flush=True)
+    return row
+
+
+def run_all(exports: Path, out: Path, data: dict[str, Path], steps: int, precision: str, jobs: int) -> dict:
+    """Every (backbone, task, mode) run, `jobs` at a time; results[method][task][mode]."""
+    from clasp.hardware import available_cores
+
+    threads = max(1, available_cores() // jobs)
+    keys = [(m, t, mode) for m in METHODS for t in TASKS for mode in MODES]
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {key: pool.submit(run_one, exports, out, data, steps, precision, threads, *key) for key in keys}
+        try:
+            rows = {key: future.result() for key, future in futures.items()}
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
     results: dict = {}
-    for method in METHODS:
-        for task, (layout, extra) in TASKS.items():
-            for mode, flags in MODES.items():
-                run = out / "runs" / f"{method}-{task}-{mode}"
-                seconds = clasp(out / "logs" / f"{method}-{task}-{mode}.log", "finetune", task,
-                                "--backbone", str(exports / method), "--data", str(data[layout]), "--out", str(run),
-                                "--steps", str(steps), "--precision", precision, "--force", *extra, *flags)
-                row = json.loads((run / "results.json").read_text(encoding="utf-8"))
-                row["seconds"]["total"] = seconds
-                results.setdefault(method, {}).setdefault(task, {})[mode] = row
-                print(f"{method} {task} {mode}: {seconds:.0f} s", flush=True)
+    for (method, task, mode), row in rows.items():
+        results.setdefault(method, {}).setdefault(task, {})[mode] = row
     return results
 
 
@@ -75,10 +102,20 @@ def pct(value) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
 
 
-def table(results: dict, steps: int, seconds: float) -> str:
+def machine_line(results: dict, jobs: int, load: tuple[list[float], list[float]]) -> str:
+    """Where the time was measured: precision and CPU (from a run's config), cores, runs at a time, load."""
+    from clasp.hardware import available_cores
+
+    hardware = next(iter(results.values()))["reid"]["fine-tuned"].get("hardware", {})
+    return (f"Precision {hardware.get('precision', '?')} ({hardware.get('capability', 'CPU capability unknown')}); "
+            f"{available_cores()} cores, {jobs} runs at a time; load average {load[0][0]:.1f} at the start, "
+            f"{load[1][0]:.1f} at the end.")
+
+
+def table(results: dict, steps: int, seconds: float, machine: str = "") -> str:
     lines = ["# Fine-tuning on the synthetic world", "",
              f"{steps} steps per run; frozen = the same recipe with `--freeze-backbone` (head only). "
-             f"Total {seconds / 60:.1f} min. Metrics in %.", "",
+             f"Total {seconds / 60:.1f} min. Metrics in %.", *([machine] if machine else []), "",
              "| backbone | re-ID mAP (fine-tuned / frozen) | rank-1 | mAP re-ranked | attributes mA | F1 |",
              "|---|---|---|---|---|---|"]
     for method, title in METHODS.items():
@@ -99,15 +136,20 @@ def main() -> int:
     missing = [m for m in METHODS if not (exports / m / "config.json").is_file()]
     if missing:
         sys.exit(f"error: {exports}: no export of {', '.join(missing)}; run `make reproduce` first")
+    from clasp.hardware import available_cores
+
     steps, identities = int(os.environ.get("FT_STEPS", 60)), int(os.environ.get("FT_IDENTITIES", 60))
-    start = time.perf_counter()
+    jobs = max(1, int(os.environ.get("FT_JOBS", available_cores())))
+    start, load_start = time.perf_counter(), list(os.getloadavg())
     data = write_data(args.out, identities)
-    results = run_all(exports, args.out, data, steps, os.environ.get("FT_PRECISION", "auto"))
-    seconds = time.perf_counter() - start
-    (args.out / "results.json").write_text(json.dumps({"steps": steps, "identities": identities, "seconds": seconds,
-                                                       "results": results}, indent=2) + "\n", encoding="utf-8")
-    (args.out / "results.md").write_text(table(results, steps, seconds), encoding="utf-8")
-    print(table(results, steps, seconds))
+    results = run_all(exports, args.out, data, steps, os.environ.get("FT_PRECISION", "auto"), jobs)
+    seconds, load = time.perf_counter() - start, (load_start, list(os.getloadavg()))
+    (args.out / "results.json").write_text(json.dumps({"steps": steps, "identities": identities, "jobs": jobs,
+                                                       "seconds": seconds, "load_average": load, "results": results},
+                                                      indent=2) + "\n", encoding="utf-8")
+    text = table(results, steps, seconds, machine_line(results, jobs, load))
+    (args.out / "results.md").write_text(text, encoding="utf-8")
+    print(text)
     return 0
 
 
