@@ -50,6 +50,7 @@ from clasp.labeling.config import ClipLabelerConfig
 from clasp.labeling.shard_worker import build_clip_labeler, cached_labeler
 from clasp.labeling.tiny_clip import clip_from_config
 from clasp.store import LabelRows, Vocabulary, write_shard
+from clasp.store.person_size import PERSON_HW
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import count_flops, efficiency_line, print_header, verdict  # noqa: E402
@@ -109,7 +110,7 @@ def end_to_end(config: LabelConfig) -> tuple[float, int]:
     return summary.seconds, summary.labeled_now
 
 
-def profile_stages(labeler, images: Path, spec: ClipLabelerConfig, batch_size: int, store_hw=(256, 128)) -> dict[str, float]:
+def profile_stages(labeler, images: Path, spec: ClipLabelerConfig, batch_size: int, store_hw=PERSON_HW) -> dict[str, float]:
     """Seconds per image for each stage, run one after another (no overlap)."""
     files = [f.path for f in discover_images(images)]
     t = {"read+decode+resize+JPEG encode": 0.0, "preprocess": 0.0, "label (CLIP + labels)": 0.0, "h5 write": 0.0}
@@ -138,7 +139,7 @@ def profile_stages(labeler, images: Path, spec: ClipLabelerConfig, batch_size: i
 def prepared_batches(labeler, images: Path, clip_size: tuple[int, int], batch_size: int) -> list[torch.Tensor]:
     """The images decoded, resized and preprocessed as the run does it: the baseline's input."""
     files = [f.path for f in discover_images(images)]
-    decoded = [decode_input(images, f, (256, 128), clip_size) for f in files]
+    decoded = [decode_input(images, f, PERSON_HW, clip_size) for f in files]
     return [labeler.preprocess([d.label_image for d in decoded[i:i + batch_size]])
             for i in range(0, len(decoded), batch_size)]
 

@@ -48,12 +48,13 @@ from clasp.pretraining.epoch_plan import augment_seed
 from clasp.pretraining.stream import (
     RawRow, ShardStream, StreamConfig, collate, decode_image, make_loader, validate_store,
 )
+from clasp.store.person_size import PERSON_HW
 from clasp.store import ClipInfo, LabelRows, Manifest, Vocabulary, record_shard, shard_name, write_shard_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import print_header, verdict  # noqa: E402
 
-HW = (256, 128)
+HW = PERSON_HW
 GRID = (28, 14)
 BATCH = 64
 

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from clasp.store.person_size import PERSON_HW
+
 FeatureExtractor = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-INPUT_HW = (256, 128)
 
 
 @dataclass
@@ -32,7 +33,7 @@ class Features:
         return len(self.cls)
 
 
-def load_image(path: str | Path, hw: tuple[int, int] = INPUT_HW) -> np.ndarray:
+def load_image(path: str | Path, hw: tuple[int, int] = PERSON_HW) -> np.ndarray:
     """An RGB image as (H, W, 3) uint8, resized (plain, bilinear) to `hw` when it differs.
 
     Market-1501 crops are 128x64; they are stretched to 256x128 as re-ID code does."""
@@ -43,7 +44,7 @@ def load_image(path: str | Path, hw: tuple[int, int] = INPUT_HW) -> np.ndarray:
         return np.asarray(im)
 
 
-def patch_grid(num_patches: int, hw: tuple[int, int] = INPUT_HW) -> tuple[int, int]:
+def patch_grid(num_patches: int, hw: tuple[int, int] = PERSON_HW) -> tuple[int, int]:
     """The (h, w) token grid of `num_patches` tokens on an image of aspect `hw`."""
     w = max(1, round(math.sqrt(num_patches * hw[1] / hw[0])))
     h = num_patches // w

@@ -19,12 +19,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clasp.evaluation.features import INPUT_HW, load_image
+from clasp.evaluation.features import load_image
 from clasp.finetune.augment import flip_pad_crop, flip_parsing, random_erasing
 from clasp.finetune.batches import pk_batches, shuffled_batches
 from clasp.finetune.config import FinetuneConfig
 from clasp.finetune.losses import attribute_weights, batch_hard_triplet, weighted_bce
 from clasp.finetune.model import AttributeHead, BNNeckHead, ParsingHead
+from clasp.store.person_size import PERSON_HW
 
 
 def _images(paths) -> torch.Tensor:
@@ -140,7 +141,7 @@ class ParsingRecipe:
 
         images = _images([self.train.images[r] for r in rows])
         labels = [read_label_map(self.train.labels[r], self.data.num_classes) for r in rows]
-        labels = torch.stack([_resize_label(label, INPUT_HW) for label in labels])
+        labels = torch.stack([_resize_label(label, PERSON_HW) for label in labels])
         images, labels = flip_parsing(images, labels, gen)
         return {"images": images, "labels": labels}
 

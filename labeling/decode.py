@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from clasp.store.person_size import PERSON_HW
+
 MIN_SIDE = 16
 MAX_PIXELS = 80_000_000  # 80 megapixels: above 8000x8000, below Pillow's own bomb warning
 STORE_QUALITY = 95
@@ -58,7 +60,7 @@ class DecodeSkip:
     reason: str
 
 
-def decode_input(root: str | Path, rel_path: str, store_hw: tuple[int, int] = (256, 128),
+def decode_input(root: str | Path, rel_path: str, store_hw: tuple[int, int] = PERSON_HW,
                  label_hw: tuple[int, int] = (448, 224), quality: int = STORE_QUALITY,
                  fs_path: str | None = None) -> DecodedImage | DecodeSkip:
     """Read `root/rel_path` (or `root/fs_path`, the file system's name when `rel_path` is its

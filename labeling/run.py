@@ -23,11 +23,10 @@ from clasp.labeling.shard_worker import (
     LabelerFactory, LabelerInfo, ShardJob, build_clip_labeler, settings_only,
 )
 from clasp.store import LabeledWith, Manifest, SkippedInput, StoreError, Vocabulary, record_shard
+from clasp.store.person_size import PERSON_HW
 from clasp.store.schema import MANIFEST_NAME
 
 log = logging.getLogger("clasp")
-
-STORE_HW = (256, 128)
 
 
 @dataclass
@@ -76,7 +75,7 @@ def run_labeling(config: LabelConfig, factory: LabelerFactory = build_clip_label
     with exclusive_folder(out), open_executor(config.workers, config.scheduler, factory) as executor:
         info = executor.labeler_info(spec)
         spec = _pin_precision(spec, info)
-        wanted = new_manifest(info.clip_info, vocab, info.grid, config.shard_size, STORE_HW)
+        wanted = new_manifest(info.clip_info, vocab, info.grid, config.shard_size, PERSON_HW)
         plan = plan_run(out, wanted, shards, force=config.force)
         manifest = plan.manifest
         manifest.labeled_with = _labeled_with(config, info)

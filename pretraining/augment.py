@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
+from clasp.store.person_size import PERSON_HW
+
 
 @dataclass
 class ColourConfig:
@@ -60,8 +62,8 @@ class MultiCropConfig:
 
     global_crops: int = 2
     local_crops: int = 6
-    global_size: tuple[int, int] = (256, 128)  # H, W
-    local_size: tuple[int, int] = (128, 64)
+    global_size: tuple[int, int] = PERSON_HW  # H, W
+    local_size: tuple[int, int] = (PERSON_HW[0] // 2, PERSON_HW[1] // 2)
     global_scale: tuple[float, float] = (0.4, 1.0)  # fraction of the image area
     local_scale: tuple[float, float] = (0.05, 0.4)
     # Aspect (w/h) is drawn log-uniformly from the output aspect times this range,

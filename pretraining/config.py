@@ -30,6 +30,7 @@ import yaml
 from clasp.hardware import PRECISION_HELP, PRECISIONS
 from clasp.pretraining.layout import RUN_CONFIG
 from clasp.settings import check_value, coerce, setting, settings_of
+from clasp.store.person_size import PERSON_HW
 
 log = logging.getLogger("clasp")
 
@@ -53,7 +54,7 @@ MAX_TEMPERATURE = 1.0
 WORKERS_PER_CORE = 4
 # Bytes per student parameter: fp32 weights, gradient, two AdamW moments, and the EMA teacher's copy.
 BYTES_PER_PARAMETER = 20
-CROP_HW = {"global": (256, 128), "local": (128, 64)}
+CROP_HW = {"global": PERSON_HW, "local": (PERSON_HW[0] // 2, PERSON_HW[1] // 2)}
 STEPS = (1, 10_000_000)  # bounds of any count of optimizer steps
 ON_BAD_ROW_HELP = ("A row that fails a check (a chunk that does not decompress, an image that does not decode, "
                    "part_mask outside the vocabulary, part_conf outside [0, 1], attr_logits not finite): stop with "

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clasp.pretraining.moe import MLP, PCMoE
+from clasp.store.person_size import PERSON_HW
 
 TASKS: tuple[str, ...] = ("instance", "part", "attribute")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -80,7 +81,7 @@ class ViTConfig:
     depth: int = 12
     heads: int = 6
     patch_size: int = 16
-    img_hw: tuple[int, int] = (256, 128)
+    img_hw: tuple[int, int] = PERSON_HW
     mlp_ratio: float = 4.0
     moe_layers: int = 4
     num_experts: int = 6

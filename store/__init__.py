@@ -1,15 +1,37 @@
-"""The label store: the only contract between `clasp label` and `clasp pretrain`."""
+"""The label store: the only contract between `clasp label` and `clasp pretrain`.
 
-from clasp.store.errors import NotAStoreError, StoreError
-from clasp.store.manifest import ClipInfo, ImageStore, LabeledWith, Manifest, ShardEntry, SkippedInput
-from clasp.store.reader import ShardFile, ShardStore
-from clasp.store.schema import FORMAT_VERSION, LabelRows, shard_name
-from clasp.store.verify import VerifyReport, verify_store
-from clasp.store.vocabulary import Vocabulary
-from clasp.store.writer import record_shard, write_shard, write_shard_for
+The public names below are imported on first use (PEP 562), so that light
+modules of the store (`person_size`, the manifest's choices) cost the CLI no
+h5py import.
+"""
 
-__all__ = [
-    "FORMAT_VERSION", "ClipInfo", "ImageStore", "LabelRows", "LabeledWith", "Manifest", "NotAStoreError", "ShardEntry", "ShardFile",
-    "ShardStore", "SkippedInput", "StoreError", "VerifyReport", "Vocabulary", "record_shard",
-    "shard_name", "verify_store", "write_shard", "write_shard_for",
-]
+from __future__ import annotations
+
+from importlib import import_module
+
+# public name -> the module of this package that defines it
+_HOMES = {
+    "NotAStoreError": "errors", "StoreError": "errors",
+    "ClipInfo": "manifest", "ImageStore": "manifest", "LabeledWith": "manifest", "Manifest": "manifest",
+    "ShardEntry": "manifest", "SkippedInput": "manifest",
+    "ShardFile": "reader", "ShardStore": "reader",
+    "FORMAT_VERSION": "schema", "LabelRows": "schema", "shard_name": "schema",
+    "VerifyReport": "verify", "verify_store": "verify",
+    "Vocabulary": "vocabulary",
+    "record_shard": "writer", "write_shard": "writer", "write_shard_for": "writer",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    """Import the module that defines `name` and keep the name here."""
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f"{__name__}.{_HOMES[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOMES))

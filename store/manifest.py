@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from clasp import __version__
 from clasp.store.durable import write_json_atomic
 from clasp.store.errors import NotAStoreError, StoreError
+from clasp.store.person_size import PERSON_HW
 from clasp.store.schema import (
     DENSE_MODES, FORMAT_VERSION, LABEL_PRECISIONS, MANIFEST_FORMAT, MANIFEST_NAME, SHARD_SUFFIX,
 )
@@ -50,7 +51,7 @@ class LabeledWith:
 
 @dataclass
 class ImageStore:
-    hw: tuple[int, int] = (256, 128)
+    hw: tuple[int, int] = PERSON_HW
     codec: str = "jpeg"
     quality: int = 95
 
@@ -144,7 +145,7 @@ class Manifest:
             vocab=vocab,
             label_grid=f.pair(data, "label_grid", "label_grid", MAX_SIDE),
             image_store=ImageStore(
-                hw=f.pair(store, "hw", "image_store.hw", MAX_SIDE, default=(256, 128)),
+                hw=f.pair(store, "hw", "image_store.hw", MAX_SIDE, default=PERSON_HW),
                 codec=f.choice(store, "codec", "image_store.codec", ("jpeg",), default="jpeg"),
                 quality=f.integer(store, "quality", "image_store.quality", 1, 100, default=95),
             ),

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-IMAGE_HW = (256, 128)
+from clasp.store.person_size import PERSON_HW
+
+IMAGE_HW = PERSON_HW  # older name of the picture size, still imported by corpus.py
 # The background is this much larger than an image so that windows of it differ.
 BACKGROUND_MARGIN = (32, 48)
 TEXTURES = ("bricks", "tiles", "stripes", "blotches")
@@ -39,7 +41,7 @@ def _random_colour(rng: np.random.Generator, low: int = 40, high: int = 220) -> 
 
 
 def _draw_background(rng: np.random.Generator, texture: str) -> np.ndarray:
-    h, w = IMAGE_HW[0] + BACKGROUND_MARGIN[0], IMAGE_HW[1] + BACKGROUND_MARGIN[1]
+    h, w = PERSON_HW[0] + BACKGROUND_MARGIN[0], PERSON_HW[1] + BACKGROUND_MARGIN[1]
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     wall, ground = _random_colour(rng), _random_colour(rng)
     horizon = int(rng.integers(int(0.55 * h), int(0.75 * h)))

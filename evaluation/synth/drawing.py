@@ -18,8 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from clasp.evaluation.synth.cameras import BACKGROUND_MARGIN, IMAGE_HW, Camera
+from clasp.evaluation.synth.cameras import BACKGROUND_MARGIN, Camera
 from clasp.evaluation.synth.identities import COLOURS, Identity
+from clasp.store.person_size import PERSON_HW
 
 FIGURE_UNITS = 7.4  # head top to soles
 
@@ -73,14 +74,14 @@ def sample_pose(rng: np.random.Generator, camera: Camera) -> Pose:
     if rng.random() < OCCLUSION_RATE:
         kind = "pole" if rng.random() < 0.5 else "box"
         if kind == "pole":
-            occluder = (kind, float(rng.uniform(10, 118)), float(rng.uniform(7, 14)), float(IMAGE_HW[0]))
+            occluder = (kind, float(rng.uniform(10, 118)), float(rng.uniform(7, 14)), float(PERSON_HW[0]))
         else:
             occluder = (kind, float(rng.uniform(-40, 90)), float(rng.uniform(60, 110)), float(rng.uniform(35, 85)))
     return Pose(
         back_view=bool(rng.random() < camera.back_view_rate),
         scale=float(rng.uniform(0.84, 1.0)),
-        centre_x=float(IMAGE_HW[1] / 2 + rng.uniform(-10, 10)),
-        bottom=float(IMAGE_HW[0] - rng.uniform(2, 14)),
+        centre_x=float(PERSON_HW[1] / 2 + rng.uniform(-10, 10)),
+        bottom=float(PERSON_HW[0] - rng.uniform(2, 14)),
         stride=float(rng.uniform(-0.15, 0.45)),
         arm_out=(float(rng.uniform(0.04, 0.3)), float(rng.uniform(0.04, 0.3))),
         elbow=(float(rng.uniform(-0.1, 0.25)), float(rng.uniform(-0.1, 0.25))),
@@ -97,7 +98,7 @@ class _Canvas:
     """A material map with shapes placed in head units."""
 
     def __init__(self, identity: Identity, pose: Pose) -> None:
-        self.image = Image.new("L", (IMAGE_HW[1], IMAGE_HW[0]), M["background"])
+        self.image = Image.new("L", (PERSON_HW[1], PERSON_HW[0]), M["background"])
         self.draw = ImageDraw.Draw(self.image)
         self.unit = identity.height / FIGURE_UNITS * pose.scale
         self.cx = pose.centre_x
@@ -223,7 +224,7 @@ def draw_materials(identity: Identity, pose: Pose) -> np.ndarray:
     # Something between the camera and the person.
     if pose.occluder is not None:
         kind, x, width, height = pose.occluder
-        c.draw.rectangle((x, IMAGE_HW[0] - height, x + width, IMAGE_HW[0]), fill=M["occluder"])
+        c.draw.rectangle((x, PERSON_HW[0] - height, x + width, PERSON_HW[0]), fill=M["occluder"])
     return np.asarray(c.image)
 
 
@@ -255,7 +256,7 @@ def render(identity: Identity, camera: Camera, pose: Pose, rng: np.random.Genera
     fields drawn once per camera.
     """
     materials = draw_materials(identity, pose)
-    h, w = IMAGE_HW
+    h, w = PERSON_HW
     unit = identity.height / FIGURE_UNITS * pose.scale
     xs = (np.arange(w, dtype=np.float32) - pose.centre_x) / (1.6 * unit)
     shade = np.clip(1.0 - 0.3 * xs * xs, 0.7, 1.0)  # round bodies: darker towards the sides

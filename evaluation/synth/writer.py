@@ -29,10 +29,11 @@ import h5py
 import numpy as np
 from PIL import Image
 
-from clasp.evaluation.synth.cameras import IMAGE_HW, make_camera
+from clasp.evaluation.synth.cameras import make_camera
 from clasp.evaluation.synth.drawing import part_table, render, sample_pose
 from clasp.evaluation.synth.identities import check_vocabulary, sample_identity
 from clasp.store import Vocabulary
+from clasp.store.person_size import PERSON_HW
 
 TRUTH_FORMAT = "clasp-synth-truth"
 TRUTH_VERSION = 1
@@ -90,8 +91,8 @@ def synthesize(config: SynthConfig, progress=None) -> SynthSummary:
         f.attrs["format"] = TRUTH_FORMAT
         f.attrs["version"] = TRUTH_VERSION
         f.attrs["part_names"] = json.dumps(vocab.part_names)
-        masks = f.create_dataset("part_mask", shape=(total, *IMAGE_HW), dtype=np.uint8,
-                                 chunks=(min(MASK_CHUNK_ROWS, total), *IMAGE_HW), compression="gzip",
+        masks = f.create_dataset("part_mask", shape=(total, *PERSON_HW), dtype=np.uint8,
+                                 chunks=(min(MASK_CHUNK_ROWS, total), *PERSON_HW), compression="gzip",
                                  compression_opts=4, shuffle=True)
         buffer: list[np.ndarray] = []
         written = 0
@@ -128,7 +129,7 @@ def synthesize(config: SynthConfig, progress=None) -> SynthSummary:
     world = {
         "format": "clasp-synth", "version": TRUTH_VERSION, "seed": config.seed,
         "identities": config.identities, "images_per_id": config.images_per_id, "cameras": config.cameras,
-        "image_hw": list(IMAGE_HW), "image_root": "images", "vocab_sha256": vocab.sha256,
+        "image_hw": list(PERSON_HW), "image_root": "images", "vocab_sha256": vocab.sha256,
         "parts": vocab.part_names,
         "attributes": {g.group: [v.name for v in g.values] for g in vocab.attributes},
         "camera_settings": [{"index": c.index, "texture": c.texture, "gain": round(c.gain, 4),
