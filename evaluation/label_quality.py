@@ -24,7 +24,6 @@ do not make another world's labels comparable. For the matched rows:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from clasp.evaluation.metrics import (binary_attribute_names, binary_attributes,
 from clasp.evaluation.results_json import write_results
 from clasp.evaluation.truth import SynthTruth, truth_path_of
 from clasp.store import ShardStore
+from clasp.store.percent import percent
 
 READ_FIELDS = ("key", "path", "part_mask", "attr_logits")
 
@@ -163,16 +163,11 @@ def format_label_quality(results: dict) -> str:
     lines = [f"{results['matched_rows']} of {results['rows']} rows matched the ground truth by content "
              f"(label grid {results['label_grid'][0]}x{results['label_grid'][1]})", "", "part          IoU"]
     for name, value in results["parts"]["iou"].items():
-        lines.append(f"{name:<12} {_pct(value)}")
-    lines.append(f"{'mIoU':<12} {_pct(results['parts']['mIoU'])}")
+        lines.append(f"{name:<12} {percent(value, 6, 2)}")
+    lines.append(f"{'mIoU':<12} {percent(results['parts']['mIoU'], 6, 2)}")
     lines += ["", f"{'attribute group':<18} accuracy  chance"]
     for name, value in results["attributes"]["accuracy"].items():
-        lines.append(f"{name:<18} {_pct(value)}  {_pct(results['attributes']['chance'][name])}")
-    lines.append(f"{'mean':<18} {_pct(results['attributes']['mean_accuracy'])}")
-    lines.append(f"{'mA':<18} {_pct(results['attributes'].get('mA', float('nan')))}")
+        lines.append(f"{name:<18} {percent(value, 6, 2)}  {percent(results['attributes']['chance'][name], 6, 2)}")
+    lines.append(f"{'mean':<18} {percent(results['attributes']['mean_accuracy'], 6, 2)}")
+    lines.append(f"{'mA':<18} {percent(results['attributes'].get('mA', float('nan')), 6, 2)}")
     return "\n".join(lines)
-
-
-def _pct(value: float) -> str:
-    return "   n/a" if value is None or math.isnan(value) else f"{100 * value:6.2f}"
-

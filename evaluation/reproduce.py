@@ -26,12 +26,12 @@ import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import numpy as np
-
 from clasp.evaluation.market1501 import REQUIRED_PARTS
 # Reproduction drives both stages through the `clasp` command; the list of dense
 # modes is a torch-free constant of the labeling stage, read here to score each.
 from clasp.labeling.dense_modes import DENSE_MODES
+from clasp.pretraining.layout import METRICS_FILE
+from clasp.store.percent import percent
 
 METHODS = ("clasp", "dino-only", "random")
 IN_TREE_CLIP_SIZE = "224x112"  # `clasp train-clip`'s input size: the labeler looks where the CLIP learned to
@@ -131,7 +131,7 @@ def write_random_export(reference: Path, out: Path, seed: int = 0) -> Path:
 
 
 def _metrics(run: Path) -> list[dict]:
-    path = run / "metrics.jsonl"
+    path = run / METRICS_FILE
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -336,16 +336,12 @@ def _precision_words(config: ReproduceConfig, hardware: dict) -> str:
             f"({hardware.get('capability', 'capability not recorded')}; {hardware.get('available_cores', '?')} cores)")
 
 
-def _pct(value) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{100 * value:.1f}"
-
-
 def _scored(block: dict, key: str) -> str:
     """`61.2 [58.0, 64.1]`: the score and its 95 % interval, in percent."""
     interval = block.get(f"{key}_interval")
     if not interval:
-        return _pct(block.get(key))
-    return f"{_pct(interval['value'])} [{_pct(interval['low'])}, {_pct(interval['high'])}]"
+        return percent(block.get(key))
+    return f"{percent(interval['value'])} [{percent(interval['low'])}, {percent(interval['high'])}]"
 
 
 def _clip_words(config: ReproduceConfig) -> list[str]:
@@ -364,15 +360,15 @@ def _label_quality_lines(quality: dict, default_mode: str) -> list[str]:
     lines = ["Label quality per dense mode (`clasp eval-labels` against the world's ground truth, on the label "
              f"grid; pre-training used `{default_mode}`, `clasp label`'s default):", "",
              "| dense mode | part mIoU | attribute mA | attribute accuracy (mean over groups) |", "|---|---|---|---|"]
-    lines += [f"| {mode}{' (default)' if mode == default_mode else ''} | {_pct(q['parts']['mIoU'])} "
-              f"| {_pct(q['attributes'].get('mA'))} | {_pct(q['attributes']['mean_accuracy'])} |"
+    lines += [f"| {mode}{' (default)' if mode == default_mode else ''} | {percent(q['parts']['mIoU'])} "
+              f"| {percent(q['attributes'].get('mA'))} | {percent(q['attributes']['mean_accuracy'])} |"
               for mode, q in quality.items()]
     chosen = quality[default_mode]
     lines += ["", f"Per part ({default_mode}):", "", "| part | IoU |", "|---|---|"]
-    lines += [f"| {p} | {_pct(v)} |" for p, v in chosen["parts"]["iou"].items()]
+    lines += [f"| {p} | {percent(v)} |" for p, v in chosen["parts"]["iou"].items()]
     lines += ["", f"Per attribute group ({default_mode}; chance is 1 / number of values):", "",
               "| attribute group | accuracy | chance |", "|---|---|---|"]
-    lines += [f"| {g} | {_pct(v)} | {_pct(chosen['attributes']['chance'][g])} |"
+    lines += [f"| {g} | {percent(v)} | {percent(chosen['attributes']['chance'][g])} |"
               for g, v in chosen["attributes"]["accuracy"].items()]
     return lines
 
@@ -393,12 +389,12 @@ def render_report(config: ReproduceConfig, results: dict, quality: dict, default
     for method in METHODS:
         r, t = results[method], stages.method_times.get(method, {})
         lines.append(f"| {METHOD_TITLES[method]} | {_scored(r['attributes'], 'mA')} "
-                     f"| {_scored(r['parsing'], 'mIoU_grid')} | {_pct(r['parsing']['mIoU_pixel'])} "
+                     f"| {_scored(r['parsing'], 'mIoU_grid')} | {percent(r['parsing']['mIoU_pixel'])} "
                      f"| {_scored(r['reid'], 'mAP')} | {_scored(r['reid'], 'rank1')} "
                      f"| {t.get('pretrain', 0):.0f} | {t.get('eval', 0):.0f} |")
     chance = results[METHODS[0]]["reid"].get("chance_rank1")
     lines += ["", f"Chance level: attribute mA 50.0 (constant or random predictions); re-ID rank-1 of a random "
-              f"ranking {_pct(chance)}. The protocol excludes same-camera images of the query's identity."]
+              f"ranking {percent(chance)}. The protocol excludes same-camera images of the query's identity."]
     if any("market1501" in r for r in results.values()):
         lines += ["", "Market-1501 re-ID (query vs bounding_box_test):", "", "| method | mAP | rank-1 |", "|---|---|---|"]
         lines += [f"| {METHOD_TITLES[m]} | {_scored(results[m].get('market1501', {}), 'mAP')} "

@@ -9,7 +9,6 @@ re-ID only). Results are a nested dict
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from clasp.evaluation.probes import (
 )
 from clasp.evaluation.truth import SynthTruth
 from clasp.store import Vocabulary
+from clasp.store.percent import percent
 
 TASKS = ("attributes", "parsing", "reid")
 # `--task-prompt per-probe`: each probe reads the backbone through its own task prompt,
@@ -251,11 +251,5 @@ def format_table(results: dict) -> str:
         rows.append(("re-ID rank-1", r["rank1"]))
     width = max((len(name) for name, _ in rows), default=10)
     lines = [f"{'metric'.ljust(width)}  value", f"{'-' * width}  ------"]
-    lines += [f"{name.ljust(width)}  {_pct(value)}" for name, value in rows]
+    lines += [f"{name.ljust(width)}  {percent(value, 6, 2)}" for name, value in rows]
     return "\n".join(lines)
-
-
-def _pct(value: float) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:6.2f}"
-
-

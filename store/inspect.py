@@ -19,6 +19,7 @@ import numpy as np
 
 from clasp.store.attributes import group_argmax
 from clasp.store.manifest import SkippedInput
+from clasp.store.percent import percent
 from clasp.store.reader import ShardStore
 from clasp.store.rowcheck import BadDataError, BadRows, label_problems
 from clasp.store.schema import LabelRows
@@ -217,14 +218,14 @@ def render_summary(s: StoreSummary) -> str:
     name_w = max((len(p.name) for p in s.parts), default=0)
     for p in s.parts:
         conf = f"conf {p.mean_conf:.2f}" if p.mean_conf is not None else "conf -"
-        lines.append(f"  {p.name:<{name_w}}  {_pct(p.share)}  {_bar(p.share)}  {conf}")
+        lines.append(f"  {p.name:<{name_w}}  {percent(p.share, 5)}%  {_bar(p.share)}  {conf}")
     if s.invalid_part_cells:
         lines.append(f"  (outside the vocabulary: {s.invalid_part_cells:,} cells)")
     lines += ["", "attributes: share of images whose top value in the group is …"]
     group_w = max((len(g.group) for g in s.attributes), default=0)
     for g in s.attributes:
         ranked = sorted(g.values, key=lambda v: -v.images)
-        values = "  ".join(f"{v.name} {_pct(v.share).strip()}" for v in ranked)
+        values = "  ".join(f"{v.name} {percent(v.share)}%" for v in ranked)
         lines.append(f"  {g.group:<{group_w}}  {values}")
     lines += ["", f"skipped inputs: {s.skipped:,}"]
     reason_w = max((len(r.reason) for r in s.skipped_by_reason), default=0)
@@ -233,10 +234,6 @@ def render_summary(s: StoreSummary) -> str:
     for note in s.notes:
         lines.append(f"note: {note}")
     return "\n".join(lines)
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:5.1f}%"
 
 
 def _bar(x: float, width: int = 20) -> str:
