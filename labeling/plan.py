@@ -38,7 +38,7 @@ from pathlib import Path
 from clasp.labeling.discover import InputFile
 from clasp.labeling.errors import LabelingError
 from clasp.labeling.folder_lock import LOCK_NAME
-from clasp.store import ClipInfo, ImageStore, Manifest, ShardEntry, StoreError, Vocabulary, shard_name
+from clasp.store import ClipInfo, Manifest, ShardEntry, StoredImageFormat, StoreError, Vocabulary, shard_name
 from clasp.store.schema import MANIFEST_NAME
 from clasp.store.verify import file_problem
 
@@ -81,7 +81,7 @@ def plan_shards(inputs: list[InputFile], shard_size: int) -> list[ShardPlan]:
 def new_manifest(clip: ClipInfo, vocab: Vocabulary, label_grid: tuple[int, int], shard_size: int,
                  store_hw: tuple[int, int]) -> Manifest:
     return Manifest(clip=clip, vocab=vocab, label_grid=tuple(label_grid),
-                    image_store=ImageStore(hw=tuple(store_hw)), shard_size=shard_size)
+                    image_store=StoredImageFormat(hw=tuple(store_hw)), shard_size=shard_size)
 
 
 def plan_run(out: Path, wanted: Manifest, shards: list[ShardPlan], force: bool = False) -> RunPlan:

@@ -12,8 +12,8 @@ from importlib import import_module
 # public name -> the module of this package that defines it
 _HOMES = {
     "NotAStoreError": "errors", "StoreError": "errors",
-    "ClipInfo": "manifest", "ImageStore": "manifest", "LabeledWith": "manifest", "Manifest": "manifest",
-    "ShardEntry": "manifest", "SkippedInput": "manifest",
+    "ClipInfo": "manifest", "LabeledWith": "manifest", "Manifest": "manifest", "ShardEntry": "manifest",
+    "SkippedInput": "manifest", "StoredImageFormat": "manifest",
     "ShardFile": "reader", "ShardStore": "reader",
     "FORMAT_VERSION": "schema", "LabelRows": "schema", "shard_name": "schema",
     "VerifyReport": "verify", "verify_store": "verify",

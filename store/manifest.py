@@ -50,7 +50,9 @@ class LabeledWith:
 
 
 @dataclass
-class ImageStore:
+class StoredImageFormat:
+    """How the store keeps each image (manifest key `image_store`): size, codec and quality."""
+
     hw: tuple[int, int] = PERSON_HW
     codec: str = "jpeg"
     quality: int = 95
@@ -78,7 +80,7 @@ class Manifest:
     clip: ClipInfo
     vocab: Vocabulary
     label_grid: tuple[int, int]
-    image_store: ImageStore = field(default_factory=ImageStore)
+    image_store: StoredImageFormat = field(default_factory=StoredImageFormat)
     shard_size: int = 4096
     shards: list[ShardEntry] = field(default_factory=list)
     skipped: list[SkippedInput] = field(default_factory=list)
@@ -144,7 +146,7 @@ class Manifest:
             ),
             vocab=vocab,
             label_grid=f.pair(data, "label_grid", "label_grid", MAX_SIDE),
-            image_store=ImageStore(
+            image_store=StoredImageFormat(
                 hw=f.pair(store, "hw", "image_store.hw", MAX_SIDE, default=PERSON_HW),
                 codec=f.choice(store, "codec", "image_store.codec", ("jpeg",), default="jpeg"),
                 quality=f.integer(store, "quality", "image_store.quality", 1, 100, default=95),
