@@ -27,10 +27,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from clasp.evaluation.market1501 import REQUIRED_PARTS
-# Reproduction drives both stages through the `clasp` command; the list of dense
-# modes is a torch-free constant of the labeling stage, read here to score each.
-from clasp.labeling.dense_modes import DENSE_MODES
 from clasp.pretraining.layout import METRICS_FILE
+from clasp.store.label_choices import DENSE_MODES
 from clasp.store.percent import percent
 
 METHODS = ("clasp", "dino-only", "random")

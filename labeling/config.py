@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from clasp.hardware import PRECISION_HELP, PRECISIONS
-from clasp.labeling.dense_modes import DENSE_MODES
 from clasp.labeling.errors import LabelingError
 from clasp.settings import check_value, same_as, setting, settings_of
+from clasp.store.label_choices import DENSE_MODES
 
 
 @dataclass(frozen=True)

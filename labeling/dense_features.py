@@ -62,7 +62,7 @@ import torch.nn.functional as F
 from transformers import CLIPModel
 from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 
-from clasp.labeling.dense_modes import DENSE_MODES  # re-exported: the one list of modes
+from clasp.store.label_choices import DENSE_MODES  # the modes computed below; re-exported
 
 NACLIP_STD = 5.0  # NACLIP's `gaussian_std`, in patches
 

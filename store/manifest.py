@@ -17,9 +17,8 @@ from clasp import __version__
 from clasp.store.durable import write_json_atomic
 from clasp.store.errors import NotAStoreError, StoreError
 from clasp.store.person_size import PERSON_HW
-from clasp.store.schema import (
-    DENSE_MODES, FORMAT_VERSION, LABEL_PRECISIONS, MANIFEST_FORMAT, MANIFEST_NAME, SHARD_SUFFIX,
-)
+from clasp.store.label_choices import DENSE_MODES, LABEL_PRECISIONS
+from clasp.store.schema import FORMAT_VERSION, MANIFEST_FORMAT, MANIFEST_NAME, SHARD_SUFFIX
 from clasp.store.vocabulary import Vocabulary
 
 

@@ -19,10 +19,6 @@ SHARD_SUFFIX = ".h5"
 SHARD_PATTERN = "shard-{index:06d}" + SHARD_SUFFIX
 TMP_SUFFIX = ".tmp"  # a shard being written; never listed in a manifest
 CHUNK_ROWS = 256
-# Values a manifest may record for `clip.dense_mode` and `clip.precision` (the
-# labeler's choices; `clasp.labeling.dense_modes.DENSE_MODES` must match).
-DENSE_MODES = ("maskclip", "naive", "clearclip", "sclip", "naclip")
-LABEL_PRECISIONS = ("fp32", "bf16", "fp16")
 GZIP_LEVEL = 4
 
 IMAGE_DTYPE = h5py.vlen_dtype(np.uint8)

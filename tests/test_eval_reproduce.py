@@ -137,7 +137,7 @@ def test_reproduce_end_to_end_in_miniature(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_reproduce_end_to_end(tmp_path: Path) -> None:
     """The whole pipeline on a small world with every dense mode (several minutes on 2 cores)."""
-    from clasp.labeling.dense_modes import DENSE_MODES
+    from clasp.store.label_choices import DENSE_MODES
 
     config = ReproduceConfig(out=tmp_path / "out", identities=24, images_per_id=6, corpus_pairs=600, clip_steps=20,
                              steps=4, probe_steps=30, sheet_images=4)

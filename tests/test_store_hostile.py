@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from clasp.cli import main
 from clasp.store import Manifest, ShardStore, StoreError, verify_store
 from clasp.store.inspect import InspectConfig, inspect_store
-from clasp.store.schema import DENSE_MODES, LABEL_PRECISIONS
+from clasp.store.label_choices import DENSE_MODES, LABEL_PRECISIONS
 
 
 def run(*args) -> object:
@@ -246,9 +246,9 @@ def test_manifest_fields_of_the_wrong_kind_or_size_are_one_line(make_store, tmp_
 
 
 def test_the_store_knows_the_labelers_dense_modes_and_precisions():
-    from clasp.labeling.dense_modes import DENSE_MODES as LABELER_MODES
+    from clasp.labeling.dense_features import DENSE_MODES as LABELER_MODES
 
-    assert set(DENSE_MODES) == set(LABELER_MODES)
+    assert LABELER_MODES is DENSE_MODES
     assert set(LABEL_PRECISIONS) == {"fp32", "bf16", "fp16"}
 
 
