@@ -9,12 +9,18 @@ alone:
 - **full views** — an image letterboxed to the input size; its CLS embedding
   against every caption of the step, symmetric InfoNCE (captions that are the
   same string count as one; text→image targets are uniform over its images).
-- **mosaics** — rows of corpus images, each resized (aspect kept, patch aligned)
-  into a tile of the canvas; every patch token, taken through the same value
-  path the labeler uses (`dense_tokens`), is classified among the step's
-  captions with its own tile's caption as the target. Because the layout is the
-  trainer's own, this aligns words with patches without any mask or box from
-  the corpus.
+- **mosaics** — corpus images packed as patch-aligned tiles of the canvas; every
+  patch token, taken through the same value path the labeler uses
+  (`dense_tokens`), is classified among all the step's captions with its own
+  tile's caption as the target. Because the layout is the trainer's own, this
+  aligns words with patches without any mask or box from the corpus. Tiles keep
+  the corpus scale (`corpus_scale`: the scale at which its largest pictures fit
+  the input), so a crop of shoes covers as many patches as shoes do when the
+  labeler looks at a whole person; stretching tiles to fill their row (the
+  `row` setting) taught feet and arms at sizes the labeler never sees. All the
+  step's captions, not only the mosaic's own, compete for a patch: within one
+  mosaic a colour alone names the tile, among a hundred captions "a red top" and
+  "red trousers" must be told apart by what the patch shows.
 
 Both losses share CLIP's learnable temperature (`logit_scale`, clamped at 100).
 The tokenizer is a byte-level BPE learned from the corpus captions plus the
@@ -44,7 +50,7 @@ from tqdm import tqdm
 from transformers import CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from clasp.labeling.caption_corpus import CorpusImages, load_corpus_images, read_caption_pairs
+from clasp.labeling.caption_corpus import LETTERBOX_GREY, CorpusImages, load_corpus_images, read_caption_pairs
 from clasp.labeling.errors import LabelingError
 from clasp.labeling.text_embeddings import projected_features
 from clasp.labeling.tiny_clip import PRESETS, clip_config, train_prompt_tokenizer, vocabulary_prompts
@@ -54,6 +60,8 @@ HOLDOUT_EVERY = 20  # pair i is held out when i % 20 == 19
 REPORT_FILE = "train_report.json"
 MAX_LOGIT_SCALE = math.log(100.0)
 TEXT_CHUNK = 64
+NO_TARGET = -100  # a mosaic cell no tile covers: cross-entropy's ignore index
+TILE_SCALES = ("native", "row")
 
 
 @dataclass
@@ -69,8 +77,9 @@ class TrainClipConfig:
     weight_decay: float = 0.05
     warmup: float = 0.06
     dense_weight: float = 1.0
-    dense_within_mosaic: bool = True  # a patch's classes: its mosaic's captions (True) or the whole step's
+    dense_within_mosaic: bool = False  # a patch's classes: its mosaic's captions (True) or the whole step's
     tiles_from_crops: bool = True  # mosaic tiles only from images smaller than the input (close-ups, crops)
+    tile_scale: str = "native"  # native: tiles keep the corpus scale (`corpus_scale`); row: stretched to their row
     max_text_tokens: int = 48
     seed: int = 0
     checkpoint_every: int = 0  # > 0: also save the model to out/step-NNNNNN every this many steps
@@ -175,6 +184,45 @@ def build_mosaic(gen: torch.Generator, images: CorpusImages, pool: torch.Tensor,
     return canvas, owner, chosen
 
 
+def corpus_scale(images: CorpusImages, hw: tuple[int, int]) -> float:
+    """The scale at which the corpus's largest pictures fit the input. Native tiles are shown at it:
+    a crop then keeps, relative to the canvas, the size it had in the picture it was cut from, which
+    is the size its kind of region has when the labeler looks at a whole picture."""
+    tallest = max(image.height for image in images.originals)
+    widest = max(image.width for image in images.originals)
+    return min(hw[0] / tallest, hw[1] / widest)
+
+
+def build_native_mosaic(gen: torch.Generator, images: CorpusImages, pool: torch.Tensor, hw: tuple[int, int],
+                        patch: int, scale: float, tries: int = 6) -> tuple[np.ndarray, torch.Tensor, list[int]]:
+    """Like `build_mosaic`, but every tile keeps the corpus scale (snapped to whole patches) instead of
+    being stretched to its row: shelf packing, a tile that does not fit is redrawn up to `tries` times,
+    and cells no tile covers are grey and owned by no tile (owner -1: no target)."""
+    gh, gw = hw[0] // patch, hw[1] // patch
+    canvas = np.full((gh * patch, gw * patch, 3), LETTERBOX_GREY, dtype=np.uint8)
+    owner = torch.full((gh, gw), -1, dtype=torch.long)
+    chosen: list[int] = []
+    y = 0
+    while y < gh:
+        x, row = 0, 0
+        misses = 0
+        while x < gw and misses < tries:
+            i = int(pool[_randint(gen, 0, len(pool))])
+            img = images.originals[i]
+            h = max(1, round(img.height * scale / patch))
+            w = max(1, round(img.width * scale / patch))
+            if h > gh - y or w > gw - x:
+                misses += 1
+                continue
+            tile = img.resize((w * patch, h * patch), Image.Resampling.BILINEAR)
+            canvas[y * patch:(y + h) * patch, x * patch:(x + w) * patch] = np.asarray(tile)
+            owner[y:y + h, x:x + w] = len(chosen)
+            chosen.append(i)
+            x, row = x + w, max(row, h)
+        y += max(row, 1)
+    return canvas, owner, chosen
+
+
 def normalise(pixels: np.ndarray) -> torch.Tensor:
     """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 with CLIP's mean and std."""
     pixels = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2)
@@ -203,13 +251,18 @@ def tile_pool(images: CorpusImages, pool: torch.Tensor, hw: tuple[int, int]) -> 
 
 
 def make_step(gen: torch.Generator, images: CorpusImages, pool: torch.Tensor, config: TrainClipConfig,
-              patch: int, tiles: torch.Tensor | None = None) -> Step:
+              patch: int, tiles: torch.Tensor | None = None, scale: float | None = None) -> Step:
     full_idx = pool[torch.randint(0, len(pool), (config.full_batch,), generator=gen)].tolist()
     flips = torch.rand(config.full_batch, generator=gen) < 0.5
     full = images.full[full_idx]
     full[flips.numpy()] = full[flips.numpy()][:, :, ::-1]
     tiles = pool if tiles is None else tiles
-    mosaics = [build_mosaic(gen, images, tiles, config.input_hw, patch) for _ in range(config.mosaic_batch)]
+    if config.tile_scale == "native":
+        scale = corpus_scale(images, config.input_hw) if scale is None else scale
+        mosaics = [build_native_mosaic(gen, images, tiles, config.input_hw, patch, scale)
+                   for _ in range(config.mosaic_batch)]
+    else:
+        mosaics = [build_mosaic(gen, images, tiles, config.input_hw, patch) for _ in range(config.mosaic_batch)]
     ids: dict[str, int] = {}
     rep: list[int] = []
 
@@ -221,7 +274,7 @@ def make_step(gen: torch.Generator, images: CorpusImages, pool: torch.Tensor, co
         return ids[text]
 
     full_target = torch.tensor([caption_id(i) for i in full_idx])
-    patch_target = torch.stack([torch.tensor([caption_id(i) for i in chosen])[owner.flatten()]
+    patch_target = torch.stack([torch.tensor([caption_id(i) for i in chosen] + [NO_TARGET])[owner.flatten()]
                                 for _, owner, chosen in mosaics]) if mosaics else torch.empty(0, 0, dtype=torch.long)
     canvases = np.concatenate([full, np.stack([m[0] for m in mosaics])]) if mosaics else full
     return Step(normalise(canvases), config.full_batch, torch.tensor(rep), full_target, patch_target,
@@ -242,14 +295,17 @@ def contrastive_loss(model: CLIPModel, step: Step, tokens: torch.Tensor, lengths
     same = (step.full_target[None, :] == used[:, None]).float()
     t2i = -(F.log_softmax(scale * text[used] @ image.T, dim=-1) * same / same.sum(1, keepdim=True)).sum(1).mean()
     loss = (i2t + t2i) / 2
-    if len(step.patch_target):
+    if bool((step.patch_target >= 0).any()):
         dense = F.normalize(dense_tokens(model, hidden[step.full:]), dim=-1)
         logits = scale * dense @ text.T  # (M, h*w, U)
         if within_mosaic:  # a patch chooses among the captions of its own mosaic's tiles
-            present = torch.zeros(logits.shape[0], logits.shape[2], dtype=torch.bool)
-            present.scatter_(1, step.patch_target, True)
+            captions = logits.shape[2]
+            present = torch.zeros(logits.shape[0], captions + 1, dtype=torch.bool)
+            present.scatter_(1, step.patch_target.where(step.patch_target >= 0, captions), True)
+            present = present[:, :captions]
             logits = logits.masked_fill(~present[:, None, :], float("-inf"))
-        loss = loss + dense_weight * F.cross_entropy(logits.reshape(-1, logits.shape[-1]), step.patch_target.flatten())
+        loss = loss + dense_weight * F.cross_entropy(logits.reshape(-1, logits.shape[-1]), step.patch_target.flatten(),
+                                                     ignore_index=NO_TARGET)
     return loss
 
 
@@ -263,6 +319,8 @@ def tokenize_all(tokenizer: CLIPTokenizer, captions: list[str], max_tokens: int)
 
 def build_model(config: TrainClipConfig, captions: list[str]) -> tuple[CLIPModel, CLIPTokenizer]:
     """Tokenizer from the corpus text plus the vocabulary prompts; seeded random weights."""
+    if config.tile_scale not in TILE_SCALES:
+        raise LabelingError(f"unknown tile scale {config.tile_scale!r}; choose one of {', '.join(TILE_SCALES)}")
     if config.arch not in PRESETS:
         raise LabelingError(f"unknown CLIP architecture {config.arch!r}; choose one of {', '.join(PRESETS)}")
     prompts = vocabulary_prompts(config.vocab or Vocabulary.default())
@@ -359,6 +417,7 @@ def _optimise(model: CLIPModel, images: CorpusImages, pool: torch.Tensor, tokens
     gen = torch.Generator().manual_seed(config.seed)
     optimizer = make_optimizer(model, config)
     tiles = tile_pool(images, pool, config.input_hw) if config.tiles_from_crops else pool
+    scale = corpus_scale(images, config.input_hw)
     model.train()
     curve: list[tuple[int, float]] = []
     bar = tqdm(range(config.steps), desc="train-clip", unit="step", disable=not config.progress, dynamic_ncols=True)
@@ -366,7 +425,7 @@ def _optimise(model: CLIPModel, images: CorpusImages, pool: torch.Tensor, tokens
     for step_no in bar:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step_no, config)
-        step = make_step(gen, images, pool, config, patch, tiles)
+        step = make_step(gen, images, pool, config, patch, tiles, scale)
         loss = contrastive_loss(model, step, tokens, lengths, config.dense_weight, config.dense_within_mosaic)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
