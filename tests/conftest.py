@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from clasp.pretraining.layout import METRICS_FILE
 from clasp.store import ClipInfo, LabelRows, Manifest, Vocabulary, record_shard, shard_name, write_shard_for
 
 
@@ -47,6 +49,22 @@ def synthetic_rows(n: int, vocab: Vocabulary, grid: tuple[int, int] = (16, 8), h
     )
 
 
+def write_store(root: Path, vocab: Vocabulary, shard_rows: list[int], grid: tuple[int, int] = (16, 8),
+                hw: tuple[int, int] = (256, 128), seed: int = 0) -> Path:
+    """A shard folder at `root` with `shard_rows[i]` synthetic rows in shard i; row keys are global indices."""
+    manifest = Manifest(ClipInfo("tiny-test-clip", input_hw=(hw[0], hw[1])), vocab, grid)
+    manifest.image_store.hw = hw
+    start = 0
+    for index, n in enumerate(shard_rows):
+        rows = synthetic_rows(n, vocab, grid, hw, seed=seed + index, start=start)
+        entry = write_shard_for(manifest, root, shard_name(index), rows)
+        record_shard(manifest, root, entry)
+        start += n
+    if not shard_rows:
+        manifest.save(root)
+    return root
+
+
 @pytest.fixture
 def make_store(tmp_path: Path, vocab: Vocabulary) -> Callable[..., Path]:
     """Factory: `make_store([rows per shard], grid=(16, 8))` writes a shard folder and returns it.
@@ -58,20 +76,53 @@ def make_store(tmp_path: Path, vocab: Vocabulary) -> Callable[..., Path]:
     def make(shard_rows: list[int], grid: tuple[int, int] = (16, 8), hw: tuple[int, int] = (256, 128),
              seed: int = 0, name: str | None = None) -> Path:
         counter["n"] += 1
-        root = tmp_path / (name or f"shards{counter['n']}")
-        manifest = Manifest(ClipInfo("tiny-test-clip", input_hw=(hw[0], hw[1])), vocab, grid)
-        manifest.image_store.hw = hw
-        start = 0
-        for index, n in enumerate(shard_rows):
-            rows = synthetic_rows(n, vocab, grid, hw, seed=seed + index, start=start)
-            entry = write_shard_for(manifest, root, shard_name(index), rows)
-            record_shard(manifest, root, entry)
-            start += n
-        if not shard_rows:
-            manifest.save(root)
-        return root
+        return write_store(tmp_path / (name or f"shards{counter['n']}"), vocab, shard_rows, grid, hw, seed)
 
     return make
+
+
+@pytest.fixture
+def store(make_store: Callable[..., Path]) -> Path:
+    """The store of the pre-training runs: 17 rows of 64x32 images in shards of 10 and 7, an 8x4 label grid.
+
+    In batches of 4 that is 5 batches per epoch, so a run of 6 or more steps crosses an epoch boundary.
+    """
+    return make_store([10, 7], grid=(8, 4), hw=(64, 32))
+
+
+# The pre-training run of the end-to-end tests: a model of a few thousand parameters (two blocks, one of them
+# MoE), fp32, a metrics line per step. Each test file adds its crops, loader workers, saving and steps.
+TINY_RUN = dict(preset="tiny", dim=32, depth=2, heads=2, moe_layers=1, experts=3, top_k=2, dino_out_dim=64,
+                dino_hidden_dim=32, dino_bottleneck_dim=16, batch_size=4, precision="fp32", log_every=1,
+                shuffle_buffer=16, seed=0)
+
+
+def read_metrics(out: Path, while_running: bool = False) -> list[dict]:
+    """The rows of a run folder's metrics.jsonl (pre-training and fine-tuning write the same file).
+
+    `while_running`: the run may not have started the file or may be writing its last line; those are no rows.
+    """
+    path = out / METRICS_FILE
+    if while_running and not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            if not while_running:
+                raise
+    return rows
+
+
+def losses(out: Path) -> dict[int, float]:
+    """{step: total loss} of a run folder's metrics."""
+    return {row["step"]: row["loss"] for row in read_metrics(out)}
+
+
+def steps_logged(out: Path) -> list[int]:
+    """The steps a run, perhaps still running, has logged so far."""
+    return [row["step"] for row in read_metrics(out, while_running=True) if "step" in row]
 
 
 @pytest.fixture(scope="session")

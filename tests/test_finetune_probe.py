@@ -26,7 +26,8 @@ from clasp.finetune.config import build_config
 from clasp.finetune.data import load_data
 from clasp.finetune.loop import run_finetune
 from clasp.pretraining.backbone import load_backbone
-from tests.test_finetune_run import FAST, losses, write_random_export
+from tests.conftest import losses
+from tests.test_finetune_run import FAST, write_random_export
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 

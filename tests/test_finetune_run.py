@@ -26,6 +26,7 @@ from clasp.finetune.config import build_config
 from clasp.finetune.loop import run_finetune
 from clasp.pretraining.backbone import BACKBONE_FORMAT, BACKBONE_VERSION, CONFIG_FILE, WEIGHTS_FILE, load_backbone
 from clasp.pretraining.vit import PromptedViT, ViTConfig
+from tests.conftest import losses, steps_logged
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 VENV_BIN = Path(sys.executable).parent
@@ -62,10 +63,6 @@ def reid_config(world, out: Path, **extra):
     settings = dict(task="reid", backbone=str(world["export"]), data=str(world["market1501"]), out=str(out),
                     ids_per_batch=4, images_per_id=4, lr=1e-3, warmup=0.0, **FAST)
     return build_config(**{**settings, **extra})
-
-
-def losses(out: Path) -> dict[int, float]:
-    return {r["step"]: r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
 
 
 def test_reid_fine_tuning_lowers_the_loss_and_beats_the_frozen_probe(world, tmp_path: Path) -> None:
@@ -109,7 +106,7 @@ def reid_command(world, out: Path, *extra: str) -> list[str]:
 
 
 def test_sigterm_saves_a_checkpoint_and_resume_equals_an_uninterrupted_run(world, tmp_path: Path) -> None:
-    from tests.test_pretraining_train_processes import env, steps_logged, wait_for
+    from tests.test_pretraining_train_processes import env, wait_for
 
     out = tmp_path / "run"
     proc = subprocess.Popen(reid_command(world, out, "--steps", "500", "--save-every", "1000"),

@@ -2,7 +2,7 @@
 
 The stand-in computes labels from the pixels it is given, so a test can tell
 which images were labeled and that rows match their files. End-to-end runs with
-the real CLIP labeler live in test_label_cli.py.
+the real CLIP labeler live in test_labeling_cli.py.
 """
 
 from __future__ import annotations

@@ -19,10 +19,9 @@ from clasp.pretraining.config import PretrainConfig
 from clasp.pretraining.export import ExportConfig, ExportError, export_backbone
 from clasp.pretraining.model import ClaspModel, ModelConfig
 from clasp.pretraining.train import run_pretraining
+from tests.conftest import TINY_RUN
 
-TINY = dict(preset="tiny", dim=32, depth=2, heads=2, moe_layers=1, experts=3, top_k=2, dino_out_dim=64,
-            dino_hidden_dim=32, dino_bottleneck_dim=16, batch_size=4, local_crops=1, precision="fp32",
-            num_workers=0, log_every=1, save_every=1, shuffle_buffer=16, seed=0, steps=2)
+TINY = {**TINY_RUN, "local_crops": 1, "num_workers": 0, "save_every": 1, "steps": 2}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -29,38 +29,17 @@ from safetensors.torch import load_file, save_file
 
 from clasp.cli import main
 from clasp.pretraining.checkpoint import find_checkpoint, read_trainer_state
+from clasp.store import Vocabulary
+from tests.conftest import TINY_RUN, write_store
 
-TINY = dict(preset="tiny", dim=32, depth=2, heads=2, moe_layers=1, experts=3, top_k=2, dino_out_dim=64,
-            dino_hidden_dim=32, dino_bottleneck_dim=16, batch_size=4, local_crops=1, precision="fp32",
-            num_workers=0, log_every=1, save_every=1, shuffle_buffer=16, seed=0, steps=3)
+TINY = {**TINY_RUN, "local_crops": 1, "num_workers": 0, "save_every": 1, "steps": 3}
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _write_store(root: Path) -> Path:
-    """Nine rows of random 64x32 images and labels (as conftest's make_store([9], grid=(8, 4), hw=(64, 32)))."""
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    from clasp.store import ClipInfo, LabelRows, Manifest, Vocabulary, record_shard, shard_name, write_shard_for
-
-    vocab, rng, n = Vocabulary.default(), np.random.default_rng(0), 9
-    manifest = Manifest(ClipInfo("tiny-test-clip", input_hw=(64, 32)), vocab, (8, 4))
-    manifest.image_store.hw = (64, 32)
-    images = []
-    for _ in range(n):
-        buf = io.BytesIO()
-        Image.fromarray(rng.integers(0, 255, (64, 32, 3), dtype=np.uint8)).save(buf, "JPEG")
-        images.append(buf.getvalue())
-    rows = LabelRows(image=images, key=[f"{i:040d}" for i in range(n)], path=[f"c0/{i}.jpg" for i in range(n)],
-                     orig_hw=np.tile(np.array([64, 32], np.uint16), (n, 1)),
-                     part_mask=rng.integers(0, vocab.num_parts, (n, 8, 4)).astype(np.uint8),
-                     part_conf=rng.random((n, 8, 4)).astype(np.float16),
-                     attr_logits=rng.normal(size=(n, vocab.num_attributes)).astype(np.float16))
-    record_shard(manifest, root, write_shard_for(manifest, root, shard_name(0), rows))
-    return root
+    """Nine rows of random 64x32 images and labels, the store of every run in this file."""
+    return write_store(root, Vocabulary.default(), [9], grid=(8, 4), hw=(64, 32))
 
 
 @pytest.fixture(scope="module")

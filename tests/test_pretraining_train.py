@@ -14,33 +14,17 @@ from safetensors.torch import load_file
 from clasp.hardware import available_cores, dataloader_workers, probe_capability, resolve_precision
 from clasp.pretraining.config import PretrainConfig
 from clasp.pretraining.train import NonFiniteLossError, PretrainInputError, run_pretraining
+from tests.conftest import TINY_RUN, losses, read_metrics
 
-# A model of a few thousand parameters: two blocks, one of them MoE.
-TINY = dict(preset="tiny", dim=32, depth=2, heads=2, moe_layers=1, experts=3, top_k=2, dino_out_dim=64,
-            dino_hidden_dim=32, dino_bottleneck_dim=16, batch_size=4, local_crops=2, precision="fp32",
-            num_workers=0, log_every=1, save_every=2, shuffle_buffer=16, seed=0)
+TINY = {**TINY_RUN, "local_crops": 2, "num_workers": 0, "save_every": 2}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 CPU = probe_capability("cpu")
 
 
-@pytest.fixture
-def store(make_store: Callable[..., Path]) -> Path:
-    # 17 rows in batches of 4: 5 batches per epoch, so 6+ steps cross an epoch boundary.
-    return make_store([10, 7], grid=(8, 4), hw=(64, 32))
-
-
 def train(store: Path, out: Path, **settings) -> object:
     return run_pretraining(PretrainConfig(**{**TINY, "shards": str(store), "out": str(out), **settings}))
-
-
-def metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-def losses(out: Path) -> dict[int, float]:
-    return {row["step"]: row["loss"] for row in metrics(out)}
 
 
 def test_stop_at_and_resume_equal_an_uninterrupted_run(store: Path, tmp_path: Path) -> None:
@@ -59,7 +43,7 @@ def test_stop_at_and_resume_equal_an_uninterrupted_run(store: Path, tmp_path: Pa
     for step in range(1, 8):
         assert b[step] == pytest.approx(a[step], abs=1e-6), step
     # the schedules were not shortened by the stop: same lr at every step
-    assert [r["lr"] for r in metrics(tmp_path / "whole")] == [r["lr"] for r in metrics(tmp_path / "part")]
+    assert [r["lr"] for r in read_metrics(tmp_path / "whole")] == [r["lr"] for r in read_metrics(tmp_path / "part")]
     final_a = load_file(tmp_path / "whole/checkpoints/step-00000007/model.safetensors")
     final_b = load_file(tmp_path / "part/checkpoints/step-00000007/model.safetensors")
     assert final_a.keys() == final_b.keys()
@@ -93,13 +77,13 @@ def test_grad_accum_and_bf16_resume_exactly(store: Path, tmp_path: Path) -> None
     # 4 steps x 2 micro-batches = 8 of the epoch's 5 batches: epoch 1, 3 batches in
     position = torch.load(tmp_path / "part/checkpoints/step-00000004/stream-rank0.pt", weights_only=True)
     assert (position["epoch"], position["batches_yielded"]) == (1, 3)
-    assert metrics(tmp_path / "part")[0]["images_per_s"] > 0
+    assert read_metrics(tmp_path / "part")[0]["images_per_s"] > 0
 
 
 def test_metrics_and_checkpoint_contents(store: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     train(store, out, steps=3, keep_checkpoints=1)
-    rows = metrics(out)
+    rows = read_metrics(out)
     assert [r["step"] for r in rows] == [1, 2, 3]
     for row in rows:
         for key in ("loss", "dino", "part", "attribute", "balance", "lr", "wd", "momentum", "data_wait",
@@ -138,7 +122,7 @@ def test_auto_precision_and_loader_workers_are_resolved_and_saved(store: Path, t
     auto = resolve_precision("auto", CPU)
     assert saved["hardware"]["precision"] == auto.precision and saved["hardware"]["requested"] == "auto"
     assert saved["config"]["num_workers"] == saved["hardware"]["num_workers"] == dataloader_workers("cpu")
-    assert metrics(out)[0]["precision"] == auto.precision
+    assert read_metrics(out)[0]["precision"] == auto.precision
     # a config saved with accelerate's old spelling of full precision still loads, as fp32
     assert PretrainConfig(**{**TINY, "shards": "s", "out": "o", "precision": "no"}).validate().precision == "fp32"
 
@@ -151,7 +135,7 @@ def test_a_bad_row_is_skipped_when_the_run_says_so(store: Path, tmp_path: Path) 
     shard = sorted(store.glob("shard-*.h5"))[0]
     set_values(shard, "part_conf", [1], np.nan)
     result = train(store, tmp_path / "run", steps=2, on_bad_row="skip")
-    assert result.step == 2 and all(np.isfinite(r["part"]) for r in metrics(tmp_path / "run"))
+    assert result.step == 2 and all(np.isfinite(r["part"]) for r in read_metrics(tmp_path / "run"))
     with h5py.File(shard) as f:
         assert np.isnan(f["part_conf"][1]).all()  # the store is read, never mended
 
@@ -159,7 +143,7 @@ def test_a_bad_row_is_skipped_when_the_run_says_so(store: Path, tmp_path: Path) 
 def test_teacher_temperature_follows_its_configured_warm_up(store: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     train(store, out, steps=4, teacher_temp=0.07, warmup_teacher_temp=0.04, warmup_teacher_temp_steps=2)
-    assert [r["teacher_temp"] for r in metrics(out)] == pytest.approx([0.04, 0.07, 0.07, 0.07])  # linspace(0.04, 0.07, 2)
+    assert [r["teacher_temp"] for r in read_metrics(out)] == pytest.approx([0.04, 0.07, 0.07, 0.07])  # linspace(0.04, 0.07, 2)
 
 
 def test_prototypes_stay_fixed_for_the_frozen_steps_only(store: Path, tmp_path: Path) -> None:
@@ -202,7 +186,7 @@ def test_a_different_run_is_not_overwritten(store: Path, tmp_path: Path) -> None
         train(store, out, steps=2, seed=1)
     assert losses(out).keys() == {1}
     train(store, out, steps=2, seed=1, force=True)
-    assert [r["step"] for r in metrics(out)] == [1, 2]  # the old log was replaced, not appended to
+    assert [r["step"] for r in read_metrics(out)] == [1, 2]  # the old log was replaced, not appended to
     assert json.loads((out / "config.json").read_text())["config"]["seed"] == 1
 
 

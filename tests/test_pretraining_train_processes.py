@@ -17,19 +17,13 @@ import yaml
 
 from clasp.pretraining.config import PretrainConfig
 from clasp.pretraining.train import run_pretraining
+from tests.conftest import TINY_RUN, losses, steps_logged
 
-TINY = dict(preset="tiny", dim=32, depth=2, heads=2, moe_layers=1, experts=3, top_k=2, dino_out_dim=64,
-            dino_hidden_dim=32, dino_bottleneck_dim=16, batch_size=4, local_crops=2, precision="fp32",
-            num_workers=1, log_every=1, shuffle_buffer=16, seed=0, steps=1000)
+TINY = {**TINY_RUN, "local_crops": 2, "num_workers": 1, "steps": 1000}
 VENV_BIN = Path(sys.executable).parent
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture
-def store(make_store: Callable[..., Path]) -> Path:
-    return make_store([10, 7], grid=(8, 4), hw=(64, 32))
 
 
 @pytest.fixture
@@ -41,23 +35,6 @@ def config_file(tmp_path: Path) -> Path:
 
 def env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-
-
-def steps_logged(out: Path) -> list[int]:
-    path = out / "metrics.jsonl"
-    if not path.exists():
-        return []
-    steps = []
-    for line in path.read_text().splitlines():
-        try:
-            steps.append(json.loads(line)["step"])
-        except (ValueError, KeyError):
-            pass
-    return steps
-
-
-def losses(out: Path) -> dict[int, float]:
-    return {json.loads(l)["step"]: json.loads(l)["loss"] for l in (out / "metrics.jsonl").read_text().splitlines()}
 
 
 def start(store: Path, out: Path, config_file: Path, *extra: str) -> subprocess.Popen:
