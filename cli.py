@@ -427,55 +427,18 @@ def export_command(run: Path, out: Path, task: str, checkpoint: int | None, stud
 # --------------------------------------------------------------------------- finetune
 
 
-def _ft(flag: str, name: str, kind, help: str, **extra):
-    """An option that overrides the fine-tuning setting `name`; its default is the dataclass's, shown in --help."""
-    from clasp.finetune.config import DEFAULTS
+def _finetune_options(task: str):
+    """`--config` and one option per setting of `clasp.finetune.config.FinetuneConfig` that recipe `task` reads."""
+    from clasp.finetune.config import FinetuneConfig, recipe_settings
+    from clasp.settings.click_options import click_options
 
-    default = getattr(DEFAULTS, name)
-    shown = "none" if default in (None, "") else str(default)
-    return click.option(flag, name, type=kind, default=None, show_default=shown, help=help, **extra)
+    def decorate(func):
+        func = click_options(FinetuneConfig, names=recipe_settings(task))(func)
+        return click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
+                            show_default="none",
+                            help="YAML or JSON file of settings (keys as in the README); flags override it.")(func)
 
-
-def _finetune_options(func):
-    """The settings every recipe shares (see `clasp.finetune.config`)."""
-    options = [
-        _ft("--backbone", "backbone", click.Path(path_type=Path), "Folder written by `clasp export` (required)."),
-        _ft("--data", "data", click.Path(path_type=Path), "The benchmark folder, in its own layout (required)."),
-        _ft("--out", "out", click.Path(path_type=Path), "Run folder: config.json, metrics.jsonl, checkpoints/, results.json."),
-        click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, show_default="none",
-                     help="YAML or JSON file of settings (keys as in the README); flags override it."),
-        _ft("--layout", "layout", str, "Layout of --data; none: recognised from the folder."),
-        _ft("--prompt", "prompt", click.Choice(["instance", "part", "attribute"]), "Task prompt of the backbone; none: the export's."),
-        _ft("--steps", "steps", click.IntRange(min=1), "Optimizer steps; wins over --epochs."),
-        _ft("--epochs", "epochs", click.IntRange(min=1), "Passes over the training split (when --steps is not set)."),
-        _ft("--lr", "lr", click.FloatRange(min=0), "Peak learning rate (AdamW)."),
-        _ft("--min-lr", "min_lr", click.FloatRange(min=0), "Learning rate at the end of the cosine."),
-        _ft("--warmup", "warmup", click.FloatRange(0, 1, max_open=True), "Fraction of the steps with linear warm-up."),
-        _ft("--schedule", "schedule", click.Choice(["cosine", "step"]), "After the warm-up: cosine, or steps of x--gamma."),
-        _ft("--milestones", "milestones", str, "Step schedule: fractions of the steps, comma-separated."),
-        _ft("--gamma", "gamma", click.FloatRange(min=0), "Step schedule: factor at each milestone."),
-        _ft("--weight-decay", "weight_decay", click.FloatRange(min=0), "AdamW weight decay (weights only)."),
-        _ft("--layer-decay", "layer_decay", click.FloatRange(0, 1, min_open=True), "Layer-wise lr decay (1: off)."),
-        _ft("--clip-grad", "clip_grad", click.FloatRange(min=0), "Max gradient norm (0: off)."),
-        click.option("--freeze-backbone", "freeze_backbone", is_flag=True, default=None,
-                     help="Train the head only (the frozen-probe baseline)."),
-        _ft("--batch-size", "batch_size", click.IntRange(min=1), "Images per process per step (attributes, parsing)."),
-        _ft("--eval-batch-size", "eval_batch_size", click.IntRange(min=1), "Images per forward pass when evaluating."),
-        _ft("--precision", "precision", click.Choice(PRECISIONS), PRECISION_HELP),
-        _ft("--num-workers", "num_workers", click.IntRange(min=0), "Image-loading workers per process; none: from the cores."),
-        _ft("--save-every", "save_every", click.IntRange(min=1), "Steps between checkpoints."),
-        _ft("--keep-checkpoints", "keep_checkpoints", click.IntRange(min=1), "Newest checkpoints to keep."),
-        _ft("--log-every", "log_every", click.IntRange(min=1), "Steps between lines of metrics.jsonl."),
-        _ft("--stop-at", "stop_at", click.IntRange(min=1), "Stop after this step with a checkpoint; --resume continues."),
-        _ft("--seed", "seed", click.IntRange(min=0), "Seed of the head, data order and augmentation."),
-        click.option("--resume", is_flag=True, default=False, show_default="off",
-                     help="Continue the run in --out from its newest checkpoint, with its saved settings."),
-        click.option("--force", is_flag=True, default=False, show_default="off",
-                     help="Start over in an --out that holds another run."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    return decorate
 
 
 def _run_finetune(task: str, config_file: Path | None, resume: bool, force: bool, settings: dict) -> None:
@@ -514,33 +477,21 @@ def finetune() -> None:
 
 
 @finetune.command("reid")
-@_finetune_options
-@_ft("--ids-per-batch", "ids_per_batch", click.IntRange(min=1), "P: identities per batch.")
-@_ft("--images-per-id", "images_per_id", click.IntRange(min=1), "K: images of each identity per batch.")
-@_ft("--label-smoothing", "label_smoothing", click.FloatRange(0, 1, max_open=True), "Identity cross-entropy smoothing.")
-@_ft("--margin", "margin", click.FloatRange(min=0), "Batch-hard triplet margin.")
-@_ft("--w-triplet", "w_triplet", click.FloatRange(min=0), "Weight of the triplet loss.")
-@click.option("--rerank", "rerank", is_flag=True, default=None, help="Also report k-reciprocal re-ranking (map_rerank).")
-@_ft("--k1", "k1", click.IntRange(min=1), "Re-ranking k1.")
-@_ft("--k2", "k2", click.IntRange(min=1), "Re-ranking k2.")
-@_ft("--rerank-lambda", "rerank_lambda", click.FloatRange(0, 1), "Re-ranking: weight of the original distance.")
+@_finetune_options("reid")
 def finetune_reid(config_file, resume, force, **settings) -> None:
     """Re-ID (BNNeck; ID cross-entropy + batch-hard triplet; P x K batches) on Market-1501 or MSMT17."""
     _run_finetune("reid", config_file, resume, force, settings)
 
 
 @finetune.command("attributes")
-@_finetune_options
-@_ft("--attributes", "attributes", str, "Comma-separated attribute names; none: the data set's evaluated set.")
-@_ft("--partition", "partition", click.IntRange(min=0), "PETA.mat: which random partition.")
+@_finetune_options("attributes")
 def finetune_attributes(config_file, resume, force, **settings) -> None:
     """Pedestrian attributes (linear head, positive-ratio-weighted BCE) on PA-100K or PETA."""
     _run_finetune("attributes", config_file, resume, force, settings)
 
 
 @finetune.command("parsing")
-@_finetune_options
-@_ft("--head-dim", "head_dim", click.IntRange(min=1), "Channels of the segmentation head.")
+@_finetune_options("parsing")
 def finetune_parsing(config_file, resume, force, **settings) -> None:
     """Human parsing (a light convolutional head on the patch tokens, pixel cross-entropy) on LIP or CIHP."""
     _run_finetune("parsing", config_file, resume, force, settings)

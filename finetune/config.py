@@ -17,17 +17,19 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from clasp.hardware import PRECISIONS
+from clasp.hardware import PRECISION_HELP, PRECISIONS
+from clasp.settings import check_value, setting, settings_of
 
 TASKS = ("reid", "attributes", "parsing")
 LAYOUTS = {"reid": ("market1501", "msmt17"), "attributes": ("pa100k", "peta"), "parsing": ("lip", "cihp")}
 SCHEDULES = ("cosine", "step")
+PROMPTS = ("instance", "part", "attribute")  # the backbone's task prompts
 CONFIG_NAME = "config.json"
 
 
@@ -37,55 +39,71 @@ class FinetuneConfigError(ValueError):
 
 @dataclass
 class FinetuneConfig:
+    """Every setting of a fine-tuning run; `clasp finetune` offers each as a flag (`RECIPE_ONLY`: which recipe's).
+
+    `limits` bound each number (README, "Errors and bad input"): beyond them no run is sane on any machine.
+    """
+
     # --- what and where
-    task: str = ""  # reid | attributes | parsing (set by the subcommand)
-    backbone: str = ""  # folder written by `clasp export` (required)
-    data: str = ""  # the benchmark folder in its own layout (required)
-    out: str = ""  # run folder (required)
-    layout: str = ""  # market1501 | msmt17 | pa100k | peta | lip | cihp; "" = recognised from the folder
-    prompt: str = ""  # task prompt of the backbone (instance | part | attribute); "" = the export's
+    task: str = setting("", "reid | attributes | parsing (set by the subcommand).", flag=False)
+    backbone: str = setting("", "Folder written by `clasp export` (required).", resumable=True)
+    data: str = setting("", "The benchmark folder, in its own layout (required).", resumable=True)
+    out: str = setting("", "Run folder: config.json, metrics.jsonl, checkpoints/, results.json.", resumable=True,
+                       inherited=False)
+    layout: str = setting("", "Layout of --data (market1501 | msmt17 | pa100k | peta | lip | cihp); none: "
+                              "recognised from the folder.")
+    prompt: str = setting("", "Task prompt of the backbone; none: the export's.", choices=PROMPTS)
     # --- length: `steps` wins when set, else `epochs` passes over the training split
-    steps: int | None = None
-    epochs: int | None = 60
+    steps: int | None = setting(None, "Optimizer steps; wins over --epochs.", limits=(1, 10_000_000))
+    epochs: int | None = setting(60, "Passes over the training split (when --steps is not set).",
+                                 limits=(1, 100_000))
     # --- batches (per process)
-    batch_size: int = 32  # attributes and parsing: images per step
-    ids_per_batch: int = 16  # re-ID: P identities per step ...
-    images_per_id: int = 4  # ... times K images of each
+    batch_size: int = setting(32, "Images per process per step (attributes, parsing).", limits=(1, 65_536))
+    ids_per_batch: int = setting(16, "P: identities per batch.", limits=(1, 4096))
+    images_per_id: int = setting(4, "K: images of each identity per batch.", limits=(1, 1024))
     # --- optimisation (AdamW; lr schedule precomputed per step)
-    lr: float = 3.5e-4  # peak learning rate
-    min_lr: float = 1e-6  # end of the cosine
-    warmup: float = 0.1  # fraction of the steps with linear warm-up from 0
-    schedule: str = "cosine"  # cosine | step (x gamma at each milestone)
-    milestones: str = "0.5,0.8"  # step schedule: fractions of the steps
-    gamma: float = 0.1  # step schedule: factor at each milestone
-    weight_decay: float = 0.05  # biases, norms, position embedding, CLS token and task prompts exempt
-    layer_decay: float = 1.0  # layer-wise lr decay (1 = off; BEiT/MAE use 0.65-0.75)
-    clip_grad: float = 0.0  # max gradient norm (0 = off)
-    freeze_backbone: bool = False  # train the head only, backbone in eval mode (the frozen-probe baseline)
+    lr: float = setting(3.5e-4, "Peak learning rate (AdamW).", limits=(0, 1))
+    min_lr: float = setting(1e-6, "Learning rate at the end of the cosine.", limits=(0, 1))
+    warmup: float = setting(0.1, "Fraction of the steps with linear warm-up from 0.", limits=(0, 0.999))
+    schedule: str = setting("cosine", "After the warm-up: cosine, or steps of x--gamma.", choices=SCHEDULES)
+    milestones: str = setting("0.5,0.8", "Step schedule: fractions of the steps, comma-separated.")
+    gamma: float = setting(0.1, "Step schedule: factor at each milestone.", limits=(0, 10))
+    weight_decay: float = setting(0.05, "AdamW weight decay (weights only: biases, norms, position embedding, "
+                                        "CLS token and task prompts are exempt).", limits=(0, 1))
+    layer_decay: float = setting(1.0, "Layer-wise lr decay (1: off; BEiT/MAE use 0.65-0.75).", limits=(1e-6, 1))
+    clip_grad: float = setting(0.0, "Max gradient norm (0: off).", limits=(0, 1e6))
+    freeze_backbone: bool = setting(False, "Train the head only, backbone in eval mode (the frozen-probe baseline).")
     # --- re-ID recipe (BNNeck)
-    label_smoothing: float = 0.1  # identity cross-entropy smoothing
-    margin: float = 0.3  # batch-hard triplet margin
-    w_triplet: float = 1.0  # weight of the triplet loss
-    rerank: bool = False  # also report k-reciprocal re-ranking (map_rerank, rank1_rerank)
-    k1: int = 20  # re-ranking k1
-    k2: int = 6  # re-ranking k2
-    rerank_lambda: float = 0.3  # weight of the original distance in re-ranking
+    label_smoothing: float = setting(0.1, "Identity cross-entropy smoothing.", limits=(0, 0.999))
+    margin: float = setting(0.3, "Batch-hard triplet margin.", limits=(0, 100))
+    w_triplet: float = setting(1.0, "Weight of the triplet loss.", limits=(0, 1000))
+    rerank: bool = setting(False, "Also report k-reciprocal re-ranking (map_rerank, rank1_rerank).", resumable=True)
+    k1: int = setting(20, "Re-ranking k1.", limits=(1, 10_000), resumable=True)
+    k2: int = setting(6, "Re-ranking k2.", limits=(1, 10_000), resumable=True)
+    rerank_lambda: float = setting(0.3, "Re-ranking: weight of the original distance.", limits=(0, 1),
+                                   resumable=True)
     # --- attribute recipe
-    attributes: str = ""  # comma-separated attribute names to train and score; "" = the data set's evaluated set
-    partition: int = 0  # PETA.mat: which of its random partitions
+    attributes: str = setting("", "Comma-separated attribute names to train and score; none: the data set's "
+                                  "evaluated set.")
+    partition: int = setting(0, "PETA.mat: which of its random partitions.", limits=(0, math.inf))
     # --- parsing recipe
-    head_dim: int = 128  # channels of the segmentation head's convolutions
+    head_dim: int = setting(128, "Channels of the segmentation head's convolutions.", limits=(1, 8192))
     # --- run
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16
-    num_workers: int | None = None  # image-loading workers per process; None: from the cores
-    eval_batch_size: int = 64  # images per forward pass in the final evaluation
-    save_every: int = 500  # steps between checkpoints (plus one at the end)
-    keep_checkpoints: int = 2  # newest checkpoints kept
-    log_every: int = 10  # steps between lines of OUT/metrics.jsonl
-    stop_at: int | None = None  # stop after this step with a checkpoint; schedule unchanged
-    seed: int = 0  # head init, data order, augmentation
-    resume: bool = False  # continue from the newest checkpoint in `out`
-    force: bool = False  # start over in an `out` that holds another run
+    precision: str = setting("auto", PRECISION_HELP, choices=PRECISIONS, resumable=True)
+    num_workers: int | None = setting(None, "Image-loading workers per process; none: from the cores.",
+                                      limits=(0, 1_000_000), resumable=True)
+    eval_batch_size: int = setting(64, "Images per forward pass when evaluating.", limits=(1, 65_536),
+                                   resumable=True)
+    save_every: int = setting(500, "Steps between checkpoints (plus one at the end).", limits=(1, 10_000_000),
+                              resumable=True)
+    keep_checkpoints: int = setting(2, "Newest checkpoints to keep.", limits=(1, 1000), resumable=True)
+    log_every: int = setting(10, "Steps between lines of metrics.jsonl.", limits=(1, 10_000_000), resumable=True)
+    stop_at: int | None = setting(None, "Stop after this step with a checkpoint (schedule unchanged); --resume "
+                                        "continues.", limits=(1, 10_000_000), resumable=True, inherited=False)
+    seed: int = setting(0, "Seed of the head, data order and augmentation.", limits=(0, 2**32 - 1))
+    resume: bool = setting(False, "Continue the run in --out from its newest checkpoint, with its saved settings.",
+                           resumable=True, inherited=False)
+    force: bool = setting(False, "Start over in an --out that holds another run.", resumable=True, inherited=False)
 
     def validate(self) -> "FinetuneConfig":
         for name in ("task", "backbone", "data", "out"):
@@ -104,36 +122,19 @@ class FinetuneConfig:
             raise FinetuneConfigError("set `steps` or `epochs`")
         if self.steps is not None:
             self.epochs = None
-        for name in ("batch_size", "ids_per_batch", "images_per_id", "eval_batch_size", "save_every",
-                     "keep_checkpoints", "log_every", "k1", "k2", "head_dim",
-                     "steps" if self.steps is not None else "epochs"):
-            if getattr(self, name) < 1:
-                raise FinetuneConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("lr", "min_lr", "weight_decay", "clip_grad", "margin", "w_triplet", "gamma", "partition", "seed"):
-            if getattr(self, name) < 0:
-                raise FinetuneConfigError(f"{name} must not be negative, got {getattr(self, name)}")
-        for name, low, high in (("warmup", 0, 0.999), ("layer_decay", 1e-6, 1), ("label_smoothing", 0, 0.999),
-                                ("rerank_lambda", 0, 1)):
-            if not low <= getattr(self, name) <= high:
-                raise FinetuneConfigError(f"{name} must be in [{low}, {high}], got {getattr(self, name)}")
         self.milestone_fractions()
-        if self.stop_at is not None and self.stop_at < 1:
-            raise FinetuneConfigError(f"stop_at must be at least 1, got {self.stop_at}")
         self.check_bounds()
         return self
 
     def check_bounds(self) -> None:
-        """Numbers finite and within BOUNDS; `num_workers` at most 4 per available core (as `clasp pretrain`)."""
+        """Numbers finite and within their declared limits (the rule of `clasp.settings.check_value`, as for
+        `clasp pretrain`); `num_workers` at most 4 per available core."""
         from clasp.hardware import available_cores
 
-        for name, (low, high) in BOUNDS.items():
-            value = getattr(self, name)
-            if value is None:
-                continue
-            if isinstance(value, float) and not math.isfinite(value):
-                raise FinetuneConfigError(f"{name} must be a finite number, got {value}")
-            if not low <= value <= high:
-                raise FinetuneConfigError(f"{name} must be in [{_number(low)}, {_number(high)}], got {_number(value)}")
+        for name, info in SETTINGS.items():
+            problem = check_value(info, getattr(self, name)) if info.limits is not None else None
+            if problem:
+                raise FinetuneConfigError(problem)
         cores = available_cores()
         if self.num_workers is not None and self.num_workers > 4 * cores:
             raise FinetuneConfigError(f"num_workers {self.num_workers} is more than 4 per available core "
@@ -152,29 +153,23 @@ class FinetuneConfig:
         return [a.strip() for a in self.attributes.split(",") if a.strip()] or None
 
 
-# Bounds of the numbers (README "Errors and bad input"): beyond them no run is sane on any machine.
-BOUNDS: dict[str, tuple[float, float]] = {
-    "steps": (1, 10_000_000), "epochs": (1, 100_000), "batch_size": (1, 65_536), "ids_per_batch": (1, 4096),
-    "images_per_id": (1, 1024), "eval_batch_size": (1, 65_536), "head_dim": (1, 8192), "k1": (1, 10_000),
-    "k2": (1, 10_000), "save_every": (1, 10_000_000), "log_every": (1, 10_000_000), "keep_checkpoints": (1, 1000),
-    "stop_at": (1, 10_000_000), "seed": (0, 2**32 - 1), "num_workers": (0, 1_000_000),
-    "lr": (0, 1), "min_lr": (0, 1), "weight_decay": (0, 1), "clip_grad": (0, 1e6), "margin": (0, 100),
-    "w_triplet": (0, 1000), "gamma": (0, 10), "warmup": (0, 0.999), "layer_decay": (1e-6, 1),
-    "label_smoothing": (0, 0.999), "rerank_lambda": (0, 1),
-}
-
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else f"{value:g}"
-
-
-KEYS = tuple(f.name for f in fields(FinetuneConfig))
+SETTINGS = {info.name: info for info in settings_of(FinetuneConfig)}
+KEYS = tuple(SETTINGS)
 DEFAULTS = FinetuneConfig()
-OPTIONAL_INTS = frozenset({"steps", "epochs", "stop_at", "num_workers"})
+OPTIONAL_INTS = frozenset(k for k, i in SETTINGS.items() if i.optional)
 # May change between a checkpoint and `resume`: where things are, saving/logging, stopping, precision, evaluation.
-RESUMABLE_CHANGES = frozenset({"backbone", "data", "out", "resume", "force", "stop_at", "save_every", "log_every",
-                               "keep_checkpoints", "precision", "num_workers", "eval_batch_size", "rerank", "k1", "k2",
-                               "rerank_lambda"})
-NOT_INHERITED_ON_RESUME = frozenset({"out", "resume", "force", "stop_at"})
+RESUMABLE_CHANGES = frozenset(k for k, i in SETTINGS.items() if i.resumable)
+NOT_INHERITED_ON_RESUME = frozenset(k for k, i in SETTINGS.items() if not i.inherited)
+# Settings that one recipe alone reads: `clasp finetune TASK` offers the shared settings and its own.
+RECIPE_ONLY = {"reid": ("ids_per_batch", "images_per_id", "label_smoothing", "margin", "w_triplet", "rerank", "k1",
+                        "k2", "rerank_lambda"),
+               "attributes": ("attributes", "partition"), "parsing": ("head_dim",)}
+
+
+def recipe_settings(task: str) -> tuple[str, ...]:
+    """The command-line settings of `clasp finetune TASK`, in declaration order."""
+    others = {name for other, names in RECIPE_ONLY.items() if other != task for name in names}
+    return tuple(k for k, i in SETTINGS.items() if i.flag and k not in others)
 
 
 def _coerce(key: str, value: Any, source: str) -> Any:

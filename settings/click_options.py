@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import click
 
@@ -48,10 +48,12 @@ def option_for(info: SettingInfo, **extra: Any) -> Callable:
     return click.option(info.option, info.name, **kwargs)
 
 
-def click_options(cls: type, extra: dict[str, dict[str, Any]] | None = None) -> Callable:
-    """A decorator adding the option of every command-line setting of `cls`."""
+def click_options(cls: type, extra: dict[str, dict[str, Any]] | None = None,
+                  names: Collection[str] | None = None) -> Callable:
+    """A decorator adding the option of every command-line setting of `cls` (only those in `names`, when given)."""
     extra = extra or {}
-    options = [option_for(info, **extra.get(info.name, {})) for info in settings_of(cls) if info.flag]
+    options = [option_for(info, **extra.get(info.name, {})) for info in settings_of(cls)
+               if info.flag and (names is None or info.name in names)]
 
     def decorate(func: Callable) -> Callable:
         for option in reversed(options):

@@ -71,3 +71,19 @@ def test_coerce_keeps_ints_and_names_the_source() -> None:
         coerce(SETTINGS["batch_size"], 2.5, "f.yaml")
     with pytest.raises(ValueError, match="cannot be empty"):
         coerce(SETTINGS["batch_size"], None, "f.yaml")
+
+
+def test_finetune_options_keys_and_resume_rule_come_from_the_dataclass() -> None:
+    from clasp.cli import finetune
+    from clasp.finetune.config import KEYS, RECIPE_ONLY, RESUMABLE_CHANGES, FinetuneConfig
+
+    infos = settings_of(FinetuneConfig)
+    assert set(KEYS) == {i.name for i in infos}
+    recipe_only = {name for names in RECIPE_ONLY.values() for name in names}
+    shared = {i.name for i in infos if i.flag} - recipe_only
+    for task, command in finetune.commands.items():
+        options = {p.name: p for p in command.params}
+        assert set(options) - {"config_file"} == shared | set(RECIPE_ONLY[task]), task
+        assert options["batch_size"].type.max == 65_536 and options["warmup"].type.max == 0.999
+    assert {"precision", "rerank", "out", "stop_at"} <= RESUMABLE_CHANGES
+    assert not {"lr", "batch_size", "margin", "seed"} & RESUMABLE_CHANGES
