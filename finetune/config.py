@@ -45,7 +45,7 @@ class FinetuneConfig:
     """
 
     # --- what and where
-    task: str = setting("", "reid | attributes | parsing (set by the subcommand).", flag=False)
+    task: str = setting("", "reid | attributes | parsing (set by the subcommand).", flag=False, hidden=True)
     backbone: str = setting("", "Folder written by `clasp export` (required).", resumable=True)
     data: str = setting("", "The benchmark folder, in its own layout (required).", resumable=True)
     out: str = setting("", "Run folder: config.json, metrics.jsonl, checkpoints/, results.json.", resumable=True,

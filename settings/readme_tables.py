@@ -16,6 +16,7 @@ from clasp.settings.fields import SettingInfo, settings_of
 TABLES: dict[str, tuple[str, str, bool]] = {
     "pretrain": ("clasp.pretraining.config", "PretrainConfig", True),
     "label": ("clasp.labeling.config", "LabelConfig", False),
+    "finetune": ("clasp.finetune.config", "FinetuneConfig", True),
 }
 BLOCK = re.compile(r"(<!-- settings: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /settings -->)", re.S)
 
