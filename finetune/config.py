@@ -21,10 +21,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from clasp.hardware import PRECISION_HELP, PRECISIONS
 from clasp.settings import check_value, setting, settings_of
+from clasp.settings.layers import merge_layers, read_settings_file
 
 TASKS = ("reid", "attributes", "parsing")
 LAYOUTS = {"reid": ("market1501", "msmt17"), "attributes": ("pa100k", "peta"), "parsing": ("lip", "cihp")}
@@ -199,22 +198,11 @@ def _coerce(key: str, value: Any, source: str) -> Any:
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FinetuneConfigError(f"{path}: config file not found")
-    text = path.read_text(encoding="utf-8")
+    """Read a YAML or JSON file of settings; unknown keys and bad values name the key and file."""
     try:
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise FinetuneConfigError(f"{path}: does not parse ({' '.join(str(exc).split())})") from None
-    data = data or {}
-    if not isinstance(data, dict):
-        raise FinetuneConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
-    if set(data) >= {"config", "derived"} and isinstance(data["config"], dict):
-        data = data["config"]  # a saved run config seeds a new run
-    unknown = sorted(set(data) - set(KEYS))
-    if unknown:
-        raise FinetuneConfigError(f"{path}: unknown setting {unknown[0]!r}; known settings: {', '.join(KEYS)}")
+        data = read_settings_file(path, KEYS)
+    except ValueError as exc:
+        raise FinetuneConfigError(str(exc)) from None
     return {k: _coerce(k, v, str(path)) for k, v in data.items()}
 
 
@@ -234,13 +222,7 @@ def build_config(config_file: str | Path | None = None, **overrides: Any) -> Fin
         layers.insert(0, {k: _coerce(k, v, str(saved_path)) for k, v in saved.items()
                           if k in KEYS and k not in NOT_INHERITED_ON_RESUME})
         sources.insert(0, str(saved_path))
-    values: dict[str, Any] = {}
-    for layer in layers:
-        if "steps" in layer and "epochs" not in layer:
-            values["epochs"] = None
-        if "epochs" in layer and "steps" not in layer:
-            values["steps"] = None
-        values.update(layer)
+    values = merge_layers(layers)
     try:
         return FinetuneConfig(**values).validate()
     except FinetuneConfigError as exc:  # name the file (or the command line) that set the refused key

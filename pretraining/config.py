@@ -25,11 +25,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from clasp.hardware import PRECISION_HELP, PRECISIONS
 from clasp.pretraining.layout import RUN_CONFIG
 from clasp.settings import check_value, coerce, setting, settings_of
+from clasp.settings.layers import merge_layers, read_settings_file
 from clasp.store.person_size import PERSON_HW
 
 log = logging.getLogger("clasp")
@@ -246,26 +245,10 @@ def default_of(name: str) -> Any:
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML or JSON file of settings; unknown keys and bad values name the key and file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    text = path.read_text(encoding="utf-8")
     try:
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        one_line = " ".join(str(exc).split())
-        raise ConfigError(f"{path}: does not parse ({one_line})") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
-    # A saved run config ({"config": {...}, "derived": {...}}) can seed a new run.
-    if set(data) >= {"config", "derived"} and isinstance(data["config"], dict):
-        data = data["config"]
-    unknown = sorted(set(data) - set(KEYS))
-    if unknown:
-        raise ConfigError(f"{path}: unknown setting {unknown[0]!r}" + (f" (and {unknown[1:]})" if unknown[1:] else "")
-                          + f"; known settings: {', '.join(KEYS)}")
+        data = read_settings_file(path, KEYS)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return {key: _coerce(key, value, str(path)) for key, value in data.items()}
 
 
@@ -294,13 +277,7 @@ def build_config(config_file: str | Path | None = None, **overrides: Any) -> Pre
                     if k in KEYS and k not in NOT_INHERITED_ON_RESUME}
             layers.insert(0, base)
             sources.insert(0, str(saved_path))
-    values: dict[str, Any] = {}
-    for layer in layers:
-        if "steps" in layer and "epochs" not in layer:
-            values["epochs"] = None
-        if "epochs" in layer and "steps" not in layer:
-            values["steps"] = None
-        values.update(layer)
+    values = merge_layers(layers)
     if values.get("shards") and not values.get("out") and not values.get("resume"):
         values["out"] = default_run_folder(values["shards"])
     try:
