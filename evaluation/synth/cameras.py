@@ -16,7 +16,6 @@ from PIL import Image
 
 from clasp.store.person_size import PERSON_HW
 
-IMAGE_HW = PERSON_HW  # older name of the picture size, still imported by corpus.py
 # The background is this much larger than an image so that windows of it differ.
 BACKGROUND_MARGIN = (32, 48)
 TEXTURES = ("bricks", "tiles", "stripes", "blotches")

@@ -40,7 +40,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from clasp.evaluation.synth.cameras import IMAGE_HW, Camera, make_camera
+from clasp.evaluation.synth.cameras import Camera, make_camera
+from clasp.store.person_size import PERSON_HW
 from clasp.evaluation.synth.captions import Visible, person_caption, region_caption, scene_caption
 from clasp.evaluation.synth.drawing import MATERIALS, render, sample_pose
 from clasp.evaluation.synth.identities import check_vocabulary, sample_identity
@@ -103,10 +104,10 @@ def _unpack(packed: np.ndarray) -> np.ndarray:
     return packed.view(np.uint8).reshape(*packed.shape, 4)[..., :3]
 
 
-def _background(camera: Camera, rng: np.random.Generator, ys: slice = slice(0, IMAGE_HW[0]),
-                xs: slice = slice(0, IMAGE_HW[1])) -> np.ndarray:
+def _background(camera: Camera, rng: np.random.Generator, ys: slice = slice(0, PERSON_HW[0]),
+                xs: slice = slice(0, PERSON_HW[1])) -> np.ndarray:
     """Rows `ys`, columns `xs` of a noisy 256x128 window of the camera's scene (a picture without the person)."""
-    oy, ox = (int(rng.integers(camera.background.shape[i] - IMAGE_HW[i] + 1)) for i in (0, 1))
+    oy, ox = (int(rng.integers(camera.background.shape[i] - PERSON_HW[i] + 1)) for i in (0, 1))
     ys, xs = slice(ys.start + oy, ys.stop + oy), slice(xs.start + ox, xs.stop + ox)
     window = _unpack(camera.background[ys, xs]).astype(np.int16)
     return (window + camera.noise_field[ys, xs]).clip(0, 255).astype(np.uint8)
@@ -121,8 +122,8 @@ def _crop(rng: np.random.Generator, keep: np.ndarray) -> tuple[slice, slice]:
     w2 = max(w * (1 + rng.uniform(0.05, 0.4)), h2 / 3, 16)
     h2 = max(h2, w2 / 3)
     cy, cx = (y0 + y1) / 2 + rng.uniform(-0.1, 0.1) * h, (x0 + x1) / 2 + rng.uniform(-0.1, 0.1) * w
-    top = int(np.clip(round(cy - h2 / 2), 0, max(IMAGE_HW[0] - h2, 0)))
-    left = int(np.clip(round(cx - w2 / 2), 0, max(IMAGE_HW[1] - w2, 0)))
+    top = int(np.clip(round(cy - h2 / 2), 0, max(PERSON_HW[0] - h2, 0)))
+    left = int(np.clip(round(cx - w2 / 2), 0, max(PERSON_HW[1] - w2, 0)))
     return slice(top, top + int(round(h2))), slice(left, left + int(round(w2)))
 
 
@@ -151,7 +152,7 @@ class CorpusDrawer:
             return kind, image, person_caption(rng, identity, Visible.of(materials), pose.back_view)
         keep = np.isin(materials, [MATERIALS.index(m) for m in REGIONS[kind]])
         if kind == "arm":
-            columns = np.arange(IMAGE_HW[1])[None, :]
+            columns = np.arange(PERSON_HW[1])[None, :]
             keep &= (columns < pose.centre_x) if rng.random() < 0.5 else (columns >= pose.centre_x)
         if keep.sum() < MIN_REGION_PIXELS:  # the region does not show here: the person is pictured instead
             return "person", image, person_caption(rng, identity, Visible.of(materials), pose.back_view)
@@ -165,7 +166,7 @@ class CorpusDrawer:
         """A bare background: the whole street, its upper part (wall) or its lower part (ground)."""
         full = _background(camera, rng)
         view = ("street", "wall", "ground")[int(rng.integers(3))]
-        h = IMAGE_HW[0]
+        h = PERSON_HW[0]
         if view == "wall":
             full = full[: int(h * rng.uniform(0.25, 0.45))]
         elif view == "ground":
