@@ -155,16 +155,3 @@ def load_checkpoint(path: Path, model, optimizer, scaler, rank: int) -> int:
     torch.set_rng_state(_safe_load(path / f"rng-rank{rank}.pt")["torch"])
     return int(trainer["step"])
 
-
-def truncate_metrics(path: Path, after_step: int) -> None:
-    """Drop lines logged after the checkpoint a resume starts from."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if int(json.loads(line)["step"]) <= after_step:
-                kept.append(line)
-        except (ValueError, KeyError, TypeError):
-            continue
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")

@@ -31,12 +31,13 @@ from typing import Any
 import torch
 
 from clasp.finetune.checkpoint import (
-    ERROR_LOG, METRICS, RESULTS, RunFolderError, load_checkpoint, plan_run, save_checkpoint, truncate_metrics, wipe,
+    ERROR_LOG, METRICS, RESULTS, RunFolderError, load_checkpoint, plan_run, save_checkpoint, wipe,
     write_error_log,
 )
 from clasp.finetune.config import CONFIG_NAME, FinetuneConfig, FinetuneConfigError, saved_form
 from clasp.evaluation.errors import EvalInputError
 from clasp.finetune.data import FinetuneInputError, load_data
+from clasp.pretraining.run_logs import truncate_jsonl
 from clasp.store.durable import write_json_atomic
 
 log = logging.getLogger("clasp")
@@ -237,7 +238,7 @@ def _prepare_folder(config, accelerator, saved_config, derived, unwrapped, optim
         start = load_checkpoint(resume_from, unwrapped, optimizer, accelerator.scaler, accelerator.process_index)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process and resume_from is not None:
-        truncate_metrics(out / METRICS, start)
+        truncate_jsonl(out / METRICS, start)
     return start
 
 

@@ -7,7 +7,6 @@ listed above and start over; other files are left alone).
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,16 +85,3 @@ def write_error_log(out: str | Path, message: str) -> None:
     except OSError:
         pass  # the error itself is reported on stderr either way
 
-
-def truncate_jsonl(path: Path, after_step: int) -> None:
-    """Drop lines logged after `after_step` by a run that died after its last checkpoint."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if int(json.loads(line)["step"]) <= after_step:
-                kept.append(line)
-        except (ValueError, KeyError, TypeError):
-            continue  # a line cut by a kill
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")

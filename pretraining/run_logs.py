@@ -2,7 +2,8 @@
 
 Both are JSON lines keyed by `step`; on resume, lines after the checkpoint's
 step (logged by a run that died after its last save) are dropped first, so a
-resumed run's log reads as one uninterrupted run's.
+resumed run's log reads as one uninterrupted run's. `truncate_jsonl` is that
+rule; a fine-tuning run's metrics.jsonl follows it too.
 """
 
 from __future__ import annotations
@@ -15,7 +16,20 @@ from typing import Any, TextIO
 import torch
 
 from clasp.pretraining.layout import METRICS_FILE, ROWS_LOG
-from clasp.pretraining.run_folder import truncate_jsonl
+
+
+def truncate_jsonl(path: Path, after_step: int) -> None:
+    """Drop lines logged after `after_step` by a run that died after its last checkpoint."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if int(json.loads(line)["step"]) <= after_step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut by a kill
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
 class MetricsLog:

@@ -24,8 +24,8 @@ from clasp.pretraining.checkpoint import CheckpointError, CheckpointWriter, load
 from clasp.pretraining.config import STEPS, ConfigError, PretrainConfig, saved_form
 from clasp.pretraining.errors import PretrainInputError
 from clasp.pretraining.layout import ERROR_LOG, METRICS_FILE, RNG_FILE, RUN_CONFIG, STREAM_FILE
-from clasp.pretraining.run_folder import RunPlan, plan_run_folder, truncate_jsonl, wipe_run_files
-from clasp.pretraining.run_logs import MetricsLog, RowLog
+from clasp.pretraining.run_folder import RunPlan, plan_run_folder, wipe_run_files
+from clasp.pretraining.run_logs import MetricsLog, RowLog, truncate_jsonl
 from clasp.pretraining.schedules import Schedules
 from clasp.pretraining.step_stats import ThroughputWindow
 from clasp.store.durable import write_json_atomic
