@@ -1,12 +1,12 @@
 """`clasp synth-corpus` pairs/s against the bare cost of writing the same number of JPEG files.
 
-The baseline encodes one fixed 256x128 image as JPEG (the corpus quality) and
-writes it N times: what any writer of N full-size pictures pays at least. The
-corpus draws a person for every picture and writes smaller crops for regions, so
-the ratio corpus / baseline says what drawing, isolating and captioning cost
-beyond that (1.0 would be free). Both run in this process, alternately,
-`--repeats` times; the best of each counts (the machine is shared). The target
-is at least 200 pairs/s.
+The baseline (`jpeg_baseline.py`) encodes one fixed 256x128 image as JPEG (the
+corpus quality) and writes it N times: what any writer of N full-size pictures
+pays at least. The corpus draws a person for every picture and writes smaller
+crops for regions, so the ratio corpus / baseline says what drawing, isolating
+and captioning cost beyond that (1.0 would be free). Both run in this process,
+alternately, `--repeats` times; the best of each counts (the machine is shared).
+The target is at least 200 pairs/s.
 
     python benchmarks/corpus_throughput.py [--pairs 3000] [--repeats 3]
 """
@@ -14,37 +14,14 @@ is at least 200 pairs/s.
 from __future__ import annotations
 
 import argparse
-import io
-import shutil
 import sys
-import tempfile
-import time
 from pathlib import Path
-
-import numpy as np
-from PIL import Image
 
 from clasp.evaluation.synth.corpus import JPEG_QUALITY, CorpusConfig, write_corpus
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from jpeg_baseline import best_times, rate_lines, write_jpegs  # noqa: E402
 from machine import print_header  # noqa: E402
-
-
-def baseline(folder: Path, n: int) -> tuple[float, float]:
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (256, 128, 3), dtype=np.uint8))
-    folder.mkdir(parents=True, exist_ok=True)
-    wall, cpu = time.perf_counter(), time.process_time()
-    for i in range(n):
-        buf = io.BytesIO()
-        image.save(buf, "JPEG", quality=JPEG_QUALITY)
-        (folder / f"{i:06d}.jpg").write_bytes(buf.getvalue())
-    return time.perf_counter() - wall, time.process_time() - cpu
-
-
-def corpus(folder: Path, n: int) -> tuple[float, float]:
-    wall, cpu = time.perf_counter(), time.process_time()
-    write_corpus(CorpusConfig(folder, pairs=n, seed=0))
-    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def main() -> None:
@@ -53,15 +30,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     print_header("auto", note="no model here: drawing and JPEG encoding are the same in every precision")
-    best = {"corpus": (float("inf"), 0.0), "baseline": (float("inf"), 0.0)}
-    with tempfile.TemporaryDirectory() as tmp:
-        for r in range(args.repeats):
-            for name, run in (("corpus", corpus), ("baseline", baseline)):
-                folder = Path(tmp) / f"{name}{r}"
-                best[name] = min(best[name], run(folder, args.pairs))
-                shutil.rmtree(folder)
-    for name, (wall, cpu) in best.items():
-        print(f"{name:>8}: {args.pairs / wall:7.0f} pairs/s wall, {args.pairs / max(cpu, 1e-9):7.0f} pairs/s per CPU second")
+    best = best_times({
+        "corpus": lambda folder: write_corpus(CorpusConfig(folder, pairs=args.pairs, seed=0)),
+        "baseline": lambda folder: write_jpegs(folder, args.pairs, JPEG_QUALITY),
+    }, args.repeats)
+    print("\n".join(rate_lines(best, args.pairs, "pairs")))
     print(f"ratio corpus / baseline (wall): {best['baseline'][0] / best['corpus'][0]:.2f}")
 
 
