@@ -135,7 +135,7 @@ def main() -> None:
     torch.manual_seed(0)
     vocab = Vocabulary.default()
     batch = synthetic_batch(args.batch_size, args.global_crops, args.local_crops, vocab)
-    clasp_config = ModelConfig.build(args.preset, vocab, moe_layers=args.moe_layers, num_experts=args.experts,
+    clasp_config = ModelConfig.build(args.preset, vocab, moe_layers=args.moe_layers, experts=args.experts,
                                      top_k=args.top_k, dino_out_dim=args.dino_out_dim,
                                      expert_mlp_ratio=args.expert_mlp_ratio)
     clasp = Stepper(clasp_config, choice)

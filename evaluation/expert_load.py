@@ -16,7 +16,7 @@ from clasp.evaluation.features import load_image
 
 
 def expert_load_per_task(export_dir: str | Path, image_paths: Sequence[str | Path]) -> dict[str, np.ndarray]:
-    """{task: (moe_layers, num_experts) share of routed token slots} on these images; {} without MoE."""
+    """{task: (moe_layers, experts) share of routed token slots} on these images; {} without MoE."""
     from clasp.pretraining import load_backbone
 
     backbone = load_backbone(export_dir).backbone

@@ -9,6 +9,9 @@ config.json         {"format": "clasp-backbone", "version": 1, "architecture": V
                      "task": the task prompt, "image_hw": [256, 128], "normalization": {...}, ...}
 ```
 
+Exports written before `num_experts` was renamed `experts` still load:
+`ViTConfig.from_dict` reads the older names (`RENAMED_FIELDS` in vit.py).
+
 This module needs only torch, safetensors and the backbone definition
 (vit.py, moe.py): no training code, no store, no model heads.
 """

@@ -176,7 +176,7 @@ class PretrainConfig:
         from clasp.pretraining.vit import ViTConfig
 
         overrides = {k: getattr(self, k) for k in ("dim", "depth", "heads") if getattr(self, k) is not None}
-        return ViTConfig.preset(self.preset, moe_layers=self.moe_layers, num_experts=self.experts, top_k=self.top_k,
+        return ViTConfig.preset(self.preset, moe_layers=self.moe_layers, experts=self.experts, top_k=self.top_k,
                                 **overrides)
 
     def check_model(self) -> None:
@@ -184,7 +184,7 @@ class PretrainConfig:
         try:
             self.vit_config()
         except ValueError as exc:
-            message = str(exc).replace("num_experts", "experts")  # the model's name of the `experts` setting
+            message = str(exc)
             key = message.split()[0] if message.split()[0] in KEYS_OF_THE_MODEL else None
             raise ConfigError(f"{message} (preset {self.preset})", key) from None
 

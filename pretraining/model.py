@@ -106,12 +106,12 @@ class ModelConfig:
 
     @classmethod
     def build(cls, preset: str = SETTINGS.preset, vocab=None, *, moe_layers: int = SETTINGS.moe_layers,
-              num_experts: int = SETTINGS.experts, top_k: int = SETTINGS.top_k,
+              experts: int = SETTINGS.experts, top_k: int = SETTINGS.top_k,
               dino_out_dim: int = SETTINGS.dino_out_dim, dino_hidden_dim: int = SETTINGS.dino_hidden_dim,
               dino_bottleneck_dim: int = SETTINGS.dino_bottleneck_dim, loss: LossConfig | None = None,
               **vit_overrides) -> "ModelConfig":
         """A config from a ViT preset and (optionally) a `clasp.store.Vocabulary`."""
-        vit = ViTConfig.preset(preset, moe_layers=moe_layers, num_experts=num_experts, top_k=top_k, **vit_overrides)
+        vit = ViTConfig.preset(preset, moe_layers=moe_layers, experts=experts, top_k=top_k, **vit_overrides)
         parts, groups = 6, ()
         if vocab is not None:
             parts = vocab.num_parts
@@ -212,7 +212,7 @@ class ClaspModel(nn.Module):
         `step` (the optimizer step) only drives the teacher-temperature warm-up.
         Stats keys: loss, dino, part, attribute, balance (0-dim), teacher_temp,
         part_kept (fraction of mask cells above the confidence threshold),
-        expert_load ((moe_layers, num_experts) fraction of routed token slots).
+        expert_load ((moe_layers, experts) fraction of routed token slots).
         """
         c = self.config
         num_global, num_local = batch.global_crops.shape[0], batch.local_crops.shape[0]

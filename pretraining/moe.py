@@ -52,12 +52,12 @@ def balance_from_counts(counts: torch.Tensor, prob_sum: torch.Tensor, tokens: in
     return counts.numel() * (fraction.to(mean_prob.device) * mean_prob).sum()
 
 
-def load_balancing_loss(router_probs: torch.Tensor, expert_index: torch.Tensor, num_experts: int) -> torch.Tensor:
+def load_balancing_loss(router_probs: torch.Tensor, expert_index: torch.Tensor, experts: int) -> torch.Tensor:
     """E · Σ_e f_e · P_e for one set of tokens.
 
     router_probs: (T, E) softmax over experts; expert_index: (T, k) chosen experts.
     """
-    counts = torch.bincount(expert_index.reshape(-1), minlength=num_experts).to(router_probs.dtype)
+    counts = torch.bincount(expert_index.reshape(-1), minlength=experts).to(router_probs.dtype)
     return balance_from_counts(counts, router_probs.sum(0), router_probs.shape[0])
 
 
@@ -74,19 +74,18 @@ class MLP(nn.Module):
 
 
 class PCMoE(nn.Module):
-    """Top-k mixture of `num_experts` MLPs routed by token and task prompt."""
+    """Top-k mixture of `experts` MLPs routed by token and task prompt."""
 
-    def __init__(self, dim: int, hidden: int, num_experts: int, top_k: int) -> None:
+    def __init__(self, dim: int, hidden: int, experts: int, top_k: int) -> None:
         super().__init__()
-        self.num_experts = num_experts
         self.top_k = top_k
-        self.router = nn.Linear(dim, num_experts)
-        self.prompt_router = nn.Linear(dim, num_experts, bias=False)
-        self.experts = nn.ModuleList(MLP(dim, hidden) for _ in range(num_experts))
+        self.router = nn.Linear(dim, experts)
+        self.prompt_router = nn.Linear(dim, experts, bias=False)
+        self.experts = nn.ModuleList(MLP(dim, hidden) for _ in range(experts))  # their count: len(self.experts)
         self.reset_stats()
 
     def reset_stats(self) -> None:
-        self._counts = torch.zeros(self.num_experts)
+        self._counts = torch.zeros(len(self.experts))
         self._prob_sum: torch.Tensor | float = 0.0
         self._tokens = 0
 
@@ -97,7 +96,7 @@ class PCMoE(nn.Module):
         """
         if self._tokens == 0:
             zero = self.router.weight.new_zeros(())
-            return zero, torch.zeros(self.num_experts)
+            return zero, torch.zeros(len(self.experts))
         return balance_from_counts(self._counts, self._prob_sum, self._tokens), self._counts / self._counts.sum()
 
     def route(self, x: torch.Tensor, prompt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -132,7 +131,7 @@ class PCMoE(nn.Module):
             mixed.index_add_(0, targets, out)  # backward: a gather
 
         self._counts = self._counts + torch.tensor(sizes, dtype=torch.float32)  # already on the host
-        self._prob_sum = self._prob_sum + probs.reshape(-1, self.num_experts).sum(0)
+        self._prob_sum = self._prob_sum + probs.reshape(-1, len(self.experts)).sum(0)
         self._tokens += tokens
         return mixed[:tokens].reshape(rows, seq, dim)
 
@@ -147,7 +146,7 @@ class PCMoE(nn.Module):
         tokens = index.shape[0] * index.shape[1]
         slots = index.reshape(-1)  # (T*k,) expert of each (token, slot) pair
         order = torch.argsort(slots, stable=True)
-        counts = torch.bincount(slots, minlength=self.num_experts)
+        counts = torch.bincount(slots, minlength=len(self.experts))
         sizes = counts.tolist()
         padded = [-(-size // ALIGN_ROWS) * ALIGN_ROWS for size in sizes]
         # A sorted pair moves down by the padding of the groups before its own.

@@ -248,7 +248,7 @@ def model_config_for(config: PretrainConfig, vocab):
 
     overrides = {k: getattr(config, k) for k in ("dim", "depth", "heads") if getattr(config, k) is not None}
     return ModelConfig.build(
-        config.preset, vocab, moe_layers=config.moe_layers, num_experts=config.experts, top_k=config.top_k,
+        config.preset, vocab, moe_layers=config.moe_layers, experts=config.experts, top_k=config.top_k,
         dino_out_dim=config.dino_out_dim, dino_hidden_dim=config.dino_hidden_dim,
         dino_bottleneck_dim=config.dino_bottleneck_dim,
         loss=LossConfig(w_part=config.w_part, w_attr=config.w_attr, w_balance=config.w_balance,

@@ -55,10 +55,14 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # bounds for any ViT in use (ViT-g is 1536 wide, 40 deep, 1.0 billion parameters), narrow
 # enough that a malformed config cannot ask for tens of GB before anything is checked.
 ARCHITECTURE_LIMITS: dict[str, tuple[int, int]] = {
-    "dim": (8, 4096), "depth": (1, 64), "heads": (1, 128), "patch_size": (2, 64), "num_experts": (1, 64),
+    "dim": (8, 4096), "depth": (1, 64), "heads": (1, 128), "patch_size": (2, 64), "experts": (1, 64),
     "top_k": (1, 64), "img_hw": (2, 4096), "mlp_ratio": (0, 16),
 }
 MAX_BACKBONE_PARAMS = 2_000_000_000
+
+# Fields under an older name in exports and run configs written before (old name: current name);
+# `from_dict` reads either, so those folders keep loading.
+RENAMED_FIELDS: dict[str, str] = {"num_experts": "experts"}
 
 PRESETS: dict[str, dict[str, int]] = {
     "tiny": {"dim": 192, "depth": 12, "heads": 3},
@@ -84,7 +88,7 @@ class ViTConfig:
     img_hw: tuple[int, int] = PERSON_HW
     mlp_ratio: float = 4.0
     moe_layers: int = 4
-    num_experts: int = 6
+    experts: int = 6
     top_k: int = 2
     expert_mlp_ratio: float | None = None
     tasks: tuple[str, ...] = TASKS
@@ -97,8 +101,8 @@ class ViTConfig:
             raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
         if not 0 <= self.moe_layers <= self.depth:
             raise ValueError(f"moe_layers must be in [0, depth={self.depth}], got {self.moe_layers}")
-        if self.top_k > self.num_experts:  # the one check of it: PCMoE and the run settings rely on it
-            raise ValueError(f"top_k ({self.top_k}) cannot exceed num_experts ({self.num_experts})")
+        if self.top_k > self.experts:  # the one check of it: PCMoE and the run settings rely on it
+            raise ValueError(f"top_k ({self.top_k}) cannot exceed experts ({self.experts})")
         if any(h % self.patch_size for h in self.img_hw):
             raise ValueError(f"img_hw {self.img_hw} is not a multiple of patch {self.patch_size}")
         if not self.tasks:
@@ -114,7 +118,7 @@ class ViTConfig:
                 raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
             return value
 
-        for name in ("dim", "depth", "heads", "patch_size", "num_experts", "top_k"):
+        for name in ("dim", "depth", "heads", "patch_size", "experts", "top_k"):
             integer(name, getattr(self, name))
         if isinstance(self.moe_layers, bool) or not isinstance(self.moe_layers, int):
             raise ValueError(f"moe_layers must be an integer, got {self.moe_layers!r}")
@@ -142,7 +146,7 @@ class ViTConfig:
         """Parameters of the backbone, to within a few percent (attention 4·D², MLP 2·r·D² per block)."""
         dense = int(self.depth - min(self.moe_layers, self.depth)) * (4 + 2 * self.mlp_ratio) * self.dim ** 2
         ratio = self.expert_mlp_ratio if self.expert_mlp_ratio is not None else self.mlp_ratio / max(1, self.top_k)
-        moe = min(self.moe_layers, self.depth) * (4 + 2 * ratio * self.num_experts) * self.dim ** 2
+        moe = min(self.moe_layers, self.depth) * (4 + 2 * ratio * self.experts) * self.dim ** 2
         return int(dense + moe)
 
     @classmethod
@@ -168,12 +172,25 @@ class ViTConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ViTConfig":
+        """The config saved as `data` (an export's `architecture`, a run's `model.vit`), older field names included."""
         if not isinstance(data, dict):
             raise ValueError(f"expected a mapping of architecture fields, got {type(data).__name__}")
+        data = _current_names(data)
         unknown = sorted(set(data) - {f.name for f in fields(cls)})
         if unknown:
             raise ValueError(f"unknown architecture field {unknown[0]!r}")
         return cls(**data)
+
+
+def _current_names(data: dict) -> dict:
+    """`data` with every field of RENAMED_FIELDS under its current name; both names at once are refused."""
+    out = dict(data)
+    for old, new in RENAMED_FIELDS.items():
+        if old in out:
+            if new in out:
+                raise ValueError(f"architecture field {new!r} is given twice (also as its older name {old!r})")
+            out[new] = out.pop(old)
+    return out
 
 
 def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -234,12 +251,12 @@ class Block(nn.Module):
 class MoEBlock(nn.Module):
     """Pre-norm transformer block whose MLP is a PC-MoE routed by token and task prompt."""
 
-    def __init__(self, dim: int, heads: int, hidden: int, num_experts: int, top_k: int) -> None:
+    def __init__(self, dim: int, heads: int, hidden: int, experts: int, top_k: int) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, heads)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.moe = PCMoE(dim, hidden, num_experts, top_k)
+        self.moe = PCMoE(dim, hidden, experts, top_k)
 
     def forward(self, x: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
@@ -256,7 +273,7 @@ class RoutingStats:
     """What the MoE blocks report for one forward (zeros / empty without MoE)."""
 
     balance_loss: torch.Tensor  # scalar, mean over MoE layers of E·Σ f_e·P_e
-    expert_load: torch.Tensor  # (moe_layers, num_experts) fraction of routed token slots per expert
+    expert_load: torch.Tensor  # (moe_layers, experts) fraction of routed token slots per expert
 
 
 Features = dict[str, tuple[torch.Tensor, torch.Tensor | None]]
@@ -279,7 +296,7 @@ class PromptedViT(nn.Module):
         hidden = int(round(c.dim * c.mlp_ratio))
         self.blocks = nn.ModuleList(Block(c.dim, c.heads, hidden) for _ in range(self.num_shared))
         self.moe_blocks = nn.ModuleList(
-            MoEBlock(c.dim, c.heads, c.expert_hidden, c.num_experts, c.top_k) for _ in range(c.moe_layers))
+            MoEBlock(c.dim, c.heads, c.expert_hidden, c.experts, c.top_k) for _ in range(c.moe_layers))
         if c.moe_layers:
             self.task_prompts = nn.Parameter(torch.zeros(len(c.tasks), c.dim))
         self.norm = nn.LayerNorm(c.dim, eps=1e-6)
@@ -364,7 +381,7 @@ class PromptedViT(nn.Module):
     def routing_stats(self) -> RoutingStats:
         if not self.config.moe_layers:
             zero = self.pos_embed.new_zeros(())
-            return RoutingStats(zero, torch.zeros(0, self.config.num_experts))
+            return RoutingStats(zero, torch.zeros(0, self.config.experts))
         per_layer = [block.moe.stats() for block in self.moe_blocks]
         balance = torch.stack([b for b, _ in per_layer]).mean()
         return RoutingStats(balance, torch.stack([load for _, load in per_layer]))

@@ -22,7 +22,7 @@ from clasp.pretraining.backbone import BACKBONE_FORMAT, BACKBONE_VERSION
 from clasp.pretraining.vit import PromptedViT, ViTConfig
 
 ARCH = dict(dim=32, depth=2, heads=2, patch_size=16, img_hw=[256, 128], mlp_ratio=4.0, moe_layers=1,
-            num_experts=2, top_k=1, expert_mlp_ratio=None, tasks=["instance", "part", "attribute"])
+            experts=2, top_k=1, expert_mlp_ratio=None, tasks=["instance", "part", "attribute"])
 
 
 def write_export(folder: Path, architecture: dict | None = None, weights_of: dict | None = None, **top) -> Path:

@@ -119,7 +119,7 @@ def test_cli_eval_on_an_export(synth_world: Path, tmp_path: Path) -> None:
     from clasp.pretraining.backbone import BACKBONE_FORMAT, BACKBONE_VERSION
     from clasp.pretraining.vit import PromptedViT, ViTConfig
 
-    config = ViTConfig(dim=32, depth=2, heads=2, moe_layers=1, num_experts=2, top_k=1)
+    config = ViTConfig(dim=32, depth=2, heads=2, moe_layers=1, experts=2, top_k=1)
     model = PromptedViT(config)
     export = tmp_path / "export"
     export.mkdir()

@@ -32,7 +32,7 @@ def test_random_export_loads_with_the_reference_architecture(tmp_path: Path) -> 
     from clasp.pretraining.backbone import BACKBONE_FORMAT, BACKBONE_VERSION
     from clasp.pretraining.vit import PromptedViT, ViTConfig
 
-    config = ViTConfig(dim=32, depth=2, heads=2, moe_layers=1, num_experts=2, top_k=1)
+    config = ViTConfig(dim=32, depth=2, heads=2, moe_layers=1, experts=2, top_k=1)
     reference = tmp_path / "trained"
     reference.mkdir()
     trained = PromptedViT(config)

@@ -111,7 +111,7 @@ def test_lr_schedules() -> None:
 
 
 def test_layer_decay_and_weight_decay_groups() -> None:
-    vit = PromptedViT(ViTConfig(dim=16, depth=3, heads=2, moe_layers=1, num_experts=2, top_k=1))
+    vit = PromptedViT(ViTConfig(dim=16, depth=3, heads=2, moe_layers=1, experts=2, top_k=1))
     model = FinetuneModel(vit.for_task("instance"), BNNeckHead(16, 5))
     groups = {g["name"]: g for g in param_groups(model, 0.05, 0.5)}
     names = {id(p): n for n, p in model.named_parameters()}

@@ -42,7 +42,7 @@ def _one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
 def write_random_export(out: Path, seed: int = 0, task: str = "instance") -> Path:
     """A `clasp export` folder holding a freshly initialised tiny backbone."""
     torch.manual_seed(seed)
-    arch = ViTConfig(dim=48, depth=2, heads=2, moe_layers=1, num_experts=2, top_k=1)
+    arch = ViTConfig(dim=48, depth=2, heads=2, moe_layers=1, experts=2, top_k=1)
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in PromptedViT(arch).state_dict().items()}, str(out / WEIGHTS_FILE))
     (out / CONFIG_FILE).write_text(json.dumps({"format": BACKBONE_FORMAT, "version": BACKBONE_VERSION,

@@ -15,6 +15,7 @@ from safetensors.torch import load_file, load_model
 
 from clasp.cli import main
 from clasp.pretraining import load_backbone
+from clasp.pretraining.backbone import BackboneError
 from clasp.pretraining.config import PretrainConfig
 from clasp.pretraining.export import ExportConfig, ExportError, export_backbone
 from clasp.pretraining.model import ClaspModel, ModelConfig
@@ -85,7 +86,8 @@ def test_export_keys_config_and_student_choice(run_dir: Path, tmp_path: Path) ->
     config = json.loads((teacher_dir / "config.json").read_text())
     assert config["format"] == "clasp-backbone" and config["version"] == 1
     assert config["task"] == "part" and config["weights"] == "teacher" and config["image_hw"] == [256, 128]
-    assert config["architecture"]["dim"] == 32 and config["source"]["step"] == 1
+    assert config["architecture"]["dim"] == 32 and config["architecture"]["experts"] == 3
+    assert config["source"]["step"] == 1
     assert config["normalization"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
     # the student is another network: the export really chose it
     model = trained_model(run_dir)
@@ -96,6 +98,35 @@ def test_export_keys_config_and_student_choice(run_dir: Path, tmp_path: Path) ->
         s_cls, _ = load_backbone(student_dir)(x)
         t_cls, _ = load_backbone(export_backbone(ExportConfig(run=run_dir, out=tmp_path / "t2", task="part")))(x)
     assert not torch.allclose(s_cls, t_cls)
+
+
+def edit_config(path: Path, edit: Callable[[dict], None], *keys: str) -> None:
+    """Apply `edit` to the part of a saved config.json under `keys`."""
+    data = json.loads(path.read_text())
+    part = data
+    for key in keys:
+        part = part[key]
+    edit(part)
+    path.write_text(json.dumps(data))
+
+
+def older_name(architecture: dict) -> None:
+    """The architecture as written before `num_experts` became `experts`."""
+    architecture["num_experts"] = architecture.pop("experts")
+
+
+def test_runs_and_exports_written_with_num_experts_still_load(run_dir: Path, tmp_path: Path) -> None:
+    edit_config(run_dir / "checkpoints" / "step-00000002" / "config.json", older_name, "model", "vit")
+    out = export_backbone(ExportConfig(run=run_dir, out=tmp_path / "old", task="instance"))
+    edit_config(out / "config.json", older_name, "architecture")
+    backbone = load_backbone(out)
+    assert backbone.backbone.config.experts == 3
+    teacher = trained_model(run_dir).teacher["backbone"].for_task("instance")
+    with torch.no_grad():
+        torch.testing.assert_close(backbone(images())[0], teacher(images())[0], rtol=0, atol=0)
+    edit_config(out / "config.json", lambda arch: arch.update(experts=arch["num_experts"]), "architecture")
+    with pytest.raises(BackboneError, match="'experts' is given twice"):
+        load_backbone(out)
 
 
 def test_load_backbone_needs_no_training_code(run_dir: Path, tmp_path: Path) -> None:

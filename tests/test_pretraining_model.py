@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 TINY = dict(dino_out_dim=64, dino_hidden_dim=64, dino_bottleneck_dim=32, dim=32, depth=3, heads=2, moe_layers=2,
-            num_experts=4, top_k=2)
+            experts=4, top_k=2)
 
 
 def tiny_model(vocab, loss: LossConfig | None = None, **overrides) -> ClaspModel:
@@ -194,7 +194,7 @@ def test_dino_baseline_builds_and_runs_only_the_instance_branch(vocab) -> None:
 
 
 def test_model_config_survives_json(vocab) -> None:
-    config = ModelConfig.build("small", vocab, moe_layers=3, num_experts=8, top_k=1,
+    config = ModelConfig.build("small", vocab, moe_layers=3, experts=8, top_k=1,
                                loss=LossConfig(w_part=0.5, part_conf_threshold=0.2))
     again = ModelConfig.from_dict(json.loads(json.dumps(config.to_dict())))
     assert again == config

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def tiny_vit(**overrides) -> PromptedViT:
     torch.manual_seed(0)
-    config = dict(dim=32, depth=3, heads=2, moe_layers=2, num_experts=4, top_k=2)
+    config = dict(dim=32, depth=3, heads=2, moe_layers=2, experts=4, top_k=2)
     return PromptedViT(ViTConfig(**{**config, **overrides})).eval()
 
 
@@ -27,7 +27,7 @@ def images(n: int, hw: tuple[int, int] = (256, 128), seed: int = 0) -> torch.Ten
 @pytest.mark.parametrize("top_k", [1, 2, 4])
 def test_moe_output_is_the_explicit_top_k_mixture_token_by_token(top_k: int) -> None:
     torch.manual_seed(1)
-    moe = PCMoE(dim=8, hidden=16, num_experts=4, top_k=top_k)
+    moe = PCMoE(dim=8, hidden=16, experts=4, top_k=top_k)
     x = torch.randn(3, 5, 8)
     prompt = torch.randn(3, 8)
     out = moe(x, prompt)
@@ -49,7 +49,7 @@ def test_moe_gradients_equal_the_explicit_mixture_padding_included() -> None:
     from clasp.pretraining.moe import ALIGN_ROWS
 
     torch.manual_seed(3)
-    moe = PCMoE(dim=8, hidden=16, num_experts=3, top_k=2)
+    moe = PCMoE(dim=8, hidden=16, experts=3, top_k=2)
     x = torch.randn(37, 1, 8, requires_grad=True)
     prompt = torch.randn(37, 8)
     source, gates, sizes, padded = moe._dispatch(*moe.route(x, prompt)[1:])
@@ -75,7 +75,7 @@ def test_moe_gradients_equal_the_explicit_mixture_padding_included() -> None:
 
 def test_every_expert_gets_a_gradient_even_when_no_token_chooses_it() -> None:
     torch.manual_seed(2)
-    moe = PCMoE(dim=8, hidden=16, num_experts=4, top_k=1)
+    moe = PCMoE(dim=8, hidden=16, experts=4, top_k=1)
     with torch.no_grad():
         moe.router.bias.copy_(torch.tensor([50.0, 0.0, 0.0, 0.0]))  # every token picks expert 0
     moe(torch.randn(2, 3, 8), torch.randn(2, 8)).sum().backward()
@@ -86,7 +86,7 @@ def test_every_expert_gets_a_gradient_even_when_no_token_chooses_it() -> None:
 
 
 def test_task_prompts_route_the_same_tokens_differently() -> None:
-    vit = tiny_vit(num_experts=6)
+    vit = tiny_vit(experts=6)
     seen = []
     vit.moe_blocks[0].moe.register_forward_hook(lambda m, args, out: seen.append(args[0]))
     with torch.no_grad():
@@ -104,7 +104,7 @@ def test_task_prompts_route_the_same_tokens_differently() -> None:
 
 def test_uniform_routing_has_balance_loss_one_and_collapsed_routing_more() -> None:
     experts, tokens = 4, 32
-    moe = PCMoE(dim=experts, hidden=8, num_experts=experts, top_k=1)
+    moe = PCMoE(dim=experts, hidden=8, experts=experts, top_k=1)
     with torch.no_grad():
         moe.router.weight.copy_(torch.eye(experts))
         moe.router.bias.zero_()
@@ -136,7 +136,7 @@ def test_load_balancing_loss_formula() -> None:
 
 def test_the_moe_layer_reports_the_tested_balance_formula() -> None:
     torch.manual_seed(4)
-    moe = PCMoE(dim=8, hidden=16, num_experts=4, top_k=2)
+    moe = PCMoE(dim=8, hidden=16, experts=4, top_k=2)
     x, prompt = torch.randn(2, 5, 8), torch.randn(2, 8)
     with torch.no_grad():
         probs, index, _ = moe.route(x, prompt)
@@ -149,7 +149,7 @@ def test_the_moe_layer_reports_the_tested_balance_formula() -> None:
 
 def test_moe_statistics_cover_every_call_since_reset() -> None:
     torch.manual_seed(3)
-    moe = PCMoE(dim=8, hidden=16, num_experts=4, top_k=2)
+    moe = PCMoE(dim=8, hidden=16, experts=4, top_k=2)
     a, b = torch.randn(2, 6, 8), torch.randn(3, 2, 8)
     pa, pb = torch.randn(2, 8), torch.randn(3, 8)
     moe.reset_stats()
@@ -242,7 +242,7 @@ def test_presets_and_config_round_trip() -> None:
     with pytest.raises(ValueError, match="unknown preset"):
         ViTConfig.preset("huge")
     with pytest.raises(ValueError, match="top_k"):
-        ViTConfig(dim=32, heads=2, num_experts=2, top_k=3)
+        ViTConfig(dim=32, heads=2, experts=2, top_k=3)
 
 
 def test_explicit_attention_matches_pytorch_attention() -> None:
