@@ -317,11 +317,11 @@ def _draw_pictures(out: Path, world: Path, config: ReproduceConfig) -> dict[str,
     sample = [truth.images_dir / p for p in truth.paths[:: max(1, len(truth) // 64)][:64]]
     loads = expert_load_per_task(out / "exports" / "clasp", sample)
     if loads:
-        num_experts = next(iter(loads.values())).shape[1]
+        experts = next(iter(loads.values())).shape[1]
         groups = {task: load.mean(0).tolist() for task, load in loads.items()}
         pictures["expert_load"] = grouped_bars(groups, out / "expert_load.png",
                                                "expert load per task prompt (mean over MoE layers)",
-                                               [f"expert {e}" for e in range(num_experts)]).name
+                                               [f"expert {e}" for e in range(experts)]).name
         (out / "eval" / "expert_load.json").write_text(json.dumps({t: v.tolist() for t, v in loads.items()}, indent=2))
     return pictures
 
