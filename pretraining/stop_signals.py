@@ -14,6 +14,13 @@ import threading
 from typing import Any
 
 
+# Ends the watcher. Closing the pipe's write end is not enough: a DataLoader worker forked while the
+# pipe was open holds a copy of it, so the watcher would wait for that worker's death and could wake
+# during interpreter shutdown, when a daemon thread that wants the GIL is ended by pthread_exit and
+# the process aborts ("terminate called without an active exception"). No signal has number 0.
+WAKE_TO_END = 0
+
+
 class StopSignals:
     """SIGTERM/SIGINT: the first sets `received`, which the loop reads at the next step boundary; the second
     ends the process at once (exit 128 + signal number), leaving the last complete checkpoint as it is.
@@ -35,6 +42,7 @@ class StopSignals:
         self._previous: dict[int, Any] = {}
         self._pipe: tuple[int, int] | None = None
         self._old_wakeup = -1
+        self._watcher: threading.Thread | None = None
 
     def __enter__(self) -> "StopSignals":
         if threading.current_thread() is not threading.main_thread():
@@ -45,7 +53,8 @@ class StopSignals:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._previous[sig] = signal.signal(sig, self._handle)
         self._old_wakeup = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-        threading.Thread(target=self._watch, args=(read_fd,), name="clasp-stop-signals", daemon=True).start()
+        self._watcher = threading.Thread(target=self._watch, args=(read_fd,), name="clasp-stop-signals", daemon=True)
+        self._watcher.start()
         return self
 
     def _handle(self, signum: int, frame) -> None:
@@ -57,7 +66,7 @@ class StopSignals:
                 data = os.read(read_fd, 64)
             except OSError:
                 return
-            if not data:
+            if not data or WAKE_TO_END in data:
                 os.close(read_fd)
                 return
             for signum in data:
@@ -86,5 +95,9 @@ class StopSignals:
         signal.set_wakeup_fd(self._old_wakeup)
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-        os.close(self._pipe[1])  # the watcher reads end-of-file and returns
+        os.write(self._pipe[1], bytes([WAKE_TO_END]))
+        os.close(self._pipe[1])
         self._pipe = None
+        if self._watcher is not None:
+            self._watcher.join(timeout=5.0)
+            self._watcher = None
