@@ -13,11 +13,13 @@ a method, and nothing here feeds training.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from clasp.evaluation.errors import EvalInputError
 from clasp.evaluation.metrics import ReidScore, reid_scores
 from clasp.evaluation.probes import cosine_similarity, identity_split, query_gallery_split
 from clasp.evaluation.truth import SynthTruth
@@ -59,7 +61,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("world", type=Path, help="a `clasp synth` folder")
     args = parser.parse_args()
-    for name, score in pixel_references(args.world).items():
+    try:
+        scores = pixel_references(args.world)
+    except (EvalInputError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    for name, score in scores.items():
         print(f"raw pixels, {name:16s} re-ID mAP {100 * score.mAP:5.1f}  rank-1 {100 * score.rank1:5.1f}")
 
 
