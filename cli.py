@@ -222,33 +222,30 @@ def label(**settings) -> None:
         sys.exit(1)
 
 
+def _train_clip_options(func):
+    """One option per command-line setting of `clasp.labeling.train_clip_config.TrainClipConfig`."""
+    from clasp.labeling.train_clip_config import TrainClipConfig
+    from clasp.settings.click_options import click_options
+
+    return click_options(TrainClipConfig, extra={"input_hw": {"callback": _parse_hw}})(func)
+
+
 @main.command("train-clip")
-@click.option("--corpus", required=True, type=click.Path(path_type=Path),
-              help="Folder of images plus captions.jsonl ({\"path\": ..., \"caption\": ...} a line), e.g. from `clasp synth-corpus`.")
-@click.option("--out", required=True, type=click.Path(path_type=Path),
-              help="Folder for the trained CLIP (save_pretrained) and train_report.json.")
-@click.option("--arch", default="tiny", show_default=True,
-              help="CLIP architecture preset from labeling/tiny_clip.py PRESETS (tiny, ViT-B/16, ...).")
-@click.option("--steps", type=click.IntRange(min=1), default=None, show_default="see TrainClipConfig",
-              help="Optimizer steps.")
-@click.option("--input-size", "input_hw", default="224x112", show_default=True, callback=_parse_hw,
-              help="Training input HxW; label with the same --clip-size.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Weights, split, batches (same seed, same files).")
-def train_clip(corpus: Path, out: Path, arch: str, steps: int | None, input_hw: tuple[int, int], seed: int) -> None:
+@_train_clip_options
+def train_clip(**settings) -> None:
     """Contrastively train a CLIP on image-caption pairs and save it for `clasp label --clip-model OUT`.
 
     Each step mixes full images (image-level InfoNCE) and mosaics of corpus
-    images (each patch token against its tile's caption). Held-out retrieval
+    crops (each patch token against its tile's caption). Held-out retrieval
     accuracy is printed at the end and written to OUT/train_report.json.
     """
     from clasp.labeling.errors import LabelingError
-    from clasp.labeling.train_clip import TrainClipConfig, train_clip as run
+    from clasp.labeling.train_clip import train_clip as run
+    from clasp.labeling.train_clip_config import TrainClipConfig
+    from clasp.settings.click_options import given
 
-    config = TrainClipConfig(corpus=corpus, out=out, arch=arch, input_hw=input_hw, seed=seed)
-    if steps is not None:
-        config.steps = steps
     try:
-        report = run(config)
+        report = run(TrainClipConfig(**given(settings)))
     except LabelingError as exc:
         raise UserError(str(exc)) from None
     click.echo(report.line())

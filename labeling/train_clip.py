@@ -54,6 +54,7 @@ from clasp.labeling.caption_corpus import LETTERBOX_GREY, CorpusImages, load_cor
 from clasp.labeling.errors import LabelingError
 from clasp.labeling.text_embeddings import projected_features
 from clasp.labeling.tiny_clip import PRESETS, clip_config, train_prompt_tokenizer, vocabulary_prompts
+from clasp.labeling.train_clip_config import TrainClipConfig
 from clasp.store import Vocabulary
 
 HOLDOUT_EVERY = 20  # pair i is held out when i % 20 == 19
@@ -61,30 +62,6 @@ REPORT_FILE = "train_report.json"
 MAX_LOGIT_SCALE = math.log(100.0)
 TEXT_CHUNK = 64
 NO_TARGET = -100  # a mosaic cell no tile covers: cross-entropy's ignore index
-TILE_SCALES = ("native", "row")
-
-
-@dataclass
-class TrainClipConfig:
-    corpus: Path
-    out: Path
-    arch: str = "tiny"
-    steps: int = 600  # about 0.42 s a step with one thread on this 2-core machine: under 5 min in all
-    full_batch: int = 32  # full views per step (image-level InfoNCE)
-    mosaic_batch: int = 16  # mosaics per step (patch-level loss)
-    input_hw: tuple[int, int] = (224, 112)  # train where the labeler will look: `clasp label --clip-size 224x112`
-    lr: float = 1e-3  # 3e-3 and 5e-3 stayed at chance on the labels; 1e-3 did not
-    weight_decay: float = 0.05
-    warmup: float = 0.06
-    dense_weight: float = 1.0
-    dense_within_mosaic: bool = False  # a patch's classes: its mosaic's captions (True) or the whole step's
-    tiles_from_crops: bool = True  # mosaic tiles only from images smaller than the input (close-ups, crops)
-    tile_scale: str = "native"  # native: tiles keep the corpus scale (`corpus_scale`); row: stretched to their row
-    max_text_tokens: int = 48
-    seed: int = 0
-    checkpoint_every: int = 0  # > 0: also save the model to out/step-NNNNNN every this many steps
-    vocab: Vocabulary | None = None  # prompts the tokenizer must know; None: the default vocabulary
-    progress: bool = True
 
 
 @dataclass
@@ -319,8 +296,6 @@ def tokenize_all(tokenizer: CLIPTokenizer, captions: list[str], max_tokens: int)
 
 def build_model(config: TrainClipConfig, captions: list[str]) -> tuple[CLIPModel, CLIPTokenizer]:
     """Tokenizer from the corpus text plus the vocabulary prompts; seeded random weights."""
-    if config.tile_scale not in TILE_SCALES:
-        raise LabelingError(f"unknown tile scale {config.tile_scale!r}; choose one of {', '.join(TILE_SCALES)}")
     if config.arch not in PRESETS:
         raise LabelingError(f"unknown CLIP architecture {config.arch!r}; choose one of {', '.join(PRESETS)}")
     prompts = vocabulary_prompts(config.vocab or Vocabulary.default())
@@ -393,6 +368,7 @@ class TrainedClip:
 def train(config: TrainClipConfig) -> TrainedClip:
     """Read the corpus, train, and evaluate on the held-out pairs; nothing is written."""
     start = time.perf_counter()
+    config.check()
     pairs = read_caption_pairs(config.corpus)
     images = load_corpus_images(pairs, config.input_hw)
     model, tokenizer = build_model(config, images.captions)

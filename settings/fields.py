@@ -33,10 +33,11 @@ class SettingInfo:
     resumable: bool = False  # may differ between a checkpoint and --resume
     inherited: bool = True  # a resumed run starts from the saved value
     metavar: str | None = None
+    flag_name: str | None = None  # the option's name where the field's would not read well
 
     @property
     def option(self) -> str:
-        return "--" + self.name.replace("_", "-")
+        return "--" + (self.flag_name or self.name.replace("_", "-"))
 
     @property
     def shown_default(self) -> str:

@@ -17,6 +17,7 @@ TABLES: dict[str, tuple[str, str, bool]] = {
     "pretrain": ("clasp.pretraining.config", "PretrainConfig", True),
     "label": ("clasp.labeling.config", "LabelConfig", False),
     "finetune": ("clasp.finetune.config", "FinetuneConfig", True),
+    "train-clip": ("clasp.labeling.train_clip_config", "TrainClipConfig", False),
 }
 BLOCK = re.compile(r"(<!-- settings: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /settings -->)", re.S)
 

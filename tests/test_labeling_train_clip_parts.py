@@ -34,3 +34,16 @@ def test_no_target_is_the_ignore_index_of_the_patch_loss() -> None:
     target = torch.tensor([0, NO_TARGET, 1])
     assert torch.isclose(F.cross_entropy(logits, target, ignore_index=NO_TARGET),
                          F.cross_entropy(logits[[0, 2]], target[[0, 2]]))
+
+
+def test_settings_are_checked_once_by_their_declaration(tmp_path) -> None:
+    import pytest
+
+    from clasp.labeling.errors import LabelingError
+    from clasp.labeling.train_clip_config import TrainClipConfig
+
+    TrainClipConfig(corpus=tmp_path, out=tmp_path).check()
+    with pytest.raises(LabelingError, match="tile scale 'tiles'; tile_scale must be native or row"):
+        TrainClipConfig(corpus=tmp_path, out=tmp_path, tile_scale="tiles").check()
+    with pytest.raises(LabelingError, match="steps must be at least 1, got 0"):
+        TrainClipConfig(corpus=tmp_path, out=tmp_path, steps=0).check()
