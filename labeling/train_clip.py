@@ -16,8 +16,8 @@ alone:
   aligns words with patches without any mask or box from the corpus. Tiles keep
   the corpus scale (`corpus_scale`: the scale at which its largest pictures fit
   the input), so a crop of shoes covers as many patches as shoes do when the
-  labeler looks at a whole person; stretching tiles to fill their row (the
-  `row` setting) taught feet and arms at sizes the labeler never sees. All the
+  labeler looks at a whole person; stretching tiles to fill their row
+  (`tile_scale="row"`) taught feet and arms at sizes the labeler never sees. All the
   step's captions, not only the mosaic's own, compete for a patch: within one
   mosaic a colour alone names the tile, among a hundred captions "a red top" and
   "red trousers" must be told apart by what the patch shows.
