@@ -18,7 +18,7 @@ from typing import Any
 
 from clasp.hardware import PRECISION_HELP, PRECISIONS
 from clasp.labeling.errors import LabelingError
-from clasp.settings import check_value, same_as, setting, settings_of
+from clasp.settings import first_problem, same_as, setting
 from clasp.store.label_choices import DENSE_MODES
 
 
@@ -41,7 +41,7 @@ class ClipLabelerConfig:
 
     def check(self) -> None:
         """Refuse a choice or size no labeler can honour, naming it (the device is checked where it is used)."""
-        _check_settings(self, ClipLabelerConfig)
+        _check_settings(self)
         if len(self.clip_size) != 2 or min(self.clip_size) < 1:
             raise LabelingError(f"--clip-size must be two positive sizes HxW, got {self.clip_size}")
 
@@ -83,13 +83,12 @@ class LabelConfig:
     def check(self) -> None:
         """Refuse settings the run cannot use, before anything is read or started."""
         self.labeler().check()
-        _check_settings(self, LabelConfig)
+        _check_settings(self)
         if self.scheduler and self.workers:
             raise LabelingError("give --workers N (a local cluster) or --scheduler ADDRESS (an existing one), not both")
 
 
-def _check_settings(config: Any, cls: type) -> None:
-    for info in settings_of(cls):
-        problem = check_value(info, getattr(config, info.name))
-        if problem is not None:
-            raise LabelingError(problem)
+def _check_settings(config: Any) -> None:
+    found = first_problem(config)
+    if found is not None:
+        raise LabelingError(found[1])

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from clasp.labeling.errors import LabelingError
-from clasp.settings import check_value, setting, settings_of
+from clasp.settings import first_problem, setting
 
 TILE_SCALES = ("native", "row")
 
@@ -50,7 +50,6 @@ class TrainClipConfig:
 
     def check(self) -> None:
         """The one check of every declared value (choices, bounds); a LabelingError names the first problem."""
-        for info in settings_of(TrainClipConfig):
-            problem = check_value(info, getattr(self, info.name))
-            if problem:
-                raise LabelingError(problem)
+        found = first_problem(self)
+        if found is not None:
+            raise LabelingError(found[1])

@@ -27,7 +27,7 @@ from typing import Any
 
 from clasp.hardware import PRECISION_HELP, PRECISIONS
 from clasp.pretraining.layout import RUN_CONFIG
-from clasp.settings import check_value, coerce, setting, settings_of
+from clasp.settings import coerce, first_problem, setting, settings_of
 from clasp.settings.layers import merge_layers, read_settings_file
 from clasp.store.person_size import PERSON_HW
 
@@ -166,10 +166,10 @@ class PretrainConfig:
 
     def check_bounds(self) -> None:
         """Every setting within its declaration: a choice, a finite number within its `limits`."""
-        for info in settings_of(PretrainConfig):
-            problem = check_value(info, getattr(self, info.name))
-            if problem is not None:
-                raise ConfigError(problem, info.name)
+        found = first_problem(self)
+        if found is not None:
+            info, problem = found
+            raise ConfigError(problem, info.name)
 
     def vit_config(self):
         """The backbone these settings describe; `ViTConfig` refuses one that cannot exist."""

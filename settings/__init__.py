@@ -10,6 +10,6 @@ rewrites them; a test fails when they drift). This package imports nothing of
 ours, so both stages can use it.
 """
 
-from clasp.settings.fields import SettingInfo, check_value, coerce, setting, settings_of, same_as
+from clasp.settings.fields import SettingInfo, check_value, coerce, first_problem, setting, settings_of, same_as
 
-__all__ = ["SettingInfo", "check_value", "coerce", "same_as", "setting", "settings_of"]
+__all__ = ["SettingInfo", "check_value", "coerce", "first_problem", "same_as", "setting", "settings_of"]

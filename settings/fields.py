@@ -116,6 +116,15 @@ def check_value(info: SettingInfo, value: Any) -> str | None:
     return None
 
 
+def first_problem(config: Any) -> tuple[SettingInfo, str] | None:
+    """The first declared setting of a config object whose value `check_value` refuses, with why; None: all fit."""
+    for info in settings_of(type(config)):
+        problem = check_value(info, getattr(config, info.name))
+        if problem is not None:
+            return info, problem
+    return None
+
+
 def coerce(info: SettingInfo, value: Any, source: str) -> Any:
     """`value` from a config file or the command line as the setting's type (ints stay ints; '1e-4' from
     YAML becomes a float), or ValueError naming the source and key."""
