@@ -228,14 +228,14 @@ def tile_pool(images: CorpusImages, pool: torch.Tensor, hw: tuple[int, int]) -> 
 
 
 def make_step(gen: torch.Generator, images: CorpusImages, pool: torch.Tensor, config: TrainClipConfig,
-              patch: int, tiles: torch.Tensor | None = None, scale: float | None = None) -> Step:
+              patch: int, tiles: torch.Tensor, scale: float) -> Step:
+    """One step's canvases and targets: full views drawn from `pool`, mosaics of `tiles` (at `scale` when
+    native, `corpus_scale` computed once per run)."""
     full_idx = pool[torch.randint(0, len(pool), (config.full_batch,), generator=gen)].tolist()
     flips = torch.rand(config.full_batch, generator=gen) < 0.5
     full = images.full[full_idx]
     full[flips.numpy()] = full[flips.numpy()][:, :, ::-1]
-    tiles = pool if tiles is None else tiles
     if config.tile_scale == "native":
-        scale = corpus_scale(images, config.input_hw) if scale is None else scale
         mosaics = [build_native_mosaic(gen, images, tiles, config.input_hw, patch, scale)
                    for _ in range(config.mosaic_batch)]
     else:
