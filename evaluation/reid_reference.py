@@ -20,8 +20,7 @@ import numpy as np
 from PIL import Image
 
 from clasp.evaluation.errors import EvalInputError
-from clasp.evaluation.metrics import ReidScore, reid_scores
-from clasp.evaluation.probes import cosine_similarity, identity_split, query_gallery_split
+from clasp.evaluation.probes import identity_split, query_gallery_split, reid_probe
 from clasp.evaluation.truth import SynthTruth
 
 THUMBNAIL_WH = (32, 64)  # pixels are compared at this size: fine enough for clothes, blind to noise
@@ -37,8 +36,8 @@ def _thumbnails(truth: SynthTruth) -> tuple[np.ndarray, np.ndarray]:
     return pixels, masks
 
 
-def pixel_references(world: str | Path) -> dict[str, ReidScore]:
-    """Re-ID scores of raw-pixel features: whole picture, person only, background only."""
+def pixel_references(world: str | Path) -> dict[str, dict]:
+    """`reid_probe` results of raw-pixel features: whole picture, person only, background only."""
     truth = SynthTruth.load(world)
     pixels, person = _thumbnails(truth)
     _, test = identity_split(truth.identity)
@@ -50,8 +49,8 @@ def pixel_references(world: str | Path) -> dict[str, ReidScore]:
     for name, view in views.items():
         features = view.reshape(len(view), -1)
         features = features - features.mean(0, keepdims=True)
-        out[name] = reid_scores(cosine_similarity(features[query], features[gallery]), truth.identity[query],
-                                truth.camera[query], truth.identity[gallery], truth.camera[gallery])
+        out[name] = reid_probe(features[query], truth.identity[query], truth.camera[query], features[gallery],
+                               truth.identity[gallery], truth.camera[gallery])
     return out
 
 
@@ -67,7 +66,7 @@ def main() -> None:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     for name, score in scores.items():
-        print(f"raw pixels, {name:16s} re-ID mAP {100 * score.mAP:5.1f}  rank-1 {100 * score.rank1:5.1f}")
+        print(f"raw pixels, {name:16s} re-ID mAP {100 * score['mAP']:5.1f}  rank-1 {100 * score['rank1']:5.1f}")
 
 
 if __name__ == "__main__":

@@ -16,11 +16,11 @@ def test_the_person_alone_identifies_and_the_background_alone_does_not(synth_wor
     truth = SynthTruth.load(synth_world)
     _, test = identity_split(truth.identity)
     query, _ = query_gallery_split(truth.identity, truth.camera, test.nonzero()[0])
-    assert {score.queries + score.skipped_queries for score in refs.values()} == {len(query)}
+    assert {score["queries"] + score["skipped_queries"] for score in refs.values()} == {len(query)}
     person, background = refs["person only"], refs["background only"]
-    assert person.mAP > 0.3 and person.rank1 > 0.3, person
-    assert background.mAP < 0.5 * person.mAP and background.rank1 < person.rank1, background
-    assert refs["whole picture"].mAP < person.mAP
+    assert person["mAP"] > 0.3 and person["rank1"] > 0.3, person
+    assert background["mAP"] < 0.5 * person["mAP"] and background["rank1"] < person["rank1"], background
+    assert refs["whole picture"]["mAP"] < person["mAP"]
 
 
 def test_a_folder_without_ground_truth_is_one_error_line_and_exit_2(tmp_path: Path) -> None:
