@@ -12,12 +12,13 @@ import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Collection, Mapping, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
+from clasp.pretraining.vit import PromptedViT
 from clasp.store.person_size import PERSON_HW
 
 FeatureExtractor = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -53,6 +54,21 @@ def patch_grid(num_patches: int, hw: tuple[int, int] = PERSON_HW) -> tuple[int, 
     return h, w
 
 
+def _image_batches(paths: Sequence[str | Path], batch_size: int):
+    """(start, (B, 3, 256, 128) uint8 tensor) per batch of `paths`, in order."""
+    for start in range(0, len(paths), batch_size):
+        batch = np.stack([load_image(p) for p in paths[start:start + batch_size]])
+        yield start, torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()
+
+
+def _features(cls_out: list[np.ndarray], patch_out: list[np.ndarray] | None) -> Features:
+    if not cls_out:
+        raise ValueError("no images to extract features from")
+    patches = np.concatenate(patch_out) if patch_out is not None else None
+    grid = patch_grid(patches.shape[1]) if patches is not None else None
+    return Features(np.concatenate(cls_out), patches, grid)
+
+
 def extract_features(extractor: FeatureExtractor, paths: Sequence[str | Path], batch_size: int = 64,
                      keep_patches: bool = True, progress: Callable[[int], None] | None = None,
                      autocast: torch.dtype | None = None) -> Features:
@@ -62,17 +78,40 @@ def extract_features(extractor: FeatureExtractor, paths: Sequence[str | Path], b
     cls_out, patch_out = [], []
     lower = torch.autocast("cpu", dtype=autocast) if autocast is not None else contextlib.nullcontext()
     with torch.inference_mode(), lower:
-        for start in range(0, len(paths), batch_size):
-            batch = np.stack([load_image(p) for p in paths[start:start + batch_size]])
-            images = torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()
+        for start, images in _image_batches(paths, batch_size):
             cls, patches = extractor(images)
             cls_out.append(cls.float().cpu().numpy())
             if keep_patches:
                 patch_out.append(patches.float().cpu().numpy())
             if progress is not None:
-                progress(min(start + batch_size, len(paths)))
-    if not cls_out:
-        raise ValueError("no images to extract features from")
-    patches = np.concatenate(patch_out) if keep_patches else None
-    grid = patch_grid(patches.shape[1]) if patches is not None else None
-    return Features(np.concatenate(cls_out), patches, grid)
+                progress(min(start + len(images), len(paths)))
+    return _features(cls_out, patch_out if keep_patches else None)
+
+
+def extract_prompted_features(backbone: PromptedViT, prompts: Mapping[str, str], paths: Sequence[str | Path],
+                              batch_size: int = 64, keep_patches: Collection[str] = (),
+                              autocast: torch.dtype | None = None) -> dict[str, Features]:
+    """{name: features of every image read through task prompt `prompts[name]`}, in one pass over the images.
+
+    Reading a backbone once per prompt decodes every image and runs the shared
+    lower blocks once per prompt; here both happen once and only the PC-MoE upper
+    blocks run per prompt (a backbone without MoE runs nothing per prompt), which
+    on the per-probe evaluation cuts the work to between a third and about half.
+    Names not in `keep_patches` skip the last block's patch tokens. Each prompt's
+    features equal those of `backbone.for_task(prompt)`.
+    """
+    backbone.eval()
+    tasks = tuple(dict.fromkeys(prompts.values()))
+    cls_only = [t for t in tasks if not any(prompts[n] == t for n in keep_patches)]
+    cls_out: dict[str, list] = {t: [] for t in tasks}
+    patch_out: dict[str, list] = {t: [] for t in tasks if t not in cls_only}
+    lower = torch.autocast("cpu", dtype=autocast) if autocast is not None else contextlib.nullcontext()
+    with torch.inference_mode(), lower:
+        for _, images in _image_batches(paths, batch_size):
+            (features,), _ = backbone.forward_groups([(images, tasks)], cls_only=cls_only)
+            for task, (cls, patches) in features.items():
+                cls_out[task].append(cls.float().cpu().numpy())
+                if task in patch_out:
+                    patch_out[task].append(patches.float().cpu().numpy())
+    per_task = {t: _features(cls_out[t], patch_out.get(t)) for t in tasks}
+    return {name: per_task[task] for name, task in prompts.items()}

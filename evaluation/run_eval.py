@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from clasp.evaluation.errors import EvalInputError
-from clasp.evaluation.features import FeatureExtractor, extract_features
+from clasp.evaluation.features import FeatureExtractor, extract_features, extract_prompted_features
 from clasp.evaluation.label_grid import majority_downsample
 from clasp.evaluation.market1501 import is_market1501, read_market1501
 from clasp.evaluation.msmt17 import is_msmt17, read_msmt17
@@ -28,6 +28,7 @@ from clasp.evaluation.probes import (
     ProbeSettings, attribute_probe, identity_split, parsing_probe, query_gallery_split, reid_probe,
 )
 from clasp.evaluation.truth import SynthTruth
+from clasp.pretraining.vit import PromptedViT, TaskBackbone
 from clasp.store import Vocabulary
 from clasp.store.percent import percent
 
@@ -110,7 +111,12 @@ def load_extractors(config: EvalConfig, tasks: tuple[str, ...]) -> FeatureExtrac
         raise EvalInputError(f"unknown task prompt mode {config.task_prompt!r}; choose {' or '.join(TASK_PROMPT_MODES)}")
     if config.task_prompt == "export":
         return load_frozen_backbone(config.backbone)
-    return {task: load_frozen_backbone(config.backbone, PROBE_PROMPTS[task]) for task in tasks}
+    backbone = load_frozen_backbone(config.backbone).backbone  # one set of weights, read through each probe's prompt
+    have = list(backbone.config.tasks)
+    missing = [PROBE_PROMPTS[t] for t in tasks if backbone.config.moe_layers and PROBE_PROMPTS[t] not in have]
+    if missing:
+        raise EvalInputError(f"{config.backbone}: no task prompt {missing[0]!r}; this backbone has {have}")
+    return {task: backbone.for_task(PROBE_PROMPTS[task]) for task in tasks}
 
 
 def feature_precision(requested: str):
@@ -185,9 +191,17 @@ def _evaluate_synth(truth: SynthTruth, tasks, extractor, config: EvalConfig, aut
 
 
 def _features_per_probe(extractor, tasks, paths, config: EvalConfig, autocast, log) -> dict:
-    """Features for each probe; probes that share an extractor share one pass over the images."""
+    """Features for each probe. Probes that read one backbone through their own task prompts share one
+    pass over the images (`extract_prompted_features`); other probes that share an extractor share its pass."""
     extractors = extractor if isinstance(extractor, dict) else {task: extractor for task in tasks}
     done: dict[int, object] = {}
+    prompted = _prompted_backbone(extractors, tasks)
+    if prompted is not None:
+        prompts = {task: extractors[task].task for task in tasks}
+        log(f"features of {len(paths)} images ({', '.join(dict.fromkeys(prompts.values()))} prompts, one pass)")
+        found = extract_prompted_features(prompted, prompts, paths, config.batch_size,
+                                          keep_patches=[t for t in tasks if t == "parsing"], autocast=autocast)
+        return {task: finite_features(found[task], config) for task in tasks}
     for task in tasks:
         chosen = extractors[task]
         if id(chosen) not in done:
@@ -196,6 +210,15 @@ def _features_per_probe(extractor, tasks, paths, config: EvalConfig, autocast, l
             done[id(chosen)] = finite_features(
                 extract_features(chosen, paths, config.batch_size, keep_patches=patches, autocast=autocast), config)
     return {task: done[id(extractors[task])] for task in tasks}
+
+
+def _prompted_backbone(extractors: dict, tasks) -> PromptedViT | None:
+    """The one backbone behind every probe's extractor when each is that backbone fixed to a task prompt."""
+    chosen = [extractors[task] for task in tasks]
+    if len(chosen) < 2 or not all(isinstance(e, TaskBackbone) for e in chosen):
+        return None
+    backbones = {id(e.backbone) for e in chosen}
+    return chosen[0].backbone if len(backbones) == 1 else None
 
 
 def finite_features(features, config: EvalConfig):

@@ -111,3 +111,13 @@ def test_non_finite_features_are_refused_naming_the_export_and_the_rows(synth_wo
     assert str(caught.value).startswith(f"{tmp_path / 'some-export'}: ")
     assert f"NaN or infinite features for {int(np.ceil(n / 16))} of {n} images" in str(caught.value)
     assert not out.exists()
+
+
+def test_per_probe_evaluation_of_an_export_without_a_probes_prompt_is_refused(synth_world: Path,
+                                                                                tmp_path: Path) -> None:
+    arch = dict(ARCH, tasks=["instance", "attribute"])
+    export = write_export(tmp_path / "no-part", architecture=arch, weights_of=arch)
+    out = tmp_path / "r.json"
+    result = CliRunner().invoke(main, ["eval", "--backbone", str(export), "--data", str(synth_world), "--out", str(out),
+                                       "--tasks", "parsing", "--task-prompt", "per-probe", "--precision", "fp32"])
+    assert_refused(result, out, str(export), "no task prompt 'part'", "['instance', 'attribute']")

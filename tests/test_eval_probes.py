@@ -193,3 +193,34 @@ def test_eval_on_random_features_is_near_chance(synth_world: Path) -> None:
     assert results["reid"]["mAP"] < 0.8  # 4 identities: chance is high, perfection is not expected
     interval = results["reid"]["mAP_interval"]
     assert interval["value"] == results["reid"]["mAP"] and interval["low"] < interval["value"] < interval["high"]
+
+
+@pytest.mark.parametrize("moe_layers", [2, 0])
+def test_per_probe_features_come_from_one_pass_equal_to_one_pass_per_prompt(synth_world: Path, moe_layers: int,
+                                                                             monkeypatch) -> None:
+    """Per-probe evaluation decodes each image once and runs the shared blocks once, with the features each
+    prompt gives on its own; only parsing keeps patch tokens."""
+    import clasp.evaluation.features as features_module
+    from clasp.evaluation.run_eval import _features_per_probe
+    from clasp.pretraining.vit import PromptedViT, ViTConfig
+
+    torch.manual_seed(0)
+    backbone = PromptedViT(ViTConfig(dim=32, depth=3, heads=2, moe_layers=moe_layers, experts=3, top_k=2)).eval()
+    truth = SynthTruth.load(synth_world)
+    paths = [truth.images_dir / p for p in truth.paths[:10]]
+    probes = {"attributes": "attribute", "parsing": "part", "reid": "instance"}
+    separate = {probe: extract_features(backbone.for_task(task), paths, batch_size=4, keep_patches=probe == "parsing")
+                for probe, task in probes.items()}
+    decoded = []
+    monkeypatch.setattr(features_module, "load_image", lambda p: decoded.append(p) or load_image(p))
+    extractors = {probe: backbone.for_task(task) for probe, task in probes.items()}
+    together = _features_per_probe(extractors, tuple(probes), paths, EvalConfig(Path("b"), synth_world, batch_size=4),
+                                   None, lambda _: None)
+    assert len(decoded) == len(paths)
+    for probe in probes:
+        np.testing.assert_allclose(together[probe].cls, separate[probe].cls, rtol=0, atol=1e-5)
+        assert (together[probe].patches is None) == (probe != "parsing")
+    np.testing.assert_allclose(together["parsing"].patches, separate["parsing"].patches, rtol=0, atol=1e-5)
+    assert together["parsing"].grid == (16, 8)
+    if moe_layers:  # the prompts do change what a MoE backbone gives
+        assert not np.allclose(together["attributes"].cls, together["reid"].cls, atol=1e-4)
