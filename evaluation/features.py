@@ -84,7 +84,7 @@ def extract_features(extractor: FeatureExtractor, paths: Sequence[str | Path], b
             if keep_patches:
                 patch_out.append(patches.float().cpu().numpy())
             if progress is not None:
-                progress(min(start + len(images), len(paths)))
+                progress(start + len(images))
     return _features(cls_out, patch_out if keep_patches else None)
 
 
@@ -95,8 +95,8 @@ def extract_prompted_features(backbone: PromptedViT, prompts: Mapping[str, str],
 
     Reading a backbone once per prompt decodes every image and runs the shared
     lower blocks once per prompt; here both happen once and only the PC-MoE upper
-    blocks run per prompt (a backbone without MoE runs nothing per prompt), which
-    on the per-probe evaluation cuts the work to between a third and about half.
+    blocks run per prompt (a backbone without MoE runs nothing per prompt): for
+    `clasp eval --task-prompt per-probe` about a third of the time.
     Names not in `keep_patches` skip the last block's patch tokens. Each prompt's
     features equal those of `backbone.for_task(prompt)`.
     """

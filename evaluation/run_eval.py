@@ -194,7 +194,6 @@ def _features_per_probe(extractor, tasks, paths, config: EvalConfig, autocast, l
     """Features for each probe. Probes that read one backbone through their own task prompts share one
     pass over the images (`extract_prompted_features`); other probes that share an extractor share its pass."""
     extractors = extractor if isinstance(extractor, dict) else {task: extractor for task in tasks}
-    done: dict[int, object] = {}
     prompted = _prompted_backbone(extractors, tasks)
     if prompted is not None:
         prompts = {task: extractors[task].task for task in tasks}
@@ -202,6 +201,7 @@ def _features_per_probe(extractor, tasks, paths, config: EvalConfig, autocast, l
         found = extract_prompted_features(prompted, prompts, paths, config.batch_size,
                                           keep_patches=[t for t in tasks if t == "parsing"], autocast=autocast)
         return {task: finite_features(found[task], config) for task in tasks}
+    done: dict[int, object] = {}
     for task in tasks:
         chosen = extractors[task]
         if id(chosen) not in done:
