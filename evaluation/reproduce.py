@@ -52,9 +52,10 @@ class ReproduceConfig:
     label_clip_size: str | None = None
     dense_modes: tuple[str, ...] = DENSE_MODES  # every mode is scored against the truth; the default is trained on
     images: Path | None = None  # None: pre-train on the synthetic world
-    # A step of preset tiny at batch 16 (2 + 2 crops) takes ~3.6 s (CLASP) and ~2.2 s
-    # (DINO only) on 2 AVX2 cores in fp32: 150 steps of both are ~15 minutes, which
-    # with the corpus, the CLIP (~5 min), labeling and evaluation fits 25 minutes.
+    # A step of preset tiny at batch 16 (2 + 2 crops) takes ~3-3.6 s (CLASP) and ~2-2.5 s
+    # (DINO only) on 2 AVX2 cores in fp32: 150 steps of both are 12-15 minutes, which
+    # with the corpus, the CLIP (~3-4 min), labeling and evaluation (~2 min) fits 25
+    # minutes (18.2 measured on an idle AVX2 machine).
     steps: int = 150
     preset: str = "tiny"
     batch_size: int = 16
