@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from clasp.evaluation.features import load_image
+from clasp.evaluation.features import load_images
 
 
 def expert_load_per_task(export_dir: str | Path, image_paths: Sequence[str | Path]) -> dict[str, np.ndarray]:
@@ -23,7 +23,7 @@ def expert_load_per_task(export_dir: str | Path, image_paths: Sequence[str | Pat
     config = backbone.config
     if not config.moe_layers:
         return {}
-    images = torch.from_numpy(np.stack([load_image(p) for p in image_paths])).permute(0, 3, 1, 2).contiguous()
+    images = load_images(image_paths)
     out = {}
     with torch.inference_mode():
         for task in config.tasks:

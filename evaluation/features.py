@@ -54,11 +54,15 @@ def patch_grid(num_patches: int, hw: tuple[int, int] = PERSON_HW) -> tuple[int, 
     return h, w
 
 
+def load_images(paths: Sequence[str | Path]) -> torch.Tensor:
+    """The images at `paths` as one (B, 3, 256, 128) uint8 tensor, in order (`load_image` each)."""
+    return torch.from_numpy(np.stack([load_image(p) for p in paths])).permute(0, 3, 1, 2).contiguous()
+
+
 def _image_batches(paths: Sequence[str | Path], batch_size: int):
     """(start, (B, 3, 256, 128) uint8 tensor) per batch of `paths`, in order."""
     for start in range(0, len(paths), batch_size):
-        batch = np.stack([load_image(p) for p in paths[start:start + batch_size]])
-        yield start, torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()
+        yield start, load_images(paths[start:start + batch_size])
 
 
 def _features(cls_out: list[np.ndarray], patch_out: list[np.ndarray] | None) -> Features:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clasp.evaluation.features import load_image
+from clasp.evaluation.features import load_images
 from clasp.finetune.augment import flip_pad_crop, flip_parsing, random_erasing
 from clasp.finetune.batches import pk_batches, shuffled_batches
 from clasp.finetune.config import FinetuneConfig
@@ -28,15 +28,11 @@ from clasp.finetune.model import AttributeHead, BNNeckHead, ParsingHead
 from clasp.store.person_size import PERSON_HW
 
 
-def _images(paths) -> torch.Tensor:
-    return torch.from_numpy(np.stack([load_image(p) for p in paths])).permute(0, 3, 1, 2).contiguous()
-
-
 def _batched_outputs(model, paths, batch_size: int, device, autocast, key: str) -> np.ndarray:
     out = []
     with torch.inference_mode(), autocast():
         for start in range(0, len(paths), batch_size):
-            out.append(model(_images(paths[start:start + batch_size]).to(device))[key].float().cpu().numpy())
+            out.append(model(load_images(paths[start:start + batch_size]).to(device))[key].float().cpu().numpy())
     return np.concatenate(out)
 
 
@@ -53,7 +49,7 @@ class ReidRecipe:
         return pk_batches(self.data.train_labels, c.ids_per_batch, c.images_per_id, c.seed, epoch)
 
     def load(self, rows: np.ndarray, gen: torch.Generator) -> dict[str, torch.Tensor]:
-        images = random_erasing(flip_pad_crop(_images([self.data.train_paths[r] for r in rows]), gen), gen)
+        images = random_erasing(flip_pad_crop(load_images([self.data.train_paths[r] for r in rows]), gen), gen)
         return {"images": images, "labels": torch.from_numpy(self.data.train_labels[rows])}
 
     def loss(self, out: dict, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -103,7 +99,7 @@ class AttributeRecipe:
         return shuffled_batches(len(self.train), self.config.batch_size, self.config.seed, epoch)
 
     def load(self, rows: np.ndarray, gen: torch.Generator) -> dict[str, torch.Tensor]:
-        images = flip_pad_crop(_images([self.train.paths[r] for r in rows]), gen)
+        images = flip_pad_crop(load_images([self.train.paths[r] for r in rows]), gen)
         return {"images": images, "labels": torch.from_numpy(self.train.labels[rows].astype(np.float32))}
 
     def loss(self, out: dict, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -139,7 +135,7 @@ class ParsingRecipe:
     def load(self, rows: np.ndarray, gen: torch.Generator) -> dict[str, torch.Tensor]:
         from clasp.evaluation.lip import read_label_map
 
-        images = _images([self.train.images[r] for r in rows])
+        images = load_images([self.train.images[r] for r in rows])
         labels = [read_label_map(self.train.labels[r], self.data.num_classes) for r in rows]
         labels = torch.stack([_resize_label(label, PERSON_HW) for label in labels])
         images, labels = flip_parsing(images, labels, gen)
@@ -163,7 +159,7 @@ class ParsingRecipe:
         size = self.config.eval_batch_size
         with torch.inference_mode(), autocast():
             for start in range(0, len(val), size):
-                logits = model(_images(val.images[start:start + size]).to(device))["logits"].float()
+                logits = model(load_images(val.images[start:start + size]).to(device))["logits"].float()
                 for i, label_path in enumerate(val.labels[start:start + size]):
                     label = read_label_map(label_path, k)
                     up = F.interpolate(logits[i:i + 1], size=label.shape, mode="bilinear", align_corners=False)
