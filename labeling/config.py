@@ -41,7 +41,7 @@ class ClipLabelerConfig:
 
     def check(self) -> None:
         """Refuse a choice or size no labeler can honour, naming it (the device is checked where it is used)."""
-        _check_settings(self)
+        check_settings(self)
         if len(self.clip_size) != 2 or min(self.clip_size) < 1:
             raise LabelingError(f"--clip-size must be two positive sizes HxW, got {self.clip_size}")
 
@@ -83,12 +83,14 @@ class LabelConfig:
     def check(self) -> None:
         """Refuse settings the run cannot use, before anything is read or started."""
         self.labeler().check()
-        _check_settings(self)
+        check_settings(self)
         if self.scheduler and self.workers:
             raise LabelingError("give --workers N (a local cluster) or --scheduler ADDRESS (an existing one), not both")
 
 
-def _check_settings(config: Any) -> None:
+def check_settings(config: Any) -> None:
+    """Every declared setting of a labeling config (`clasp.settings.check_value`); LabelingError names the first
+    that does not fit."""
     found = first_problem(config)
     if found is not None:
         raise LabelingError(found[1])

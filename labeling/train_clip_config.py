@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clasp.labeling.errors import LabelingError
-from clasp.settings import first_problem, setting
+from clasp.labeling.config import check_settings
+from clasp.settings import setting
 
 TILE_SCALES = ("native", "row")
 
@@ -50,6 +50,4 @@ class TrainClipConfig:
 
     def check(self) -> None:
         """The one check of every declared value (choices, bounds); a LabelingError names the first problem."""
-        found = first_problem(self)
-        if found is not None:
-            raise LabelingError(found[1])
+        check_settings(self)
