@@ -603,5 +603,34 @@ def eval_labels(shards: Path, truth: Path, out: Path | None) -> None:
         click.echo(f"results written to {out}")
 
 
+@main.command("truth-labels")
+@click.argument("world", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Shard folder to write (new or empty).")
+@click.option("--noise", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Share of part cells and of attribute values replaced by another value, at random.")
+@click.option("--grid", default="16x8", show_default=True, callback=_parse_hw,
+              help="Label grid HEIGHTxWIDTH (a `clasp label` store of a 224x112 CLIP input has 14x7).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the corruption.")
+@click.option("--shard-size", type=click.IntRange(min=1), default=4096, show_default=True, help="Rows per shard.")
+def truth_labels(world: Path, out: Path, noise: float, grid: tuple[int, int], seed: int, shard_size: int) -> None:
+    """A label store of a `clasp synth` WORLD whose labels are its ground truth, optionally corrupted.
+
+    A control no real data set has: pre-training on it tells what labels of a
+    known quality buy (noise 0 is the upper bound). Read it like any store.
+    """
+    from clasp.evaluation.errors import EvalInputError
+    from clasp.evaluation.truth_store import TruthStoreConfig, write_truth_store
+    from clasp.store import StoreError
+
+    config = TruthStoreConfig(world=world, out=out, noise=noise, grid=grid, seed=seed, shard_size=shard_size)
+    try:
+        summary = write_truth_store(config)
+    except (EvalInputError, StoreError) as exc:
+        raise UserError(str(exc)) from None
+    click.echo(f"wrote {summary.rows} rows in {summary.shards} shards to {out} in {summary.seconds:.1f} s; "
+               f"changed {summary.part_cells_changed:.1%} of part cells and {summary.attribute_values_changed:.1%} "
+               "of attribute values")
+
+
 if __name__ == "__main__":
     main()
