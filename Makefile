@@ -6,7 +6,7 @@ CLASP := $(VENV)/bin/clasp
 # torch first and pinned: an unpinned torch pulls several GB of CUDA wheels.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install test test-all reproduce reproduce-finetune bench clean
+.PHONY: install test test-all reproduce reproduce-ladder reproduce-finetune bench clean
 
 install: $(VENV)/.installed
 
@@ -27,6 +27,11 @@ test-all: install
 reproduce: install
 	$(PY) reproduce/run.py
 
+# `make reproduce` plus CLASP on ground truth with 25/50/75 % of it corrupted: downstream score
+# against label quality (reproduce/ladder/results.md).
+reproduce-ladder: install
+	$(PY) reproduce/run.py --ladder --out reproduce/ladder
+
 # Fine-tuning of the three exports of `make reproduce` (made first when missing); budget in the README.
 reproduce-finetune: install
 	test -f reproduce/out/exports/clasp/config.json || $(PY) reproduce/run.py
@@ -38,4 +43,4 @@ bench: install
 	$(PY) benchmarks/loader.py
 
 clean:
-	rm -rf $(VENV) *.egg-info reproduce/out
+	rm -rf $(VENV) *.egg-info reproduce/out reproduce/ladder

@@ -1,10 +1,19 @@
-"""`make reproduce`: the whole pipeline and two baselines in one run, with a report.
+"""`make reproduce`: the whole pipeline, its controls and two baselines in one run, with a report.
 
-synthetic world -> (`clasp synth-corpus` -> `clasp train-clip`) -> `clasp label` (every dense mode, each
-scored by `clasp eval-labels`) -> `clasp pretrain` -> `clasp export` -> `clasp eval`, plus, trained and
-evaluated in the same run:
-- **random**: the same backbone architecture with its initial random weights, never trained;
-- **DINO only**: `clasp pretrain --w-part 0 --w-attr 0 --moe-layers 0` for the same steps.
+Two synthetic worlds: a **pre-training world** (its own seed, so its identities,
+cameras and every random stream are apart from the evaluation world's) that
+every method pre-trains on, as LUPerson is to Market-1501, and an **evaluation
+world** the probes alone see. Then
+(`clasp synth-corpus` -> `clasp train-clip`) -> `clasp label` of the pre-training
+world (every dense mode, each scored by `clasp eval-labels`) -> `clasp pretrain`
+-> `clasp export` -> `clasp eval` on the evaluation world, for:
+- **clasp**: CLASP on the CLIP's labels;
+- **clasp-truth**: CLASP on the pre-training world's ground truth (`clasp
+  truth-labels`), a control no real data set has: the upper bound of what labels
+  buy. `ladder` adds stores of that truth with a share of values corrupted
+  (`make reproduce-ladder`: 0.25, 0.5, 0.75), to place the CLIP on a ladder;
+- **dino-only**: `clasp pretrain --w-part 0 --w-attr 0 --moe-layers 0`, same recipe;
+- **random**: the same architecture with its initial random weights.
 
 Every stage runs as its own `clasp` command (so the wall times are those a user
 sees), logging to OUT/logs/. The report is OUT/results.md with PNGs beside it,
@@ -12,14 +21,17 @@ and OUT/results.json for programs (`results_summary` names its keys).
 
 Environment switches (read by `ReproduceConfig.from_env`):
 CLIP_MODEL (hub id or folder; default: a tiny CLIP trained here on a synthetic caption corpus),
-IMAGES (a folder of person images to pre-train on; default: the synthetic world;
-a Market-1501 folder is also used for a re-ID evaluation), STEPS, PRESET.
+IMAGES (a folder of person images to pre-train on instead of the pre-training world;
+a Market-1501 folder is also used for a re-ID evaluation), STEPS, PRESET,
+SEED (the evaluation world's; the corpus, CLIP and training use it too) and
+PRETRAIN_WORLD_SEED (must differ from SEED).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -27,23 +39,25 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from clasp.evaluation.market1501 import REQUIRED_PARTS
-from clasp.pretraining.layout import METRICS_FILE
+from clasp.evaluation.reproduce_report import (Reproduction, ladder_charts, loss_summary, render_report,
+                                               results_summary, run_metrics, truth_method_name, truth_store_name)
 from clasp.store.label_choices import DENSE_MODES
-from clasp.store.percent import percent
 
-METHODS = ("clasp", "dino-only", "random")
 IN_TREE_CLIP_SIZE = "224x112"  # `clasp train-clip`'s input size: the labeler looks where the CLIP learned to
-METHOD_TITLES = {"clasp": "CLASP (part + attribute + DINO, PC-MoE)", "dino-only": "DINO only (no part/attribute loss, no MoE)",
-                 "random": "random weights (untrained)"}
+LADDER = (0.25, 0.5, 0.75)  # `make reproduce-ladder`'s noise levels
+DINO_ONLY_FLAGS = ("--w-part", "0", "--w-attr", "0", "--moe-layers", "0")
 
 
 @dataclass
 class ReproduceConfig:
     out: Path = Path("reproduce/out")
-    identities: int = 200
+    identities: int = 200  # of each world
     images_per_id: int = 6
     cameras: int = 4
-    seed: int = 0
+    seed: int = 0  # the evaluation world's; also the corpus's, the CLIP's and every run's
+    # The pre-training world: any other seed gives other identities, cameras and
+    # random streams (`clasp synth` keys every stream by the seed).
+    pretrain_world_seed: int = 11
     clip_model: str | None = None  # None: a tiny CLIP trained here on a synthetic caption corpus
     corpus_pairs: int = 12000  # image-caption pairs of that corpus (`clasp synth-corpus --pairs`)
     clip_steps: int | None = None  # `clasp train-clip --steps`; None: its default
@@ -51,15 +65,15 @@ class ReproduceConfig:
     # with CLIP_MODEL, the command's own default
     label_clip_size: str | None = None
     dense_modes: tuple[str, ...] = DENSE_MODES  # every mode is scored against the truth; the default is trained on
-    images: Path | None = None  # None: pre-train on the synthetic world
-    # A step of preset tiny at batch 16 (2 + 2 crops) takes ~3-3.6 s (CLASP) and ~2-2.5 s
-    # (DINO only) on 2 AVX2 cores in fp32: 150 steps of both are 12-15 minutes, which
-    # with the corpus, the CLIP (~3-4 min), labeling and evaluation (~2 min) fits 25
-    # minutes (18.2 measured on an idle AVX2 machine).
+    images: Path | None = None  # None: pre-train on the pre-training world
+    ladder: tuple[float, ...] = ()  # noise of the extra ground-truth stores (`make reproduce-ladder`: LADDER)
+    # The demonstration's recipe (chosen on a validation world; docs/demonstration-recipe.md),
+    # the same for every method. `clasp pretrain`'s own defaults stay DINO's, for real data.
     steps: int = 150
     preset: str = "tiny"
     batch_size: int = 16
     local_crops: int = 2
+    lr: float = 5e-4  # per 256 images, the linear rule of `clasp pretrain --lr`
     precision: str = "auto"  # resolved by each stage on its device (clasp.hardware)
     # A short schedule needs a faster teacher than DINO's 0.996, or the exported
     # EMA teacher stays near its initialisation.
@@ -73,17 +87,26 @@ class ReproduceConfig:
     def from_env(cls, env: dict[str, str] | None = None, **overrides) -> "ReproduceConfig":
         env = dict(os.environ if env is None else env)
         values: dict = {}
-        if env.get("CLIP_MODEL"):
-            values["clip_model"] = env["CLIP_MODEL"]
-        if env.get("IMAGES"):
-            values["images"] = Path(env["IMAGES"])
-        if env.get("STEPS"):
-            values["steps"] = int(env["STEPS"])
-        if env.get("PRESET"):
-            values["preset"] = env["PRESET"]
+        for key, name, kind in (("CLIP_MODEL", "clip_model", str), ("IMAGES", "images", Path),
+                                ("STEPS", "steps", int), ("PRESET", "preset", str), ("SEED", "seed", int),
+                                ("PRETRAIN_WORLD_SEED", "pretrain_world_seed", int)):
+            if env.get(key):
+                values[name] = kind(env[key])
         values.update(overrides)
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        config = cls(**{k: v for k, v in values.items() if k in known})
+        config.check()
+        return config
+
+    def check(self) -> None:
+        if self.pretrain_world_seed == self.seed:
+            raise ValueError(f"the pre-training world's seed ({self.pretrain_world_seed}) must differ from the "
+                             f"evaluation world's ({self.seed}): the same seed draws the same identities and cameras")
+
+    def methods(self) -> tuple[str, ...]:
+        """Every method in report order; the ground-truth controls exist only for the synthetic pre-training world."""
+        truth = () if self.images is not None else tuple(truth_method_name(n) for n in (0.0, *self.ladder))
+        return ("clasp", *truth, "dino-only", "random")
 
 
 @dataclass
@@ -129,26 +152,19 @@ def write_random_export(reference: Path, out: Path, seed: int = 0) -> Path:
     return out
 
 
-def _metrics(run: Path) -> list[dict]:
-    path = run / METRICS_FILE
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 class Stages:
     """Runs `clasp` commands as the stages of one reproduction, timing each stage and method."""
 
     def __init__(self, out: Path, echo=print) -> None:
         self.out, self.logs, self.echo = out, out / "logs", echo
         self.times = StageTimes()
-        self.method_times: dict[str, dict[str, float]] = {m: {} for m in METHODS}
+        self.method_times: dict[str, dict[str, float]] = {}
 
     def clasp(self, stage: str, log_name: str, *args: str, method: str | None = None) -> None:
         start = time.perf_counter()
         run_clasp(list(args), self.logs / f"{log_name}.log", self.times, stage, self.echo)
         if method is not None:
-            spent = self.method_times[method]
+            spent = self.method_times.setdefault(method, {})
             spent[stage] = spent.get(stage, 0.0) + time.perf_counter() - start
 
 
@@ -196,20 +212,40 @@ def label_every_mode(config: ReproduceConfig, stages: Stages, clip: str, world: 
     return default, default_mode, quality
 
 
-def pretrain_and_export(config: ReproduceConfig, stages: Stages, shards: Path) -> None:
+def write_truth_stores(config: ReproduceConfig, stages: Stages, world: Path, grid: list[int]) -> dict[str, dict]:
+    """`clasp truth-labels` of the pre-training world at noise 0 and each ladder level, on the CLIP store's grid.
+
+    Returns {store name: `clasp eval-labels` results}, which for noise P measure about 1 - P of the truth.
+    """
+    quality = {}
+    for noise in (0.0, *config.ladder):
+        name = truth_store_name(noise)
+        shards = stages.out / "shards" / name
+        shutil.rmtree(shards, ignore_errors=True)  # the command refuses a folder that holds a store
+        stages.clasp("truth-labels", f"truth-labels-{name}", "truth-labels", str(world), "--out", str(shards),
+                     "--noise", f"{noise:g}", "--grid", f"{grid[0]}x{grid[1]}", "--seed", str(config.seed))
+        target = stages.out / "eval" / f"label_quality-{name}.json"
+        stages.clasp("eval-labels", f"eval-labels-{name}", "eval-labels", "--shards", str(shards), "--truth",
+                     str(world), "--out", str(target))
+        quality[name] = json.loads(target.read_text(encoding="utf-8"))
+    return quality
+
+
+def pretrain_and_export(config: ReproduceConfig, stages: Stages, method_shards: dict[str, Path]) -> None:
+    """Pre-train and export each method on its store with the one recipe; random weights beside them."""
     settings = []
-    if config.pretrain_settings:  # keys only a config file takes (model sizes, DINO head), e.g. for a quick check
+    if config.pretrain_settings:  # keys only a config file takes (model sizes, DINO head)
         path = stages.out / "pretrain-settings.json"
         path.write_text(json.dumps(config.pretrain_settings), encoding="utf-8")
         settings = ["--config", str(path)]
-    common = [*settings, "--shards", str(shards), "--preset", config.preset, "--steps", str(config.steps),
+    common = [*settings, "--preset", config.preset, "--steps", str(config.steps), "--lr", f"{config.lr:g}",
               "--batch-size", str(config.batch_size), "--local-crops", str(config.local_crops),
               "--precision", config.precision, "--momentum-teacher", str(config.momentum_teacher),
               "--save-every", str(config.steps), "--log-every", "1", "--seed", str(config.seed), "--force"]
-    variants = {"clasp": [], "dino-only": ["--w-part", "0", "--w-attr", "0", "--moe-layers", "0"]}
-    for method, extra in variants.items():
-        run = stages.out / "runs" / method
-        stages.clasp("pretrain", f"pretrain-{method}", "pretrain", "--out", str(run), *common, *extra, method=method)
+    for method, shards in method_shards.items():
+        run, extra = stages.out / "runs" / method, DINO_ONLY_FLAGS if method == "dino-only" else ()
+        stages.clasp("pretrain", f"pretrain-{method}", "pretrain", "--shards", str(shards), "--out", str(run),
+                     *common, *extra, method=method)
         stages.clasp("export", f"export-{method}", "export", str(run), "--out", str(stages.out / "exports" / method),
                      method=method)
     t0 = time.perf_counter()
@@ -218,11 +254,11 @@ def pretrain_and_export(config: ReproduceConfig, stages: Stages, shards: Path) -
 
 
 def evaluate_methods(config: ReproduceConfig, stages: Stages, world: Path) -> dict[str, dict]:
-    """`clasp eval` of every method's export, each probe through its own task prompt."""
+    """`clasp eval` of every method's export on the evaluation world, each probe through its own task prompt."""
     market = Path(config.images) if config.images is not None and all(
         (Path(config.images) / p).is_dir() for p in REQUIRED_PARTS) else None
     results: dict[str, dict] = {}
-    for method in METHODS:
+    for method in config.methods():
         export, target = stages.out / "exports" / method, stages.out / "eval" / f"{method}.json"
         stages.clasp("eval", f"eval-{method}", "eval", "--backbone", str(export), "--data", str(world), "--out",
                      str(target), "--probe-steps", str(config.probe_steps), "--precision", config.precision,
@@ -236,65 +272,78 @@ def evaluate_methods(config: ReproduceConfig, stages: Stages, world: Path) -> di
     return results
 
 
+def make_worlds(config: ReproduceConfig, stages: Stages) -> tuple[Path, Path]:
+    """The evaluation world and the pre-training world: same size, different seeds."""
+    worlds = {"world": config.seed, "pretrain-world": config.pretrain_world_seed}
+    for name, seed in worlds.items():
+        stages.clasp("synth", f"synth-{name}", "synth", "--out", str(stages.out / name), "--identities",
+                     str(config.identities), "--images-per-id", str(config.images_per_id), "--cameras",
+                     str(config.cameras), "--seed", str(seed))
+    return stages.out / "world", stages.out / "pretrain-world"
+
+
+def label_stores(config: ReproduceConfig, stages: Stages, pretrain_world: Path) -> tuple[Reproduction, dict]:
+    """Every store the methods read, scored; returns the reproduction so far and {method: shards}."""
+    clip = make_clip(config, stages)
+    clip_shards, default_mode, stores = label_every_mode(config, stages, clip, pretrain_world)
+    stages.clasp("show", "show", "show", str(clip_shards), "--out", str(stages.out / "sheet"), "-n",
+                 str(config.sheet_images), "--seed", str(config.seed), "--image-height", "192")
+    clip_store, truth = default_mode, {}
+    if config.images is not None:
+        clip_store, clip_shards = "images", stages.out / "shards-images"
+        stages.clasp("label", "label-images", "label", "--images", str(config.images), "--out", str(clip_shards),
+                     "--clip-model", clip, *clip_size_flag(config), "--precision", config.precision,
+                     "--batch-size", str(config.label_batch_size), "--force")
+    else:
+        grid = json.loads((clip_shards / "manifest.json").read_text(encoding="utf-8"))["label_grid"]
+        truth = write_truth_stores(config, stages, pretrain_world, grid)
+        stores.update(truth)
+    method_shards = {"clasp": clip_shards, **{f"clasp-{name}": stages.out / "shards" / name for name in truth},
+                     "dino-only": clip_shards}  # DINO only reads the images; their labels go unused
+    store_of = {"clasp": clip_store, **{f"clasp-{name}": name for name in truth}, "dino-only": clip_store}
+    return Reproduction(results={}, stores=stores, default_mode=default_mode, method_store=store_of), method_shards
+
+
+def no_information_values(method_shards: dict[str, Path], store_of: dict[str, str]) -> dict[str, dict]:
+    from clasp.evaluation.no_information import no_information_losses
+
+    return {store_of[m]: no_information_losses(shards).as_dict() for m, shards in method_shards.items()}
+
+
 def run_reproduce(config: ReproduceConfig, echo=print) -> Path:
     """Run everything into `config.out`; return the path of results.md."""
+    config.check()
     out = Path(config.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     stages = Stages(out, echo)
     total_start = time.perf_counter()
-    world = out / "world"
-    stages.clasp("synth", "synth", "synth", "--out", str(world), "--identities", str(config.identities),
-                 "--images-per-id", str(config.images_per_id), "--cameras", str(config.cameras),
-                 "--seed", str(config.seed))
-    clip = make_clip(config, stages)
-    world_shards, default_mode, quality = label_every_mode(config, stages, clip, world)
-    train_shards = world_shards
-    if config.images is not None:
-        train_shards = out / "shards-images"
-        stages.clasp("label", "label-images", "label", "--images", str(config.images), "--out", str(train_shards),
-                     "--clip-model", clip, *clip_size_flag(config), "--precision", config.precision,
-                     "--batch-size", str(config.label_batch_size), "--force")
-    stages.clasp("show", "show", "show", str(world_shards), "--out", str(out / "sheet"), "-n", str(config.sheet_images),
-                 "--seed", str(config.seed), "--image-height", "192")
-    pretrain_and_export(config, stages, train_shards)
-    results = evaluate_methods(config, stages, world)
+    world, pretrain_world = make_worlds(config, stages)
+    reproduction, method_shards = label_stores(config, stages, pretrain_world)
+    pretrain_and_export(config, stages, method_shards)
+    reproduction.results = evaluate_methods(config, stages, world)
     t0 = time.perf_counter()
-    pictures = _draw_pictures(out, world, config)
+    reproduction.no_information = no_information_values(method_shards, reproduction.method_store)
+    reproduction.pictures = draw_pictures(out, world, reproduction)
     stages.times.add("report", time.perf_counter() - t0)
-    hardware = json.loads((out / "runs" / "clasp" / "config.json").read_text(encoding="utf-8")).get("hardware", {})
-    total = time.perf_counter() - total_start
-    report = render_report(config, results, quality, default_mode, stages, total, pictures, hardware)
+    reproduction.hardware = json.loads((out / "runs" / "clasp" / "config.json").read_text(encoding="utf-8")).get(
+        "hardware", {})
+    reproduction.seconds = time.perf_counter() - total_start
+    reproduction.stage_seconds, reproduction.method_seconds = stages.times.seconds, stages.method_times
+    losses = loss_summary(reproduction, out / "runs")
     path = out / "results.md"
-    path.write_text(report, encoding="utf-8")
-    summary = results_summary(total, hardware, default_mode, quality, results)
+    path.write_text(render_report(config, reproduction, losses), encoding="utf-8")
     (out / "results.json").write_text(json.dumps({
-        **summary, "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(config).items()},
-        "details": results, "stage_seconds": stages.times.seconds, "method_seconds": stages.method_times,
-        "hardware": hardware}, indent=2) + "\n", encoding="utf-8")
-    echo(f"wrote {path} ({total / 60:.1f} min)")
+        **results_summary(reproduction, losses),
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(config).items()},
+        "details": reproduction.results, "no_information": reproduction.no_information,
+        "stage_seconds": stages.times.seconds, "method_seconds": stages.method_times,
+        "hardware": reproduction.hardware}, indent=2) + "\n", encoding="utf-8")
+    echo(f"wrote {path} ({reproduction.seconds / 60:.1f} min)")
     return path
 
 
-def results_summary(seconds: float, hardware: dict, default_mode: str, quality: dict, results: dict) -> dict:
-    """The keys a program checks: scores as fractions, each method's with its 95 % interval."""
-    def scored(block: dict, key: str) -> dict:
-        interval = block.get(f"{key}_interval") or {"value": block.get(key), "low": None, "high": None}
-        return {k: interval[k] for k in ("value", "low", "high")}
-
-    return {
-        "seconds": seconds,
-        "precision": hardware.get("precision"),
-        "default_dense_mode": default_mode,
-        "label_quality": {mode: {"part_miou": q["parts"]["mIoU"], "attr_ma": q["attributes"].get("mA")}
-                          for mode, q in quality.items()},
-        "methods": {method: {"attr_ma": scored(r["attributes"], "mA"),
-                             "parsing_miou": scored(r["parsing"], "mIoU_grid"),
-                             "reid_map": scored(r["reid"], "mAP"), "reid_rank1": scored(r["reid"], "rank1")}
-                    for method, r in results.items()},
-    }
-
-
-def _draw_pictures(out: Path, world: Path, config: ReproduceConfig) -> dict[str, str]:
+def draw_pictures(out: Path, world: Path, reproduction: Reproduction) -> dict[str, str]:
+    """Loss curves of every pre-trained method, the ladder charts, the part-mask sheet and the expert load."""
     from clasp.evaluation.expert_load import expert_load_per_task
     from clasp.evaluation.plots import grouped_bars, line_chart
     from clasp.evaluation.truth import SynthTruth
@@ -303,12 +352,13 @@ def _draw_pictures(out: Path, world: Path, config: ReproduceConfig) -> dict[str,
     for key, title in (("loss", "total loss"), ("dino", "DINO loss"), ("part", "part loss"),
                        ("attribute", "attribute loss")):
         series = {}
-        for method in ("clasp", "dino-only"):
-            rows = [r for r in _metrics(out / "runs" / method) if key in r]
+        for method in reproduction.method_store:
+            rows = [r for r in run_metrics(out / "runs" / method) if key in r]
             if rows and any(r[key] != 0 for r in rows):
                 series[method] = ([r["step"] for r in rows], [float(r[key]) for r in rows])
         if series:
             pictures[f"loss_{key}"] = line_chart(series, out / f"loss_{key}.png", f"{title} per step").name
+    pictures.update(ladder_charts(reproduction, out))
     sheet = out / "sheet" / "contact_sheet.png"
     if sheet.exists():
         target = out / "part_masks.png"
@@ -325,91 +375,3 @@ def _draw_pictures(out: Path, world: Path, config: ReproduceConfig) -> dict[str,
                                                [f"expert {e}" for e in range(experts)]).name
         (out / "eval" / "expert_load.json").write_text(json.dumps({t: v.tolist() for t, v in loads.items()}, indent=2))
     return pictures
-
-
-def _precision_words(config: ReproduceConfig, hardware: dict) -> str:
-    """e.g. `precision auto → fp32 (CPU capability AVX2, no native bf16; 2 cores)`."""
-    if not hardware:
-        return f"precision {config.precision}"
-    return (f"precision {hardware.get('requested', config.precision)} → {hardware.get('precision', '?')} "
-            f"({hardware.get('capability', 'capability not recorded')}; {hardware.get('available_cores', '?')} cores)")
-
-
-def _scored(block: dict, key: str) -> str:
-    """`61.2 [58.0, 64.1]`: the score and its 95 % interval, in percent."""
-    interval = block.get(f"{key}_interval")
-    if not interval:
-        return percent(block.get(key))
-    return f"{percent(interval['value'])} [{percent(interval['low'])}, {percent(interval['high'])}]"
-
-
-def _clip_words(config: ReproduceConfig) -> list[str]:
-    if config.clip_model is not None:
-        return [f"CLIP: `{config.clip_model}`.", ""]
-    return ["**What the CLIP saw.** The labeling CLIP was trained here by `clasp train-clip` on "
-            f"{config.corpus_pairs} synthetic image–caption pairs (`clasp synth-corpus`: whole persons with "
-            "free-text captions, single items and body regions, bare scenes) drawn from identities, cameras "
-            "and random streams disjoint from the evaluation world. It never saw the evaluation world's images, "
-            "and no mask, box or label of any world: only images and their captions. These numbers measure "
-            "the method on a synthetic world with a tiny CLIP; results on real data need a real CLIP "
-            "(`make reproduce CLIP_MODEL=openai/clip-vit-base-patch16 IMAGES=...`).", ""]
-
-
-def _label_quality_lines(quality: dict, default_mode: str) -> list[str]:
-    lines = ["Label quality per dense mode (`clasp eval-labels` against the world's ground truth, on the label "
-             f"grid; pre-training used `{default_mode}`, `clasp label`'s default):", "",
-             "| dense mode | part mIoU | attribute mA | attribute accuracy (mean over groups) |", "|---|---|---|---|"]
-    lines += [f"| {mode}{' (default)' if mode == default_mode else ''} | {percent(q['parts']['mIoU'])} "
-              f"| {percent(q['attributes'].get('mA'))} | {percent(q['attributes']['mean_accuracy'])} |"
-              for mode, q in quality.items()]
-    chosen = quality[default_mode]
-    lines += ["", f"Per part ({default_mode}):", "", "| part | IoU |", "|---|---|"]
-    lines += [f"| {p} | {percent(v)} |" for p, v in chosen["parts"]["iou"].items()]
-    lines += ["", f"Per attribute group ({default_mode}; chance is 1 / number of values):", "",
-              "| attribute group | accuracy | chance |", "|---|---|---|"]
-    lines += [f"| {g} | {percent(v)} | {percent(chosen['attributes']['chance'][g])} |"
-              for g, v in chosen["attributes"]["accuracy"].items()]
-    return lines
-
-
-def render_report(config: ReproduceConfig, results: dict, quality: dict, default_mode: str, stages: Stages,
-                  total: float, pictures: dict[str, str], hardware: dict) -> str:
-    data = f"`{config.images}`" if config.images else "the synthetic world"
-    lines = ["# CLASP reproduction", "", *_clip_words(config),
-             f"Pre-training data: {data}. Evaluation: the synthetic world ({config.identities} identities x "
-             f"{config.images_per_id} images, {config.cameras} cameras, seed {config.seed}); probes trained on "
-             "the lower half of the identities, tested on the rest; each probe reads the backbone through its own "
-             "task prompt (attributes: `attribute`, parsing: `part`, re-ID: `instance`; a backbone without MoE has "
-             f"one set of features). Backbone preset `{config.preset}`, {config.steps} steps of batch "
-             f"{config.batch_size} (2 global + {config.local_crops} local crops), {_precision_words(config, hardware)}.",
-             "", "Scores in percent with a 95 % interval (bootstrap over test identities, 1000 rounds):", "",
-             "| method | attribute mA | parsing mIoU (16x8) | parsing mIoU (pixels) | re-ID mAP | re-ID rank-1 "
-             "| pretrain s | eval s |", "|" + "---|" * 8]
-    for method in METHODS:
-        r, t = results[method], stages.method_times.get(method, {})
-        lines.append(f"| {METHOD_TITLES[method]} | {_scored(r['attributes'], 'mA')} "
-                     f"| {_scored(r['parsing'], 'mIoU_grid')} | {percent(r['parsing']['mIoU_pixel'])} "
-                     f"| {_scored(r['reid'], 'mAP')} | {_scored(r['reid'], 'rank1')} "
-                     f"| {t.get('pretrain', 0):.0f} | {t.get('eval', 0):.0f} |")
-    chance = results[METHODS[0]]["reid"].get("chance_rank1")
-    lines += ["", f"Chance level: attribute mA 50.0 (constant or random predictions); re-ID rank-1 of a random "
-              f"ranking {percent(chance)}. The protocol excludes same-camera images of the query's identity."]
-    if any("market1501" in r for r in results.values()):
-        lines += ["", "Market-1501 re-ID (query vs bounding_box_test):", "", "| method | mAP | rank-1 |", "|---|---|---|"]
-        lines += [f"| {METHOD_TITLES[m]} | {_scored(results[m].get('market1501', {}), 'mAP')} "
-                  f"| {_scored(results[m].get('market1501', {}), 'rank1')} |" for m in METHODS]
-    lines += ["", *_label_quality_lines(quality, default_mode)]
-    lines += ["", "Wall time per stage (seconds):", "", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {stage} | {sec:.0f} |" for stage, sec in stages.times.seconds.items()]
-    lines += [f"| **total** | **{total:.0f}** ({total / 60:.1f} min) |", ""]
-    captions = {"loss_loss": "Total loss per step", "loss_dino": "DINO loss per step",
-                "loss_part": "Part loss per step (CLASP)", "loss_attribute": "Attribute loss per step (CLASP)",
-                "part_masks": "Pseudo-label part masks (`clasp show`)",
-                "expert_load": "Expert load per task prompt of the CLASP backbone"}
-    for key, name in pictures.items():
-        lines += [f"![{captions.get(key, key)}]({name})", ""]
-    lines += ["One seed, a small world and a short schedule: the intervals cover the spread over test identities, "
-              "not over training seeds. `clasp export` writes the EMA teacher (momentum "
-              f"{config.momentum_teacher} rising to 1 over {config.steps} steps). Raise `STEPS` for a longer schedule.",
-              ""]
-    return "\n".join(lines)

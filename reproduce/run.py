@@ -1,7 +1,8 @@
 """`make reproduce`: synthetic world -> label -> pretrain -> export -> eval, with baselines and a report.
 
-Environment: CLIP_MODEL, IMAGES, STEPS, PRESET (see clasp.evaluation.reproduce).
-Output: reproduce/out/results.md (+ PNGs, logs, JSON).
+Environment: CLIP_MODEL, IMAGES, STEPS, PRESET, SEED, PRETRAIN_WORLD_SEED (see clasp.evaluation.reproduce).
+Output: reproduce/out/results.md (+ PNGs, logs, JSON). `--ladder` adds CLASP on ground-truth labels
+with 25, 50 and 75 % of their values corrupted (`make reproduce-ladder`, into reproduce/ladder).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from clasp.evaluation.reproduce import ReproduceConfig, StageFailed, run_reproduce
+from clasp.evaluation.reproduce import LADDER, ReproduceConfig, StageFailed, run_reproduce
 
 
 def main() -> int:
@@ -19,15 +20,17 @@ def main() -> int:
                         help="output folder (default: reproduce/out)")
     parser.add_argument("--identities", type=int, default=None, help="identities of the synthetic world")
     parser.add_argument("--images-per-id", type=int, default=None, help="images per identity")
+    parser.add_argument("--ladder", action="store_true",
+                        help=f"also pre-train on ground truth with noise {', '.join(f'{n:g}' for n in LADDER)}")
     args = parser.parse_args()
-    overrides = {"out": args.out}
+    overrides = {"out": args.out, "ladder": LADDER if args.ladder else ()}
     if args.identities:
         overrides["identities"] = args.identities
     if args.images_per_id:
         overrides["images_per_id"] = args.images_per_id
     try:
         run_reproduce(ReproduceConfig.from_env(**overrides))
-    except StageFailed as exc:
+    except (StageFailed, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

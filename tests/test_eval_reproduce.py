@@ -1,7 +1,9 @@
-"""Pieces of `make reproduce`: settings from the environment, the random baseline, charts, the report."""
+"""Pieces of `make reproduce`: settings, the two worlds, the random baseline, charts, the report."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
@@ -11,9 +13,12 @@ import torch
 from PIL import Image
 
 from clasp.evaluation.plots import PALETTE, grouped_bars, line_chart
-from clasp.evaluation.reproduce import (
-    METHODS, ReproduceConfig, Stages, StageTimes, render_report, results_summary, run_reproduce, write_random_export,
-)
+from clasp.evaluation.reproduce import LADDER, ReproduceConfig, run_reproduce, write_random_export
+from clasp.evaluation.reproduce_report import Reproduction, loss_summary, render_report, results_summary
+from clasp.evaluation.synth.cameras import make_camera
+from clasp.evaluation.synth.identities import sample_identity
+
+METHODS = ("clasp", "clasp-truth", "dino-only", "random")
 
 
 def test_environment_switches() -> None:
@@ -23,6 +28,30 @@ def test_environment_switches() -> None:
         "openai/clip-vit-base-patch16", Path("/data/market"), 500, "small", Path("x"))
     d = ReproduceConfig.from_env({})
     assert d.clip_model is None and d.images is None and d.preset == "tiny"
+    assert d.methods() == METHODS and c.methods() == ("clasp", "dino-only", "random")  # no truth for real images
+    e = ReproduceConfig.from_env({"SEED": "7", "PRETRAIN_WORLD_SEED": "3"}, ladder=LADDER)
+    assert (e.seed, e.pretrain_world_seed) == (7, 3)
+    assert e.methods() == ("clasp", "clasp-truth", "clasp-truth-noise0.25", "clasp-truth-noise0.5",
+                           "clasp-truth-noise0.75", "dino-only", "random")
+    with pytest.raises(ValueError, match="must differ"):
+        ReproduceConfig.from_env({"SEED": "11"})
+
+
+def test_the_pretraining_world_shares_no_identity_camera_or_stream_with_the_evaluation_world(vocab) -> None:
+    """`clasp synth` keys every stream [seed, stream, ...]: another seed draws other people and other cameras."""
+    config = ReproduceConfig()
+    assert config.pretrain_world_seed != config.seed
+
+    def people(seed: int) -> list:
+        return [dataclasses.replace(sample_identity(seed, pid, vocab), pid=0) for pid in range(config.identities)]
+
+    evaluation, pretraining = people(config.seed), people(config.pretrain_world_seed)
+    assert len({repr(i) for i in evaluation}) == config.identities  # the comparison can tell people apart
+    assert not any(a == b for a in pretraining for b in evaluation)
+    for c in range(config.cameras):
+        for d in range(config.cameras):
+            theirs, ours = make_camera(config.seed, d), make_camera(config.pretrain_world_seed, c)
+            assert not np.array_equal(theirs.background, ours.background)
 
 
 def test_random_export_loads_with_the_reference_architecture(tmp_path: Path) -> None:
@@ -75,42 +104,92 @@ QUALITY = {mode: {"parts": {"iou": {"background": 0.9, "head": 0.5}, "mIoU": 0.7
                                  "mA": 0.8}} for mode in ("maskclip", "naclip")}
 
 
-def test_report_and_summary_state_scores_intervals_label_quality_and_precision(tmp_path: Path) -> None:
-    stages = Stages(tmp_path, echo=lambda _: None)
-    stages.times = StageTimes({"label": 10.0, "pretrain": 100.0})
-    stages.method_times["clasp"] = {"pretrain": 60, "eval": 5}
+def _reproduction(tmp_path: Path) -> Reproduction:
     hardware = {"requested": "auto", "precision": "fp32", "capability": "CPU capability AVX2, no native bf16",
                 "available_cores": 2}
-    results = {m: _result(0.5 + k / 10) for k, m in enumerate(METHODS)}
-    text = render_report(ReproduceConfig(), results, QUALITY, "maskclip", stages, 130.0,
-                         {"expert_load": "expert_load.png"}, hardware)
+    stores = {**QUALITY, "truth": {**QUALITY["naclip"], "parts": {"iou": {}, "mIoU": 1.0}}}
+    store_of = {"clasp": "maskclip", "clasp-truth": "truth", "dino-only": "maskclip"}
+    for method, part in (("clasp", 0.9), ("clasp-truth", 0.5)):  # 12 logged steps; the last 10 are averaged
+        rows = [{"step": s, "loss": 9.0, "dino": 7.0, "part": 2.0 if s < 2 else part, "attribute": 0.3}
+                for s in range(12)]
+        (tmp_path / method).mkdir()
+        (tmp_path / method / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return Reproduction(results={m: _result(0.5 + k / 10) for k, m in enumerate(METHODS)}, stores=stores,
+                        default_mode="maskclip", method_store=store_of,
+                        no_information={"maskclip": {"part": 0.7, "attribute": 0.2, "attribute_uniform": 1.08},
+                                        "truth": {"part": 0.8, "attribute": 1.05, "attribute_uniform": 1.08}},
+                        stage_seconds={"label": 10.0, "pretrain": 100.0},
+                        method_seconds={"clasp": {"pretrain": 60, "eval": 5}}, seconds=130.0,
+                        pictures={"expert_load": "expert_load.png"}, hardware=hardware)
+
+
+def test_report_and_summary_state_scores_intervals_losses_label_quality_and_precision(tmp_path: Path) -> None:
+    reproduction = _reproduction(tmp_path)
+    losses = loss_summary(reproduction, tmp_path)
+    assert losses["clasp"]["part"] == {"final": pytest.approx(0.9), "no_information": 0.7}
+    assert losses["clasp-truth"]["attribute"] == {"final": pytest.approx(0.3), "no_information": 1.05,
+                                                  "uniform": 1.08}
+    assert set(losses["dino-only"]) == {"dino"}
+    text = render_report(ReproduceConfig(), reproduction, losses)
     assert "precision auto → fp32 (CPU capability AVX2, no native bf16; 2 cores)" in text
     assert "never saw the evaluation world's images, and no mask, box or label of any world" in text
-    assert "| CLASP (part + attribute + DINO, PC-MoE) | 50.0 [45.0, 55.0] | 50.0 [45.0, 55.0] | 50.0 " \
+    assert "seed 11" in text and "none in the evaluation world" in text
+    assert "| CLASP on the CLIP's labels | 50.0 [45.0, 55.0] | 50.0 [45.0, 55.0] | 50.0 " \
            "| 50.0 [45.0, 55.0] | n/a | 60 | 5 |" in text
-    assert "| maskclip (default) | 70.0 | 80.0 | 75.0 |" in text and "| naclip | 70.0 | 80.0 | 75.0 |" in text
+    assert "| CLASP on ground-truth labels (control: upper bound) | 60.0 [55.0, 65.0]" in text
+    assert "| CLASP on the CLIP's labels | 0.900 | 0.700 | 0.300 | 0.200 | 1.080 | 7.000 |" in text
+    assert "| maskclip (default) | 70.0 | 80.0 | 75.0 |" in text and "| truth | 100.0 | 80.0 | 75.0 |" in text
     assert "re-ID rank-1 of a random ranking 2.0" in text
     assert "![Expert load per task prompt of the CLASP backbone](expert_load.png)" in text
     assert "| **total** | **130** (2.2 min) |" in text
-    real = render_report(ReproduceConfig(clip_model="openai/clip-vit-base-patch16"), results, QUALITY, "maskclip",
-                         stages, 1.0, {}, {})
+    real = render_report(ReproduceConfig(clip_model="openai/clip-vit-base-patch16"), reproduction, losses)
     assert "What the CLIP saw" not in real and "CLIP: `openai/clip-vit-base-patch16`" in real
 
-    summary = results_summary(130.0, hardware, "maskclip", QUALITY, results)
+    summary = results_summary(reproduction, losses)
     assert summary["precision"] == "fp32" and summary["default_dense_mode"] == "maskclip"
     assert summary["label_quality"]["naclip"] == {"part_miou": 0.7, "attr_ma": 0.8}
-    assert summary["methods"]["dino-only"]["attr_ma"] == pytest.approx({"value": 0.6, "low": 0.55, "high": 0.65})
+    assert summary["label_quality"]["truth"] == {"part_miou": 1.0, "attr_ma": 0.8}
+    assert summary["methods"]["dino-only"]["attr_ma"] == pytest.approx({"value": 0.7, "low": 0.65, "high": 0.75})
     assert summary["methods"]["clasp"]["reid_rank1"]["low"] is None  # no interval recorded: value only
-    assert set(summary["methods"]) == set(METHODS)
+    assert set(summary["methods"]) == set(METHODS) and summary["losses"] is losses
 
 
-def check_reproduction(report: Path, modes: tuple[str, ...]) -> dict:
+def test_ladder_charts_place_each_store_at_its_label_quality(tmp_path: Path) -> None:
+    from clasp.evaluation.reproduce_report import ladder_charts
+
+    reproduction = _reproduction(tmp_path)
+    pictures = ladder_charts(reproduction, tmp_path)
+    assert set(pictures) == {"ladder_attributes", "ladder_parsing"}
+    img = np.asarray(Image.open(tmp_path / pictures["ladder_parsing"]).convert("RGB")).reshape(-1, 3)
+    for colour in PALETTE[:4]:  # truth ladder, the CLIP's point, DINO only, random weights
+        assert (img == colour).all(1).sum() > 5
+
+
+def check_reproduction(report: Path, config: ReproduceConfig, modes: tuple[str, ...]) -> dict:
     text = report.read_text()
     assert "| DINO only" in text and "| random weights" in text and "What the CLIP saw" in text
-    for name in ("loss_loss.png", "part_masks.png", "expert_load.png"):
+    assert "| CLASP on ground-truth labels (control: upper bound)" in text and "no information" in text
+    for name in ("loss_loss.png", "part_masks.png", "expert_load.png", "ladder_attributes.png"):
         assert (report.parent / name).exists()
     saved = json.loads((report.parent / "results.json").read_text())
-    assert set(saved["methods"]) == set(METHODS) and set(saved["label_quality"]) == set(modes)
+    truth = {"truth", *(f"truth-noise{n:g}" for n in config.ladder)}
+    assert set(saved["methods"]) == set(config.methods()) and set(saved["label_quality"]) == {*modes, *truth}
+    assert saved["label_quality"]["truth"] == {"part_miou": 1.0, "attr_ma": 1.0}
+    for method, entry in saved["losses"].items():
+        if method == "dino-only":
+            continue
+        # a tiny CLIP may keep no cell above the confidence threshold: then both part values are 0
+        assert entry["part"]["final"] >= 0 and entry["part"]["no_information"] >= 0
+        assert 0 < entry["attribute"]["no_information"] <= entry["attribute"]["uniform"] + 1e-6
+        if method.startswith("clasp-truth"):  # every cell of the truth is kept, with several parts
+            assert entry["part"]["no_information"] > 0.5 and entry["part"]["final"] > 0
+    # the methods pre-trained on the pre-training world only; the probes saw the evaluation world only
+    def sha1s(world: Path) -> set[str]:
+        return {hashlib.sha1(p.read_bytes()).hexdigest() for p in (world / "images").rglob("*.jpg")}
+
+    evaluation, pretraining = sha1s(report.parent / "world"), sha1s(report.parent / "pretrain-world")
+    assert evaluation and pretraining and not evaluation & pretraining
+    assert saved["details"]["clasp"]["images"] == len(evaluation)
     assert saved["default_dense_mode"] in modes and saved["precision"] in ("fp32", "bf16")
     for scores in saved["methods"].values():
         assert set(scores) == {"attr_ma", "parsing_miou", "reid_map", "reid_rank1"}
@@ -126,12 +205,14 @@ def test_reproduce_end_to_end_in_miniature(tmp_path: Path) -> None:
                        dino_hidden_dim=32, dino_bottleneck_dim=16)
     config = ReproduceConfig(out=tmp_path / "out", identities=8, images_per_id=4, cameras=2, corpus_pairs=60,
                              clip_steps=1, dense_modes=("naive",), steps=1, batch_size=4, local_crops=0,
-                             probe_steps=10, sheet_images=2, pretrain_settings=small_model)
+                             probe_steps=10, sheet_images=2, pretrain_settings=small_model, ladder=(0.5,))
     from clasp.labeling.labeler import ClipLabelerConfig
 
     default = ClipLabelerConfig().dense_mode
-    saved = check_reproduction(run_reproduce(config, echo=lambda _: None), tuple(dict.fromkeys((default, "naive"))))
+    saved = check_reproduction(run_reproduce(config, echo=lambda _: None), config,
+                               tuple(dict.fromkeys((default, "naive"))))
     assert saved["default_dense_mode"] == default
+    assert 0.3 < saved["label_quality"]["truth-noise0.5"]["attr_ma"] < 0.7
 
 
 @pytest.mark.slow
@@ -141,4 +222,4 @@ def test_reproduce_end_to_end(tmp_path: Path) -> None:
 
     config = ReproduceConfig(out=tmp_path / "out", identities=24, images_per_id=6, corpus_pairs=600, clip_steps=20,
                              steps=4, probe_steps=30, sheet_images=4)
-    check_reproduction(run_reproduce(config, echo=lambda _: None), DENSE_MODES)
+    check_reproduction(run_reproduce(config, echo=lambda _: None), config, DENSE_MODES)
