@@ -13,10 +13,11 @@ import torch
 from PIL import Image
 
 from clasp.evaluation.plots import PALETTE, grouped_bars, line_chart
-from clasp.evaluation.reproduce import LADDER, ReproduceConfig, run_reproduce, write_random_export
+from clasp.evaluation.reproduce import LADDER, ReproduceConfig, run_reproduce, waves, write_random_export
 from clasp.evaluation.reproduce_report import Reproduction, loss_summary, render_report, results_summary
 from clasp.evaluation.synth.cameras import make_camera
 from clasp.evaluation.synth.identities import sample_identity
+from clasp.hardware import available_cores
 
 METHODS = ("clasp", "clasp-truth", "dino-only", "random")
 
@@ -205,7 +206,8 @@ def test_reproduce_end_to_end_in_miniature(tmp_path: Path) -> None:
                        dino_hidden_dim=32, dino_bottleneck_dim=16)
     config = ReproduceConfig(out=tmp_path / "out", identities=8, images_per_id=4, cameras=2, corpus_pairs=60,
                              clip_steps=1, dense_modes=("naive",), steps=1, batch_size=4, local_crops=0,
-                             probe_steps=10, sheet_images=2, pretrain_settings=small_model, ladder=(0.5,))
+                             probe_steps=10, sheet_images=2, pretrain_settings=small_model, ladder=(0.5,),
+                             parallel_runs=2)
     from clasp.labeling.labeler import ClipLabelerConfig
 
     default = ClipLabelerConfig().dense_mode
@@ -213,6 +215,17 @@ def test_reproduce_end_to_end_in_miniature(tmp_path: Path) -> None:
                                tuple(dict.fromkeys((default, "naive"))))
     assert saved["default_dense_mode"] == default
     assert 0.3 < saved["label_quality"]["truth-noise0.5"]["attr_ma"] < 0.7
+    # two waves of two runs side by side, each run on its share of the cores
+    for method in ("clasp", "clasp-truth", "clasp-truth-noise0.5", "dino-only"):
+        hardware = json.loads((config.out / "runs" / method / "config.json").read_text())["hardware"]
+        assert hardware["torch_threads"] == max(1, available_cores() // 2), method
+
+
+def test_runs_go_in_waves_of_the_parallel_count() -> None:
+    methods = ["clasp", "clasp-truth", "dino-only"]
+    assert waves(methods, 2) == [["clasp", "clasp-truth"], ["dino-only"]]
+    assert waves(methods, 1) == [[m] for m in methods]
+    assert waves(methods, 8) == [methods] and waves(methods, 0) == [[m] for m in methods]
 
 
 @pytest.mark.slow
