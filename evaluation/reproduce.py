@@ -16,7 +16,8 @@ world (every dense mode, each scored by `clasp eval-labels`) -> `clasp pretrain`
 - **random**: the same architecture with its initial random weights.
 
 Every stage runs as its own `clasp` command (so the wall times are those a user
-sees), logging to OUT/logs/. The report is OUT/results.md with PNGs beside it,
+sees), logging to OUT/logs/; on a CPU the pre-trainings run side by side, one per
+core (`parallel_runs`). The report is OUT/results.md with PNGs beside it,
 and OUT/results.json for programs (`results_summary` names its keys).
 
 Environment switches (read by `ReproduceConfig.from_env`):
@@ -40,9 +41,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from clasp.evaluation.market1501 import REQUIRED_PARTS
-from clasp.hardware import available_cores
 from clasp.evaluation.reproduce_report import (Reproduction, ladder_charts, loss_summary, render_report,
                                                results_summary, run_metrics, truth_method_name, truth_store_name)
+from clasp.hardware import available_cores
 from clasp.store.label_choices import DENSE_MODES
 
 IN_TREE_CLIP_SIZE = "224x112"  # `clasp train-clip`'s input size: the labeler looks where the CLIP learned to
