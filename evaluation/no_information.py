@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clasp.pretraining.model import LossConfig
 from clasp.store import ShardStore
 
 
@@ -59,8 +60,8 @@ def softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
-def no_information_losses(shards: str | Path, conf_threshold: float = 0.3,
-                          attr_temperature: float = 1.0) -> NoInformationLosses:
+def no_information_losses(shards: str | Path, conf_threshold: float = LossConfig.part_conf_threshold,
+                          attr_temperature: float = LossConfig.attr_temperature) -> NoInformationLosses:
     """The two no-information values of a store, with pre-training's default loss settings."""
     store = ShardStore.open(shards)
     vocab = store.manifest.vocab

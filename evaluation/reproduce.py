@@ -44,6 +44,7 @@ from clasp.evaluation.market1501 import REQUIRED_PARTS
 from clasp.evaluation.reproduce_report import (Reproduction, ladder_charts, loss_summary, render_report,
                                                results_summary, run_metrics, truth_method_name, truth_store_name)
 from clasp.hardware import available_cores
+from clasp.store import ShardStore
 from clasp.store.label_choices import DENSE_MODES
 
 IN_TREE_CLIP_SIZE = "224x112"  # `clasp train-clip`'s input size: the labeler looks where the CLIP learned to
@@ -229,7 +230,7 @@ def label_every_mode(config: ReproduceConfig, stages: Stages, clip: str, world: 
     return default, default_mode, quality
 
 
-def write_truth_stores(config: ReproduceConfig, stages: Stages, world: Path, grid: list[int]) -> dict[str, dict]:
+def write_truth_stores(config: ReproduceConfig, stages: Stages, world: Path, grid: tuple[int, int]) -> dict[str, dict]:
     """`clasp truth-labels` of the pre-training world at noise 0 and each ladder level, on the CLIP store's grid.
 
     Returns {store name: `clasp eval-labels` results}, which for noise P measure about 1 - P of the truth.
@@ -339,7 +340,7 @@ def label_stores(config: ReproduceConfig, stages: Stages, pretrain_world: Path) 
                      "--clip-model", clip, *clip_size_flag(config), "--precision", config.precision,
                      "--batch-size", str(config.label_batch_size), "--force")
     else:
-        grid = json.loads((clip_shards / "manifest.json").read_text(encoding="utf-8"))["label_grid"]
+        grid = ShardStore.open(clip_shards).manifest.label_grid
         truth = write_truth_stores(config, stages, pretrain_world, grid)
         stores.update(truth)
     method_shards = {"clasp": clip_shards, **{f"clasp-{name}": stages.out / "shards" / name for name in truth},
@@ -351,7 +352,8 @@ def label_stores(config: ReproduceConfig, stages: Stages, pretrain_world: Path) 
 def no_information_values(method_shards: dict[str, Path], store_of: dict[str, str]) -> dict[str, dict]:
     from clasp.evaluation.no_information import no_information_losses
 
-    return {store_of[m]: no_information_losses(shards).as_dict() for m, shards in method_shards.items()}
+    shards_of = {store_of[m]: shards for m, shards in method_shards.items()}  # DINO only shares CLASP's store
+    return {store: no_information_losses(shards).as_dict() for store, shards in shards_of.items()}
 
 
 def run_reproduce(config: ReproduceConfig, echo=print) -> Path:
@@ -393,11 +395,12 @@ def draw_pictures(out: Path, world: Path, reproduction: Reproduction) -> dict[st
     from clasp.evaluation.truth import SynthTruth
 
     pictures: dict[str, str] = {}
+    metrics = {method: run_metrics(out / "runs" / method) for method in reproduction.method_store}
     for key, title in (("loss", "total loss"), ("dino", "DINO loss"), ("part", "part loss"),
                        ("attribute", "attribute loss")):
         series = {}
         for method in reproduction.method_store:
-            rows = [r for r in run_metrics(out / "runs" / method) if key in r]
+            rows = [r for r in metrics[method] if key in r]
             if rows and any(r[key] != 0 for r in rows):
                 series[method] = ([r["step"] for r in rows], [float(r[key]) for r in rows])
         if series:
