@@ -110,8 +110,9 @@ def results_summary(reproduction: Reproduction, losses: dict | None = None) -> d
 def ladder_charts(reproduction: Reproduction, out: Path) -> dict[str, str]:
     """Downstream score against the label quality of the store each CLASP run read, baselines as flat lines.
 
-    The truth ladder (noise 0, 0.25, ...) is one line; CLASP on the CLIP's labels is a point on the same axes,
-    so the chart reads what label quality the CLIP would need to reach a given score.
+    The truth ladder (noise 0, 0.25, ...) is one line; CLASP on the CLIP's labels is a point on the same axes.
+    Uniform per-cell noise hurts more than a CLIP's coherent errors of the same measured quality, so the line is
+    a lower bound on what labels of a given quality buy, not a conversion table.
     """
     from clasp.evaluation.plots import line_chart
 
