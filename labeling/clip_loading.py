@@ -3,6 +3,13 @@
 A hub model and the bundled offline model (`clasp tiny-clip DIR`) take the same
 `from_pretrained` path, so what the tests exercise is what a real run does.
 Remote code is never trusted: only the stock `CLIPModel` and `CLIPTokenizer`.
+
+A folder is accepted only when its config is a CLIP config and every weight of
+the model was read from it. `from_pretrained` itself fills what is missing with
+random values and only warns, so a BERT checkpoint, or a CLIP folder whose
+vision weights were deleted, would otherwise label every image with noise and
+record the folder as the CLIP. The labeler uses every part of the model (vision
+tower, text tower, both projections, the temperature), so no key may be missing.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import CLIPModel, CLIPTokenizer
+from transformers import CLIPModel, CLIPTokenizer, PretrainedConfig
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from transformers.utils import cached_file
 from transformers.utils import logging as transformers_logging
@@ -22,6 +29,8 @@ from transformers.utils.hub import extract_commit_hash
 from clasp.labeling.errors import LabelingError
 
 PROCESSOR_CONFIG = "preprocessor_config.json"
+CLIP_MODEL_TYPES = ("clip",)  # `model_type` values of the configs the labeler reads
+KEYS_SHOWN = 3  # missing weights named in the error
 
 
 class ClipLoadError(LabelingError):
@@ -64,16 +73,43 @@ def load_clip(name_or_folder: str | os.PathLike, revision: str | None = None,
     """The CLIP model (eval mode, fp32, on `device`) and its tokenizer, or a `ClipLoadError`."""
     name = str(name_or_folder)
     progress_bars = transformers_logging.is_progress_bar_enabled()
+    verbosity = transformers_logging.get_verbosity()
     transformers_logging.disable_progress_bar()  # the labeling run has its own progress bar
+    transformers_logging.set_verbosity_error()  # a refused folder is our one line, not a table of missing keys
     try:
-        model = CLIPModel.from_pretrained(name, revision=revision, trust_remote_code=False)
+        _check_model_type(name, revision)
+        model, loading = CLIPModel.from_pretrained(name, revision=revision, trust_remote_code=False,
+                                                   output_loading_info=True)
         tokenizer = CLIPTokenizer.from_pretrained(name, revision=revision, trust_remote_code=False)
+    except ClipLoadError:
+        raise
     except Exception as exc:  # from_pretrained raises OSError, ValueError, safetensors and JSON errors alike
         raise ClipLoadError(name, _reason(name, exc)) from exc
     finally:
+        transformers_logging.set_verbosity(verbosity)
         if progress_bars:
             transformers_logging.enable_progress_bar()
+    _check_all_weights_loaded(name, loading)
     return model.to(device=device, dtype=torch.float32).eval(), tokenizer
+
+
+def _check_model_type(name: str, revision: str | None) -> None:
+    """Refuse a config of another kind of model before its weights are read."""
+    config, _ = PretrainedConfig.get_config_dict(name, revision=revision)
+    model_type = config.get("model_type")
+    if model_type not in CLIP_MODEL_TYPES:
+        raise ClipLoadError(name, f"its config.json has model_type {model_type!r}; the labeler reads CLIP models "
+                                  f"(model_type {', '.join(map(repr, CLIP_MODEL_TYPES))})")
+
+
+def _check_all_weights_loaded(name: str, loading: dict) -> None:
+    """Refuse a model any of whose weights `from_pretrained` had to invent or could not fit."""
+    missing = sorted(loading.get("missing_keys") or ())
+    mismatched = sorted(str(m[0] if isinstance(m, tuple) else m) for m in loading.get("mismatched_keys") or ())
+    for kind, keys in (("missing", missing), ("of another shape", mismatched)):
+        if keys:
+            shown = ", ".join(keys[:KEYS_SHOWN]) + (f" and {len(keys) - KEYS_SHOWN} more" if len(keys) > KEYS_SHOWN else "")
+            raise ClipLoadError(name, f"{len(keys)} weights {kind} in the folder's checkpoint: {shown}")
 
 
 def load_image_normalization(name_or_folder: str | os.PathLike, revision: str | None = None) -> ImageNormalization:
