@@ -16,6 +16,8 @@ Decisions, so that every input gets a defined outcome:
   `MAX_PIXELS` are skipped before decoding (decompression bombs). Large JPEGs are
   decoded at a reduced scale (`Image.draft`) that still covers the sizes we
   resize to, which makes an 8000x8000 photo cost about as much as a 1000x1000 one.
+  A side longer than the store can record (`MAX_ORIG_SIDE`, 65535) is skipped
+  too: a 70000x20 strip is under the pixel limit but is no person crop.
 - **Resizing**: a plain resize to the target height x width (no crop, no padding),
   the convention of person re-identification crops (SOLIDER, Market-1501). The
   stored image and the labeler's input come from the same decoded image, so the
@@ -36,6 +38,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from clasp.store.person_size import PERSON_HW
+from clasp.store.schema import MAX_ORIG_SIDE
 
 MIN_SIDE = 16
 MAX_PIXELS = 80_000_000  # 80 megapixels: above 8000x8000, below Pillow's own bomb warning
@@ -161,6 +164,8 @@ def _exif_orientation(image: Image.Image) -> int:
 def _size_problem(w: int, h: int) -> str | None:
     if h * w > MAX_PIXELS:
         return f"too large: {w}x{h} pixels (width x height) exceeds the {MAX_PIXELS // 1_000_000} megapixel limit"
+    if max(h, w) > MAX_ORIG_SIDE:
+        return f"too long a side: {w}x{h} pixels (width x height); the store records sides up to {MAX_ORIG_SIDE}"
     if min(h, w) < MIN_SIDE:
         return f"too small: {w}x{h} pixels (width x height); both sides must be at least {MIN_SIDE}"
     return None

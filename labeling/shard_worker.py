@@ -23,6 +23,7 @@ from clasp.labeling.decode import DecodedImage, DecodeSkip, decode_input
 from clasp.labeling.errors import LabelingRunError, write_problem
 from clasp.labeling.plan import ShardPlan
 from clasp.store import ClipInfo, LabelRows, Manifest, ShardEntry, SkippedInput, Vocabulary, write_shard_for
+from clasp.store.schema import ORIG_HW_DTYPE
 
 PREFETCH_BATCHES = 2  # batches decoded ahead of the model: enough to hide decoding, little memory
 
@@ -116,7 +117,7 @@ def label_shard(job: ShardJob, on_batch: Callable[[int], None] | None = None) ->
                 image=[d.store_jpeg for d in decoded],
                 key=[d.key for d in decoded],
                 path=[d.path for d in decoded],
-                orig_hw=np.array([d.orig_hw for d in decoded], dtype=np.uint16).reshape(len(decoded), 2),
+                orig_hw=np.array([d.orig_hw for d in decoded], dtype=ORIG_HW_DTYPE).reshape(len(decoded), 2),
                 part_mask=_numpy(mask).astype(np.uint8, copy=False),
                 part_conf=_numpy(conf).astype(np.float16, copy=False),
                 attr_logits=_numpy(logits).astype(np.float16, copy=False),

@@ -18,7 +18,7 @@ from clasp.store.durable import write_json_atomic
 from clasp.store.errors import NotAStoreError, StoreError
 from clasp.store.person_size import PERSON_HW
 from clasp.store.label_choices import DENSE_MODES, LABEL_PRECISIONS
-from clasp.store.schema import FORMAT_VERSION, MANIFEST_FORMAT, MANIFEST_NAME, SHARD_SUFFIX
+from clasp.store.schema import FORMAT_VERSION, MANIFEST_FORMAT, MANIFEST_NAME, MAX_ORIG_SIDE, SHARD_SUFFIX
 from clasp.store.vocabulary import Vocabulary
 
 
@@ -210,7 +210,7 @@ class Manifest:
 # arithmetic on them overflows or allocates absurd memory.
 MAX_ROWS = 2**31 - 1  # rows of a shard, shard size, batch size
 MAX_BYTES = 2**50  # bytes of one shard file (1 PiB)
-MAX_SIDE = 2**16 - 1  # image sides and label grids (orig_hw is uint16 too)
+MAX_SIDE = MAX_ORIG_SIDE  # image sides and label grids, as long as the longest source side a row records
 _HEX = frozenset("0123456789abcdef")
 
 

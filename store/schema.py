@@ -24,6 +24,10 @@ GZIP_LEVEL = 4
 IMAGE_DTYPE = h5py.vlen_dtype(np.uint8)
 PATH_DTYPE = h5py.string_dtype("utf-8")
 KEY_DTYPE = np.dtype("S40")
+ORIG_HW_DTYPE = np.dtype(np.uint16)
+# The longest source side a row can record: `clasp label` skips (and records) an image with a longer side
+# rather than store a wrapped-around size.
+MAX_ORIG_SIDE = int(np.iinfo(ORIG_HW_DTYPE).max)
 
 
 def shard_name(index: int) -> str:
@@ -43,7 +47,7 @@ FIELDS: tuple[Field, ...] = (
     Field("image", IMAGE_DTYPE, ()),
     Field("key", KEY_DTYPE, ()),
     Field("path", PATH_DTYPE, ()),
-    Field("orig_hw", np.dtype(np.uint16), ("2",)),
+    Field("orig_hw", ORIG_HW_DTYPE, ("2",)),
     Field("part_mask", np.dtype(np.uint8), ("h", "w")),
     Field("part_conf", np.dtype(np.float16), ("h", "w")),
     Field("attr_logits", np.dtype(np.float16), ("A",)),
@@ -92,8 +96,8 @@ class LabelRows:
             if not key or len(key) > KEY_DTYPE.itemsize or not key.isascii() or "\0" in key:
                 raise ValueError(f"{source}: key {key!r} is not 1-{KEY_DTYPE.itemsize} ASCII characters")
         hw = np.asarray(self.orig_hw)
-        if hw.size and (hw.min() < 0 or hw.max() > np.iinfo(np.uint16).max):
-            raise ValueError(f"{source}: orig_hw values must fit uint16, got range [{hw.min()}, {hw.max()}]")
+        if hw.size and (hw.min() < 0 or hw.max() > MAX_ORIG_SIDE):
+            raise ValueError(f"{source}: orig_hw values must be in [0, {MAX_ORIG_SIDE}], got [{hw.min()}, {hw.max()}]")
         mask = np.asarray(self.part_mask)
         if num_parts is not None and mask.size and (mask.min() < 0 or mask.max() >= num_parts):
             raise ValueError(f"{source}: part_mask values must be in [0, {num_parts}), got [{mask.min()}, {mask.max()}]")
@@ -117,7 +121,7 @@ class LabelRows:
         h, w = grid
         return cls(
             image=[], key=[], path=[],
-            orig_hw=np.zeros((0, 2), np.uint16),
+            orig_hw=np.zeros((0, 2), ORIG_HW_DTYPE),
             part_mask=np.zeros((0, h, w), np.uint8),
             part_conf=np.zeros((0, h, w), np.float16),
             attr_logits=np.zeros((0, num_attributes), np.float16),

@@ -16,7 +16,7 @@ from clasp.store.digest import file_sha256
 from clasp.store.durable import fsync_dir
 from clasp.store.manifest import Manifest, ShardEntry
 from clasp.store.schema import (
-    CHUNK_ROWS, FIELDS, FORMAT_VERSION, GZIP_LEVEL, IMAGE_DTYPE, KEY_DTYPE, PATH_DTYPE,
+    CHUNK_ROWS, FIELDS, FORMAT_VERSION, GZIP_LEVEL, IMAGE_DTYPE, KEY_DTYPE, ORIG_HW_DTYPE, PATH_DTYPE,
     SHARD_FORMAT, TMP_SUFFIX, LabelRows, row_shape,
 )
 
@@ -42,7 +42,7 @@ def write_shard(
         "image": _vlen_bytes(rows.image),
         "key": np.array([k.encode("ascii") for k in rows.key], dtype=KEY_DTYPE).reshape(n),
         "path": np.array(rows.path, dtype=PATH_DTYPE).reshape(n),
-        "orig_hw": np.asarray(rows.orig_hw, dtype=np.uint16),
+        "orig_hw": np.asarray(rows.orig_hw, dtype=ORIG_HW_DTYPE),
         "part_mask": np.asarray(rows.part_mask, dtype=np.uint8),
         "part_conf": np.asarray(rows.part_conf, dtype=np.float16),
         "attr_logits": np.asarray(rows.attr_logits, dtype=np.float16),
