@@ -77,7 +77,7 @@ def verify_store(root: str | Path, deep: bool = False) -> VerifyReport:
         report.shards_checked += 1
         path = root / entry.file
         started = time.perf_counter()
-        problem = _check_one(path, entry, manifest)
+        problem = shard_problem(path, entry, manifest)
         if problem is None and deep:
             problem = _check_rows(path, entry, manifest)
         if deep:
@@ -137,7 +137,9 @@ def _check_rows(path: Path, entry: ShardEntry, manifest: Manifest) -> str | None
     return shown + (f" ({bad} bad rows)" if bad > 1 else "")
 
 
-def _check_one(path: Path, entry: ShardEntry, manifest: Manifest) -> str | None:
+def shard_problem(path: Path, entry: ShardEntry, manifest: Manifest) -> str | None:
+    """What `verify` finds wrong with one listed shard: its bytes against the entry, and that it opens as a
+    shard of `manifest` whose first and last rows decode. A rerun of `clasp label` keeps only shards without one."""
     problem = file_problem(path, entry)
     if problem:
         return problem
