@@ -11,8 +11,9 @@ The rule, so that reruns and added images are cheap and predictable:
   `path\\tsize\\tmtime_ns\\n` line each. Size and mtime stand in for content, as
   in make and rsync: re-saving or touching a file redoes its shard, and reading
   every image twice per run to hash it is avoided.
-- A rerun keeps a shard whose entry is in the manifest, whose file exists with
-  the recorded size and sha256, and whose inputs digest is unchanged; it redoes
+- A rerun keeps a shard whose entry is in the manifest, whose file passes the
+  checks of `clasp verify` (recorded size and sha256, and it opens as a shard of
+  this manifest), and whose inputs digest is unchanged; it redoes
   every other shard and drops shards beyond the new end.
 - New images therefore change the shard they sort into and every shard after
   it (each of those shifts by the number of images inserted before it). Images
@@ -37,10 +38,10 @@ from pathlib import Path
 
 from clasp.labeling.discover import InputFile
 from clasp.labeling.errors import LabelingError
-from clasp.labeling.folder_lock import LOCK_NAME
+from clasp.runs import LEGACY_LOCK_NAMES, LOCK_NAME
 from clasp.store import ClipInfo, Manifest, ShardEntry, StoredImageFormat, StoreError, Vocabulary, shard_name
 from clasp.store.schema import MANIFEST_NAME
-from clasp.store.verify import file_problem
+from clasp.store.verify import shard_problem
 
 
 @dataclass(frozen=True)
@@ -90,13 +91,9 @@ def plan_run(out: Path, wanted: Manifest, shards: list[ShardPlan], force: bool =
     `wanted` is a fresh manifest with this run's settings. Returns it filled with
     the shards (and their skipped inputs) that survive; nothing is written.
     """
-    if out.exists() and not out.is_dir():
-        raise LabelingError(f"{out}: --out must be a folder, this is a file")
+    check_folder_usable(out, force)
     old = _load_previous(out, force)
     if old is None:
-        if not force and _has_foreign_files(out):
-            raise LabelingError(f"{out}: --out is a folder with other files and no {MANIFEST_NAME}; "
-                                "give an empty or new folder (or --force to write into it anyway)")
         return RunPlan(wanted, list(shards), [], [])
     if force:
         return RunPlan(wanted, list(shards), [], [e.file for e in old.shards])
@@ -109,7 +106,7 @@ def plan_run(out: Path, wanted: Manifest, shards: list[ShardPlan], force: bool =
     kept, todo = [], []
     for plan in shards:
         entry = by_file.get(plan.file)
-        if entry is not None and entry.inputs_sha256 == plan.inputs_sha256 and file_problem(out / entry.file, entry) is None:
+        if entry is not None and entry.inputs_sha256 == plan.inputs_sha256 and shard_problem(out / entry.file, entry, old) is None:
             kept.append(entry)
         else:
             todo.append(plan)
@@ -120,6 +117,15 @@ def plan_run(out: Path, wanted: Manifest, shards: list[ShardPlan], force: bool =
     wanted.shards = kept
     wanted.skipped = [s for s in old.skipped if s.path in kept_paths]
     return RunPlan(wanted, todo, kept, dropped)
+
+
+def check_folder_usable(out: Path, force: bool) -> None:
+    """Refuse an `--out` that is a file, or a folder of other files that is not a shard folder (unless `force`)."""
+    if out.exists() and not out.is_dir():
+        raise LabelingError(f"{out}: --out must be a folder, this is a file")
+    if not force and not (out / MANIFEST_NAME).exists() and _has_foreign_files(out):
+        raise LabelingError(f"{out}: --out is a folder with other files and no {MANIFEST_NAME}; "
+                            "give an empty or new folder (or --force to write into it anyway)")
 
 
 def settings_differences(old: Manifest, new: Manifest) -> list[str]:
@@ -156,7 +162,7 @@ def _has_foreign_files(out: Path) -> bool:
 
 def _left_by_a_run(name: str) -> bool:
     """Shards, temp files and the run lock a run killed before its first manifest save may leave behind."""
-    if name == LOCK_NAME:
+    if name == LOCK_NAME or name in LEGACY_LOCK_NAMES:
         return True
     if name.startswith("shard-"):
         return name.endswith(".h5") or name.endswith(".tmp")

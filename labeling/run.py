@@ -8,20 +8,22 @@ same command does only what is missing (see `plan.py` for the rule).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Iterator
 
 from clasp.labeling.config import ClipLabelerConfig, LabelConfig
 from clasp.labeling.discover import discover_images
 from clasp.labeling.errors import LabelingError, LabelingRunError, write_problem
 from clasp.labeling.executors import open_executor
-from clasp.labeling.folder_lock import exclusive_folder
-from clasp.labeling.plan import new_manifest, plan_run, plan_shards
+from clasp.labeling.plan import check_folder_usable, new_manifest, plan_run, plan_shards
 from clasp.labeling.shard_worker import (
     LabelerFactory, LabelerInfo, ShardJob, build_clip_labeler, settings_only,
 )
+from clasp.runs import FolderLockError, exclusive_folder
 from clasp.store import LabeledWith, Manifest, SkippedInput, StoreError, Vocabulary, record_shard
 from clasp.store.person_size import PERSON_HW
 from clasp.store.schema import MANIFEST_NAME
@@ -66,13 +68,12 @@ def run_labeling(config: LabelConfig, factory: LabelerFactory = build_clip_label
     started = time.perf_counter()
     check_config(config)
     images, out = Path(config.images).absolute(), Path(config.out).absolute()
-    if out.exists() and not out.is_dir():
-        raise LabelingError(f"{config.out}: --out must be a folder, this is a file")
     vocab = load_vocab(config.vocab)
     inputs = discover_images(images)
     shards = plan_shards(inputs, config.shard_size)
     spec = config.labeler(vocab)
-    with exclusive_folder(out), open_executor(config.workers, config.scheduler, factory) as executor:
+    check_folder_usable(out, config.force)  # before the CLIP is loaded: a refusal costs nothing
+    with _exclusive(out), open_executor(config.workers, config.scheduler, factory) as executor:
         info = executor.labeler_info(spec)
         spec = _pin_precision(spec, info)
         wanted = new_manifest(info.clip_info, vocab, info.grid, config.shard_size, PERSON_HW)
@@ -99,6 +100,18 @@ def run_labeling(config: LabelConfig, factory: LabelerFactory = build_clip_label
         images=len(inputs), labeled=manifest.total_rows, skipped=len(manifest.skipped), labeled_now=labeled_now,
         shards_written=len(plan.todo), shards_kept=len(plan.kept), shards_dropped=len(plan.dropped),
         seconds=time.perf_counter() - started, skipped_inputs=list(manifest.skipped))
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """The folder's one-writer lock (`clasp.runs`), its refusal as a `LabelingError`."""
+    stack = contextlib.ExitStack()
+    try:
+        stack.enter_context(exclusive_folder(out, "clasp label"))
+    except FolderLockError as exc:
+        raise LabelingError(str(exc)) from None
+    with stack:
+        yield
 
 
 def check_config(config: LabelConfig) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -202,3 +203,17 @@ def trained_clip(caption_corpus: Path, tmp_path_factory: pytest.TempPathFactory)
 
 
 TRAINED_CLIP_STEPS = 40
+
+
+def one_error_line(result, code: int) -> str:
+    assert result.exit_code == code, result.output
+    lines = [l for l in result.output.strip().splitlines() if l.startswith("error: ")]
+    assert len(lines) == 1, result.output
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """sha256 of every file under `folder` but error.log."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "error.log"}

@@ -262,14 +262,14 @@ def test_a_run_killed_before_its_first_manifest_can_be_rerun(config: LabelConfig
     summary = run_labeling(config, MeanColourLabeler)
     assert summary.shards_written == 3
     assert sorted(p.name for p in config.out.iterdir()) == [
-        ".clasp-label.lock", "manifest.json", "shard-000000.h5", "shard-000001.h5", "shard-000002.h5"]
+        "manifest.json", "shard-000000.h5", "shard-000001.h5", "shard-000002.h5"]
 
 
 def test_a_second_run_on_the_same_folder_is_refused_while_the_first_holds_it(config: LabelConfig):
-    from clasp.labeling.folder_lock import exclusive_folder
+    from clasp.runs import exclusive_folder
 
-    with exclusive_folder(Path(config.out)):
-        with pytest.raises(LabelingError, match=f"another `clasp label` \\(pid {os.getpid()}\\) is writing"):
+    with exclusive_folder(Path(config.out), "clasp label"):
+        with pytest.raises(LabelingError, match=f"`clasp label` \\(pid {os.getpid()}\\) is writing this folder"):
             run_labeling(config, factory=MeanColourLabeler)
     summary = run_labeling(config, factory=MeanColourLabeler)  # released: the run goes ahead
     assert summary.labeled == 7 and summary.skipped == 1

@@ -10,7 +10,6 @@ the full disk is a patched writer raising OSError(ENOSPC).
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import signal
@@ -30,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from clasp.cli import main
 from clasp.pretraining.checkpoint import find_checkpoint, read_trainer_state
 from clasp.store import Vocabulary
-from tests.conftest import TINY_RUN, write_store
+from tests.conftest import TINY_RUN, one_error_line, snapshot, write_store
 
 TINY = {**TINY_RUN, "local_crops": 1, "num_workers": 0, "save_every": 1, "steps": 3}
 
@@ -68,20 +67,6 @@ def write_config(path: Path, **settings) -> Path:
 
 def pretrain(*args: str):
     return CliRunner().invoke(main, ["pretrain", *args])
-
-
-def one_error_line(result, code: int) -> str:
-    assert result.exit_code == code, result.output
-    lines = [l for l in result.output.strip().splitlines() if l.startswith("error: ")]
-    assert len(lines) == 1, result.output
-    assert "Traceback" not in result.output
-    return lines[0]
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    """sha256 of every file under `folder` but error.log."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "error.log"}
 
 
 # ----------------------------------------------------------------------------- settings
