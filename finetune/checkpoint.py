@@ -33,6 +33,7 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from clasp.finetune.config import CONFIG_NAME, FinetuneConfig, load_saved, resume_differences
+from clasp.runs import LOCK_NAME
 from clasp.store.durable import fsync_dir, write_json_atomic
 
 CHECKPOINTS = "checkpoints"
@@ -59,19 +60,9 @@ def plan_run(config: FinetuneConfig, derived: dict[str, Any]) -> tuple[Path | No
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"{out}: exists and is not a folder")
-    if not out.exists():
-        return None, False
-    found = checkpoints(out)
-    latest = found[-1][1] if found else None
+    names = sorted(p.name for p in out.iterdir() if p.name not in (ERROR_LOG, LOCK_NAME)) if out.exists() else []
     if config.resume:
-        saved_path = (latest or out) / CONFIG_NAME
-        if saved_path.is_file():
-            diffs = resume_differences(*load_saved(saved_path), config, derived)
-            if diffs:
-                raise RunFolderError(f"{saved_path}: cannot resume, settings differ ({'; '.join(diffs)}); "
-                                     "use the run's settings, or --force to start over")
-        return latest, False
-    names = sorted(p.name for p in out.iterdir() if p.name != ERROR_LOG)
+        return _resume_from(config, derived, out), False
     ours = [n for n in names if n in RUN_FILES]
     if config.force:
         return None, bool(ours)
@@ -82,6 +73,20 @@ def plan_run(config: FinetuneConfig, derived: dict[str, Any]) -> tuple[Path | No
         raise RunFolderError(f"{out}: is not empty and not a clasp run ({', '.join(names[:3])}); "
                              "choose an empty folder or pass --force")
     return None, False
+
+
+def _resume_from(config: FinetuneConfig, derived: dict[str, Any], out: Path) -> Path | None:
+    """The newest checkpoint (None: the run stopped before its first), if the settings allow continuing."""
+    found = checkpoints(out)
+    latest = found[-1][1] if found else None
+    saved_path = (latest or out) / CONFIG_NAME
+    if not saved_path.is_file():
+        raise RunFolderError(f"{out}: holds no clasp run to resume (no {CONFIG_NAME}); drop --resume to start a run there")
+    diffs = resume_differences(*load_saved(saved_path), config, derived)
+    if diffs:
+        raise RunFolderError(f"{saved_path}: cannot resume, settings differ ({'; '.join(diffs)}); "
+                             "use the run's settings, or --force to start over")
+    return latest
 
 
 def wipe(out: Path) -> None:

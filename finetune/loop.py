@@ -38,6 +38,7 @@ from clasp.finetune.config import CONFIG_NAME, FinetuneConfig, FinetuneConfigErr
 from clasp.evaluation.errors import EvalInputError
 from clasp.finetune.data import FinetuneInputError, load_data
 from clasp.pretraining.run_logs import truncate_jsonl
+from clasp.runs import FolderLockError, exclusive_run_folder
 from clasp.store.durable import write_json_atomic
 
 log = logging.getLogger("clasp")
@@ -100,7 +101,10 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
     try:
         config.validate()
         accelerator, precision = make_accelerator(config.precision)
-        return _run(config, accelerator, precision)
+        with exclusive_run_folder(config.out, "clasp finetune", accelerator):
+            return _run(config, accelerator, precision)
+    except FolderLockError as exc:  # another run holds the folder: write nothing there, not even error.log
+        raise FinetuneInputError(str(exc)) from None
     except (FinetuneInputError, FinetuneConfigError, RunFolderError, EvalInputError) as exc:
         message = input_error_line(exc)
         if os.environ.get("RANK", "0") == "0":

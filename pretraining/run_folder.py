@@ -15,6 +15,7 @@ from typing import Any
 from clasp.pretraining.checkpoint import find_checkpoint
 from clasp.pretraining.config import PretrainConfig, describe_differences, incompatible_differences, load_saved
 from clasp.pretraining.layout import CHECKPOINTS_DIR, ERROR_LOG, METRICS_FILE, ROWS_LOG, RUN_CONFIG
+from clasp.runs import LOCK_NAME
 
 
 class RunFolderError(Exception):
@@ -40,27 +41,32 @@ def plan_run_folder(config: PretrainConfig, derived: dict[str, Any]) -> RunPlan:
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"{out}: exists and is not a folder")
-    if not out.exists():
-        return RunPlan(out, None, False)
-    checkpoint = find_checkpoint(out)
-    saved_config = (checkpoint / RUN_CONFIG) if checkpoint else out / RUN_CONFIG
+    names = [p.name for p in out.iterdir() if p.name not in (ERROR_LOG, LOCK_NAME)] if out.exists() else []
     if config.resume:
-        if saved_config.is_file():
-            saved, saved_derived = load_saved(saved_config)
-            diffs = incompatible_differences(saved, saved_derived, config, derived)
-            if diffs:
-                raise RunFolderError(describe_differences(diffs, saved_config))
-        return RunPlan(out, checkpoint, False)
-    names = [p.name for p in out.iterdir() if p.name != ERROR_LOG]
+        return _resume_plan(config, derived, out)
+    if not names:
+        return RunPlan(out, None, False)
     if config.force:
         return RunPlan(out, None, any(_is_run_file(n) for n in names))
     if any(_is_run_file(n) for n in names):
         raise RunFolderError(f"{out}: holds another run ({', '.join(sorted(n for n in names if _is_run_file(n)))}); "
                              "pass --resume to continue it or --force to start over")
-    if names:
-        raise RunFolderError(f"{out}: is not empty and not a clasp run ({', '.join(sorted(names)[:3])}…); "
-                             "choose an empty folder or pass --force")
-    return RunPlan(out, None, False)
+    raise RunFolderError(f"{out}: is not empty and not a clasp run ({', '.join(sorted(names)[:3])}…); "
+                         "choose an empty folder or pass --force")
+
+
+def _resume_plan(config: PretrainConfig, derived: dict[str, Any], out: Path) -> RunPlan:
+    """Continue the newest checkpoint (or a run stopped before its first one) if the settings allow it."""
+    checkpoint = find_checkpoint(out) if out.exists() else None
+    saved_config = (checkpoint / RUN_CONFIG) if checkpoint else out / RUN_CONFIG
+    if not saved_config.is_file():
+        raise RunFolderError(f"{out}: holds no clasp run to resume (no {RUN_CONFIG}); "
+                             "drop --resume to start a run there")
+    saved, saved_derived = load_saved(saved_config)
+    diffs = incompatible_differences(saved, saved_derived, config, derived)
+    if diffs:
+        raise RunFolderError(describe_differences(diffs, saved_config))
+    return RunPlan(out, checkpoint, False)
 
 
 def wipe_run_files(out: Path) -> None:

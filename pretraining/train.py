@@ -40,6 +40,7 @@ from clasp.pretraining.run_folder import RunFolderError, write_error_log
 from clasp.pretraining.run_state import RunState, make_accelerator, prepare_run
 from clasp.pretraining.step_stats import first_non_finite, metrics_row, reduce_stats
 from clasp.pretraining.stop_signals import StopSignals
+from clasp.runs import FolderLockError, exclusive_run_folder
 
 log = logging.getLogger("clasp")
 
@@ -79,7 +80,10 @@ def run_pretraining(config: PretrainConfig) -> PretrainResult:
     try:
         config.validate()
         accelerator, precision = make_accelerator(config)
-        return _run(config, accelerator, precision)
+        with exclusive_run_folder(config.out, "clasp pretrain", accelerator):
+            return _run(config, accelerator, precision)
+    except FolderLockError as exc:  # another run holds the folder: write nothing there, not even error.log
+        raise PretrainInputError(str(exc)) from None
     except (PretrainInputError, ConfigError, RunFolderError) as exc:
         if os.environ.get("RANK", "0") == "0":  # the launcher's global rank; one log line, not one per process
             write_error_log(config.out, str(exc))

@@ -217,6 +217,26 @@ def test_run_folder_rules(world, tmp_path: Path) -> None:
     assert result.step == 2 and sorted(losses(out)) == [1, 2] and not (out / "error.log").exists()
 
 
+def test_a_folder_another_run_writes_is_refused_untouched_and_resume_needs_a_run(world, tmp_path: Path) -> None:
+    from clasp.finetune.data import FinetuneInputError
+    from clasp.runs import exclusive_folder
+    from tests.conftest import snapshot
+
+    out = tmp_path / "run"
+    run_finetune(reid_config(world, out, steps=2, stop_at=1))
+    before = snapshot(out)
+    with exclusive_folder(out, "clasp finetune"):
+        with pytest.raises(FinetuneInputError, match=rf"`clasp finetune` \(pid {os.getpid()}\) is writing this folder"):
+            run_finetune(reid_config(world, out, steps=2, resume=True))
+    assert snapshot(out) == before and not (out / "error.log").exists() and not (out / ".clasp.lock").exists()
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(FinetuneInputError, match="holds no clasp run to resume"):
+        run_finetune(reid_config(world, other, steps=2, resume=True))
+    assert sorted(p.name for p in other.iterdir()) == ["error.log", "notes.txt"]
+
+
 def test_freeze_backbone_trains_the_head_only(world, tmp_path: Path) -> None:
     run_finetune(reid_config(world, tmp_path / "run", steps=2, freeze_backbone=True))
     trained = load_file(str(tmp_path / "run" / "checkpoints" / "step-00000002" / "model.safetensors"))
