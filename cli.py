@@ -216,9 +216,10 @@ def label(**settings) -> None:
         sys.exit(1)
     click.echo(summary.line())
     if config.strict and summary.skipped_inputs:
-        click.echo(f"error: {len(summary.skipped_inputs)} inputs skipped (--strict):", err=True)
-        for s in summary.skipped_inputs:
-            click.echo(f"  {s.path}: {s.reason}", err=True)
+        first = summary.skipped_inputs[0]
+        click.echo(f"error: {len(summary.skipped_inputs)} inputs skipped (--strict), the first {first.path} "
+                   f"({first.reason}); `clasp inspect {config.out}` lists them by reason, its manifest.json each one",
+                   err=True)
         sys.exit(1)
 
 

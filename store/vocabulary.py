@@ -87,11 +87,14 @@ class Vocabulary:
     @classmethod
     def from_dict(cls, data: dict, source: str | Path = "<vocabulary>") -> "Vocabulary":
         try:
-            parts = tuple(Part(str(p["name"]), tuple(str(s) for s in p["prompts"])) for p in data["parts"])
+            parts = tuple(Part(str(p["name"]), _prompts(p["prompts"], f"part {p['name']!r}", source))
+                          for p in data["parts"])
             groups = tuple(
                 AttributeGroup(
                     str(g["group"]),
-                    tuple(AttributeValue(str(v["name"]), tuple(str(s) for s in v["prompts"])) for v in g["values"]),
+                    tuple(AttributeValue(str(v["name"]), _prompts(v["prompts"], f"attribute {g['group']}={v['name']}",
+                                                                  source))
+                          for v in g["values"]),
                 )
                 for g in data["attributes"]
             )
@@ -120,6 +123,10 @@ class Vocabulary:
         for g in self.attributes:
             if len(g.values) < 2:
                 raise StoreError(source, f"attribute group {g.group!r} needs at least two values")
+            values = [v.name for v in g.values]
+            if len(set(values)) != len(values):
+                twice = sorted({n for n in values if values.count(n) > 1})
+                raise StoreError(source, f"attribute group {g.group!r} lists the value {twice[0]!r} more than once")
             for v in g.values:
                 if not v.prompts:
                     raise StoreError(source, f"attribute {g.group}={v.name} has no prompts")
@@ -144,3 +151,15 @@ class Vocabulary:
         """The shipped vocabulary: 6 parts, 11 attribute groups."""
         text = resources.files("clasp.store").joinpath(DEFAULT_VOCAB_FILE).read_text(encoding="utf-8")
         return cls.from_dict(json.loads(text), DEFAULT_VOCAB_FILE)
+
+
+def _prompts(value, owner: str, source: str | Path) -> tuple[str, ...]:
+    """A JSON list of non-empty strings. A bare string would otherwise become one prompt per character,
+    and an empty prompt embeds CLIP's text of nothing."""
+    if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+        raise StoreError(source, f"{owner}: prompts must be a list of strings, got {type(value).__name__} "
+                                 f"{str(value)[:40]!r}")
+    empty = [i for i, p in enumerate(value) if not p.strip()]
+    if empty:
+        raise StoreError(source, f"{owner}: prompt {empty[0]} is empty")
+    return tuple(value)

@@ -151,13 +151,16 @@ def test_mixed_inputs_are_labeled_or_skipped_with_reasons(mixed_folder: Path, tm
         assert image.shape == (256, 128, 3) and mask.max() < manifest.vocab.num_parts
         assert np.isfinite(logits.astype(np.float32)).all() and np.abs(logits.astype(np.float32)).sum() > 0
 
-    # --strict on the same folder keeps every shard and fails naming the skipped files.
+    # --strict on the same folder keeps every shard and fails in one line naming the first skipped file
+    # and where the others are listed.
     strict = label("--images", mixed_folder, "--out", out, "--clip-model", tiny_clip_dir, "--clip-size", CLIP_SIZE,
                    "--shard-size", "4", "--strict", expect=1)
     assert "shards 4 (0 written, 4 kept)" in strict.output
-    assert "5 inputs skipped (--strict)" in strict.stderr
-    for path in BAD:
-        assert path in strict.stderr
+    (line,) = [l for l in strict.stderr.splitlines() if l.startswith("error: ")]
+    first = Manifest.load(out).skipped[0]
+    assert line == (f"error: 5 inputs skipped (--strict), the first {first.path} ({first.reason}); "
+                    f"`clasp inspect {out}` lists them by reason, its manifest.json each one")
+    assert sorted(s.path for s in Manifest.load(out).skipped) == sorted(BAD)
     assert "Traceback" not in strict.output + strict.stderr
 
 

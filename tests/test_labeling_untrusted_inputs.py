@@ -124,3 +124,35 @@ def test_an_out_that_cannot_be_a_folder_is_one_line_exit_2(images, tmp_path, tin
     blocker.write_text("x")
     line = one_error_line(label(images, blocker / "shards", tiny_clip_dir), 2)
     assert f"{blocker / 'shards'}: cannot write to this folder" in line
+
+
+def _damaged_vocab(damage: str) -> dict:
+    from clasp.store import Vocabulary
+
+    data = Vocabulary.default().to_dict()
+    group = data["attributes"][0]
+    if damage == "duplicate value":
+        group["values"].append(dict(group["values"][0]))
+    elif damage == "prompts as a string":
+        data["parts"][1]["prompts"] = "a photo of a head"
+    elif damage == "empty prompt":
+        group["values"][1]["prompts"] = ["a person", "  "]
+    return data
+
+
+@pytest.mark.parametrize("damage, needle", [
+    ("duplicate value", "lists the value {value!r} more than once"),
+    ("prompts as a string", "part {part!r}: prompts must be a list of strings, got str 'a photo of a head'"),
+    ("empty prompt", "attribute {group}={second}: prompt 1 is empty"),
+])
+def test_a_vocabulary_with_a_repeated_value_or_bad_prompts_is_refused(images, tmp_path, damage, needle):
+    data = _damaged_vocab(damage)
+    vocab = tmp_path / "vocab.json"
+    vocab.write_text(json.dumps(data))
+    group = data["attributes"][0]
+    needle = needle.format(value=group["values"][0]["name"], part=data["parts"][1]["name"], group=group["group"],
+                           second=group["values"][1]["name"])
+    out = tmp_path / "shards"
+    line = one_error_line(label(images, out, tmp_path / "no-clip-needed", "--vocab", str(vocab)), 2)
+    assert line.startswith(f"error: {vocab}: ") and needle in line, line
+    assert not out.exists()
