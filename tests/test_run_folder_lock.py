@@ -126,3 +126,11 @@ def test_the_lock_is_released_with_its_file_and_a_refused_fresh_folder_is_remove
                     pass
             raise RuntimeError("the command failed before writing anything")
     assert not out.exists()
+
+
+def test_an_out_that_cannot_be_a_folder_is_one_line_exit_2(store: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    config = config_file(tmp_path / "a.yaml", steps=1)
+    line = one_error_line(pretrain("--shards", str(store), "--out", str(blocker / "run"), "--config", str(config)), 2)
+    assert f"{blocker / 'run'}: cannot write to this folder" in line
