@@ -444,6 +444,7 @@ def _run_finetune(task: str, config_file: Path | None, resume: bool, force: bool
     from clasp.finetune.checkpoint import write_error_log
     from clasp.finetune.data import FinetuneInputError
     from clasp.finetune.loop import NonFiniteLossError, run_finetune
+    from clasp.finetune.recipes import unscored_main_metric
 
     flags = {**settings, "task": task, "resume": resume or None, "force": force or None}
     try:
@@ -464,9 +465,17 @@ def _run_finetune(task: str, config_file: Path | None, resume: bool, force: bool
                  ("map", "rank1", "rank5", "rank10", "map_rerank", "ma", "accuracy", "precision", "recall", "f1", "miou")}
         click.echo("  ".join(f"{k} {100 * v:.2f}" for k, v in shown.items()))
         click.echo(f"results written to {result.out / 'results.json'}")
+        _fail_if_unscored(unscored_main_metric(task, result.results))
     elif result.stopped_by != "end":
         click.echo(f"stopped ({result.stopped_by}) after step {result.step} of {result.total_steps}; "
                    "continue with --resume", err=True)
+
+
+def _fail_if_unscored(message: str | None) -> None:
+    """A run whose main metric has no value fails (exit 1) after its results file was written."""
+    if message is not None:
+        click.echo(f"error: {message}", err=True)
+        sys.exit(1)
 
 
 @main.group()
@@ -514,10 +523,14 @@ def synth(out: Path, identities: int, images_per_id: int, cameras: int, seed: in
     from clasp.evaluation.synth import SynthConfig, synthesize
 
     if layout is not None:
-        from clasp.evaluation.synth.layouts import write_layout
+        from clasp.evaluation.synth.layouts import check_layout_limits, write_layout
 
-        write_layout(layout, SynthConfig(out=out, identities=identities, images_per_id=images_per_id,
-                                         cameras=cameras, seed=seed))
+        config = SynthConfig(out=out, identities=identities, images_per_id=images_per_id, cameras=cameras, seed=seed)
+        try:
+            check_layout_limits(layout, config)
+        except ValueError as exc:
+            raise UserError(f"--layout {layout}: {exc}") from None
+        write_layout(layout, config)
         click.echo(f"wrote the synthetic world ({identities} identities) to {out} in the {layout} layout")
         return
     summary = synthesize(SynthConfig(out=out, identities=identities, images_per_id=images_per_id,
@@ -570,9 +583,9 @@ def eval_command(backbone: Path, data: Path, tasks: str | None, out: Path | None
     """Probe a frozen backbone: attributes (linear, mA), parsing (linear on patches, mIoU), re-ID (cosine kNN, mAP, rank-1)."""
     from clasp.evaluation.errors import EvalInputError
     from clasp.evaluation.probes import ProbeSettings
-    from clasp.evaluation.run_eval import EvalConfig, evaluate, format_table
+    from clasp.evaluation.run_eval import EvalConfig, evaluate, format_table, unscored_main_metric
 
-    chosen = tuple(t.strip() for t in tasks.split(",") if t.strip()) if tasks else None
+    chosen = tuple(t.strip() for t in tasks.split(",") if t.strip()) if tasks is not None else None
     config = EvalConfig(backbone=backbone, data=data, tasks=chosen, out=out, batch_size=batch_size,
                         precision=precision, task_prompt=task_prompt, probe=ProbeSettings(steps=probe_steps))
     try:
@@ -582,6 +595,7 @@ def eval_command(backbone: Path, data: Path, tasks: str | None, out: Path | None
     click.echo(format_table(results))
     if out is not None:
         click.echo(f"results written to {out}")
+    _fail_if_unscored(unscored_main_metric(results))
 
 
 @main.command("eval-labels")

@@ -31,14 +31,17 @@ import numpy as np
 
 from clasp.evaluation.errors import EvalInputError
 from clasp.evaluation.label_grid import majority_downsample
-from clasp.evaluation.metrics import (binary_attribute_names, binary_attributes, confusion_matrix, iou_per_class,
+from clasp.evaluation.metrics import (ATTRIBUTE_UNDEFINED, NO_ATTRIBUTE, NO_PART, PART_UNDEFINED,
+                                      binary_attribute_names, binary_attributes, confusion_matrix, iou_per_class,
                                       label_based_accuracy, mean_iou)
 from clasp.evaluation.results_json import write_results
+from clasp.evaluation.undefined import PerItem, explain
 from clasp.evaluation.truth import SynthTruth, truth_path_of
 from clasp.store import ShardStore
 from clasp.store.percent import percent
 
 READ_FIELDS = ("key", "path", "part_mask", "attr_logits")
+GROUP_UNDEFINED = "no matched row has a truth value for the group"
 
 
 @dataclass
@@ -106,7 +109,8 @@ def evaluate_labels(config: LabelQualityConfig) -> dict:
                              f"(no row's key, the sha1 of its source file, matches a file in {truth.images_dir}); "
                              "the store was labeled from other images")
     iou = iou_per_class(confusion)
-    accuracy = {g: (correct[k] / scored[k] if scored[k] else float("nan")) for k, (g, _) in enumerate(groups)}
+    accuracy = PerItem([g for g, _ in groups], [correct[k] / scored[k] if scored[k] else float("nan")
+                                                for k in range(len(groups))], GROUP_UNDEFINED)
     results = {
         "shards": str(config.shards), "truth": str(truth.root), "label_grid": list(grid),
         "rows": rows, "matched_rows": matched, "unmatched_rows": rows - matched,
@@ -114,11 +118,12 @@ def evaluate_labels(config: LabelQualityConfig) -> dict:
         "unmatched_rows_named_like_world_images": same_name,
         "truth_images_not_in_store": int((~seen).sum()),
         "grid_rule": "truth mask downsampled to the label grid by majority per cell, ties to the lower part index",
-        "parts": {"iou": dict(zip(vocab.part_names, iou.tolist())),
-                  "mIoU": mean_iou(confusion)},
+        "parts": {"iou": PerItem(vocab.part_names, iou, PART_UNDEFINED),
+                  "mIoU": explain(mean_iou(confusion), NO_PART)},
         "attributes": {"accuracy": accuracy,
                        "chance": {g: 1.0 / len(values[g]) for g, _ in groups},
-                       "mean_accuracy": float(np.mean(list(accuracy.values()))) if accuracy else float("nan"),
+                       "mean_accuracy": explain(np.mean(list(accuracy.values())) if accuracy else float("nan"),
+                                                GROUP_UNDEFINED),
                        **_attribute_ma(groups, values, np.concatenate(predicted_values), np.concatenate(wanted_values))},
     }
     if config.out is not None:
@@ -155,8 +160,8 @@ def _attribute_ma(groups: list, values: dict[str, list[str]], predicted: np.ndar
     accuracy = label_based_accuracy(binary_attributes(predicted[complete], sizes), binary_attributes(wanted[complete], sizes))
     names = binary_attribute_names([(g, values[g]) for g, _ in groups])
     defined = accuracy[np.isfinite(accuracy)]
-    return {"mA": float(defined.mean()) if len(defined) else float("nan"),
-            "mA_per_attribute": {n: float(a) for n, a in zip(names, accuracy)}}
+    return {"mA": explain(defined.mean() if len(defined) else float("nan"), NO_ATTRIBUTE),
+            "mA_per_attribute": PerItem(names, accuracy, ATTRIBUTE_UNDEFINED)}
 
 
 def format_label_quality(results: dict) -> str:

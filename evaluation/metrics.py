@@ -13,14 +13,17 @@
   (or label-grid cells) of the test set; the mean is over classes whose union
   is non-empty (present in the truth or the prediction), as mmsegmentation
   does.
-- **re-ID mAP and rank-1**, Market-1501 protocol: for each query the gallery is
-  ranked by similarity (ties keep gallery order); gallery images of the query's
-  identity taken by the query's camera and gallery images with identity -1
-  (junk) are removed from the ranking; distractors (any other identity, e.g.
-  0) stay as wrong answers. AP is the non-interpolated average of the precision
-  at each correct match (as torchreid/fast-reid compute it); rank-k (CMC) is
-  whether a correct image is among the first k remaining ones. Queries without any correct match in
-  the gallery are left out, and their number is reported.
+- **re-ID mAP and rank-1**, Market-1501 protocol as torchreid's
+  `eval_market1501` computes it: for each query the gallery is ranked by
+  similarity (ties keep gallery order); gallery images of the query's identity
+  taken by the query's camera are removed from the ranking; every other identity
+  (distractors 0000 included) stays as a wrong answer. AP is the
+  non-interpolated average of the precision at each correct match; rank-k (CMC)
+  is whether a correct image is among the first k remaining ones. Queries
+  without any correct match in the gallery are left out, and their number is
+  reported; with none left the scores are undefined (NaN with the reason).
+  Junk (-1) never reaches the scoring: the readers drop it, so re-ranking and
+  scoring see one and the same gallery.
 """
 
 from __future__ import annotations
@@ -29,7 +32,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-JUNK_ID = -1
+from clasp.evaluation.undefined import undefined
+
+# Why a metric has no value (written beside its null in the results files)
+NO_MATCH = "no query has a gallery match of another camera"
+NO_ATTRIBUTE = "no attribute has both positive and negative test images"
+ATTRIBUTE_UNDEFINED = "the attribute has no positive or no negative test image"
+NO_PART = "no part is present in truth or prediction"
+PART_UNDEFINED = "the part is absent from truth and prediction"
 
 
 def binary_attributes(labels: np.ndarray, group_sizes: list[int]) -> np.ndarray:
@@ -120,13 +130,15 @@ def reid_scores(similarity: np.ndarray, query_ids: np.ndarray, query_cams: np.nd
     gallery_ids, gallery_cams = np.asarray(gallery_ids), np.asarray(gallery_cams)
     if similarity.shape != (len(query_ids), len(gallery_ids)):
         raise ValueError(f"similarity has shape {similarity.shape}, expected ({len(query_ids)}, {len(gallery_ids)})")
+    if (gallery_ids < 0).any() or (query_ids < 0).any():
+        raise ValueError("identities below 0 (junk) must be dropped when the data is read, not scored")
     order = np.argsort(-similarity, axis=1, kind="stable")
     aps, first, chance, scored, skipped = [], [], [], [], 0
     for q in range(len(query_ids)):
         ranked = order[q]
         ids, cams = gallery_ids[ranked], gallery_cams[ranked]
-        junk = (ids == JUNK_ID) | ((ids == query_ids[q]) & (cams == query_cams[q]))
-        good = (ids == query_ids[q])[~junk]
+        same_camera = (ids == query_ids[q]) & (cams == query_cams[q])
+        good = (ids == query_ids[q])[~same_camera]
         if not good.any():
             skipped += 1
             continue
@@ -137,7 +149,8 @@ def reid_scores(similarity: np.ndarray, query_ids: np.ndarray, query_cams: np.nd
         first.append(int(positions[0]))
         chance.append(good.mean())
     if not aps:
-        return ReidScore(float("nan"), float("nan"), 0, skipped)
+        none = undefined(NO_MATCH)
+        return ReidScore(none, none, 0, skipped, none, none, none)
     first = np.array(first)
     return ReidScore(float(np.mean(aps)), float(np.mean(first < 1)), len(aps), skipped, float(np.mean(chance)),
                      float(np.mean(first < 5)), float(np.mean(first < 10)), np.array(scored, np.int64),

@@ -12,10 +12,14 @@ ROOT/list_gallery.txt
 ```
 
 The camera is the third underscore field of the file name (`01` above, 1-based),
-as torchreid and fast-reid read it; the identity is the label on the line. The
-query/gallery protocol is Market-1501's (same-camera matches of the query's
-identity are removed from its ranking), so the splits come back as
-`MarketSplit`s.
+as torchreid and fast-reid read it; the identity is the label on the line, not
+renumbered (torchreid's `MSMT17.process_dir`; `list_val.txt` is not added to
+training, as torchreid does by default). MSMT17 has no junk and no distractor
+ids: a negative label, or a camera outside the data set's 15 (1..15), is
+refused naming the line. Labels get no upper limit (the lists number train and
+test identities separately). The query/gallery protocol is Market-1501's
+(same-camera matches of the query's identity are removed from its ranking), so
+the splits come back as `MarketSplit`s.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import numpy as np
 from clasp.evaluation.errors import EvalInputError
 from clasp.evaluation.market1501 import Market1501, MarketSplit
 
+CAMERAS = range(1, 16)
 LISTS = {"train": "list_train.txt", "query": "list_query.txt", "gallery": "list_gallery.txt"}
 IMAGE_DIRS = {"train": ("train", "mask_train_v2"), "test": ("test", "mask_test_v2")}
 
@@ -56,6 +61,12 @@ def read_list(list_file: Path, image_dir: Path) -> MarketSplit:
             label, camera = int(fields[1]), int(name[2])
         except ValueError:
             raise EvalInputError(f"{list_file}:{number}: expected 'PID/PID_NNN_CC_....jpg LABEL', got {line.strip()!r}") from None
+        if label < 0:
+            raise EvalInputError(f"{list_file}:{number}: label {label} is below 0 (MSMT17 has no junk ids), "
+                                 f"got {line.strip()!r}")
+        if camera not in CAMERAS:
+            raise EvalInputError(f"{list_file}:{number}: camera {name[2]} is not one of MSMT17's 01..15, "
+                                 f"got {line.strip()!r}")
         path = image_dir / fields[0]
         if not path.is_file():
             raise EvalInputError(f"{list_file}:{number}: image {path} not found")

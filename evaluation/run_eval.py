@@ -22,8 +22,10 @@ from clasp.evaluation.label_grid import majority_downsample
 from clasp.evaluation.market1501 import is_market1501, read_market1501
 from clasp.evaluation.msmt17 import is_msmt17, read_msmt17
 from clasp.evaluation.intervals import identity_bootstrap
-from clasp.evaluation.metrics import binary_attribute_names, binary_attributes, mean_accuracy, mean_iou
+from clasp.evaluation.metrics import (ATTRIBUTE_UNDEFINED, NO_ATTRIBUTE, NO_PART, PART_UNDEFINED,
+                                      binary_attribute_names, binary_attributes, mean_accuracy, mean_iou)
 from clasp.evaluation.results_json import write_results
+from clasp.evaluation.undefined import PerItem, explain, failure_line, reason_of
 from clasp.evaluation.probes import (
     ProbeSettings, attribute_probe, identity_split, parsing_probe, query_gallery_split, reid_probe,
 )
@@ -68,6 +70,9 @@ def resolve_tasks(kind: str, tasks: tuple[str, ...] | None, data: Path) -> tuple
     supported = TASKS if kind == "synth" else ("reid",)
     if tasks is None:
         return supported
+    if not tasks:
+        raise EvalInputError("--tasks is empty; give a comma-separated subset of "
+                             f"{','.join(TASKS)}, or leave the option out for every task the data supports")
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise EvalInputError(f"unknown task(s) {', '.join(unknown)}; choose from {', '.join(TASKS)}")
@@ -152,9 +157,9 @@ def _evaluate_synth(truth: SynthTruth, tasks, extractor, config: EvalConfig, aut
         predicted, actual = binary_attributes(res["pred"], sizes), binary_attributes(labels[test], sizes)
         interval = identity_bootstrap(truth.identity[test], lambda rows: mean_accuracy(predicted[rows], actual[rows]))
         out["attributes"] = {
-            "mA": res["mA"],
+            "mA": explain(res["mA"], NO_ATTRIBUTE),
             "mA_interval": interval.to_dict(),
-            "per_attribute": dict(zip(names, res["per_attribute"].tolist())),
+            "per_attribute": PerItem(names, res["per_attribute"], ATTRIBUTE_UNDEFINED),
             "group_accuracy": {g.group: float(a) for g, a in zip(vocab.attributes, res["group_accuracy"])},
         }
         out["seconds"]["attributes"] = time.perf_counter() - t0
@@ -172,10 +177,10 @@ def _evaluate_synth(truth: SynthTruth, tasks, extractor, config: EvalConfig, aut
         interval = identity_bootstrap(truth.identity[test], lambda rows: mean_iou(per_image[rows].sum(0)))
         out["parsing"] = {
             "grid": list(feats.grid),
-            "mIoU_grid": res["mIoU_grid"], "mIoU_pixel": res["mIoU_pixel"],
+            "mIoU_grid": explain(res["mIoU_grid"], NO_PART), "mIoU_pixel": explain(res["mIoU_pixel"], NO_PART),
             "mIoU_grid_interval": interval.to_dict(),
-            "iou_grid": dict(zip(vocab.part_names, res["iou_grid"].tolist())),
-            "iou_pixel": dict(zip(vocab.part_names, res["iou_pixel"].tolist())),
+            "iou_grid": PerItem(vocab.part_names, res["iou_grid"], PART_UNDEFINED),
+            "iou_pixel": PerItem(vocab.part_names, res["iou_pixel"], PART_UNDEFINED),
         }
         out["seconds"]["parsing"] = time.perf_counter() - t0
     if "reid" in tasks:
@@ -236,8 +241,18 @@ def reid_intervals(reid: dict, query_identities: np.ndarray) -> dict:
     """mAP and rank-1 intervals over the query identities; removes the per-query arrays from `reid`."""
     scored, ap, hit = reid.pop("scored"), reid.pop("per_query_ap"), reid.pop("per_query_rank1")
     identities = np.asarray(query_identities)[scored]
-    return {"mAP_interval": identity_bootstrap(identities, lambda rows: ap[rows].mean()).to_dict(),
-            "rank1_interval": identity_bootstrap(identities, lambda rows: hit[rows].mean()).to_dict()}
+    intervals = {"mAP_interval": identity_bootstrap(identities, lambda rows: ap[rows].mean()),
+                 "rank1_interval": identity_bootstrap(identities, lambda rows: hit[rows].mean())}
+    why = reason_of(reid["mAP"])
+    return {name: {k: explain(v, why) for k, v in interval.to_dict().items()} for name, interval in intervals.items()}
+
+
+def unscored_main_metric(results: dict) -> str | None:
+    """The error line's text when re-ID on a Market-1501 or MSMT17 folder, its only metric, scored no query."""
+    if results["kind"] == "synth":
+        return None
+    reid = results["reid"]
+    return failure_line(reid, "mAP", results["data"], f" ({reid['skipped_queries']} queries, all skipped)")
 
 
 def _evaluate_market(market, extractor, config: EvalConfig, autocast, log) -> dict:
@@ -253,9 +268,7 @@ def _evaluate_market(market, extractor, config: EvalConfig, autocast, log) -> di
     out["reid"] = reid_probe(q.cls, market.query.identity, market.query.camera,
                              g.cls, market.gallery.identity, market.gallery.camera)
     out["reid"].update(reid_intervals(out["reid"], market.query.identity))
-    out["reid"]["junk_gallery_images"] = int((market.gallery.identity == -1).sum())
-    out["reid"]["distractor_gallery_images"] = int((market.gallery.identity == 0).sum())
-    out["reid"]["ignored_files"] = market.query.ignored + market.gallery.ignored
+    out["reid"].update(market.dropped())
     out["seconds"]["reid"] = time.perf_counter() - t0
     return out
 

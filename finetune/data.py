@@ -3,8 +3,10 @@
 Readers live in `clasp.evaluation` (shared with `clasp eval`); this module
 only picks one (`--layout`, or recognised from the folder's content) and turns
 reader errors into `FinetuneInputError`, the one-line user error of the
-recipes. Re-ID training identities are renumbered 0..C-1 (ids below 0 and the
-Market-1501 distractor id 0 never train).
+recipes. Re-ID training identities are renumbered 0..C-1 in sorted order, as
+torchreid relabels them: the readers already dropped Market-1501's junk (-1);
+a distractor id 0000 in `bounding_box_train/` (none in the released data) is
+one more class, as in torchreid.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class ReidData:
     num_classes: int
     query: object  # MarketSplit
     gallery: object  # MarketSplit
+    dropped: dict  # what reading left out (`Market1501.dropped`), reported with the results
 
 
 def detect_layout(task: str, data: Path) -> str:
@@ -72,12 +75,11 @@ def _reid(layout: str, data: Path) -> ReidData:
     missing = "bounding_box_train/" if layout == "market1501" else "list_train.txt"
     if train is None or not len(train):
         raise FinetuneInputError(f"{data}: no training images (missing {missing})")
-    keep = train.identity > 0 if layout == "market1501" else train.identity >= 0
-    ids, labels = np.unique(train.identity[keep], return_inverse=True)
+    ids, labels = np.unique(train.identity, return_inverse=True)
     if len(ids) < 2:
         raise FinetuneInputError(f"{data}: re-ID training needs at least 2 identities, found {len(ids)}")
-    paths = [p for p, k in zip(train.paths, keep) if k]
-    return ReidData(layout, paths, labels.astype(np.int64), len(ids), folder.query, folder.gallery)
+    return ReidData(layout, list(train.paths), labels.astype(np.int64), len(ids), folder.query, folder.gallery,
+                    folder.dropped())
 
 
 def _attributes(layout: str, data: Path, config: FinetuneConfig):

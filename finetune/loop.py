@@ -39,6 +39,7 @@ from clasp.evaluation.errors import EvalInputError
 from clasp.finetune.data import FinetuneInputError, load_data
 from clasp.pretraining.run_logs import truncate_jsonl
 from clasp.runs import FolderLockError, exclusive_run_folder
+from clasp.evaluation.results_json import write_results
 from clasp.store.durable import write_json_atomic
 
 log = logging.getLogger("clasp")
@@ -279,7 +280,7 @@ def _finish(config, accelerator, recipe, model, derived, hardware, step) -> dict
                    "task_prompt": derived["task_prompt"], "data": str(config.data), "steps": step,
                    "metrics_are": "fractions in [0, 1]", **metrics,
                    "seconds": {"evaluation": time.perf_counter() - t0}, "compute_precision": hardware.get("precision")}
-        write_json_atomic(Path(config.out) / RESULTS, results)
+        results = write_results(Path(config.out) / RESULTS, results)  # NaN as null with its reason
         model.train()
     accelerator.wait_for_everyone()
     return results

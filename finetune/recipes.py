@@ -8,7 +8,10 @@ scores the fine-tuned model on the test split: re-ID on query/gallery with
 the Market-1501 protocol (cosine similarity of the BNNeck features; with
 `rerank` also k-reciprocal re-ranking of the distance 2 - 2 cos), attributes
 on `test` (sigmoid > 0.5), parsing on `val` (logits upsampled to each label
-map's own size; 255 ignored).
+map's own size; 255 ignored). Re-ranking runs over exactly the gallery that is
+scored (junk was dropped when the folder was read). A metric without a value
+is NaN carrying its reason (`clasp.evaluation.undefined`); `main_metric` names
+the one whose absence fails the run.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from clasp.evaluation.features import load_images
+from clasp.evaluation.metrics import ATTRIBUTE_UNDEFINED, NO_ATTRIBUTE, NO_PART, PART_UNDEFINED
+from clasp.evaluation.undefined import PerItem, explain, failure_line
 from clasp.finetune.augment import flip_pad_crop, flip_parsing, random_erasing
 from clasp.finetune.batches import pk_batches, shuffled_batches
 from clasp.finetune.config import FinetuneConfig
@@ -37,6 +42,8 @@ def _batched_outputs(model, paths, batch_size: int, device, autocast, key: str) 
 
 
 class ReidRecipe:
+    main_metric = "map"
+
     def __init__(self, config: FinetuneConfig, data) -> None:
         self.config, self.data = config, data
         self.batch_images = config.ids_per_batch * config.images_per_id
@@ -61,23 +68,32 @@ class ReidRecipe:
                                                             "accuracy": accuracy}
 
     def evaluate(self, model, device, autocast, log: Callable[[str], None]) -> dict:
-        from clasp.evaluation.metrics import reid_scores
-
         c, q, g = self.config, self.data.query, self.data.gallery
         log(f"evaluating on {len(q)} queries and {len(g)} gallery images")
         qf = _normalised(_batched_outputs(model, q.paths, c.eval_batch_size, device, autocast, "neck"))
         gf = _normalised(_batched_outputs(model, g.paths, c.eval_batch_size, device, autocast, "neck"))
-        score = reid_scores(qf @ gf.T, q.identity, q.camera, g.identity, g.camera)
-        out = {"map": score.mAP, "rank1": score.rank1, "rank5": score.rank5, "rank10": score.rank10,
-               "queries": score.queries, "gallery": len(g), "skipped_queries": score.skipped_queries}
-        if c.rerank:
-            from clasp.evaluation.rerank import re_rank
+        return {**reid_metrics(qf, gf, q, g, c, log), **self.data.dropped}
 
-            log("k-reciprocal re-ranking")
-            dist = re_rank(2 - 2 * qf @ gf.T, 2 - 2 * qf @ qf.T, 2 - 2 * gf @ gf.T, c.k1, c.k2, c.rerank_lambda)
-            ranked = reid_scores(-dist, q.identity, q.camera, g.identity, g.camera)
-            out.update(map_rerank=ranked.mAP, rank1_rerank=ranked.rank1)
-        return out
+
+def reid_metrics(qf: np.ndarray, gf: np.ndarray, query, gallery, config: FinetuneConfig,
+                 log: Callable[[str], None] = lambda _: None) -> dict:
+    """Scores of L2-normalised query and gallery features; with `config.rerank` the re-ranked ones too,
+    re-ranking over the very gallery that is scored."""
+    from clasp.evaluation.metrics import reid_scores
+
+    q, g = query, gallery
+    score = reid_scores(qf @ gf.T, q.identity, q.camera, g.identity, g.camera)
+    out = {"map": score.mAP, "rank1": score.rank1, "rank5": score.rank5, "rank10": score.rank10,
+           "queries": score.queries, "gallery": len(g), "skipped_queries": score.skipped_queries}
+    if config.rerank:
+        from clasp.evaluation.rerank import re_rank
+
+        log("k-reciprocal re-ranking")
+        dist = re_rank(2 - 2 * qf @ gf.T, 2 - 2 * qf @ qf.T, 2 - 2 * gf @ gf.T, config.k1, config.k2,
+                       config.rerank_lambda)
+        ranked = reid_scores(-dist, q.identity, q.camera, g.identity, g.camera)
+        out.update(map_rerank=ranked.mAP, rank1_rerank=ranked.rank1)
+    return out
 
 
 def _normalised(x: np.ndarray) -> np.ndarray:
@@ -85,6 +101,8 @@ def _normalised(x: np.ndarray) -> np.ndarray:
 
 
 class AttributeRecipe:
+    main_metric = "ma"
+
     def __init__(self, config: FinetuneConfig, data) -> None:
         self.config, self.data = config, data
         self.batch_images = config.batch_size
@@ -115,12 +133,14 @@ class AttributeRecipe:
         pred = _batched_outputs(model, test.paths, self.config.eval_batch_size, device, autocast, "logits") > 0
         per_attribute = label_based_accuracy(pred, test.labels)
         defined = np.isfinite(per_attribute)
-        return {"ma": float(np.nanmean(per_attribute)) if defined.any() else float("nan"),
+        return {"ma": explain(np.nanmean(per_attribute) if defined.any() else float("nan"), NO_ATTRIBUTE),
                 **instance_metrics(pred, test.labels), "images": len(test),
-                "per_attribute": {n: (float(a) if np.isfinite(a) else None) for n, a in zip(self.data.names, per_attribute)}}
+                "per_attribute": PerItem(self.data.names, per_attribute, ATTRIBUTE_UNDEFINED)}
 
 
 class ParsingRecipe:
+    main_metric = "miou"
+
     def __init__(self, config: FinetuneConfig, data) -> None:
         self.config, self.data = config, data
         self.batch_images = config.batch_size
@@ -167,8 +187,8 @@ class ParsingRecipe:
                     valid = label != 255
                     confusion += confusion_matrix(pred[valid], label[valid], k)
         iou = iou_per_class(confusion)
-        return {"miou": float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"), "images": len(val),
-                "iou": {n: (float(v) if np.isfinite(v) else None) for n, v in zip(self.data.class_names, iou)}}
+        return {"miou": explain(np.nanmean(iou) if np.isfinite(iou).any() else float("nan"), NO_PART),
+                "images": len(val), "iou": PerItem(self.data.class_names, iou, PART_UNDEFINED)}
 
 
 def _resize_label(label: np.ndarray, hw: tuple[int, int]) -> torch.Tensor:
@@ -180,3 +200,9 @@ def _resize_label(label: np.ndarray, hw: tuple[int, int]) -> torch.Tensor:
 
 
 RECIPES = {"reid": ReidRecipe, "attributes": AttributeRecipe, "parsing": ParsingRecipe}
+
+
+def unscored_main_metric(task: str, results: dict) -> str | None:
+    """The error line's text when the run's main metric has no value (its results file is written first)."""
+    detail = f" ({results.get('skipped_queries')} queries, all skipped)" if task == "reid" else ""
+    return failure_line(results, RECIPES[task].main_metric, results.get("data"), detail)

@@ -50,9 +50,10 @@ def test_reader_parses_names_junk_and_distractors(market: Path) -> None:
     m = read_market1501(market)
     assert m.query.identity.tolist() == [1, 2] and m.query.camera.tolist() == [1, 2]
     assert m.query.ignored == 1  # Thumbs.db
-    assert sorted(m.gallery.identity.tolist()) == [-1, 0, 1, 1, 2]
+    assert sorted(m.gallery.identity.tolist()) == [0, 1, 1, 2]  # junk dropped when reading, and counted
+    assert (m.gallery.junk, m.query.junk) == (1, 0)
     by_name = dict(zip([p.name for p in m.gallery.paths], zip(m.gallery.identity, m.gallery.camera)))
-    assert by_name["-1_c3s1_000011_03.jpg"] == (-1, 3)
+    assert "-1_c3s1_000011_03.jpg" not in by_name
     assert by_name["0002_c1s2_000051_01.jpg"] == (2, 1)
     assert m.train is not None and m.train.identity.tolist() == [5]
 
@@ -71,8 +72,9 @@ def test_reid_on_market_layout(market: Path) -> None:
     r = results["reid"]
     # query 1 (red, cam 1): junk red and same-camera red are removed; dark red is nearer than green and blue
     # query 2 (green, cam 2): the green gallery image (cam 1) is first
-    assert (r["mAP"], r["rank1"], r["queries"], r["gallery"]) == (1.0, 1.0, 2, 5)
-    assert (r["junk_gallery_images"], r["distractor_gallery_images"], r["ignored_files"]) == (1, 1, 1)
+    assert (r["mAP"], r["rank1"], r["queries"], r["gallery"]) == (1.0, 1.0, 2, 4)
+    assert r["junk_images"] == {"query": 0, "gallery": 1, "train": 0}
+    assert (r["distractor_queries"], r["distractor_gallery_images"], r["ignored_files"]) == (0, 1, 1)
     assert results["kind"] == "market1501" and results["tasks"] == ["reid"]
 
 
@@ -102,6 +104,8 @@ def test_cli_bad_inputs_exit_2_with_one_line(market: Path, synth_world: Path, tm
         (["--backbone", str(tmp_path / "absent"), "--data", str(synth_world)], "does not exist"),
         (["--backbone", str(not_export), "--data", str(market)], "missing bounding_box_test/"),
         (["--backbone", str(not_export), "--data", str(synth_world), "--tasks", "pose"], "unknown task"),
+        (["--backbone", str(not_export), "--data", str(synth_world), "--tasks", ""], "--tasks is empty"),
+        (["--backbone", str(not_export), "--data", str(synth_world), "--tasks", " , "], "--tasks is empty"),
     ]
     for args, expected in cases:
         result = _invoke("eval", *args)

@@ -61,18 +61,18 @@ def test_class_only_predicted_counts_with_iou_zero() -> None:
 
 
 def test_reid_map_and_rank1_by_hand() -> None:
-    # gallery:        0      1      2      3      4      5
-    gallery_ids = np.array([1, 1, 2, 0, -1, 1])
-    gallery_cams = np.array([1, 2, 2, 3, 2, 3])
-    # query 0: id 1, cam 1. Similarities rank gallery as 4, 0, 3, 1, 2, 5.
-    #   4 is junk (-1), 0 is id 1 in cam 1 (same camera: removed) -> ranking 3 (distractor), 1 (good), 2, 5 (good)
+    # gallery:        0      1      2      3      4
+    gallery_ids = np.array([1, 1, 2, 0, 1])
+    gallery_cams = np.array([1, 2, 2, 3, 3])
+    # query 0: id 1, cam 1. Similarities rank gallery as 0, 3, 1, 2, 4.
+    #   0 is id 1 in cam 1 (same camera: removed) -> ranking 3 (distractor), 1 (good), 2, 4 (good)
     #   good at 0-based ranks 1 and 3 -> AP = (1/2 + 2/4) / 2 = 0.5; rank-1 miss
-    # query 1: id 2, cam 1. Ranked 2, 0, 1, 3, 4, 5 -> the only good one (2) first: AP 1, rank-1 hit
+    # query 1: id 2, cam 1. Ranked 2, 0, 1, 3, 4 -> the only good one (2) first: AP 1, rank-1 hit
     # query 2: id 7 (nobody in the gallery) -> skipped
     sim = np.array([
-        [0.8, 0.3, 0.1, 0.5, 0.9, 0.05],
-        [0.8, 0.7, 0.9, 0.3, 0.2, 0.1],
-        [0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
+        [0.8, 0.3, 0.1, 0.5, 0.05],
+        [0.8, 0.7, 0.9, 0.3, 0.1],
+        [0.1, 0.2, 0.3, 0.4, 0.6],
     ])
     score = reid_scores(sim, np.array([1, 2, 7]), np.array([1, 1, 1]), gallery_ids, gallery_cams)
     assert score.mAP == pytest.approx((0.5 + 1.0) / 2)
@@ -82,10 +82,17 @@ def test_reid_map_and_rank1_by_hand() -> None:
     assert score.chance_rank1 == pytest.approx((2 / 4 + 1 / 5) / 2)
 
 
+def test_reid_junk_is_refused_by_the_scoring() -> None:
+    # junk (-1) is dropped by the readers; reaching the scoring it would be silently ranked
+    with pytest.raises(ValueError, match="junk"):
+        reid_scores(np.array([[0.9, 0.1]]), np.array([3]), np.array([2]), np.array([3, -1]), np.array([1, 1]))
+
+
 def test_reid_same_camera_match_is_not_a_correct_answer() -> None:
     # the only other image of the identity is from the query's camera: the query has no answer
     score = reid_scores(np.array([[0.9, 0.1]]), np.array([3]), np.array([2]), np.array([3, 4]), np.array([2, 1]))
     assert score.queries == 0 and score.skipped_queries == 1 and math.isnan(score.mAP)
+    assert score.mAP.reason == "no query has a gallery match of another camera"
 
 
 def test_reid_ties_keep_gallery_order() -> None:

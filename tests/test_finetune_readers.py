@@ -39,7 +39,8 @@ def test_market1501_layout_has_junk_distractors_and_an_ignored_file(layouts) -> 
     m = read_market1501(layouts["market1501"])
     assert sorted(set(m.train.identity)) == [1, 2, 3]  # the lower half of 6 identities, numbered from 1
     assert set(m.query.identity) == {4, 5, 6} and m.query.ignored == 1  # Thumbs.db
-    assert {-1, 0} <= set(m.gallery.identity)  # junk and distractors
+    assert 0 in set(m.gallery.identity) and m.gallery.junk > 0  # distractors kept, junk dropped and counted
+    assert -1 not in set(m.gallery.identity)
     pairs = set(zip(m.query.identity, m.query.camera))
     assert len(pairs) == len(m.query)  # one query per (identity, camera)
 
@@ -169,6 +170,16 @@ def test_synth_layout_command(tmp_path: Path) -> None:
     assert got.exit_code == 0, got.output
     assert sorted(p.name for p in (tmp_path / "peta").iterdir()) == ["PETA.mat", "images"]
     assert len(read_peta(tmp_path / "peta").splits["test"]) == 4  # 40 % of 4 identities x 2 images
+
+
+@pytest.mark.parametrize("layout, option, words", [("market1501", ("--cameras", "7"), "at most 6 cameras"),
+                                                   ("market1501", ("--identities", "1502"), "at most 1501 identities"),
+                                                   ("msmt17", ("--cameras", "16"), "at most 15 cameras")])
+def test_synth_never_writes_a_reid_folder_its_readers_refuse(tmp_path: Path, layout: str, option, words: str) -> None:
+    got = CliRunner().invoke(main, ["synth", "--layout", layout, "--out", str(tmp_path / "out"), *option])
+    lines = got.output.strip().splitlines()
+    assert got.exit_code == 2 and len(lines) == 1 and lines[0].startswith(f"error: --layout {layout}: "), got.output
+    assert words in lines[0] and not (tmp_path / "out").exists()
 
 
 def test_bad_annotation_files_and_label_maps_exit_2_before_anything_is_written(layouts, tmp_path: Path) -> None:

@@ -43,6 +43,7 @@ def write_layout(layout: str, config: SynthConfig) -> Path:
     """Draw the world of `config` and write it to `config.out` in `layout`; return the folder."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    check_layout_limits(layout, config)
     out = Path(config.out)
     world = out / ".world"
     extra = max(2, config.identities // 10) if layout in ("market1501", "msmt17") else 0
@@ -54,6 +55,18 @@ def write_layout(layout: str, config: SynthConfig) -> Path:
     WRITERS[layout](truth, out, config.identities)
     shutil.rmtree(world)
     return out
+
+
+def check_layout_limits(layout: str, config: SynthConfig) -> None:
+    """The readers refuse what the real data sets cannot hold: never write a folder they would refuse."""
+    from clasp.evaluation.market1501 import CAMERAS, MAX_ID
+    from clasp.evaluation.msmt17 import CAMERAS as MSMT_CAMERAS
+
+    cameras = {"market1501": CAMERAS, "msmt17": MSMT_CAMERAS}.get(layout)
+    if cameras is not None and config.cameras > cameras[-1]:
+        raise ValueError(f"the {layout} layout has at most {cameras[-1]} cameras, asked for {config.cameras}")
+    if layout == "market1501" and config.identities > MAX_ID:
+        raise ValueError(f"the market1501 layout has at most {MAX_ID} identities, asked for {config.identities}")
 
 
 def _split_ids(identity: np.ndarray, fractions: tuple[float, ...]) -> list[np.ndarray]:
