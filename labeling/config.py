@@ -69,8 +69,8 @@ class LabelConfig:
                                     "workers must see --images and --out.", metavar="ADDR")
     precision: str = same_as(ClipLabelerConfig, "precision")
     device: str = same_as(ClipLabelerConfig, "device")
-    strict: bool = setting(False, "Exit with code 1, naming them, when any input was skipped (the shards are "
-                           "still written).")
+    strict: bool = setting(False, "Exit with code 1 when any input was skipped (the shards are still written): one "
+                           "line naming the first; `clasp inspect OUT` lists them all.")
     force: bool = setting(False, "Relabel an --out folder made with another model, size, dense mode, vocabulary "
                           "or shard size.")
     progress: bool = field(default=True)  # a progress bar on stderr (library callers may turn it off)
