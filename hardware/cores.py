@@ -9,8 +9,10 @@ Every count below starts from `available_cores()`:
 - `available_cores()` = min(affinity, ceil(cgroup quota / period)), at least 1;
 - `cores_per_process(n)` = available cores // processes on this machine, at least 1
   (`clasp pretrain` under `accelerate launch`, dask workers of one host);
-- torch threads of a compute process = its cores per process (`use_available_cores`),
-  unless `OMP_NUM_THREADS` is set: a user who sets it means it;
+- torch threads of a compute process = its cores per process, or fewer when other
+  work keeps some of the cores busy at the start (`load.py`: a thread the scheduler
+  parks beside another busy process stalls every barrier), unless
+  `OMP_NUM_THREADS` is set: a user who sets it means it (`use_available_cores`);
 - DataLoader workers (`dataloader_workers`): on a GPU the loader feeds the device,
   so it gets every core but one (at most 8); on a CPU the model needs the cores
   and one worker per 8 cores is plenty (a worker delivers ~110 images/s, a CPU
@@ -19,9 +21,12 @@ Every count below starts from `available_cores()`:
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
+
+from clasp.hardware.load import busy_cores, free_cores
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 MAX_GPU_LOADER_WORKERS = 8
@@ -65,11 +70,19 @@ def cores_per_process(processes_on_host: int = 1) -> int:
 
 
 def torch_threads(processes_on_host: int = 1) -> int:
-    """Threads for a compute process: `OMP_NUM_THREADS` when set, else its share of the cores."""
+    """Threads for a compute process: `OMP_NUM_THREADS` when set, else its share of the cores that are free."""
     try:
         return max(1, int(os.environ["OMP_NUM_THREADS"]))
     except (KeyError, ValueError):
-        return cores_per_process(processes_on_host)
+        pass
+    share = cores_per_process(processes_on_host)
+    busy = busy_cores()
+    threads = min(share, free_cores(available_cores(), busy))
+    if threads < share:
+        logging.getLogger("clasp").warning(
+            f"other work keeps {busy:.1f} of {available_cores()} cores busy: {threads} torch thread"
+            f"{'s' if threads > 1 else ''} instead of {share} (set OMP_NUM_THREADS to choose)")
+    return threads
 
 
 def use_available_cores(processes_on_host: int = 1) -> int:

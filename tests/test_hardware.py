@@ -128,3 +128,75 @@ def test_omp_num_threads_is_honoured() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "OMP_NUM_THREADS": "3"}).stdout
     assert out.strip() == "3"
+
+
+# --------------------------------------------------------------------------- cores other work keeps busy
+
+STAT = "cpu  {a} 0 0 {b} 0 0 0 0 0 0\ncpu0 {c0} 0 {s0} {i0} 0 0 0 {t0} 0 0\ncpu1 {c1} 0 0 {i1} 0 0 0 0 0 0\nintr 1 2\n"
+
+
+def _stat(path: Path, cpu0: tuple[int, int, int, int], cpu1: tuple[int, int]) -> Path:
+    (c0, s0, i0, t0), (c1, i1) = cpu0, cpu1
+    path.write_text(STAT.format(a=c0 + c1, b=i0 + i1, c0=c0, s0=s0, i0=i0, t0=t0, c1=c1, i1=i1))
+    return path
+
+
+def test_busy_share_counts_user_system_and_steal_per_cpu(tmp_path: Path) -> None:
+    from clasp.hardware.load import busy_share, cpu_times
+
+    before = cpu_times(_stat(tmp_path / "a", (100, 0, 100, 0), (50, 150)))
+    after = cpu_times(_stat(tmp_path / "b", (160, 20, 100, 20), (60, 240)))  # cpu0 all busy (steal too), cpu1 10 %
+    assert before == {0: (100, 200), 1: (50, 200)}
+    assert busy_share(before, after, {0, 1}) == pytest.approx(1.1)
+    assert busy_share(before, after, {1}) == pytest.approx(0.1)  # only the CPUs this process may use count
+
+
+def test_busy_cores_samples_twice_over_the_affinity(tmp_path: Path) -> None:
+    from clasp.hardware.load import busy_cores
+
+    stat = _stat(tmp_path / "stat", (0, 0, 0, 0), (0, 0))
+    later = lambda seconds: _stat(stat, (100, 0, 0, 0), (0, 100))  # noqa: E731 - cpu0 busy, cpu1 idle
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count()))
+    assert busy_cores(stat=stat, sleep=later) == pytest.approx(1.0 if 0 in cpus else 0.0, abs=0.2)
+    assert busy_cores(stat=tmp_path / "missing") is None
+
+
+@pytest.mark.parametrize("cores, busy, free", [(2, 0.0, 2), (2, 0.4, 2), (2, 0.6, 1), (2, 1.0, 1), (2, 2.0, 1),
+                                                (8, 3.2, 5), (4, None, 4)])
+def test_a_core_counts_as_taken_when_other_work_uses_half_of_it(cores: int, busy, free: int) -> None:
+    from clasp.hardware.load import free_cores
+
+    assert free_cores(cores, busy) == free
+
+
+def test_threads_leave_the_cores_other_work_keeps_busy(monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    import clasp.hardware.cores as cores
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(cores, "available_cores", lambda: 4)
+    monkeypatch.setattr(cores, "busy_cores", lambda: 1.0)
+    with caplog.at_level("WARNING", logger="clasp"):
+        assert cores.torch_threads() == 3 and cores.torch_threads(processes_on_host=2) == 2
+    assert "other work keeps 1.0 of 4 cores busy: 3 torch threads instead of 4" in caplog.text
+    monkeypatch.setattr(cores, "busy_cores", lambda: 0.2)
+    assert cores.torch_threads() == 4
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    monkeypatch.setattr(cores, "busy_cores", lambda: 3.0)
+    assert cores.torch_threads() == 4  # the user's word wins
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs two CPUs to leave one free")
+def test_a_real_busy_process_is_seen_on_its_core() -> None:
+    from clasp.hardware.load import busy_cores
+
+    cpu = min(os.sched_getaffinity(0))
+    spin = subprocess.Popen([sys.executable, "-c", f"import os\nos.sched_setaffinity(0, {{{cpu}}})\nwhile True: pass"])
+    try:
+        import time
+
+        time.sleep(0.3)  # let it start spinning
+        assert 0.6 <= busy_cores(sample_seconds=0.5) <= 2.0
+    finally:
+        spin.kill()
+        spin.wait()
