@@ -3,7 +3,9 @@
 Both are JSON lines keyed by `step`; on resume, lines after the checkpoint's
 step (logged by a run that died after its last save) are dropped first, so a
 resumed run's log reads as one uninterrupted run's. `truncate_jsonl` is that
-rule; a fine-tuning run's metrics.jsonl follows it too.
+rule; a fine-tuning run's metrics.jsonl follows it too. The first row a
+resumed pre-training writes carries `resumed_after` (RESUMED_AFTER): the last
+step logged before the resume, for the loss charts to mark.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Any, TextIO
 import torch
 
 from clasp.pretraining.layout import METRICS_FILE, ROWS_LOG
+
+RESUMED_AFTER = "resumed_after"
 
 
 def truncate_jsonl(path: Path, after_step: int) -> None:
@@ -32,14 +36,29 @@ def truncate_jsonl(path: Path, after_step: int) -> None:
     path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
+def last_step(path: Path) -> int | None:
+    """The step of the last whole line of a JSON-lines log; None without one."""
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    for line in reversed(lines):
+        try:
+            return int(json.loads(line)["step"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
 class MetricsLog:
     """OUT/metrics.jsonl, written by the main process only (the others hold a log that writes nothing)."""
 
     def __init__(self, out: Path, is_main: bool) -> None:
+        # rows already there: a resumed run appends to the log truncate_jsonl trimmed to its checkpoint
+        self._resumed_after = last_step(out / METRICS_FILE) if is_main else None
         self._file: TextIO | None = open(out / METRICS_FILE, "a", encoding="utf-8") if is_main else None
 
     def write(self, row: dict[str, Any]) -> None:
         if self._file is not None:
+            if self._resumed_after is not None:
+                row, self._resumed_after = {**row, RESUMED_AFTER: self._resumed_after}, None
             self._file.write(json.dumps(row) + "\n")
             self._file.flush()
 
