@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from clasp.hardware import PRECISION_HELP, PRECISIONS
-from clasp.settings import check_value, setting, settings_of
+from clasp.runs.trackers import TrackerSettings, report_to_problem
+from clasp.settings import check_value, same_as, setting, settings_of
 from clasp.settings.layers import merge_layers, read_settings_file
 
 TASKS = ("reid", "attributes", "parsing")
@@ -97,6 +98,8 @@ class FinetuneConfig:
                               resumable=True)
     keep_checkpoints: int = setting(2, "Newest checkpoints to keep.", limits=(1, 1000), resumable=True)
     log_every: int = setting(10, "Steps between lines of metrics.jsonl.", limits=(1, 10_000_000), resumable=True)
+    report_to: str = same_as(TrackerSettings, "report_to")
+    run_name: str = same_as(TrackerSettings, "run_name")
     stop_at: int | None = setting(None, "Stop after this step with a checkpoint (schedule unchanged); --resume "
                                         "continues.", limits=(1, 10_000_000), resumable=True, inherited=False)
     seed: int = setting(0, "Seed of the head, data order and augmentation.", limits=(0, 2**32 - 1))
@@ -123,6 +126,9 @@ class FinetuneConfig:
             self.epochs = None
         self.milestone_fractions()
         self.check_bounds()
+        problem = report_to_problem(self.report_to)  # a missing tracker package: refused before any work
+        if problem:
+            raise FinetuneConfigError(problem)
         return self
 
     def check_bounds(self) -> None:

@@ -9,7 +9,9 @@ on any process to all before its gradient is applied; backward, clipping,
 AdamW. Checkpoints every `save_every` steps, at the end and on SIGTERM/SIGINT;
 `resume` restores weights (BatchNorm statistics included), optimizer, step and
 RNG, so the steps after it reproduce an uninterrupted run. At the end the main
-process evaluates and writes `results.json`.
+process evaluates and writes `results.json`. Each metrics.jsonl row also goes
+to the trackers of `report_to` (`clasp.runs.trackers`), and the final scores as
+`results/NAME` at the last step.
 
 The DataLoader is not passed to `accelerator.prepare`: each process already
 reads only its own batches (Known pitfalls, DESIGN.md). `make_accelerator`
@@ -39,6 +41,7 @@ from clasp.evaluation.errors import EvalInputError
 from clasp.finetune.data import FinetuneInputError, load_data
 from clasp.pretraining.run_logs import truncate_jsonl
 from clasp.runs import FolderLockError, exclusive_run_folder
+from clasp.runs.trackers import Trackers, accelerator_options, start_trackers
 from clasp.evaluation.results_json import write_results
 from clasp.store.durable import write_json_atomic
 
@@ -60,7 +63,8 @@ class FinetuneResult:
     last_loss: float | None
 
 
-def make_accelerator(precision: str):
+def make_accelerator(precision: str, **options):
+    """The Accelerator with `precision` resolved on its device; `options`: more of its arguments (trackers)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState, PartialState
     from accelerate.utils import parse_flag_from_env
@@ -74,7 +78,7 @@ def make_accelerator(precision: str):
         choice = resolve_precision(precision, probe_capability(device))
     except PrecisionError as exc:
         raise FinetuneConfigError(str(exc)) from None
-    return Accelerator(mixed_precision=ACCELERATE_PRECISION[choice.precision]), choice
+    return Accelerator(mixed_precision=ACCELERATE_PRECISION[choice.precision], **options), choice
 
 
 def load_task_backbone(config: FinetuneConfig):
@@ -101,7 +105,7 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
     threads = torch.get_num_threads()
     try:
         config.validate()
-        accelerator, precision = make_accelerator(config.precision)
+        accelerator, precision = make_accelerator(config.precision, **accelerator_options(config.report_to, config.out))
         with exclusive_run_folder(config.out, "clasp finetune", accelerator):
             return _run(config, accelerator, precision)
     except FolderLockError as exc:  # another run holds the folder: write nothing there, not even error.log
@@ -255,17 +259,20 @@ def _run(config: FinetuneConfig, accelerator, precision) -> FinetuneResult:
     hardware = precision.record()
     saved_config = saved_form(config, derived) | {"hardware": hardware}
     start = _prepare_folder(config, accelerator, saved_config, derived, unwrapped, optimizer)
+    trackers = start_trackers(accelerator, f"clasp-finetune-{config.task}", config.run_name, config.out, saved_config,
+                              start if config.resume else None)
     if accelerator.is_main_process:
         log.info(precision.line())
     total = derived["total_steps"]
     end = min(total, config.stop_at) if config.stop_at is not None else total
     lrs = lr_schedule(total, config.lr, config.min_lr, config.warmup, config.schedule,
                       config.milestone_fractions(), config.gamma)
-    loop = _Loop(config, accelerator, model, optimizer, unwrapped, recipe, saved_config, lrs)
+    loop = _Loop(config, accelerator, model, optimizer, unwrapped, recipe, saved_config, lrs, trackers)
     step, stopped_by = loop.train(_loader(config, recipe, plan, accelerator, start, end), start, end, total, plan)
     results = None
     if step == total:
         results = _finish(config, accelerator, recipe, unwrapped, derived, hardware, step)
+        trackers.log_row(step, {"results": results or {}})  # the final scores, beside the last metrics row
     accelerator.end_training()
     return FinetuneResult(Path(config.out), step, total, stopped_by, results, loop.last_loss)
 
@@ -289,9 +296,11 @@ def _finish(config, accelerator, recipe, model, derived, hardware, step) -> dict
 class _Loop:
     """The step loop: schedule, forward/backward, logging, checkpoints, stop flags."""
 
-    def __init__(self, config, accelerator, model, optimizer, unwrapped, recipe, saved_config, lrs) -> None:
+    def __init__(self, config, accelerator, model, optimizer, unwrapped, recipe, saved_config, lrs,
+                 trackers: Trackers) -> None:
         self.config, self.accelerator, self.model, self.optimizer = config, accelerator, model, optimizer
         self.unwrapped, self.recipe, self.saved_config, self.lrs = unwrapped, recipe, saved_config, lrs
+        self.trackers = trackers
         self.last_loss: float | None = None
         self.out = Path(config.out)
 
@@ -341,6 +350,7 @@ class _Loop:
                                "seconds": elapsed}
                         metrics.write(json.dumps(row) + "\n")
                         metrics.flush()
+                        self.trackers.log_row(step, row)
                     if step % config.save_every == 0 or step == end or stop:
                         self.save(step)
                     if stop:

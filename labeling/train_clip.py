@@ -41,6 +41,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -55,6 +56,7 @@ from clasp.labeling.errors import LabelingError
 from clasp.labeling.text_embeddings import projected_features
 from clasp.labeling.tiny_clip import PRESETS, clip_config, train_prompt_tokenizer, vocabulary_prompts
 from clasp.labeling.train_clip_config import TrainClipConfig
+from clasp.labeling.train_clip_log import TrainClipLog
 from clasp.store import Vocabulary
 
 HOLDOUT_EVERY = 20  # pair i is held out when i % 20 == 19
@@ -365,8 +367,9 @@ class TrainedClip:
     report: TrainClipReport
 
 
-def train(config: TrainClipConfig) -> TrainedClip:
-    """Read the corpus, train, and evaluate on the held-out pairs; nothing is written."""
+def train(config: TrainClipConfig, open_log: Callable[[], TrainClipLog] | None = None) -> TrainedClip:
+    """Read the corpus, train, and evaluate on the held-out pairs; nothing is written but the log that
+    `open_log` opens once the inputs are known to be good."""
     start = time.perf_counter()
     config.check()
     pairs = read_caption_pairs(config.corpus)
@@ -379,16 +382,24 @@ def train(config: TrainClipConfig) -> TrainedClip:
     index = torch.arange(len(pairs))
     held = index[index % HOLDOUT_EVERY == HOLDOUT_EVERY - 1]
     pool = index[index % HOLDOUT_EVERY != HOLDOUT_EVERY - 1] if len(held) < len(pairs) else index
-    curve = _optimise(model, images, pool, tokens, lengths, config, tokenizer)
-    heldout = heldout_retrieval(model, images, held, tokens, lengths) if len(held) else {}
+    log = open_log() if open_log is not None else None
+    try:
+        curve = _optimise(model, images, pool, tokens, lengths, config, tokenizer, log)
+        heldout = heldout_retrieval(model, images, held, tokens, lengths) if len(held) else {}
+        if log is not None:
+            log.trackers.log_row(config.steps, {"heldout": heldout})
+    finally:
+        if log is not None:
+            log.close()
     report = TrainClipReport(config.steps, time.perf_counter() - start, len(pool), len(held),
                              curve[0][1] if curve else float("nan"), _tail_mean(curve), heldout, curve)
     return TrainedClip(model.eval(), tokenizer, report)
 
 
 def _optimise(model: CLIPModel, images: CorpusImages, pool: torch.Tensor, tokens: torch.Tensor,
-              lengths: torch.Tensor, config: TrainClipConfig, tokenizer: CLIPTokenizer) -> list[tuple[int, float]]:
-    """The training loop; returns (step, loss) per step."""
+              lengths: torch.Tensor, config: TrainClipConfig, tokenizer: CLIPTokenizer,
+              log: TrainClipLog | None = None) -> list[tuple[int, float]]:
+    """The training loop; returns (step, loss) per step, and writes a metrics row per step to `log`."""
     patch = model.config.vision_config.patch_size
     gen = torch.Generator().manual_seed(config.seed)
     optimizer = make_optimizer(model, config)
@@ -412,7 +423,11 @@ def _optimise(model: CLIPModel, images: CorpusImages, pool: torch.Tensor, tokens
         value = float(loss.detach())
         curve.append((step_no, value))
         seen += step.pairs
-        bar.set_postfix(loss=f"{value:.3f}", pairs_s=f"{seen / (time.perf_counter() - tick):.0f}")
+        pairs_per_s = seen / (time.perf_counter() - tick)
+        bar.set_postfix(loss=f"{value:.3f}", pairs_s=f"{pairs_per_s:.0f}")
+        if log is not None:
+            log.write({"step": step_no + 1, "loss": value, "lr": lr_at(step_no, config),
+                       "logit_scale": float(model.logit_scale.detach().exp()), "pairs_per_s": pairs_per_s})
         if config.checkpoint_every and (step_no + 1) % config.checkpoint_every == 0 and step_no + 1 < config.steps:
             save_clip(model, tokenizer, Path(config.out) / f"step-{step_no + 1:06d}", model.config.vision_config.image_size)
     return curve
@@ -420,7 +435,7 @@ def _optimise(model: CLIPModel, images: CorpusImages, pool: torch.Tensor, tokens
 
 def train_clip(config: TrainClipConfig) -> TrainClipReport:
     """`clasp train-clip`: train, then save the model and `train_report.json` to `config.out`."""
-    trained = train(config)
+    trained = train(config, lambda: TrainClipLog(config))
     save_clip(trained.model, trained.tokenizer, Path(config.out), trained.model.config.vision_config.image_size)
     _write_report(Path(config.out) / REPORT_FILE, config, trained.report)
     return trained.report
@@ -432,6 +447,5 @@ def _tail_mean(curve: list[tuple[int, float]], n: int = 10) -> float:
 
 
 def _write_report(path: Path, config: TrainClipConfig, report: TrainClipReport) -> None:
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items() if k not in ("vocab", "progress")}
-    body = {"config": settings, **asdict(report)}
+    body = {"config": config.record(), **asdict(report)}
     path.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")

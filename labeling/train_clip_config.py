@@ -7,12 +7,14 @@ The command-line options and the README table are derived from `TrainClipConfig`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from clasp.labeling.config import check_settings
-from clasp.settings import setting
+from clasp.labeling.errors import LabelingError
+from clasp.runs.trackers import TrackerSettings, report_to_problem
+from clasp.settings import same_as, setting
 
 TILE_SCALES = ("native", "row")
 
@@ -45,9 +47,20 @@ class TrainClipConfig:
     max_text_tokens: int = setting(48, "Caption tokens kept (longer captions are cut).", limits=(2, 77), flag=False)
     checkpoint_every: int = setting(0, "Also save the model to OUT/step-NNNNNN every this many steps (0: never).",
                                     limits=(0, 10_000_000), flag=False)
+    report_to: str = same_as(TrackerSettings, "report_to")
+    run_name: str = same_as(TrackerSettings, "run_name")
     vocab: Any = None  # a clasp.store.Vocabulary whose prompts the tokenizer must know; None: the default one
     progress: bool = True
 
     def check(self) -> None:
-        """The one check of every declared value (choices, bounds); a LabelingError names the first problem."""
+        """The one check of every declared value (choices, bounds) and that the trackers asked for are
+        installed; a LabelingError names the first problem."""
         check_settings(self)
+        problem = report_to_problem(self.report_to)
+        if problem:
+            raise LabelingError(problem)
+
+    def record(self) -> dict[str, Any]:
+        """The settings as train_report.json and the trackers record them: paths as text, no vocabulary object."""
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()
+                if k not in ("vocab", "progress")}

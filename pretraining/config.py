@@ -27,7 +27,8 @@ from typing import Any
 
 from clasp.hardware import PRECISION_HELP, PRECISIONS
 from clasp.pretraining.layout import RUN_CONFIG
-from clasp.settings import coerce, first_problem, setting, settings_of
+from clasp.runs.trackers import TrackerSettings, report_to_problem
+from clasp.settings import coerce, first_problem, same_as, setting, settings_of
 from clasp.settings.layers import merge_layers, read_settings_file
 from clasp.store.person_size import PERSON_HW
 
@@ -138,6 +139,8 @@ class PretrainConfig:
                                     resumable=True)
     log_every: int = setting(10, "Optimizer steps between lines of OUT/metrics.jsonl.", limits=STEPS,
                              resumable=True)
+    report_to: str = same_as(TrackerSettings, "report_to")
+    run_name: str = same_as(TrackerSettings, "run_name")
     stop_at: int | None = setting(None, "Stop cleanly after this step with a checkpoint (schedule unchanged); "
                                   "--resume continues.", limits=STEPS, resumable=True, inherited=False)
     seed: int = setting(0, "Seed of the model init, data order and augmentation.", limits=(0, 2**32 - 1))
@@ -162,6 +165,9 @@ class PretrainConfig:
         self.check_bounds()
         self.check_model()
         self.check_resources()
+        problem = report_to_problem(self.report_to)  # a missing tracker package: refused before any work
+        if problem:
+            raise ConfigError(problem, "report_to")
         return self
 
     def check_bounds(self) -> None:

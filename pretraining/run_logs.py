@@ -18,6 +18,7 @@ from typing import Any, TextIO
 import torch
 
 from clasp.pretraining.layout import METRICS_FILE, ROWS_LOG
+from clasp.runs.trackers import Trackers
 
 RESUMED_AFTER = "resumed_after"
 
@@ -48,9 +49,11 @@ def last_step(path: Path) -> int | None:
 
 
 class MetricsLog:
-    """OUT/metrics.jsonl, written by the main process only (the others hold a log that writes nothing)."""
+    """OUT/metrics.jsonl, written by the main process only (the others hold a log that writes nothing); each
+    row it writes also goes to the run's experiment trackers (`clasp.runs.trackers`), when it has any."""
 
-    def __init__(self, out: Path, is_main: bool) -> None:
+    def __init__(self, out: Path, is_main: bool, trackers: Trackers | None = None) -> None:
+        self._trackers = trackers or Trackers()
         # rows already there: a resumed run appends to the log truncate_jsonl trimmed to its checkpoint
         self._resumed_after = last_step(out / METRICS_FILE) if is_main else None
         self._file: TextIO | None = open(out / METRICS_FILE, "a", encoding="utf-8") if is_main else None
@@ -61,6 +64,7 @@ class MetricsLog:
                 row, self._resumed_after = {**row, RESUMED_AFTER: self._resumed_after}, None
             self._file.write(json.dumps(row) + "\n")
             self._file.flush()
+            self._trackers.log_row(row["step"], row)
 
     def close(self) -> None:
         if self._file is not None:

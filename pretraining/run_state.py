@@ -28,6 +28,7 @@ from clasp.pretraining.run_folder import RunPlan, plan_run_folder, wipe_run_file
 from clasp.pretraining.run_logs import MetricsLog, RowLog, truncate_jsonl
 from clasp.pretraining.schedules import Schedules
 from clasp.pretraining.step_stats import ThroughputWindow
+from clasp.runs.trackers import accelerator_options, start_trackers
 from clasp.store.durable import write_json_atomic
 
 log = logging.getLogger("clasp")
@@ -118,7 +119,9 @@ def prepare_run(config: PretrainConfig, accelerator, precision) -> RunState:
     rows = RowLog(out, rank, start_step, enabled=config.log_rows)
     writer = CheckpointWriter(out, rank, is_main, config.keep_checkpoints)
     writer.remove_unfinished()
-    metrics = MetricsLog(out, is_main)
+    trackers = start_trackers(accelerator, "clasp-pretrain", config.run_name, out, inputs.saved_config,
+                              start_step if config.resume else None)
+    metrics = MetricsLog(out, is_main, trackers)
     bar = tqdm(total=inputs.derived["total_steps"], initial=start_step, disable=not is_main, unit="step",
                dynamic_ncols=True, desc="pretrain")
     resumed = inputs.folder.resume_from
@@ -227,7 +230,8 @@ def make_accelerator(config: PretrainConfig):
     except PrecisionError as exc:
         raise ConfigError(str(exc)) from None
     accelerator = Accelerator(mixed_precision=ACCELERATE_PRECISION[choice.precision],
-                              gradient_accumulation_steps=config.grad_accum)
+                              gradient_accumulation_steps=config.grad_accum,
+                              **accelerator_options(config.report_to, config.out))
     return accelerator, choice
 
 

@@ -194,7 +194,8 @@ def finish_gradients(run: RunState):
 
 
 def log_step(run: RunState, outcome: StepOutcome) -> None:
-    """One line of metrics.jsonl (main process) and the progress bar's numbers."""
+    """One line of metrics.jsonl (main process; the trackers of `report_to` get it too) and the progress bar's
+    numbers."""
     row = metrics_row(run.step, outcome.stats, run.world, outcome.lr, outcome.wd, outcome.momentum,
                       outcome.grad_norm, run.window.take())
     row.update(epoch=run.stream.epoch, precision=run.precision.precision, device=run.inputs.hardware["device"])

@@ -1,8 +1,10 @@
-"""What every command that writes a folder of its own shares: for now, the one-writer lock.
+"""What every command that writes a folder of its own shares: the one-writer lock, and the experiment trackers.
 
 `clasp label` (a shard folder), `clasp pretrain` and `clasp finetune` (run
 folders) take the same lock, so two commands never write one folder at once.
-This package imports nothing of ours.
+`clasp pretrain`, `clasp finetune` and `clasp train-clip` log their metrics rows
+to the trackers of `--report-to` (`trackers.py`). This package imports nothing
+of ours but `clasp.settings` (where the tracker settings are declared).
 """
 
 from clasp.runs.folder_lock import LEGACY_LOCK_NAMES, LOCK_NAME, FolderLockError, exclusive_folder, exclusive_run_folder

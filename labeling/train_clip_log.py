@@ -1,0 +1,52 @@
+"""The run log of `clasp train-clip`: OUT/metrics.jsonl, a row per step, and the experiment trackers.
+
+A row: `step` (steps done, from 1), `loss`, `lr`, `logit_scale` (CLIP's learnt inverse temperature,
+exp of the parameter) and `pairs_per_s` (pairs shown per second since the first step). The held-out
+retrieval goes to the trackers at the last step as `heldout/NAME` (train_report.json holds it too).
+train-clip has no resume: a run starts metrics.jsonl and OUT/trackers anew. Only `train_clip` opens a
+log; `train` alone writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, TextIO
+
+from clasp.labeling.train_clip_config import TrainClipConfig
+from clasp.runs.trackers import Trackers, accelerator_options, chosen, start_trackers
+
+METRICS_FILE = "metrics.jsonl"  # the name every run folder gives it
+PROJECT = "clasp-train-clip"
+
+
+class TrainClipLog:
+    """metrics.jsonl in `config.out`, each row also logged to the trackers of `config.report_to`."""
+
+    def __init__(self, config: TrainClipConfig) -> None:
+        out = Path(config.out)
+        out.mkdir(parents=True, exist_ok=True)
+        self._file: TextIO | None = open(out / METRICS_FILE, "w", encoding="utf-8")
+        self.trackers = open_trackers(config)
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self._file is not None:
+            self._file.write(json.dumps(row) + "\n")
+            self._file.flush()
+            self.trackers.log_row(row["step"], row)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self.trackers.finish()
+
+
+def open_trackers(config: TrainClipConfig) -> Trackers:
+    """The trackers of a run, through an Accelerator that serves only them (training runs on its own)."""
+    if not chosen(config.report_to):
+        return Trackers()
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True, **accelerator_options(config.report_to, config.out))
+    return start_trackers(accelerator, PROJECT, config.run_name, config.out, {"config": config.record()}, None)
