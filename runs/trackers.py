@@ -29,6 +29,7 @@ change one). `report_to_problem` finds a missing package before any work.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import secrets
 import shutil
@@ -37,6 +38,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from clasp.settings import setting
+
+log = logging.getLogger("clasp")
 
 TRACKERS = ("tensorboard", "wandb", "mlflow")  # each is also the name of its package and of its extra
 REPORT_TO = ("none", *TRACKERS, "all")
@@ -144,6 +147,7 @@ def start_trackers(accelerator: Any, project: str, run_name: str, out: str | Pat
             tracker.store_init_configuration(values)
         if tracker.name == "mlflow":
             (folder / MLFLOW_ID_FILE).write_text(tracker.tracker.info.run_id + "\n", encoding="utf-8")
+    log.info(f"experiment trackers: {', '.join(names)} (run {run_name!r}, files in {folder})")
     return Trackers(accelerator)
 
 
