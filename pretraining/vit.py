@@ -45,9 +45,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from clasp.pretraining.moe import MLP, PCMoE
+from clasp.pretraining.tasks import TASKS
 from clasp.store.person_size import PERSON_HW
 
-TASKS: tuple[str, ...] = ("instance", "part", "attribute")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -204,6 +204,21 @@ def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tor
     return scores.float().softmax(-1).to(v.dtype) @ v
 
 
+def resample_position_embedding(pos_embed: torch.Tensor, grid: tuple[int, int],
+                                size: tuple[int, int]) -> torch.Tensor:
+    """(1, 1 + gh*gw, D) → (1, 1 + h*w, D): the patch part resized bicubically, the CLS position kept.
+
+    No antialiasing (as DINO; timm antialiases): local crops were trained on
+    exactly this resize, and `load_backbone(img_hw=...)` must give what the
+    forward gives at that size.
+    """
+    (gh, gw), (h, w) = grid, size
+    cls_pos, patch_pos = pos_embed[:, :1], pos_embed[:, 1:]
+    patches = patch_pos.reshape(1, gh, gw, -1).permute(0, 3, 1, 2)
+    patches = F.interpolate(patches.float(), size=(h, w), mode="bicubic", align_corners=False).to(patch_pos.dtype)
+    return torch.cat([cls_pos, patches.permute(0, 2, 3, 1).reshape(1, h * w, -1)], dim=1)
+
+
 class Attention(nn.Module):
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
@@ -325,13 +340,9 @@ class PromptedViT(nn.Module):
 
     def position_embedding(self, h: int, w: int) -> torch.Tensor:
         """(1, 1 + h*w, D): the learned embedding, patch part resized bicubically to an h×w grid."""
-        gh, gw = self.config.grid
-        if (h, w) == (gh, gw):
+        if (h, w) == self.config.grid:
             return self.pos_embed
-        cls_pos, patch_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:]
-        grid = patch_pos.reshape(1, gh, gw, -1).permute(0, 3, 1, 2)
-        grid = F.interpolate(grid.float(), size=(h, w), mode="bicubic", align_corners=False).to(patch_pos.dtype)
-        return torch.cat([cls_pos, grid.permute(0, 2, 3, 1).reshape(1, h * w, -1)], dim=1)
+        return resample_position_embedding(self.pos_embed, self.config.grid, (h, w))
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(self.normalize(images))
@@ -426,5 +437,10 @@ class TaskBackbone(nn.Module):
         self.task = task
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Any size whose sides are multiples of the patch: the position embedding is resized to its grid."""
+        patch = self.backbone.config.patch_size
+        if images.shape[-2] % patch or images.shape[-1] % patch:
+            raise ValueError(f"images of {images.shape[-2]}x{images.shape[-1]} pixels: height and width must be "
+                             f"multiples of the patch size {patch}")
         features, _ = self.backbone(images, (self.task,))
         return features[self.task]
