@@ -395,31 +395,36 @@ def pretrain(config_file: Path | None, **settings) -> None:
         click.echo(f"stopped by {result.stopped_by} after step {result.step}; continue with --resume", err=True)
 
 
+def _export_options(func):
+    """One option per setting of `clasp.pretraining.export_config.ExportConfig`."""
+    from clasp.pretraining.export_config import ExportConfig
+    from clasp.settings.click_options import click_options
+
+    return click_options(ExportConfig)(func)
+
+
 @main.command("export")
 @click.argument("run", type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for model.safetensors + config.json.")
-@click.option("--task", type=click.Choice(["instance", "part", "attribute"]), default="instance", show_default=True,
-              help="Task prompt the exported backbone is fixed to.")
-@click.option("--checkpoint", type=click.IntRange(min=0), default=None, show_default="the newest",
-              help="Step of the checkpoint to export.")
-@click.option("--student", is_flag=True, default=False, show_default="off",
-              help="Export the student backbone instead of the EMA teacher.")
-def export_command(run: Path, out: Path, task: str, checkpoint: int | None, student: bool) -> None:
-    """Export the backbone of a pre-training RUN as safetensors + config.json.
+@_export_options
+def export_command(run: Path, **settings) -> None:
+    """Export the backbone of a pre-training RUN as safetensors + config.json + model card, or as ONNX.
 
-    Load it with `clasp.pretraining.load_backbone(OUT)`: images (B, 3, 256, 128),
-    uint8 or float in [0, 1] -> (CLS (B, D), patch features (B, N, D)).
+    Load it with `clasp.pretraining.load_backbone(OUT)` (or a hub id it was uploaded to): images
+    (B, 3, 256, 128), uint8 or float in [0, 1] -> (CLS (B, D), patch features (B, N, D)).
     """
     from clasp.pretraining.export import ExportConfig, ExportError, ExportWriteError, export_backbone
+    from clasp.settings.click_options import given
 
+    config = ExportConfig(run=run, **given(settings))
     try:
-        folder = export_backbone(ExportConfig(run=run, out=out, task=task, checkpoint=checkpoint, student=student))
-    except ExportWriteError as exc:  # disk full: a failed run, not a user mistake
+        folder = export_backbone(config)
+    except ExportWriteError as exc:  # disk full, the ONNX exporter: a failed run, not a user mistake
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     except ExportError as exc:
         raise UserError(str(exc)) from None
-    click.echo(f"exported the {'student' if student else 'teacher'} backbone ({task}) to {folder}")
+    click.echo(f"exported the {'student' if config.student else 'teacher'} backbone ({config.task}) "
+               f"as {config.format} to {folder}")
 
 
 # --------------------------------------------------------------------------- finetune

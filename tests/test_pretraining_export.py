@@ -20,7 +20,8 @@ from clasp.pretraining.config import PretrainConfig
 from clasp.pretraining.export import ExportConfig, ExportError, export_backbone
 from clasp.pretraining.model import ClaspModel, ModelConfig
 from clasp.pretraining.train import run_pretraining
-from tests.conftest import TINY_RUN
+from clasp.store import Vocabulary
+from tests.conftest import TINY_RUN, write_store
 
 TINY = {**TINY_RUN, "local_crops": 1, "num_workers": 0, "save_every": 1, "steps": 2}
 
@@ -162,3 +163,50 @@ def test_export_refuses_a_task_the_run_did_not_train(tmp_path: Path, make_store:
     run_pretraining(PretrainConfig(**{**TINY, "steps": 1, "w_attr": 0.0}, shards=str(store), out=str(tmp_path / "run")))
     with pytest.raises(ExportError, match="no 'attribute' prompt"):
         export_backbone(ExportConfig(run=tmp_path / "run", out=tmp_path / "e", task="attribute"))
+
+
+def front_matter(card: str) -> dict:
+    import yaml
+
+    assert card.startswith("---\n")
+    return yaml.safe_load(card.split("---\n")[1])
+
+
+def test_model_card_tells_data_training_and_scores(run_dir: Path, tmp_path: Path) -> None:
+    results = {"backbone": str(tmp_path / "e"), "data": "/data/world", "kind": "synth", "tasks": ["attributes", "reid"],
+               "task_prompt": "export", "attributes": {"mA": 0.71234, "mA_interval": {"value": 0.71234, "low": 0.69,
+                                                                                       "high": 0.735}},
+               "reid": {"mAP": 0.5, "rank1": None, "rank1_reason": "no query"}}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    runner = CliRunner()
+    done = runner.invoke(main, ["export", str(run_dir), "--out", str(tmp_path / "e"), "--task", "part",
+                                "--eval-results", str(tmp_path / "results.json")])
+    assert done.exit_code == 0, done.output
+    card = (tmp_path / "e" / "README.md").read_text()
+    meta = front_matter(card)
+    assert meta["library_name"] == "clasp" and meta["license"] == "apache-2.0" and "clasp" in meta["tags"]
+    assert meta["pipeline_tag"] == "image-feature-extraction"
+    store = json.loads((run_dir / "config.json").read_text())["config"]["shards"]
+    for line in (f"| store | `{store}` |", "| rows | 9 in 1 shard |", "CLIP `tiny-test-clip`", "| steps | 2 of 2 |",
+                 "| images per step | 4 |", "| width, depth, heads | 32, 2, 2 |", "last 1 block, 3 experts, top-2",
+                 "DINO self-distillation + 1 · per-token part classification + 1 · attribute prediction + "
+                 "0.01 · MoE load balance", "**`part`** (this export's)",
+                 "| attributes mA | 71.23 % (95 % interval 69.00–73.50) |", "| re-ID mAP | 50.00 % |",
+                 "| re-ID rank-1 | n/a |", "on `/data/world` (synth"):
+        assert line in card, line
+    assert "parsing" not in card.split("## Evaluation")[1].split("##")[0]  # only what was evaluated
+    # a store moved away, or rewritten since, is named as such, not described from what is there now
+    Path(store).rename(tmp_path / "moved")
+    export_backbone(ExportConfig(run=run_dir, out=tmp_path / "e2"))
+    card = (tmp_path / "e2" / "README.md").read_text()
+    assert "its manifest was not reachable at export time" in card and "| rows |" not in card
+    assert "No scores were given to this export" in card
+    write_store(Path(store), Vocabulary.default(), [5], grid=(8, 4), hw=(64, 32))
+    export_backbone(ExportConfig(run=run_dir, out=tmp_path / "e2"))
+    assert "the store at that path has changed since training" in (tmp_path / "e2" / "README.md").read_text()
+    for args, says in ((["--eval-results", str(tmp_path / "none.json")], "none.json: eval results not found"),
+                       (["--eval-results", str(run_dir / "config.json")], "not a results file of `clasp eval`"),
+                       (["--eval-results", str(tmp_path / "results.json"), "--format", "onnx"], "not into model.onnx")):
+        refused = runner.invoke(main, ["export", str(run_dir), "--out", str(tmp_path / "e3"), *args])
+        assert refused.exit_code == 2 and says in refused.output and len(refused.output.strip().splitlines()) == 1
+        assert not (tmp_path / "e3").exists()
