@@ -49,7 +49,7 @@ from clasp.pretraining.vit import PromptedViT, TaskBackbone
 ONNX_PACKAGES = ("onnx", "onnxruntime", "onnxscript")  # the `onnx` extra of setup.cfg
 INPUT_NAME, OUTPUT_NAMES = "images", ("cls", "patches")
 EXAMPLE_BATCH = 2  # traced with 2 images; the batch axis is symbolic
-PROTOBUF_LIMIT = 2**31 - 1  # larger weights go to model.onnx.data beside the graph
+PROTOBUF_LIMIT = 2**31 - 1  # weights over half of it go to model.onnx.data beside the graph (protobuf's 2 GB cap)
 
 
 class OnnxExportError(RuntimeError):
@@ -103,7 +103,7 @@ def write_onnx(backbone: TaskBackbone, path: Path, metadata: dict[str, str]) -> 
     """Trace `backbone` and write the graph to `path` (+ `path`.data when over the protobuf limit).
 
     Written in a temporary folder beside it and moved in, the graph last: a
-    failed export leaves no `path` behind.
+    failed export leaves no half-written graph.
     """
     module = ExportedBackbone(backbone)
     large = sum(p.numel() * p.element_size() for p in module.parameters()) > PROTOBUF_LIMIT // 2
