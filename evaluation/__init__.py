@@ -5,5 +5,5 @@
 - `metrics.py`, `label_grid.py`: mA, mIoU, re-ID mAP/rank-1, masks on a label grid;
 - `features.py`, `probes.py`, `run_eval.py`, `backbone.py`: `clasp eval`;
 - `label_quality.py`: `clasp eval-labels`;
-- `reproduce.py`, `plots.py`, `expert_load.py`: `make reproduce`.
+- `reproduce.py`, `reproduce_report.py`, `plots.py`, `report_figures.py`, `expert_load.py`: `make reproduce`.
 """

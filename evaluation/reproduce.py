@@ -41,8 +41,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from clasp.evaluation.market1501 import REQUIRED_PARTS
-from clasp.evaluation.reproduce_report import (Reproduction, ladder_charts, loss_summary, render_report,
-                                               results_summary, run_metrics, truth_method_name, truth_store_name)
+from clasp.evaluation.reproduce_report import (Reproduction, loss_summary, render_report, results_summary,
+                                               run_metrics, truth_method_name, truth_store_name)
 from clasp.hardware import available_cores
 from clasp.store import ShardStore
 from clasp.store.label_choices import DENSE_MODES
@@ -92,6 +92,7 @@ class ReproduceConfig:
     label_batch_size: int = 32
     probe_steps: int = 300
     sheet_images: int = 12
+    plot_format: str = "png"  # of the charts (plots.PLOT_FORMATS); the part-mask sheet stays a PNG
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides) -> "ReproduceConfig":
@@ -109,6 +110,9 @@ class ReproduceConfig:
         return config
 
     def check(self) -> None:
+        from clasp.evaluation.plots import check_plot_format
+
+        check_plot_format(self.plot_format)
         if self.pretrain_world_seed == self.seed:
             raise ValueError(f"the pre-training world's seed ({self.pretrain_world_seed}) must differ from the "
                              f"evaluation world's ({self.seed}): the same seed draws the same identities and cameras")
@@ -369,7 +373,7 @@ def run_reproduce(config: ReproduceConfig, echo=print) -> Path:
     reproduction.results = evaluate_methods(config, stages, world)
     t0 = time.perf_counter()
     reproduction.no_information = no_information_values(method_shards, reproduction.method_store)
-    reproduction.pictures = draw_pictures(out, world, reproduction)
+    reproduction.pictures = draw_pictures(out, world, reproduction, config.plot_format)
     stages.times.add("report", time.perf_counter() - t0)
     reproduction.hardware = json.loads((out / "runs" / "clasp" / "config.json").read_text(encoding="utf-8")).get(
         "hardware", {})
@@ -388,37 +392,32 @@ def run_reproduce(config: ReproduceConfig, echo=print) -> Path:
     return path
 
 
-def draw_pictures(out: Path, world: Path, reproduction: Reproduction) -> dict[str, str]:
-    """Loss curves of every pre-trained method, the ladder charts, the part-mask sheet and the expert load."""
-    from clasp.evaluation.expert_load import expert_load_per_task
-    from clasp.evaluation.plots import grouped_bars, line_chart
-    from clasp.evaluation.truth import SynthTruth
+def draw_pictures(out: Path, world: Path, reproduction: Reproduction, plot_format: str = "png") -> dict[str, str]:
+    """The report's charts (report_figures.py) as `plot_format` files, and the part-mask sheet; name → file."""
+    from clasp.evaluation.plots import save
+    from clasp.evaluation.report_figures import report_figures
 
-    pictures: dict[str, str] = {}
     metrics = {method: run_metrics(out / "runs" / method) for method in reproduction.method_store}
-    for key, title in (("loss", "total loss"), ("dino", "DINO loss"), ("part", "part loss"),
-                       ("attribute", "attribute loss")):
-        series = {}
-        for method in reproduction.method_store:
-            rows = [r for r in metrics[method] if key in r]
-            if rows and any(r[key] != 0 for r in rows):
-                series[method] = ([r["step"] for r in rows], [float(r[key]) for r in rows])
-        if series:
-            pictures[f"loss_{key}"] = line_chart(series, out / f"loss_{key}.png", f"{title} per step").name
-    pictures.update(ladder_charts(reproduction, out))
+    depth = json.loads((out / "exports" / "clasp" / "config.json").read_text(encoding="utf-8"))["architecture"]["depth"]
+    figures = report_figures(reproduction, metrics, export_expert_load(out, world), depth)
+    pictures = {name: save(figure, out / name, plot_format).name for name, figure in figures.items()}
     sheet = out / "sheet" / "contact_sheet.png"
     if sheet.exists():
         target = out / "part_masks.png"
         sheet.replace(target)
         pictures["part_masks"] = target.name
+    return pictures
+
+
+def export_expert_load(out: Path, world: Path) -> dict:
+    """The CLASP export's expert load per task prompt on 64 images of the evaluation world, also written to
+    OUT/eval/expert_load.json; {} without MoE."""
+    from clasp.evaluation.expert_load import expert_load_per_task
+    from clasp.evaluation.truth import SynthTruth
+
     truth = SynthTruth.load(world)
     sample = [truth.images_dir / p for p in truth.paths[:: max(1, len(truth) // 64)][:64]]
     loads = expert_load_per_task(out / "exports" / "clasp", sample)
     if loads:
-        experts = next(iter(loads.values())).shape[1]
-        groups = {task: load.mean(0).tolist() for task, load in loads.items()}
-        pictures["expert_load"] = grouped_bars(groups, out / "expert_load.png",
-                                               "expert load per task prompt (mean over MoE layers)",
-                                               [f"expert {e}" for e in range(experts)]).name
         (out / "eval" / "expert_load.json").write_text(json.dumps({t: v.tolist() for t, v in loads.items()}, indent=2))
-    return pictures
+    return loads

@@ -1,4 +1,4 @@
-"""The report of `make reproduce`: results.md (tables and charts) and the summary keys of results.json.
+"""The report of `make reproduce`: results.md (its pictures: report_figures.py) and the summary keys of results.json.
 
 Everything here reads what the stages left behind (`Reproduction`); nothing runs a model.
 """
@@ -107,43 +107,6 @@ def results_summary(reproduction: Reproduction, losses: dict | None = None) -> d
     }
 
 
-def ladder_charts(reproduction: Reproduction, out: Path) -> dict[str, str]:
-    """Downstream score against the label quality of the store each CLASP run read, baselines as flat lines.
-
-    The truth ladder (noise 0, 0.25, ...) is one line; CLASP on the CLIP's labels is a point on the same axes.
-    Uniform per-cell noise hurts more than a CLIP's coherent errors of the same measured quality, so the line is
-    a lower bound on what labels of a given quality buy, not a conversion table.
-    """
-    from clasp.evaluation.plots import line_chart
-
-    pictures = {}
-    summary = results_summary(reproduction)
-    quality, methods = summary["label_quality"], summary["methods"]
-    for key, label_key, score_key, axis in (("attributes", "attr_ma", "attr_ma", "attribute mA of the labels"),
-                                            ("parsing", "part_miou", "parsing_miou", "part mIoU of the labels")):
-        truth = sorted((100 * quality[s][label_key], 100 * methods[m][score_key]["value"])
-                       for m, s in reproduction.method_store.items() if s.startswith(TRUTH_STORE))
-        points = [x for x, _ in truth]
-        clip = reproduction.method_store.get("clasp")
-        if clip not in quality:  # pre-trained on IMAGES: no truth to score its labels against
-            clip = None
-        if clip is not None:
-            points.append(100 * quality[clip][label_key])
-        if not truth or not points:
-            continue
-        span = [min(points), max(points)]
-        series = {"CLASP, ground truth + noise": ([x for x, _ in truth], [y for _, y in truth])}
-        if clip is not None:
-            series["CLASP, CLIP labels"] = ([100 * quality[clip][label_key]], [100 * methods["clasp"][score_key]["value"]])
-        for baseline in ("dino-only", "random"):
-            if baseline in methods:
-                series[baseline] = (span, [100 * methods[baseline][score_key]["value"]] * 2)
-        name = f"ladder_{key}.png"
-        line_chart(series, out / name, f"{key} downstream (%) vs label quality", x_label=axis + " (%)")
-        pictures[f"ladder_{key}"] = name
-    return pictures
-
-
 def precision_words(config: ReproduceConfig, hardware: dict) -> str:
     """e.g. `precision auto → fp32 (CPU capability AVX2, no native bf16; 2 cores)`."""
     if not hardware:
@@ -247,12 +210,16 @@ def label_quality_lines(stores: dict, default_mode: str) -> list[str]:
     return lines
 
 
-CAPTIONS = {"loss_loss": "Total loss per step", "loss_dino": "DINO loss per step",
+CAPTIONS = {"scores": "Scores per method with their 95 % intervals",
+            "loss_loss": "Total loss per step", "loss_dino": "DINO loss per step",
             "loss_part": "Part loss per step", "loss_attribute": "Attribute loss per step",
             "ladder_attributes": "Attribute mA downstream against the attribute mA of the pre-training labels",
             "ladder_parsing": "Parsing mIoU downstream against the part mIoU of the pre-training labels",
+            "label_quality_parts": "Pseudo-label IoU per part and dense mode",
+            "label_quality_attributes": "Pseudo-label accuracy per attribute group",
             "part_masks": "Pseudo-label part masks (`clasp show`)",
-            "expert_load": "Expert load per task prompt of the CLASP backbone"}
+            "expert_load": "Expert load per task prompt of the CLASP backbone",
+            "expert_load_training": "Expert load per step during pre-training"}
 
 
 def render_report(config: ReproduceConfig, reproduction: Reproduction, losses: dict[str, dict]) -> str:

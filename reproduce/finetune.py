@@ -6,7 +6,8 @@ synthetic world in the Market-1501 layout, attributes in the PA-100K layout,
 both written by `clasp synth --layout` with a seed no pre-training world uses),
 it runs `clasp finetune` twice: the whole network (fine-tuned, lr 1e-3) and the
 head only (`--freeze-backbone`, lr 1e-2: the frozen probe of the same recipe),
-same steps, same data order. Writes OUT/results.md and OUT/results.json (default
+same steps, same data order. Writes OUT/results.md, OUT/results.json and
+OUT/results.png (a bar chart of the table; `--plot-format svg` for SVG) (default
 reproduce/out/finetune) and keeps each run folder under OUT/runs/.
 
 The 12 runs go FT_JOBS at a time (default: one per available core), each with
@@ -128,10 +129,36 @@ def table(results: dict, steps: int, seconds: float, machine: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+SCORES = {"re-ID mAP": ("reid", "map"), "re-ID rank-1": ("reid", "rank1"), "attribute mA": ("attributes", "ma"),
+          "attribute F1": ("attributes", "f1")}
+
+
+def results_figure(results: dict, steps: int):
+    """One panel per score, one group per backbone, a bar per mode (fine-tuned / frozen), in percent."""
+    from clasp.evaluation.plots import bar_panels, is_number
+
+    def score(method: str, task: str, mode: str, key: str) -> float:
+        value = results[method][task][mode].get(key)
+        return 100 * value if is_number(value) else float("nan")
+
+    panels = {label: {title: {mode: score(method, task, mode, key) for mode in MODES}
+                      for method, title in METHODS.items()} for label, (task, key) in SCORES.items()}
+    return bar_panels(panels, f"Fine-tuning on the synthetic world, {steps} steps a run", "score (%)",
+                      size=(11.0, 4.2))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=HERE / "out" / "finetune")
+    parser.add_argument("--plot-format", default="png", help="format of the chart of the results: png or svg")
     args = parser.parse_args()
+    from clasp.evaluation.plots import check_plot_format, save
+
+    try:
+        check_plot_format(args.plot_format)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     exports = Path(os.environ.get("EXPORTS", HERE / "out" / "exports"))
     missing = [m for m in METHODS if not (exports / m / "config.json").is_file()]
     if missing:
@@ -147,7 +174,8 @@ def main() -> int:
     (args.out / "results.json").write_text(json.dumps({"steps": steps, "identities": identities, "jobs": jobs,
                                                        "seconds": seconds, "load_average": load, "results": results},
                                                       indent=2) + "\n", encoding="utf-8")
-    text = table(results, steps, seconds, machine_line(results, jobs, load))
+    chart = save(results_figure(results, steps), args.out / "results", args.plot_format)
+    text = table(results, steps, seconds, machine_line(results, jobs, load)) + f"\n![Scores per backbone]({chart.name})\n"
     (args.out / "results.md").write_text(text, encoding="utf-8")
     print(text)
     return 0

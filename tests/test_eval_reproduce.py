@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from matplotlib.colors import to_hex
+from matplotlib.container import BarContainer, ErrorbarContainer
 
-from clasp.evaluation.plots import PALETTE, grouped_bars, line_chart
+from clasp.evaluation.plots import PALETTE
 from clasp.evaluation.reproduce import LADDER, ReproduceConfig, run_reproduce, waves, write_random_export
 from clasp.evaluation.reproduce_report import Reproduction, loss_summary, render_report, results_summary
 from clasp.evaluation.synth.cameras import make_camera
@@ -81,18 +82,6 @@ def test_random_export_loads_with_the_reference_architecture(tmp_path: Path) -> 
     assert cls.shape == (2, 32) and patches.shape == (2, 128, 32)
 
 
-def test_charts_draw_series_in_their_colours(tmp_path: Path) -> None:
-    path = line_chart({"a": ([1, 2, 3], [3.0, 2.0, 1.0]), "b": ([1, 2, 3], [1.0, float("nan"), 2.0])},
-                      tmp_path / "lines.png", "loss")
-    pixels = np.asarray(Image.open(path).convert("RGB")).reshape(-1, 3)
-    for colour in PALETTE[:2]:
-        assert (pixels == colour).all(1).sum() > 50
-    path = grouped_bars({"instance": [0.5, 0.5], "part": [0.9, 0.1]}, tmp_path / "bars.png", "load", ["e0", "e1"])
-    img = np.asarray(Image.open(path).convert("RGB"))
-    assert img.shape == (360, 640, 3)
-    assert (img.reshape(-1, 3) == PALETTE[0]).all(1).sum() > (img.reshape(-1, 3) == PALETTE[1]).all(1).sum()
-
-
 def _result(value: float) -> dict:
     interval = {"value": value, "low": value - 0.05, "high": value + 0.05}
     return {"attributes": {"mA": value, "mA_interval": interval},
@@ -155,23 +144,102 @@ def test_report_and_summary_state_scores_intervals_losses_label_quality_and_prec
     assert set(summary["methods"]) == set(METHODS) and summary["losses"] is losses
 
 
-def test_ladder_charts_place_each_store_at_its_label_quality(tmp_path: Path) -> None:
-    from clasp.evaluation.reproduce_report import ladder_charts
+def bar_heights(ax) -> list[list[float]]:
+    """Heights of each bar series drawn on `ax` (one list per bar name, in legend order)."""
+    return [[bar.get_height() for bar in c] for c in ax.containers if isinstance(c, BarContainer)]
+
+
+def error_ends(ax) -> list[tuple[float, float]]:
+    """(low, high) of every error bar drawn on `ax`."""
+    segments = [s for c in ax.containers if isinstance(c, ErrorbarContainer) for s in c.lines[2][0].get_segments()]
+    return [(float(s[0][1]), float(s[1][1])) for s in segments]
+
+
+def test_scores_chart_has_a_bar_per_method_and_its_interval_as_error_bar(tmp_path: Path) -> None:
+    from clasp.evaluation.report_figures import SCORES, scores_figure
 
     reproduction = _reproduction(tmp_path)
-    pictures = ladder_charts(reproduction, tmp_path)
-    assert set(pictures) == {"ladder_attributes", "ladder_parsing"}
-    img = np.asarray(Image.open(tmp_path / pictures["ladder_parsing"]).convert("RGB")).reshape(-1, 3)
-    for colour in PALETTE[:4]:  # truth ladder, the CLIP's point, DINO only, random weights
-        assert (img == colour).all(1).sum() > 5
+    fig = scores_figure(reproduction)
+    panels = {ax.get_title(): ax for ax in fig.axes}
+    assert set(panels) == set(SCORES.values())
+    for label, key, score in (("attribute mA", "attributes", "mA"), ("parsing mIoU (16x8)", "parsing", "mIoU_grid"),
+                              ("re-ID mAP", "reid", "mAP")):
+        blocks = [r[key] for r in reproduction.results.values()]
+        assert bar_heights(panels[label]) == [[pytest.approx(100 * b[score])] for b in blocks]
+        assert error_ends(panels[label]) == [(pytest.approx(100 * b[f"{score}_interval"]["low"]),
+                                              pytest.approx(100 * b[f"{score}_interval"]["high"])) for b in blocks]
+    assert bar_heights(panels["re-ID rank-1"]) == [[]] * len(METHODS)  # rank-1 is NaN: no bar, never a zero
+    chance = [line.get_ydata()[0] for line in panels["re-ID rank-1"].get_lines()]
+    assert chance == [pytest.approx(100 * reproduction.results["clasp"]["reid"]["chance_rank1"])]
+    colours = [to_hex(c[0].get_facecolor()) for c in panels["re-ID mAP"].containers if isinstance(c, BarContainer)]
+    assert colours == list(PALETTE[:len(METHODS)])
+
+
+def test_ladder_places_each_store_at_its_label_quality_with_intervals(tmp_path: Path) -> None:
+    from clasp.evaluation.report_figures import ladder_figure
+
+    reproduction = _reproduction(tmp_path)
+    ax = ladder_figure(reproduction, "parsing").axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    truth, clip = reproduction.results["clasp-truth"]["parsing"], reproduction.results["clasp"]["parsing"]
+    assert list(lines["CLASP, ground truth + noise"].get_xydata()[0]) == pytest.approx(
+        [100 * reproduction.stores["truth"]["parts"]["mIoU"], 100 * truth["mIoU_grid"]])
+    assert list(lines["CLASP, CLIP labels"].get_xydata()[0]) == pytest.approx(
+        [100 * reproduction.stores["maskclip"]["parts"]["mIoU"], 100 * clip["mIoU_grid"]])
+    assert error_ends(ax) == [(pytest.approx(100 * b["mIoU_grid_interval"]["low"]),
+                               pytest.approx(100 * b["mIoU_grid_interval"]["high"])) for b in (truth, clip)]
+    for baseline in ("dino-only", "random"):  # flat lines at their score, their interval as a band
+        score = reproduction.results[baseline]["parsing"]["mIoU_grid"]
+        assert list(lines[baseline].get_ydata()) == pytest.approx([100 * score] * 2)
+    assert ax.get_yscale() == "linear"
+
+
+def test_label_quality_charts_show_each_part_per_store_and_each_group_beside_chance(tmp_path: Path) -> None:
+    from clasp.evaluation.report_figures import label_quality_figures
+
+    reproduction = _reproduction(tmp_path)
+    figures = label_quality_figures(reproduction.stores, "maskclip")
+    parts = figures["label_quality_parts"].axes[0]
+    stores = ("maskclip", "naclip")  # the ground-truth control is left out
+    assert [t.get_text() for t in parts.get_xticklabels()] == list(QUALITY["maskclip"]["parts"]["iou"])
+    assert bar_heights(parts) == [[pytest.approx(100 * v) for v in QUALITY[s]["parts"]["iou"].values()]
+                                  for s in stores]
+    assert [t.get_text() for t in figures["label_quality_parts"].legends[0].get_texts()] == [
+        "maskclip (default)", "naclip"]
+    attributes = figures["label_quality_attributes"].axes[0]
+    quality = QUALITY["maskclip"]["attributes"]
+    assert bar_heights(attributes) == [[pytest.approx(100 * v) for v in quality["accuracy"].values()],
+                                       [pytest.approx(100 * v) for v in quality["chance"].values()]]
+
+
+def test_report_figures_draw_expert_load_as_heat_maps_equal_to_the_loads(tmp_path: Path) -> None:
+    from clasp.evaluation.report_figures import report_figures
+
+    reproduction = _reproduction(tmp_path)
+    rng = np.random.default_rng(0)
+    loads = {task: rng.dirichlet(np.ones(3), size=2) for task in ("instance", "part", "attribute")}
+    steps = [{"step": s, "loss": 1.0, "expert_load": rng.dirichlet(np.ones(3), size=2).tolist()} for s in (10, 20, 30)]
+    figures = report_figures(reproduction, {"clasp": steps, "clasp-truth": []}, loads, depth=6)
+    assert {"scores", "loss_loss", "ladder_attributes", "ladder_parsing", "label_quality_parts",
+            "label_quality_attributes", "expert_load", "expert_load_training"} <= set(figures)
+    maps = figures["expert_load"].axes[:len(loads)]
+    assert [ax.get_title() for ax in maps] == list(loads)
+    for ax, load in zip(maps, loads.values()):
+        np.testing.assert_allclose(ax.images[0].get_array(), load)
+    assert [t.get_text() for t in maps[0].get_yticklabels()] == ["block 5", "block 6"]  # the last 2 of 6 blocks
+    training = np.asarray([r["expert_load"] for r in steps])  # steps × layers × experts
+    for k, ax in enumerate(figures["expert_load_training"].axes[:2]):
+        np.testing.assert_allclose(ax.images[0].get_array(), training[:, k, :].T)
+        assert ax.get_xlim() == (5, 35)  # a cell per logged step (10, 20, 30), centred on it
 
 
 def check_reproduction(report: Path, config: ReproduceConfig, modes: tuple[str, ...]) -> dict:
     text = report.read_text()
     assert "| DINO only" in text and "| random weights" in text and "What the CLIP saw" in text
     assert "| CLASP on ground-truth labels (control: upper bound)" in text and "no information" in text
-    for name in ("loss_loss.png", "part_masks.png", "expert_load.png", "ladder_attributes.png"):
-        assert (report.parent / name).exists()
+    charts = ("scores", "loss_loss", "expert_load", "expert_load_training", "ladder_attributes", "label_quality_parts")
+    for name in (*(f"{chart}.{config.plot_format}" for chart in charts), "part_masks.png"):
+        assert (report.parent / name).exists() and f"]({name})" in text, name
     saved = json.loads((report.parent / "results.json").read_text())
     truth = {"truth", *(f"truth-noise{n:g}" for n in config.ladder)}
     assert set(saved["methods"]) == set(config.methods()) and set(saved["label_quality"]) == {*modes, *truth}
@@ -207,7 +275,7 @@ def test_reproduce_end_to_end_in_miniature(tmp_path: Path) -> None:
     config = ReproduceConfig(out=tmp_path / "out", identities=8, images_per_id=4, cameras=2, corpus_pairs=60,
                              clip_steps=1, dense_modes=("naive",), steps=1, batch_size=4, local_crops=0,
                              probe_steps=10, sheet_images=2, pretrain_settings=small_model, ladder=(0.5,),
-                             parallel_runs=2)
+                             parallel_runs=2, plot_format="svg")
     from clasp.labeling.labeler import ClipLabelerConfig
 
     default = ClipLabelerConfig().dense_mode
