@@ -16,6 +16,7 @@ from clasp.pretraining.checkpoint import find_checkpoint
 from clasp.pretraining.config import PretrainConfig, describe_differences, incompatible_differences, load_saved
 from clasp.pretraining.layout import CHECKPOINTS_DIR, ERROR_LOG, METRICS_FILE, ROWS_LOG, RUN_CONFIG
 from clasp.runs import LOCK_NAME
+from clasp.runs.trackers import TRACKERS_DIR
 
 
 class RunFolderError(Exception):
@@ -23,7 +24,7 @@ class RunFolderError(Exception):
 
 
 def _is_run_file(name: str) -> bool:
-    return (name in (RUN_CONFIG, METRICS_FILE, CHECKPOINTS_DIR, ERROR_LOG)
+    return (name in (RUN_CONFIG, METRICS_FILE, CHECKPOINTS_DIR, ERROR_LOG, TRACKERS_DIR)
             or (name.startswith("rows-rank") and name.endswith(".jsonl")))
 
 
