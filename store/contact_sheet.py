@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from clasp.store.attributes import TopValue, top_values
+from clasp.store.cache_config import CacheConfig
 from clasp.store.errors import StoreError
 from clasp.store.manifest import ShardEntry
 from clasp.store.reader import ShardStore
@@ -40,7 +41,7 @@ FAINT_INK = (110, 110, 110)
 
 @dataclass
 class ContactSheetConfig:
-    root: Path
+    root: Path | str  # a shard folder or its URL
     out: Path
     n: int = 16  # images on the sheet (fewer if the store or shard holds fewer)
     seed: int = 0  # seeds the sample of rows
@@ -50,6 +51,7 @@ class ContactSheetConfig:
     attribute_lines: int = 4  # attribute groups listed per image, most confident first
     alpha: float = 0.55  # opacity of the part colours over the greyscale image
     on_bad_row: str = "stop"  # stop | skip: a sampled row that fails a check (see store/rowcheck.py)
+    cache: CacheConfig = field(default_factory=CacheConfig)  # where a URL store's shards are fetched to
 
 
 @dataclass
@@ -117,7 +119,7 @@ def make_contact_sheet(config: ContactSheetConfig) -> ContactSheet:
     """Sample `config.n` rows with a seeded RNG, draw the sheet, write `contact_sheet.png` in `config.out`."""
     if config.n < 1:
         raise ValueError("n must be at least 1")
-    store = ShardStore.open(config.root)
+    store = ShardStore.open(config.root, cache=config.cache)
     entries = _pick_shards(store, config.shard)
     offsets = np.cumsum([0] + [e.rows for e in entries])
     total = int(offsets[-1])
@@ -147,7 +149,7 @@ def make_contact_sheet(config: ContactSheetConfig) -> ContactSheet:
     sheet = Image.new("RGB", layout.size, BACKGROUND)
     draw = ImageDraw.Draw(sheet)
     colours = part_colours(vocab.num_parts)
-    title = (f"{store.root} - {len(samples)} of {total:,} images"
+    title = (f"{store.location} - {len(samples)} of {total:,} images"
              + (f" in {entries[0].file}" if config.shard is not None else "") + f", seed {config.seed}")
     title = _fit(title, layout.font_title, layout.size[0] - 2 * layout.margin, from_left=True)
     draw.text((layout.margin, layout.margin), title, fill=INK, font=layout.font_title)

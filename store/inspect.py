@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from clasp.store.attributes import group_argmax
+from clasp.store.cache_config import CacheConfig
 from clasp.store.manifest import SkippedInput
 from clasp.store.percent import percent
 from clasp.store.reader import ShardStore
@@ -29,9 +30,10 @@ LABEL_FIELDS = ("part_mask", "part_conf", "attr_logits")
 
 @dataclass
 class InspectConfig:
-    root: Path
+    root: Path | str  # a shard folder or its URL
     examples_per_reason: int = 3  # example paths shown for each skip reason
     on_bad_row: str = "stop"  # stop | skip: a row whose labels fail a check (see store/rowcheck.py)
+    cache: CacheConfig = field(default_factory=CacheConfig)  # where a URL store's shards are fetched to
 
 
 @dataclass
@@ -93,7 +95,7 @@ class StoreSummary:
 
 def inspect_store(config: InspectConfig) -> StoreSummary:
     """Summarise the shard folder at `config.root` (raises `StoreError` for a bad one)."""
-    store = ShardStore.open(config.root)
+    store = ShardStore.open(config.root, cache=config.cache)
     manifest = store.manifest
     vocab = manifest.vocab
     part_cells = np.zeros(vocab.num_parts, np.int64)

@@ -3,7 +3,8 @@
 h5py handles neither survive a fork nor pickle, so `ShardStore` holds only paths
 and the manifest; each DataLoader worker opens the files it reads itself, with
 `locking=False` (NFS and Lustre refuse HDF5 file locks) and a chunk cache sized
-to the chunks it reads.
+to the chunks it reads. A store at a URL is read through its folder in the local
+cache (`store/remote.py`): the same checks, on local files.
 """
 
 from __future__ import annotations
@@ -13,17 +14,24 @@ import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
 
+from clasp.store.cache import Hold
+from clasp.store.cache_config import CacheConfig
 from clasp.store.digest import file_sha256
 from clasp.store.errors import StoreError
+from clasp.store.fetch import RemoteStoreError, is_url, join_url
 from clasp.store.manifest import Manifest, ShardEntry
 from clasp.store.rowcheck import BadDataError, rows_label
 from clasp.store.schema import (
     CHUNK_ROWS, FIELD_NAMES, FIELDS, FORMAT_VERSION, MANIFEST_NAME, SHARD_FORMAT, LabelRows, row_shape,
 )
+
+if TYPE_CHECKING:
+    from clasp.store.remote import RemoteShards
 
 # Enough for one chunk of every dataset of a default shard, several times over.
 DEFAULT_CHUNK_CACHE_BYTES = 64 << 20
@@ -31,55 +39,108 @@ DEFAULT_CHUNK_CACHE_BYTES = 64 << 20
 
 @dataclass
 class ShardStore:
-    """A shard folder whose manifest parsed and whose listed shards exist."""
+    """A shard folder whose manifest parsed and whose listed shards exist.
+
+    `root` may also be a URL (`store/remote.py`): `root` is then the URL's
+    folder in the local cache, its shards fetched when first held, and messages
+    name the URL (`location`, `name_of`).
+    """
 
     root: Path
     manifest: Manifest
+    remote: RemoteShards | None = None
 
     @classmethod
-    def open(cls, root: str | Path, verify: bool = False) -> "ShardStore":
-        """Load the manifest and check the shards it lists exist (and hash, if `verify`)."""
-        root = Path(root)
-        manifest = Manifest.load(root)
-        store = cls(root, manifest)
-        for entry in manifest.shards:
-            path = store.path_of(entry)
-            problem = shard_path_problem(path)
-            if problem:
-                raise StoreError(path, problem)
-            size = path.stat().st_size
-            if size != entry.bytes:
-                raise StoreError(path, f"shard has {size} bytes, the manifest says {entry.bytes} (truncated or replaced?)")
-            if verify:
-                digest = file_sha256(path)
-                if digest != entry.sha256:
-                    raise StoreError(path, f"sha256 mismatch: file {digest[:12]}…, manifest {entry.sha256[:12]}…")
+    def locate(cls, root: str | Path, cache: CacheConfig | None = None) -> "ShardStore":
+        """The store at `root` (a folder or a URL) with its manifest checked; its shards not looked at yet."""
+        if is_url(root):
+            from clasp.store.remote import RemoteShards  # it builds on this module
+
+            remote, manifest = RemoteShards.open(str(root), cache or CacheConfig())
+            return cls(remote.folder, manifest, remote)
+        return cls(Path(root), Manifest.load(root))
+
+    @classmethod
+    def open(cls, root: str | Path, verify: bool = False, cache: CacheConfig | None = None) -> "ShardStore":
+        """Load the manifest and check the shards it lists exist (and hash, if `verify`).
+
+        A URL store's shards are fetched (and so checked) only with `verify`;
+        otherwise when each is first held.
+        """
+        store = cls.locate(root, cache)
+        if store.remote is not None and not verify:
+            return store
+        for entry in store.shards:
+            with store.hold(entry) as path:
+                problem = shard_path_problem(path)
+                if problem is None:
+                    size = path.stat().st_size
+                    if size != entry.bytes:
+                        problem = f"shard has {size} bytes, the manifest says {entry.bytes} (truncated or replaced?)"
+                if problem is None and verify:
+                    digest = file_sha256(path)
+                    if digest != entry.sha256:
+                        problem = f"sha256 mismatch: file {digest[:12]}…, manifest {entry.sha256[:12]}…"
+                if problem:
+                    raise store.error(entry, problem)
         return store
 
     def path_of(self, entry: ShardEntry) -> Path:
         return self.root / entry.file
 
     @property
+    def location(self) -> str:
+        """The store as the user named it: its URL, or its folder."""
+        return self.remote.url if self.remote is not None else str(self.root)
+
+    def name_of(self, entry: ShardEntry) -> Path | str:
+        """A shard as messages name it: its URL, or its path."""
+        return self.remote.name_of(entry) if self.remote is not None else self.path_of(entry)
+
+    def error(self, entry: ShardEntry, problem: str) -> StoreError:
+        """A StoreError about one shard, naming it as `name_of` does."""
+        if self.remote is not None:
+            return RemoteStoreError(self.name_of(entry), problem)
+        return StoreError(self.path_of(entry), problem)
+
+    def manifest_error(self, problem: str) -> StoreError:
+        """A StoreError about the manifest, naming it by URL or path."""
+        if self.remote is not None:
+            return RemoteStoreError(join_url(self.remote.url, MANIFEST_NAME), problem)
+        return StoreError(self.root / MANIFEST_NAME, problem)
+
+    def hold(self, entry: ShardEntry) -> Hold:
+        """The shard's local file, kept until released; a URL store's is fetched first when not cached."""
+        return self.remote.hold(entry) if self.remote is not None else Hold(self.path_of(entry))
+
+    @property
     def shards(self) -> list[ShardEntry]:
         return self.manifest.shards
 
     def open_shard(self, entry: ShardEntry, chunk_cache_bytes: int = DEFAULT_CHUNK_CACHE_BYTES,
-                   check_bytes: bool = False) -> "ShardFile":
+                   check_bytes: bool = False, hold: Hold | None = None) -> "ShardFile":
         """Open a listed shard; refuse a link out of the folder, and with `check_bytes` a size or sha256 mismatch.
 
         `check_bytes` reads the whole file once to hash it: readers that use the
         images (which HDF5 stores uncompressed and unchecked) ask for it, so
         that bytes flipped inside a stored JPEG are caught before training on it.
+        The shard stays held (`hold`, or one taken here) until the file is closed.
         """
-        path = self.path_of(entry)
-        problem = shard_path_problem(path)
-        if problem:
-            raise StoreError(path, problem)
-        if check_bytes:
-            problem = shard_bytes_problem(path, entry)
+        hold = hold or self.hold(entry)
+        try:
+            problem = shard_path_problem(hold.path)
+            if problem is None and check_bytes:
+                problem = shard_bytes_problem(hold.path, entry)
             if problem:
-                raise StoreError(path, problem)
-        return ShardFile(path, self.manifest, expected_rows=entry.rows, chunk_cache_bytes=chunk_cache_bytes)
+                raise self.error(entry, problem)
+            try:
+                return ShardFile(hold.path, self.manifest, expected_rows=entry.rows,
+                                 chunk_cache_bytes=chunk_cache_bytes, hold=hold)
+            except StoreError as exc:
+                raise self.error(entry, exc.problem) from None
+        except BaseException:
+            hold.release()
+            raise
 
     def manifest_changed(self) -> str | None:
         """Why the manifest on disk is no longer the one this store was opened with, or None."""
@@ -142,9 +203,10 @@ class ShardFile:
     """One open shard, checked against the manifest on open. Use as a context manager."""
 
     def __init__(self, path: str | Path, manifest: Manifest, expected_rows: int | None = None,
-                 chunk_cache_bytes: int = DEFAULT_CHUNK_CACHE_BYTES) -> None:
+                 chunk_cache_bytes: int = DEFAULT_CHUNK_CACHE_BYTES, hold: Hold | None = None) -> None:
         self.path = Path(path)
         self.manifest = manifest
+        self._hold = hold  # released with the file
         try:
             self._file = h5py.File(self.path, "r", locking=False, rdcc_nbytes=chunk_cache_bytes)
         except FileNotFoundError:
@@ -248,6 +310,8 @@ class ShardFile:
 
     def close(self) -> None:
         self._file.close()
+        if self._hold is not None:
+            self._hold.release()
 
     def __enter__(self) -> "ShardFile":
         return self

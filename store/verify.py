@@ -6,30 +6,32 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clasp.store.cache_config import CacheConfig
 from clasp.store.digest import file_sha256
 from clasp.store.errors import NotAStoreError, StoreError
+from clasp.store.fetch import is_url
 from clasp.store.manifest import Manifest, ShardEntry
-from clasp.store.reader import ShardFile, shard_path_problem
+from clasp.store.reader import ShardFile, ShardStore, shard_path_problem
 from clasp.store.rowcheck import BadDataError, image_problem, label_problems
 from clasp.store.schema import MANIFEST_NAME, SHARD_SUFFIX, TMP_SUFFIX
 
 
 @dataclass
 class ShardProblem:
-    path: Path
+    path: Path | str  # a URL store's shards are named by URL
     problem: str
 
 
 @dataclass
 class ShardTiming:
-    path: Path
+    path: Path | str
     rows: int
     seconds: float
 
 
 @dataclass
 class VerifyReport:
-    root: Path
+    root: Path | str
     shards_checked: int = 0
     rows: int = 0
     problems: list[ShardProblem] = field(default_factory=list)
@@ -44,7 +46,7 @@ class VerifyReport:
         return not self.problems
 
 
-def verify_store(root: str | Path, deep: bool = False) -> VerifyReport:
+def verify_store(root: str | Path, deep: bool = False, cache: CacheConfig | None = None) -> VerifyReport:
     """Check schema, sha256, byte size and row count of every listed shard.
 
     With `deep`, also decode every row of every good shard: every compressed
@@ -55,38 +57,49 @@ def verify_store(root: str | Path, deep: bool = False) -> VerifyReport:
     A path that is not a shard folder at all (missing, not a folder, no
     manifest) raises `NotAStoreError`. A manifest that exists but cannot be
     accepted is reported as one problem; each bad shard gets one. Nothing is
-    modified.
+    modified. A URL store is checked shard by shard in its local cache (a shard
+    whose served bytes do not match is a problem naming its URL); a fetch that
+    still fails after its retries raises `FetchError`.
     """
-    root = Path(root)
-    report = VerifyReport(root)
+    report = VerifyReport(root if is_url(root) else Path(root))
     try:
-        manifest = Manifest.load(root)
+        store = ShardStore.locate(root, cache)
     except NotAStoreError:
         raise
     except StoreError as exc:
         report.problems.append(ShardProblem(exc.path, exc.problem))
         report.manifest_ok = False
         return report
-    listed = {entry.file for entry in manifest.shards}
-    report.unlisted = sorted(
-        p for p in root.iterdir()
-        if p.name not in listed and p.name != MANIFEST_NAME
-        and (p.name.endswith(SHARD_SUFFIX) or p.name.endswith(SHARD_SUFFIX + TMP_SUFFIX))
-    )
-    for entry in manifest.shards:
+    if store.remote is None:
+        report.unlisted = unlisted_files(store)
+    for entry in store.shards:
         report.shards_checked += 1
-        path = root / entry.file
         started = time.perf_counter()
-        problem = shard_problem(path, entry, manifest)
-        if problem is None and deep:
-            problem = _check_rows(path, entry, manifest)
+        try:
+            with store.hold(entry) as path:
+                problem = shard_problem(path, entry, store.manifest)
+                if problem is None and deep:
+                    problem = _check_rows(path, entry, store.manifest)
+        except StoreError as exc:  # a URL store's shard that was not served as listed
+            problem = exc.problem
+        name = store.name_of(entry)
         if deep:
-            report.timings.append(ShardTiming(path, entry.rows, time.perf_counter() - started))
+            report.timings.append(ShardTiming(name, entry.rows, time.perf_counter() - started))
         if problem:
-            report.problems.append(ShardProblem(path, problem))
+            report.problems.append(ShardProblem(name, problem))
         else:
             report.rows += entry.rows
     return report
+
+
+def unlisted_files(store: ShardStore) -> list[Path]:
+    """Shard-like files in a local store's folder that its manifest does not list."""
+    listed = {entry.file for entry in store.shards}
+    return sorted(
+        p for p in store.root.iterdir()
+        if p.name not in listed and p.name != MANIFEST_NAME
+        and (p.name.endswith(SHARD_SUFFIX) or p.name.endswith(SHARD_SUFFIX + TMP_SUFFIX))
+    )
 
 
 def file_problem(path: Path, entry: ShardEntry) -> str | None:
