@@ -6,6 +6,7 @@ Heavy imports (torch, transformers, h5py) happen inside the commands so that
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -124,24 +125,72 @@ def _log_to_stderr() -> None:
 # --------------------------------------------------------------------------- store
 
 
+def _store_location(ctx, param, value: str) -> Path | str:
+    from clasp.store.fetch import is_url
+
+    return value if is_url(value) else Path(value)
+
+
+def _cache_size(ctx, param, value: str | None) -> str | None:
+    from clasp.store.cache_config import parse_size
+
+    if value is not None:
+        try:
+            parse_size(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def _store_argument(func):
+    """SHARDS (a folder or a URL) and the cache options of a URL store, declared in `CacheConfig`."""
+    from clasp.settings.click_options import click_options
+    from clasp.store.cache_config import CacheConfig
+
+    func = click_options(CacheConfig, extra={"cache_size": {"callback": _cache_size}})(func)
+    return click.argument("shards", metavar="SHARDS", callback=_store_location)(func)
+
+
+def _cache_config(settings: dict):
+    from clasp.settings.click_options import given
+    from clasp.store.cache_config import CacheConfig
+
+    return CacheConfig(**given(settings))
+
+
+@contextlib.contextmanager
+def _fetch_failures():
+    """A URL store that stopped answering (after the retries): one line naming the URL, exit 1."""
+    from clasp.store.fetch import FetchError
+
+    try:
+        yield
+    except FetchError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
 @main.command()
-@click.argument("shards", type=click.Path(path_type=Path))
+@_store_argument
 @click.option("--deep", is_flag=True, default=False, show_default=True,
               help="Also decode every row: every compressed chunk, every image, every label value "
                    "(part_mask in the vocabulary, part_conf in [0, 1], finite attr_logits); prints each shard's time.")
-def verify(shards: Path, deep: bool) -> None:
-    """Check every shard of SHARDS against its manifest (schema, sha256, rows).
+def verify(shards: Path | str, deep: bool, **cache) -> None:
+    """Check every shard of SHARDS (a folder or a URL) against its manifest (schema, sha256, rows).
 
     \b
     Exit 0: every listed shard is good.
     Exit 1: one line per bad shard (or a manifest that cannot be accepted);
-            with --deep, `BAD <shard>: row N: <problem>` naming its first bad rows.
-    Exit 2: SHARDS is missing, not a folder, or has no manifest.json.
+            with --deep, `BAD <shard>: row N: <problem>` naming its first bad rows;
+            or one `error:` line for a URL that stopped answering.
+    Exit 2: SHARDS is missing, not a folder, or has no manifest.json (a URL: no
+            backend installed for it, or no manifest there).
     """
     from clasp.store import NotAStoreError, verify_store
 
     try:
-        report = verify_store(shards, deep=deep)
+        with _fetch_failures():
+            report = verify_store(shards, deep=deep, cache=_cache_config(cache))
     except NotAStoreError as exc:
         raise UserError(str(exc)) from None
     for t in report.timings:
@@ -281,14 +330,14 @@ def tiny_clip(out_dir: Path, seed: int, vocab: Path | None) -> None:
 
 
 @main.command("inspect")
-@click.argument("shards", type=click.Path(path_type=Path))
+@_store_argument
 @click.option("--json", "as_json", is_flag=True, default=False, show_default=True,
               help="Print the summary as JSON (machine-readable) instead of text.")
 @click.option("--examples", default=3, show_default=True, type=click.IntRange(min=0),
               help="Example paths listed for each skip reason.")
 @click.option("--on-bad-row", type=click.Choice(["stop", "skip"]), default="stop", show_default=True,
               help=ON_BAD_ROW_HELP)
-def inspect_command(shards: Path, as_json: bool, examples: int, on_bad_row: str) -> None:
+def inspect_command(shards: Path | str, as_json: bool, examples: int, on_bad_row: str, **cache) -> None:
     """Summarise the shard folder SHARDS: images, shards, bytes, CLIP settings, vocabulary,
     share of label cells per part, top attribute value per group, skipped inputs by reason.
 
@@ -301,14 +350,16 @@ def inspect_command(shards: Path, as_json: bool, examples: int, on_bad_row: str)
     from clasp.store.inspect import InspectConfig, inspect_store, render_summary
 
     try:
-        summary = inspect_store(InspectConfig(shards, examples_per_reason=examples, on_bad_row=on_bad_row))
+        with _fetch_failures():
+            summary = inspect_store(InspectConfig(shards, examples_per_reason=examples, on_bad_row=on_bad_row,
+                                                  cache=_cache_config(cache)))
     except StoreError as exc:
         raise UserError(str(exc)) from None
     click.echo(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False) if as_json else render_summary(summary))
 
 
 @main.command("show")
-@click.argument("shards", type=click.Path(path_type=Path))
+@_store_argument
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Folder to write contact_sheet.png into (created if missing).")
 @click.option("-n", "n", default=16, show_default=True, type=click.IntRange(min=1), help="Number of images on the sheet.")
@@ -323,8 +374,8 @@ def inspect_command(shards: Path, as_json: bool, examples: int, on_bad_row: str)
               help="Display height of each image in pixels.")
 @click.option("--on-bad-row", type=click.Choice(["stop", "skip"]), default="stop", show_default=True,
               help=ON_BAD_ROW_HELP + " A skipped image keeps its tile, greyed out.")
-def show(shards: Path, out: Path, n: int, seed: int, shard: str | None, columns: int | None,
-         attribute_lines: int, image_height: int, on_bad_row: str) -> None:
+def show(shards: Path | str, out: Path, n: int, seed: int, shard: str | None, columns: int | None,
+         attribute_lines: int, image_height: int, on_bad_row: str, **cache) -> None:
     """Draw a PNG contact sheet of N sampled images of SHARDS with their part masks and top attributes.
 
     Each image is shown plain and, beside it, greyed with its part mask in colour
@@ -339,9 +390,11 @@ def show(shards: Path, out: Path, n: int, seed: int, shard: str | None, columns:
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: --out exists and is not a folder")
     config = ContactSheetConfig(shards, out, n=n, seed=seed, shard=shard, columns=columns,
-                                image_height=image_height, attribute_lines=attribute_lines, on_bad_row=on_bad_row)
+                                image_height=image_height, attribute_lines=attribute_lines, on_bad_row=on_bad_row,
+                                cache=_cache_config(cache))
     try:
-        sheet = make_contact_sheet(config)
+        with _fetch_failures():
+            sheet = make_contact_sheet(config)
     except StoreError as exc:
         raise UserError(str(exc)) from None
     for note in sheet.notes:
@@ -385,7 +438,8 @@ def pretrain(config_file: Path | None, **settings) -> None:
             write_error_log(settings["out"], str(exc))
         raise UserError(str(exc)) from None
     try:
-        result = run_pretraining(config)
+        with _fetch_failures():
+            result = run_pretraining(config)
     except PretrainInputError as exc:
         raise UserError(str(exc)) from None
     except RunFailedError as exc:  # disk full, out of memory, a bad row, a NaN loss: error.log is written
@@ -467,7 +521,8 @@ def _run_finetune(task: str, config_file: Path | None, resume: bool, force: bool
         sys.exit(1)
     if result.results is not None:
         shown = {k: v for k, v in result.results.items() if isinstance(v, float) and k in
-                 ("map", "rank1", "rank5", "rank10", "map_rerank", "ma", "accuracy", "precision", "recall", "f1", "miou")}
+                 ("map", "rank1", "rank5", "rank10", "map_rerank", "ma", "accuracy", "precision", "recall", "f1", "miou",
+                  "ap", "ap50", "ap75", "ar")}
         click.echo("  ".join(f"{k} {100 * v:.2f}" for k, v in shown.items()))
         click.echo(f"results written to {result.out / 'results.json'}")
         _fail_if_unscored(unscored_main_metric(task, result.results))
@@ -485,7 +540,7 @@ def _fail_if_unscored(message: str | None) -> None:
 
 @main.group()
 def finetune() -> None:
-    """Fine-tune an exported backbone on re-ID, attributes or parsing (also under `accelerate launch`)."""
+    """Fine-tune an exported backbone on re-ID, attributes, parsing or pose (also under `accelerate launch`)."""
 
 
 @finetune.command("reid")
@@ -509,6 +564,13 @@ def finetune_parsing(config_file, resume, force, **settings) -> None:
     _run_finetune("parsing", config_file, resume, force, settings)
 
 
+@finetune.command("pose")
+@_finetune_options("pose")
+def finetune_pose(config_file, resume, force, **settings) -> None:
+    """Top-down pose (256x192 crops, heat-map head, flip test; OKS AP by COCOeval) on COCO person keypoints."""
+    _run_finetune("pose", config_file, resume, force, settings)
+
+
 # --------------------------------------------------------------------------- evaluation
 
 
@@ -521,7 +583,7 @@ def finetune_parsing(config_file, resume, force, **settings) -> None:
 @click.option("--cameras", type=click.IntRange(min=1), default=4, show_default=True,
               help="Cameras, each with its own background, lighting and colour cast.")
 @click.option("--seed", type=int, default=0, show_default=True, help="The world; the same seed gives the same files.")
-@click.option("--layout", type=click.Choice(["market1501", "msmt17", "pa100k", "peta", "lip", "cihp"]), default=None,
+@click.option("--layout", type=click.Choice(["market1501", "msmt17", "pa100k", "peta", "lip", "cihp", "coco"]), default=None,
               show_default="clasp's own (images/ + truth/)", help="Write the world in this benchmark's folder format.")
 def synth(out: Path, identities: int, images_per_id: int, cameras: int, seed: int, layout: str | None) -> None:
     """Draw a synthetic person world with ground truth: OUT/images/ (for `clasp label`) and OUT/truth/."""

@@ -30,6 +30,7 @@ from clasp.pretraining.layout import RUN_CONFIG
 from clasp.runs.trackers import TrackerSettings, report_to_problem
 from clasp.settings import coerce, first_problem, same_as, setting, settings_of
 from clasp.settings.layers import merge_layers, read_settings_file
+from clasp.store.cache_config import CacheConfig
 from clasp.store.person_size import PERSON_HW
 
 log = logging.getLogger("clasp")
@@ -67,8 +68,9 @@ class PretrainConfig:
     memory are also checked against this machine in `check_resources`)."""
 
     # --- data and run folder
-    shards: str = setting("", "Shard folder written by `clasp label`.", shown="required, here or in --config",
-                          metavar="DIR", resumable=True)
+    shards: str = setting("", "Shard folder written by `clasp label`, or its URL (s3://, gs://, az://, https://, "
+                          "file://, memory://: shards are fetched into --cache-dir as the run needs them).",
+                          shown="required, here or in --config", metavar="DIR|URL", resumable=True)
     out: str = setting("", "Run folder: config.json, metrics.jsonl, checkpoints/. Without it a single process "
                        "starts a new folder named from the store and the time, and prints it.",
                        shown="runs/SHARDS-YYYYmmdd-HHMMSS", metavar="DIR", resumable=True, inherited=False)
@@ -132,6 +134,8 @@ class PretrainConfig:
                                   flag=False)
     on_bad_row: str = setting("stop", ON_BAD_ROW_HELP + " May change on --resume.", choices=("stop", "skip"),
                               resumable=True)
+    cache_dir: str = same_as(CacheConfig, "cache_dir")
+    cache_size: str = same_as(CacheConfig, "cache_size")
     # --- checkpoints, logging, stopping
     save_every: int = setting(1000, "Optimizer steps between checkpoints (there is always one at the end).",
                               limits=STEPS, resumable=True)
@@ -163,6 +167,7 @@ class PretrainConfig:
         if self.steps is not None:
             self.epochs = None  # resolved: the length is `steps`
         self.check_bounds()
+        self.cache()
         self.check_model()
         self.check_resources()
         problem = report_to_problem(self.report_to)  # a missing tracker package: refused before any work
@@ -176,6 +181,15 @@ class PretrainConfig:
         if found is not None:
             info, problem = found
             raise ConfigError(problem, info.name)
+
+    def cache(self) -> CacheConfig:
+        """Where a URL store's shards are fetched to; ConfigError when `cache_size` is not a size."""
+        cache = CacheConfig(self.cache_dir, self.cache_size)
+        try:
+            cache.limit
+        except ValueError as exc:
+            raise ConfigError(str(exc), "cache_size") from None
+        return cache
 
     def vit_config(self):
         """The backbone these settings describe; `ViTConfig` refuses one that cannot exist."""

@@ -274,7 +274,7 @@ def open_stream(config: PretrainConfig, rank: int, world_size: int):
     from clasp.store import StoreError
 
     try:
-        store = validate_store(config.shards, on_bad_row=config.on_bad_row)
+        store = validate_store(config.shards, on_bad_row=config.on_bad_row, cache=config.cache())
     except StoreError as exc:
         raise PretrainInputError(str(exc)) from None
     stream_config = StreamConfig(Path(config.shards), batch_size=config.batch_size,

@@ -47,6 +47,14 @@ Checks, in the worker (the store is data to judge, not to trust):
 
 Both errors are one line (`str(exc)`), also after the DataLoader re-raises
 them in the training process.
+
+A store at a URL (`store/remote.py`) is fetched on demand, shard by shard, by
+the worker that is about to open it: the parent checks the manifest only, and
+each worker holds the one shard it reads in the local cache (safe from
+eviction) until it closes it, so a cache of one shard per worker and rank on a
+host is enough. The stream reads the local copy, so everything above holds
+unchanged. A fetch that still fails after its retries raises
+`StoreUnreachableError` (a BadRowError naming the shard's URL).
 """
 
 from __future__ import annotations
@@ -73,6 +81,8 @@ from clasp.pretraining.epoch_plan import (
     Segment, WorkerPlan, augment_seed, epoch_segments, plan_rank, plan_worker,
 )
 from clasp.store import ShardFile, ShardStore, StoreError
+from clasp.store.cache_config import CacheConfig
+from clasp.store.fetch import FetchError, is_url
 from clasp.store.reader import shard_bytes_problem, shard_path_problem
 from clasp.store.rowcheck import BadDataError, check_policy, label_problems
 from clasp.store.schema import CHUNK_ROWS, MANIFEST_NAME
@@ -100,6 +110,13 @@ class BadRowError(ValueError):
         return self.line
 
 
+class StoreUnreachableError(BadRowError):
+    """A URL store's shard could not be fetched (after the retries): one line naming its URL.
+
+    A BadRowError, so that the run stops the same way: exit 1, checkpoints kept.
+    """
+
+
 class StoreChangedError(BadRowError):
     """The store changed under the run: another manifest, or a shard of another size or gone.
 
@@ -124,7 +141,7 @@ class StreamConfig:
     batch instead of fewer batches.
     """
 
-    shards: Path  # shard folder (manifest.json + shard-*.h5)
+    shards: Path | str  # shard folder (manifest.json + shard-*.h5), or its URL
     batch_size: int = 64  # per process
     shuffle_buffer: int = 2048  # rows per worker
     seed: int = 0
@@ -132,9 +149,10 @@ class StreamConfig:
     chunk_cache_bytes: int | None = None
     crops: MultiCropConfig = field(default_factory=MultiCropConfig)
     on_bad_row: str = "stop"  # stop | skip: a row that fails a check (see the module docstring)
+    cache: CacheConfig = field(default_factory=CacheConfig)  # where a URL store's shards are fetched to
 
     def __post_init__(self) -> None:
-        self.shards = Path(self.shards)
+        self.shards = self.shards if is_url(self.shards) else Path(self.shards)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.shuffle_buffer < 1:
@@ -156,7 +174,7 @@ class RawRow:
     problem: str | None = None  # "<field>: <problem>" when a check failed
 
 
-def validate_store(root: str | Path, on_bad_row: str = "stop") -> ShardStore:
+def validate_store(root: str | Path, on_bad_row: str = "stop", cache: CacheConfig | None = None) -> ShardStore:
     """Open every shard once in the parent and check it against the manifest.
 
     Catches, before the first training step, a missing or empty folder, a
@@ -164,10 +182,16 @@ def validate_store(root: str | Path, on_bad_row: str = "stop") -> ShardStore:
     vocabulary, an unknown version, a label grid or row count that differs from
     the manifest, and (with `on_bad_row="stop"`) a first image that does not
     decode. Raises StoreError naming the file; closes every file it opened.
+
+    A URL store is checked here as far as its manifest goes (and the cache must
+    hold its largest shard): its shards are fetched on demand by the workers,
+    which check each one when they open it, as they do for a local store.
     """
-    store = ShardStore.open(root)
+    store = ShardStore.open(root, cache=cache)
     if not store.shards or store.manifest.total_rows == 0:
-        raise StoreError(Path(root) / "manifest.json", "the store lists no rows (no finished shard)")
+        raise store.manifest_error("the store lists no rows (no finished shard)")
+    if store.remote is not None:
+        return store
     for entry in store.shards:
         with store.open_shard(entry) as shard:
             if shard.rows == 0 or on_bad_row == "skip":
@@ -199,26 +223,38 @@ def decode_image(data: bytes) -> Image.Image:
 
 
 def open_checked(store: ShardStore, index: int, chunk_cache_bytes: int) -> ShardFile:
-    """Open shard `index` after checking that the store did not change and the file is intact."""
+    """Open shard `index` after checking that the store did not change and the file is intact.
+
+    A URL store's shard is fetched first when the cache lacks it, and held until the file closes.
+    """
     entry = store.shards[index]
-    path = store.path_of(entry)
     changed = store.manifest_changed()
     if changed:
         raise StoreChangedError(f"{store.root / MANIFEST_NAME}: {changed}; start the run again on the new store")
-    problem = shard_path_problem(path)
-    if problem is None:
-        size = path.stat().st_size
-        if size != entry.bytes:
-            problem = f"shard has {size} bytes, the run started with {entry.bytes}"
-    if problem:
-        raise StoreChangedError(f"{path}: {problem} (the store changed under this run)")
-    problem = shard_bytes_problem(path, entry)
-    if problem:
-        raise BadRowError(f"{path}: {problem}")
     try:
-        return store.open_shard(entry, chunk_cache_bytes=chunk_cache_bytes)
+        hold = store.hold(entry)
+    except FetchError as exc:
+        raise StoreUnreachableError(str(exc)) from None
     except StoreError as exc:
         raise BadRowError(str(exc)) from None
+    try:
+        problem = shard_path_problem(hold.path)
+        if problem is None:
+            size = hold.path.stat().st_size
+            if size != entry.bytes:
+                problem = f"shard has {size} bytes, the run started with {entry.bytes}"
+        if problem:
+            raise StoreChangedError(f"{hold.path}: {problem} (the store changed under this run)")
+        problem = shard_bytes_problem(hold.path, entry)
+        if problem:
+            raise BadRowError(f"{hold.path}: {problem}")
+        return store.open_shard(entry, chunk_cache_bytes=chunk_cache_bytes, hold=hold)
+    except StoreError as exc:
+        hold.release()
+        raise BadRowError(str(exc)) from None
+    except BaseException:
+        hold.release()
+        raise
 
 
 def read_rows(store: ShardStore, segments: list[Segment], needed: np.ndarray, row_offsets: list[int],
@@ -322,7 +358,7 @@ class ShardStream(IterableDataset):
         self.config = config
         self.rank = rank
         self.world_size = world_size
-        self.store = store if store is not None else ShardStore.open(config.shards)
+        self.store = store if store is not None else ShardStore.open(config.shards, cache=config.cache)
         self.shard_rows = [e.rows for e in self.store.shards]
         self.row_offsets = [0, *np.cumsum(self.shard_rows).tolist()][:-1] if self.shard_rows else []
         self.total_rows = int(sum(self.shard_rows))
