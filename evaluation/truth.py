@@ -1,4 +1,9 @@
-"""Reading the ground truth `clasp synth` writes (format in `clasp.evaluation.synth.writer`)."""
+"""Reading the ground truth `clasp synth` writes (format in `clasp.evaluation.synth.writer`).
+
+Keypoints are optional: a world written before they existed has none
+(`keypoints` is None) and every other field loads as before; a world whose
+lines carry them has them on every line, each 17 x [x, y, v] with v in 0, 1, 2.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import h5py
 import numpy as np
 
 from clasp.evaluation.errors import EvalInputError
+from clasp.evaluation.keypoint_names import NUM_KEYPOINTS
 from clasp.evaluation.synth.writer import TRUTH_FORMAT, TRUTH_VERSION
 from clasp.store import Vocabulary
 
@@ -27,6 +33,7 @@ class SynthTruth:
     camera: np.ndarray  # (N,) int64
     attributes: list[dict[str, str]]
     part_names: list[str]
+    keypoints: np.ndarray | None = None  # (N, 17, 3) float64 x, y, visibility; None: an older world
 
     @property
     def images_dir(self) -> Path:
@@ -94,7 +101,7 @@ class SynthTruth:
             if not need.is_file():
                 raise EvalInputError(f"{root}: no synthetic ground truth ({need.relative_to(root)} missing; "
                                      "`clasp synth` writes it)")
-        paths, identity, camera, attributes = [], [], [], []
+        paths, identity, camera, attributes, keypoints = [], [], [], [], []
         with open(annotations, encoding="utf-8") as fh:
             for line_no, line in enumerate(fh, 1):
                 if not line.strip():
@@ -105,6 +112,7 @@ class SynthTruth:
                     identity.append(int(row["identity"]))
                     camera.append(int(row["camera"]))
                     attributes.append(dict(row["attributes"]))
+                    keypoints.append(_keypoints(row.get("keypoints")))
                 except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                     raise EvalInputError(f"{annotations}:{line_no}: malformed annotation ({exc})") from None
         try:
@@ -119,7 +127,28 @@ class SynthTruth:
             raise EvalInputError(f"{parts}: cannot read ({exc})") from None
         if mask_paths != paths:
             raise EvalInputError(f"{parts}: image paths differ from {annotations.name} (files from different runs?)")
-        return cls(root, paths, np.array(identity, np.int64), np.array(camera, np.int64), attributes, part_names)
+        return cls(root, paths, np.array(identity, np.int64), np.array(camera, np.int64), attributes, part_names,
+                   _stacked_keypoints(keypoints, annotations, paths))
+
+
+def _keypoints(value) -> np.ndarray | None:
+    if value is None:
+        return None
+    array = np.asarray(value, np.float64)
+    if array.shape != (NUM_KEYPOINTS, 3) or not np.isfinite(array).all() or not np.isin(array[:, 2], (0, 1, 2)).all():
+        raise ValueError(f"keypoints must be {NUM_KEYPOINTS} finite [x, y, v] with v in 0, 1, 2")
+    return array
+
+
+def _stacked_keypoints(rows: list[np.ndarray | None], annotations: Path, paths: list[str]) -> np.ndarray | None:
+    """(N, 17, 3), or None for a world without keypoints; a world with them on some lines only is refused."""
+    given = sum(row is not None for row in rows)
+    if given == 0:
+        return None
+    if given < len(rows):
+        first = next(p for p, row in zip(paths, rows) if row is None)
+        raise EvalInputError(f"{annotations}: image {first} has no keypoints, while {given} other images have them")
+    return np.stack(rows)
 
 
 def truth_path_of(shard_path: str) -> str:

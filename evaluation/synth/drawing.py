@@ -23,6 +23,7 @@ from clasp.evaluation.synth.identities import COLOURS, Identity
 from clasp.store.person_size import PERSON_HW
 
 FIGURE_UNITS = 7.4  # head top to soles
+HEAD_CENTRE_Y = 0.5  # head units below the top of the head
 
 # Materials, in the order of this table; PART_OF gives each one's part name.
 MATERIALS = (
@@ -94,18 +95,41 @@ def sample_pose(rng: np.random.Generator, camera: Camera) -> Pose:
     )
 
 
+def to_pixels(identity: Identity, pose: Pose, points) -> list[tuple[float, float]]:
+    """Head-unit points of this person in this pose as pixel (x, y): the one mapping shapes and keypoints share."""
+    unit = identity.height / FIGURE_UNITS * pose.scale
+    top = pose.bottom - FIGURE_UNITS * unit
+    return [(pose.centre_x + x * unit, top + y * unit) for x, y in points]
+
+
+def leg_joints(identity: Identity, pose: Pose) -> list[tuple[tuple[float, float], tuple[float, float]]]:
+    """(hip, ankle) in head units of the image-left leg, then the image-right one."""
+    return [((side * 0.36 * identity.hip / 0.8, 3.7), (side * (0.3 + pose.stride), 7.05)) for side in (-1, 1)]
+
+
+def arm_joints(identity: Identity, pose: Pose) -> list[tuple[tuple[float, float], ...]]:
+    """(shoulder, elbow, wrist) in head units of the image-left arm, then the image-right one."""
+    arms = []
+    for k, side in enumerate((-1, 1)):
+        shoulder = (side * (identity.shoulder - 0.14), 1.42)
+        angle = pose.arm_out[k]
+        elbow = (shoulder[0] + side * 1.45 * np.sin(angle), shoulder[1] + 1.45 * np.cos(angle))
+        angle2 = angle - pose.elbow[k]
+        wrist = (elbow[0] + side * 1.35 * np.sin(angle2), elbow[1] + 1.35 * np.cos(angle2))
+        arms.append((shoulder, elbow, wrist))
+    return arms
+
+
 class _Canvas:
     """A material map with shapes placed in head units."""
 
     def __init__(self, identity: Identity, pose: Pose) -> None:
         self.image = Image.new("L", (PERSON_HW[1], PERSON_HW[0]), M["background"])
         self.draw = ImageDraw.Draw(self.image)
-        self.unit = identity.height / FIGURE_UNITS * pose.scale
-        self.cx = pose.centre_x
-        self.top = pose.bottom - FIGURE_UNITS * self.unit
+        self.identity, self.pose = identity, pose
 
     def xy(self, points) -> list[tuple[float, float]]:
-        return [(self.cx + x * self.unit, self.top + y * self.unit) for x, y in points]
+        return to_pixels(self.identity, self.pose, points)
 
     def polygon(self, points, material: str) -> None:
         self.draw.polygon(self.xy(points), fill=M[material])
@@ -147,11 +171,8 @@ def draw_materials(identity: Identity, pose: Pose) -> np.ndarray:
         c.rect(-sh - 0.12, 1.45, sh + 0.12, 3.1, "backpack")
 
     # Legs, then what covers them.
-    legs = []
-    for side in (-1, 1):
-        hip_joint = (side * 0.36 * hip / 0.8, 3.7)
-        ankle = (side * (0.3 + pose.stride), 7.05)
-        legs.append((hip_joint, ankle))
+    legs = leg_joints(identity, pose)
+    for hip_joint, ankle in legs:
         c.limb(hip_joint, ankle, 0.56, 0.36, "leg skin")
     kind = a["lower-body type"]
     if kind == "trousers":
@@ -187,12 +208,7 @@ def draw_materials(identity: Identity, pose: Pose) -> np.ndarray:
 
     # Arms, in front of the torso.
     long_sleeves = a["sleeve length"] == "long"
-    for k, side in enumerate((-1, 1)):
-        shoulder = (side * (sh - 0.14), 1.42)
-        angle = pose.arm_out[k]
-        elbow = (shoulder[0] + side * 1.45 * np.sin(angle), shoulder[1] + 1.45 * np.cos(angle))
-        angle2 = angle - pose.elbow[k]
-        wrist = (elbow[0] + side * 1.35 * np.sin(angle2), elbow[1] + 1.35 * np.cos(angle2))
+    for side, (shoulder, elbow, wrist) in zip((-1, 1), arm_joints(identity, pose)):
         c.limb(shoulder, elbow, 0.36, 0.3, "arm skin")
         c.limb(elbow, wrist, 0.3, 0.24, "arm skin")
         c.ellipse(elbow[0], elbow[1], 0.15, 0.15, "arm skin")
@@ -213,7 +229,7 @@ def draw_materials(identity: Identity, pose: Pose) -> np.ndarray:
 
     # Head.
     hx = pose.head_dx
-    c.ellipse(hx, 0.5, 0.38, 0.5, "hair" if back else "face")
+    c.ellipse(hx, HEAD_CENTRE_Y, 0.38, 0.5, "hair" if back else "face")
     c.upper_half_ellipse(hx, 0.46, 0.42, 0.5, "hair")
     if identity.has("glasses") and not back:
         c.rect(hx - 0.31, 0.44, hx + 0.31, 0.58, "glasses")

@@ -7,10 +7,34 @@ Layout (all paths in the ground truth are relative to `images/`, exactly the
 OUT/
   images/c{cam}/{pid:04d}_c{cam}_{n:03d}.jpg   256x128 RGB JPEG (quality 92)
   truth/world.json          settings, vocabulary names, cameras, identities
-  truth/annotations.jsonl   one line per image: path, identity, camera, view, occluded, attributes
+  truth/annotations.jsonl   one line per image: path, identity, camera, view, occluded, attributes,
+                            keypoints (17 x [x, y, v], COCO's order and visibility, rules below;
+                            worlds written before keypoints existed have none and still load)
   truth/parts.h5            `path` (N,) utf-8 and `part_mask` (N, 256, 128) uint8, same row order
                             as annotations.jsonl; part index in the vocabulary's part order
 ```
+
+Keypoints are pixel (x, y) with pixel centres at integers, taken from the
+drawing's own joints (`clasp.evaluation.synth.keypoints`):
+
+| keypoints | where (head units; x = 0 is the body's centre line, head centre at (head_dx, 0.5)) | part |
+| --- | --- | --- |
+| nose | head centre + (0, 0.2) | head |
+| eyes | head centre +- (0.15, 0.06) | head |
+| ears | head centre +- (0.33, 0.08) | head |
+| shoulders, elbows, wrists | the arm's joints (the limbs' end points) | arms |
+| hips | the legs' top joints | lower body |
+| knees | half way from hip to ankle (the legs are straight) | lower body |
+| ankles | the legs' bottom joints | feet |
+
+Left and right are the person's: in a front view the left side is the image's
+right, in a back view its left. Visibility, COCO's: 0 when the point's pixel is
+outside the image (then x = y = 0, as COCO writes unlabeled points); 1 when it
+is inside but not seen: the nose and eyes of a back view (the head is in front
+of them), or a pixel whose ground-truth part is not the keypoint's part
+(something in front of it: an occluder, a bag, a strap, the other limb); 2
+otherwise. So a point marked 2 lies on its own part of the truth mask, by
+construction.
 
 Image `n` of identity `pid` is seen by camera `(pid + n) % cameras`, so every
 identity with at least two images appears in at least two cameras. Every image
@@ -32,6 +56,7 @@ from PIL import Image
 from clasp.evaluation.synth.cameras import make_camera
 from clasp.evaluation.synth.drawing import part_table, render, sample_pose
 from clasp.evaluation.synth.identities import check_vocabulary, sample_identity
+from clasp.evaluation.synth.keypoints import keypoint_truth
 from clasp.store import Vocabulary
 from clasp.store.person_size import PERSON_HW
 
@@ -111,6 +136,7 @@ def synthesize(config: SynthConfig, progress=None) -> SynthSummary:
                     "path": rel, "identity": identity.pid, "camera": camera.index,
                     "view": "back" if pose.back_view else "front", "occluded": pose.occluder is not None,
                     "attributes": identity.attributes,
+                    "keypoints": keypoint_truth(identity, pose, mask, vocab.part_names).tolist(),
                 })
                 if len(buffer) == MASK_CHUNK_ROWS:
                     masks[written:written + len(buffer)] = np.stack(buffer)
