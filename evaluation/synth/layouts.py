@@ -20,6 +20,13 @@ like the real ones:
 - `lip` / `cihp`: images and PNG label maps in LIP's 20 classes (background 0,
   head -> face 13, upper body -> upper-clothes 5, arms -> left-arm 14, lower
   body -> pants 9, feet -> left-shoe 18), 255 (ignore) on class boundaries.
+- `coco`: `annotations/person_keypoints_{train,val}2017.json` and
+  `{train,val}2017/NNNNNNNNNNNN.jpg` as COCO has them (identities split
+  50/50; image and annotation id = row + 1). Each person is pasted at a seeded
+  offset on a 320x256 canvas whose surround is its camera's background scene
+  stretched, so a box is a part of its image; `bbox` is the tight box of the
+  person's truth mask, `area` its pixel count (occluded pixels excluded, as
+  COCO's segment areas), keypoints shifted with the person (v = 0 stays 0, 0, 0).
 """
 
 from __future__ import annotations
@@ -31,11 +38,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from clasp.evaluation.coco_keypoints import coco_file, keypoints_document
+from clasp.evaluation.keypoint_names import PERSON_CATEGORY
 from clasp.evaluation.metrics import binary_attribute_names, binary_attributes
-from clasp.evaluation.synth.writer import SynthConfig, synthesize
+from clasp.evaluation.synth.cameras import make_camera
+from clasp.evaluation.synth.writer import JPEG_QUALITY, SynthConfig, synthesize
 from clasp.store import Vocabulary
 
-LAYOUTS = ("market1501", "msmt17", "pa100k", "peta", "lip", "cihp")
+LAYOUTS = ("market1501", "msmt17", "pa100k", "peta", "lip", "cihp", "coco")
+COCO_CANVAS_HW = (320, 256)
 PART_TO_LIP = {"background": 0, "head": 13, "upper body": 5, "arms": 14, "lower body": 9, "feet": 18}
 
 
@@ -231,4 +242,56 @@ def _cihp(truth, out: Path, identities: int) -> None:
                           for s, d in (("train", "Training"), ("val", "Validation"))})
 
 
-WRITERS = {"market1501": _market1501, "msmt17": _msmt17, "pa100k": _pa100k, "peta": _peta, "lip": _lip, "cihp": _cihp}
+def _coco(truth, out: Path, identities: int) -> None:
+
+    if truth.keypoints is None:
+        raise ValueError(f"{truth.root}: the world has no keypoints")
+    seed = json.loads((truth.root / "truth" / "world.json").read_text(encoding="utf-8"))["seed"]
+    scenes = {int(c): _scene(make_camera(seed, int(c))) for c in np.unique(truth.camera)}
+    masks = truth.read_masks()
+    for split, mask in zip(("train", "val"), _split_ids(truth.identity, (0.5, 0.5))):
+        images, annotations = [], []
+        (out / f"{split}2017").mkdir(parents=True, exist_ok=True)
+        for row in np.flatnonzero(mask):
+            offset = np.random.default_rng([seed, 5, int(row)]).integers(
+                0, np.subtract(COCO_CANVAS_HW, masks[row].shape) + 1)
+            name = f"{row + 1:012d}.jpg"
+            _paste(truth, row, scenes[int(truth.camera[row])], offset).save(out / f"{split}2017" / name, "JPEG",
+                                                                              quality=JPEG_QUALITY)
+            images.append({"id": int(row) + 1, "file_name": name, "height": COCO_CANVAS_HW[0],
+                           "width": COCO_CANVAS_HW[1]})
+            annotations.append(_person(int(row) + 1, masks[row], truth.keypoints[row], offset))
+        path = coco_file(out, split)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(keypoints_document(images, annotations)), encoding="utf-8")
+
+
+def _scene(camera) -> Image.Image:
+    """The camera's background scene stretched to the canvas: the surround of every person it saw."""
+    rgb = np.ascontiguousarray(camera.background).view(np.uint8).reshape(*camera.background.shape, 4)[:, :, :3]
+    return Image.fromarray(rgb).resize((COCO_CANVAS_HW[1], COCO_CANVAS_HW[0]), Image.BILINEAR)
+
+
+def _paste(truth, row: int, scene: Image.Image, offset: np.ndarray) -> Image.Image:
+    canvas = scene.copy()
+    with Image.open(truth.images_dir / truth.paths[row]) as person:
+        canvas.paste(person.convert("RGB"), (int(offset[1]), int(offset[0])))
+    return canvas
+
+
+def _person(ann_id: int, mask: np.ndarray, keypoints: np.ndarray, offset: np.ndarray) -> dict:
+    """One COCO person annotation: tight box and pixel area of the truth mask, keypoints moved by `offset` (y, x)."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    dy, dx = int(offset[0]), int(offset[1])
+    box = [int(cols[0]) + dx, int(rows[0]) + dy, int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)]
+    labeled = keypoints[:, 2] > 0
+    moved = keypoints.copy()
+    moved[labeled, 0] += dx
+    moved[labeled, 1] += dy
+    flat = [round(float(v), 2) if k % 3 < 2 else int(v) for k, v in enumerate(moved.reshape(-1))]
+    return {"id": ann_id, "image_id": ann_id, "category_id": PERSON_CATEGORY, "iscrowd": 0, "bbox": box,
+            "area": int((mask > 0).sum()), "keypoints": flat, "num_keypoints": int(labeled.sum())}
+
+
+WRITERS = {"market1501": _market1501, "msmt17": _msmt17, "pa100k": _pa100k, "peta": _peta, "lip": _lip, "cihp": _cihp,
+           "coco": _coco}
