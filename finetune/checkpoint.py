@@ -5,6 +5,7 @@ OUT/
   config.json        resolved settings + derived values (classes, steps, data), rewritten at every start
   metrics.jsonl      one JSON object per logged step
   results.json       the final metrics (fractions) and what produced them
+  keypoints_val_results.json   pose: the predictions scored, in COCO's results format
   checkpoints/step-XXXXXXXX/
     model.safetensors  backbone + head, BatchNorm statistics included
     optimizer.pt       AdamW state (torch.save; loaded with weights_only=True)
@@ -40,7 +41,8 @@ CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
 RESULTS = "results.json"
 ERROR_LOG = "error.log"
-RUN_FILES = (CONFIG_NAME, METRICS, RESULTS, CHECKPOINTS, ERROR_LOG)
+KEYPOINT_RESULTS = "keypoints_val_results.json"
+RUN_FILES = (CONFIG_NAME, METRICS, RESULTS, CHECKPOINTS, ERROR_LOG, KEYPOINT_RESULTS)
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 
 

@@ -1,4 +1,4 @@
-"""Every setting of `clasp finetune reid|attributes|parsing`, with its default, in one place.
+"""Every setting of `clasp finetune reid|attributes|parsing|pose`, with its default, in one place.
 
 Layers, later winning, as `clasp pretrain` has them: the defaults below, (with
 `resume`) the settings saved in `OUT/config.json`, a `--config FILE` (YAML or
@@ -26,8 +26,9 @@ from clasp.runs.trackers import TrackerSettings, report_to_problem
 from clasp.settings import check_value, same_as, setting, settings_of
 from clasp.settings.layers import merge_layers, read_settings_file
 
-TASKS = ("reid", "attributes", "parsing")
-LAYOUTS = {"reid": ("market1501", "msmt17"), "attributes": ("pa100k", "peta"), "parsing": ("lip", "cihp")}
+TASKS = ("reid", "attributes", "parsing", "pose")
+LAYOUTS = {"reid": ("market1501", "msmt17"), "attributes": ("pa100k", "peta"), "parsing": ("lip", "cihp"),
+           "pose": ("coco",)}
 SCHEDULES = ("cosine", "step")
 PROMPTS = ("instance", "part", "attribute")  # the backbone's task prompts
 CONFIG_NAME = "config.json"
@@ -45,12 +46,12 @@ class FinetuneConfig:
     """
 
     # --- what and where
-    task: str = setting("", "reid | attributes | parsing (set by the subcommand).", flag=False, hidden=True)
+    task: str = setting("", "reid | attributes | parsing | pose (set by the subcommand).", flag=False, hidden=True)
     backbone: str = setting("", "Folder written by `clasp export` (required).", resumable=True)
     data: str = setting("", "The benchmark folder, in its own layout (required).", resumable=True)
     out: str = setting("", "Run folder: config.json, metrics.jsonl, checkpoints/, results.json.", resumable=True,
                        inherited=False)
-    layout: str = setting("", "Layout of --data (market1501 | msmt17 | pa100k | peta | lip | cihp); none: "
+    layout: str = setting("", "Layout of --data (market1501 | msmt17 | pa100k | peta | lip | cihp | coco); none: "
                               "recognised from the folder.")
     prompt: str = setting("", "Task prompt of the backbone; none: the export's.", choices=PROMPTS)
     # --- length: `steps` wins when set, else `epochs` passes over the training split
@@ -58,7 +59,7 @@ class FinetuneConfig:
     epochs: int | None = setting(60, "Passes over the training split (when --steps is not set).",
                                  limits=(1, 100_000))
     # --- batches (per process)
-    batch_size: int = setting(32, "Images per process per step (attributes, parsing).", limits=(1, 65_536))
+    batch_size: int = setting(32, "Images per process per step (attributes, parsing, pose).", limits=(1, 65_536))
     ids_per_batch: int = setting(16, "P: identities per batch.", limits=(1, 4096))
     images_per_id: int = setting(4, "K: images of each identity per batch.", limits=(1, 1024))
     # --- optimisation (AdamW; lr schedule precomputed per step)
@@ -88,6 +89,9 @@ class FinetuneConfig:
     partition: int = setting(0, "PETA.mat: which of its random partitions.", limits=(0, math.inf))
     # --- parsing recipe
     head_dim: int = setting(128, "Channels of the segmentation head's convolutions.", limits=(1, 8192))
+    # --- pose recipe
+    detections: str = setting("", "Person boxes of val2017 in COCO's results format (a detector's JSON) to "
+                                  "score instead of the ground-truth boxes.", resumable=True)
     # --- run
     precision: str = setting("auto", PRECISION_HELP, choices=PRECISIONS, resumable=True)
     num_workers: int | None = setting(None, "Image-loading workers per process; none: from the cores.",
@@ -168,7 +172,7 @@ NOT_INHERITED_ON_RESUME = frozenset(k for k, i in SETTINGS.items() if not i.inhe
 # Settings that one recipe alone reads: `clasp finetune TASK` offers the shared settings and its own.
 RECIPE_ONLY = {"reid": ("ids_per_batch", "images_per_id", "label_smoothing", "margin", "w_triplet", "rerank", "k1",
                         "k2", "rerank_lambda"),
-               "attributes": ("attributes", "partition"), "parsing": ("head_dim",)}
+               "attributes": ("attributes", "partition"), "parsing": ("head_dim",), "pose": ("detections",)}
 
 
 def recipe_settings(task: str) -> tuple[str, ...]:

@@ -6,7 +6,8 @@ reader errors into `FinetuneInputError`, the one-line user error of the
 recipes. Re-ID training identities are renumbered 0..C-1 in sorted order, as
 torchreid relabels them: the readers already dropped Market-1501's junk (-1);
 a distractor id 0000 in `bounding_box_train/` (none in the released data) is
-one more class, as in torchreid.
+one more class, as in torchreid. Pose reads COCO's person keypoints (`train`
+trains, `val` is scored, with `detections` boxes when given).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from clasp.evaluation.errors import EvalInputError
+from clasp.evaluation.keypoint_names import KEYPOINT_NAMES
 from clasp.finetune.config import LAYOUTS, FinetuneConfig
 
 
@@ -35,7 +37,16 @@ class ReidData:
     dropped: dict  # what reading left out (`Market1501.dropped`), reported with the results
 
 
+@dataclass
+class PoseData:
+    layout: str
+    train: object  # PoseInstances
+    val: object  # PoseInstances, ground-truth or detected boxes
+    class_names: tuple[str, ...] = KEYPOINT_NAMES  # the outputs: one heat map per keypoint
+
+
 def detect_layout(task: str, data: Path) -> str:
+    from clasp.evaluation.coco_keypoints import is_coco_keypoints
     from clasp.evaluation.lip import cihp_root, is_lip
     from clasp.evaluation.msmt17 import is_msmt17
     from clasp.evaluation.pa100k import is_pa100k
@@ -45,7 +56,7 @@ def detect_layout(task: str, data: Path) -> str:
         raise FinetuneInputError(f"{data}: data folder does not exist")
     tests = {"market1501": lambda d: any((d / p).is_dir() for p in ("bounding_box_train", "query", "bounding_box_test")),
              "msmt17": is_msmt17, "pa100k": is_pa100k, "peta": is_peta, "lip": is_lip,
-             "cihp": lambda d: cihp_root(d) is not None}
+             "cihp": lambda d: cihp_root(d) is not None, "coco": is_coco_keypoints}
     for layout in LAYOUTS[task]:
         if tests[layout](data):
             return layout
@@ -53,7 +64,7 @@ def detect_layout(task: str, data: Path) -> str:
 
 
 def load_data(config: FinetuneConfig):
-    """ReidData, AttributeData or ParsingData for the recipe; input problems as FinetuneInputError."""
+    """ReidData, AttributeData, ParsingData or PoseData for the recipe; input problems as FinetuneInputError."""
     data = Path(config.data)
     layout = config.layout or detect_layout(config.task, data)
     try:
@@ -61,6 +72,8 @@ def load_data(config: FinetuneConfig):
             return _reid(layout, data)
         if config.task == "attributes":
             return _attributes(layout, data, config)
+        if config.task == "pose":
+            return _pose(layout, data, config)
         return _parsing(layout, data)
     except EvalInputError as exc:
         raise FinetuneInputError(str(exc)) from None
@@ -98,3 +111,16 @@ def _parsing(layout: str, data: Path):
     from clasp.evaluation.lip import read_cihp, read_lip
 
     return read_lip(data) if layout == "lip" else read_cihp(data)
+
+
+def _pose(layout: str, data: Path, config: FinetuneConfig) -> PoseData:
+    from clasp.evaluation.coco_keypoints import read_coco_keypoints
+
+    found = PoseData(layout, read_coco_keypoints(data, "train"),
+                     read_coco_keypoints(data, "val", Path(config.detections) if config.detections else None))
+    if config.detections and not len(found.val):
+        raise FinetuneInputError(f"{config.detections}: no person box of an image of {found.val.annotation_file}")
+    for instances in (found.train, found.val):
+        if not len(instances):
+            raise FinetuneInputError(f"{instances.annotation_file}: no person with a labeled keypoint and a box")
+    return found

@@ -8,6 +8,12 @@
   convolutions with BatchNorm and ReLU, each followed by x2 bilinear
   upsampling, and a 1x1 classifier: logits at a quarter of the input size,
   brought to the label size by bilinear upsampling for the loss and mIoU.
+- pose (`HeatmapHead`): ViTPose's "simple" decoder: the patch tokens as a
+  map, ReLU, bilinear upsampling to a quarter of the input size (x4 for patch
+  16) and one 3x3 convolution to a heat map per keypoint. ViTPose measured it
+  within 0.3 AP of the classic two deconvolutions on ViT-B and it costs a
+  fraction of their compute: the backbone's features, not the head, carry the
+  pose.
 
 `param_groups`: weight decay on weights only (biases, norms, position
 embedding, CLS token and task prompts exempt, as pre-training does); with
@@ -62,6 +68,24 @@ class ParsingHead(nn.Module):
         x = F.interpolate(self.conv1(x), scale_factor=2, mode="bilinear", align_corners=False)
         x = F.interpolate(self.conv2(x), scale_factor=2, mode="bilinear", align_corners=False)
         return {"logits": self.classifier(x)}
+
+
+class HeatmapHead(nn.Module):
+    def __init__(self, dim: int, keypoints: int, input_hw: tuple[int, int]) -> None:
+        super().__init__()
+        self.input_hw = input_hw
+        self.final = nn.Conv2d(dim, keypoints, 3, padding=1)
+        nn.init.normal_(self.final.weight, std=0.001)
+        nn.init.zeros_(self.final.bias)
+
+    def forward(self, cls: torch.Tensor, patches: torch.Tensor) -> dict[str, torch.Tensor]:
+        from clasp.evaluation.features import patch_grid
+        from clasp.evaluation.heatmaps import heatmap_hw
+
+        b, n, d = patches.shape
+        x = patches.transpose(1, 2).reshape(b, d, *patch_grid(n, self.input_hw))
+        x = F.interpolate(F.relu(x), size=heatmap_hw(self.input_hw), mode="bilinear", align_corners=False)
+        return {"heatmaps": self.final(x)}
 
 
 class FinetuneModel(nn.Module):

@@ -1,4 +1,4 @@
-"""The three recipes: what a training batch holds, its loss, and the final evaluation.
+"""The four recipes: what a training batch holds, its loss, and the final evaluation.
 
 A recipe is built from the config and the data the readers returned. Its
 `load(rows, generator)` decodes and augments the images of one batch (in a
@@ -8,7 +8,9 @@ scores the fine-tuned model on the test split: re-ID on query/gallery with
 the Market-1501 protocol (cosine similarity of the BNNeck features; with
 `rerank` also k-reciprocal re-ranking of the distance 2 - 2 cos), attributes
 on `test` (sigmoid > 0.5), parsing on `val` (logits upsampled to each label
-map's own size; 255 ignored). Re-ranking runs over exactly the gallery that is
+map's own size; 255 ignored), pose on `val2017` (flip test, keypoints in
+COCO's results format kept as `keypoints_val_results.json` in the run folder,
+OKS AP by pycocotools' COCOeval; `clasp.finetune.pose`). Re-ranking runs over exactly the gallery that is
 scored (junk was dropped when the folder was read). A metric without a value
 is NaN carrying its reason (`clasp.evaluation.undefined`); `main_metric` names
 the one whose absence fails the run.
@@ -29,7 +31,8 @@ from clasp.finetune.augment import flip_pad_crop, flip_parsing, random_erasing
 from clasp.finetune.batches import pk_batches, shuffled_batches
 from clasp.finetune.config import FinetuneConfig
 from clasp.finetune.losses import attribute_weights, batch_hard_triplet, weighted_bce
-from clasp.finetune.model import AttributeHead, BNNeckHead, ParsingHead
+from clasp.finetune.checkpoint import KEYPOINT_RESULTS
+from clasp.finetune.model import AttributeHead, BNNeckHead, HeatmapHead, ParsingHead
 from clasp.store.person_size import PERSON_HW
 
 
@@ -199,7 +202,51 @@ def _resize_label(label: np.ndarray, hw: tuple[int, int]) -> torch.Tensor:
     return torch.from_numpy(label.astype(np.int64))
 
 
-RECIPES = {"reid": ReidRecipe, "attributes": AttributeRecipe, "parsing": ParsingRecipe}
+class PoseRecipe:
+    main_metric = "ap"
+
+    def __init__(self, config: FinetuneConfig, data) -> None:
+        self.config, self.data = config, data
+        self.batch_images = config.batch_size
+        self.train = data.train
+
+    def head(self, dim: int, grid) -> torch.nn.Module:
+        from clasp.evaluation.keypoint_names import NUM_KEYPOINTS
+        from clasp.finetune.pose import POSE_HW
+
+        return HeatmapHead(dim, NUM_KEYPOINTS, POSE_HW)
+
+    def epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        return shuffled_batches(len(self.train), self.config.batch_size, self.config.seed, epoch)
+
+    def load(self, rows: np.ndarray, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        from clasp.finetune.pose import training_batch
+
+        return training_batch(self.train, rows, gen)
+
+    def loss(self, out: dict, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        from clasp.finetune.pose import heatmap_loss
+
+        loss = heatmap_loss(out["heatmaps"], batch["heatmaps"], batch["weights"])
+        return loss, {"heatmap_mse": loss}
+
+    def evaluate(self, model, device, autocast, log: Callable[[str], None]) -> dict:
+        from pathlib import Path
+
+        from clasp.evaluation.oks import coco_keypoint_ap, keypoint_results, write_keypoint_results
+        from clasp.finetune.pose import nms_per_image, predict
+
+        val = self.data.val
+        log(f"evaluating on {len(val)} persons of {len(np.unique(val.image_ids))} images")
+        keypoints, scores = predict(model, val, self.config.eval_batch_size, device, autocast)
+        kept = nms_per_image(val, keypoints, scores)
+        path = Path(self.config.out) / KEYPOINT_RESULTS
+        write_keypoint_results(path, keypoint_results(val.image_ids[kept], keypoints[kept], scores[kept]))
+        return {**coco_keypoint_ap(val.annotation_file, path), "persons": len(val), "scored_persons": len(kept),
+                "boxes": self.config.detections or "ground truth", "results_file": KEYPOINT_RESULTS, **val.dropped}
+
+
+RECIPES = {"reid": ReidRecipe, "attributes": AttributeRecipe, "parsing": ParsingRecipe, "pose": PoseRecipe}
 
 
 def unscored_main_metric(task: str, results: dict) -> str | None:
