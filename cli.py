@@ -633,7 +633,7 @@ def synth_corpus(out: Path, pairs: int, cameras: int, seed: int) -> None:
               help="A `clasp synth` folder (all tasks), or a Market-1501 (query/, bounding_box_test/) or MSMT17 "
                    "(list_query.txt, list_gallery.txt) folder (reid).")
 @click.option("--tasks", default=None, show_default="every task the data supports",
-              help="Comma-separated subset of attributes,parsing,reid.")
+              help="Comma-separated subset of attributes,parsing,reid,pose.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, show_default="no file",
               help="Write the results as JSON here.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
@@ -644,10 +644,11 @@ def synth_corpus(out: Path, pairs: int, cameras: int, seed: int) -> None:
               help="Of feature extraction. " + PRECISION_HELP)
 @click.option("--task-prompt", type=click.Choice(["export", "per-probe"]), default="export", show_default=True,
               help="export: every probe reads the export's task prompt; per-probe: attributes read the 'attribute' "
-                   "prompt, parsing 'part', re-ID 'instance'.")
+                   "prompt, parsing and pose 'part', re-ID 'instance'.")
 def eval_command(backbone: Path, data: Path, tasks: str | None, out: Path | None, batch_size: int,
                  probe_steps: int, precision: str, task_prompt: str) -> None:
-    """Probe a frozen backbone: attributes (linear, mA), parsing (linear on patches, mIoU), re-ID (cosine kNN, mAP, rank-1)."""
+    """Probe a frozen backbone: attributes (linear, mA), parsing (linear on patches, mIoU), re-ID (cosine kNN, mAP,
+    rank-1), pose (linear on patches to heat maps, OKS AP)."""
     from clasp.evaluation.errors import EvalInputError
     from clasp.evaluation.probes import ProbeSettings
     from clasp.evaluation.run_eval import EvalConfig, evaluate, format_table, unscored_main_metric

@@ -1,7 +1,7 @@
 """`clasp eval`: probe a frozen backbone on a synthetic world or a Market-1501 folder.
 
 `--data` is recognised by its content: a folder with `truth/annotations.jsonl`
-is a synthetic world (all tasks); a folder with `query/` or
+is a synthetic world (all tasks; pose only when it has keypoints); a folder with `query/` or
 `bounding_box_test/` is Market-1501 and one with `list_query.txt` MSMT17 (both
 re-ID only). Results are a nested dict
 (also written as JSON) and a plain-text table.
@@ -27,17 +27,18 @@ from clasp.evaluation.metrics import (ATTRIBUTE_UNDEFINED, NO_ATTRIBUTE, NO_PART
 from clasp.evaluation.results_json import write_results
 from clasp.evaluation.undefined import PerItem, explain, failure_line, reason_of
 from clasp.evaluation.probes import (
-    ProbeSettings, attribute_probe, identity_split, parsing_probe, query_gallery_split, reid_probe,
+    ProbeSettings, attribute_probe, identity_split, parsing_probe, pose_probe, query_gallery_split, reid_probe,
 )
 from clasp.evaluation.truth import SynthTruth
 from clasp.pretraining.vit import PromptedViT, TaskBackbone
 from clasp.store import Vocabulary
 from clasp.store.percent import percent
 
-TASKS = ("attributes", "parsing", "reid")
+TASKS = ("attributes", "parsing", "reid", "pose")
 # `--task-prompt per-probe`: each probe reads the backbone through its own task prompt,
 # the way a CLASP model is meant to serve tasks of different granularity.
-PROBE_PROMPTS = {"attributes": "attribute", "parsing": "part", "reid": "instance"}
+PROBE_PROMPTS = {"attributes": "attribute", "parsing": "part", "reid": "instance", "pose": "part"}
+PATCH_TASKS = ("parsing", "pose")  # probes that read the patch tokens
 TASK_PROMPT_MODES = ("export", "per-probe")
 
 
@@ -88,8 +89,12 @@ def evaluate(config: EvalConfig, extractor: FeatureExtractor | None = None,
     data = Path(config.data)
     kind = data_kind(data)
     tasks = resolve_tasks(kind, config.tasks, data)
+    if isinstance(extractor, dict) and config.tasks is None:  # extractors given per probe: those probes run
+        tasks = tuple(t for t in tasks if t in extractor)
     readers = {"synth": SynthTruth.load, "market1501": read_market1501, "msmt17": read_msmt17}
     source = readers[kind](data)
+    if kind == "synth" and source.keypoints is None and "pose" in tasks:
+        tasks = _without_pose(config, tasks, data, log)
     if extractor is None:
         extractor = load_extractors(config, tasks)
     precision = feature_precision(config.precision)
@@ -192,7 +197,38 @@ def _evaluate_synth(truth: SynthTruth, tasks, extractor, config: EvalConfig, aut
         out["reid"].update(reid_intervals(out["reid"], truth.identity[query]))
         out["reid"]["rule"] = "test identities; first image of each (identity, camera) is a query, the rest gallery"
         out["seconds"]["reid"] = time.perf_counter() - t0
+    if "pose" in tasks:
+        t0 = time.perf_counter()
+        log("pose probe")
+        out["pose"] = _pose_scores(truth, features["pose"], train, test, config)
+        out["seconds"]["pose"] = time.perf_counter() - t0
     return out
+
+
+def _without_pose(config: EvalConfig, tasks: tuple[str, ...], data: Path, log) -> tuple[str, ...]:
+    """A world drawn before keypoints existed: pose is skipped when not asked for, refused when asked for."""
+    if config.tasks is not None:
+        raise EvalInputError(f"{data}: the world has no keypoints (drawn before `clasp synth` recorded them); "
+                             "draw it again for pose")
+    log("no pose probe: the world has no keypoints")
+    return tuple(t for t in tasks if t != "pose")
+
+
+def _pose_scores(truth: SynthTruth, feats, train: np.ndarray, test: np.ndarray, config: EvalConfig) -> dict:
+    """OKS AP, AP50, AP75 and AR of the pose probe, AP with its identity-bootstrap interval."""
+    from clasp.evaluation.oks import NO_KEYPOINT, oks, single_person_ap
+    from clasp.store.person_size import PERSON_HW
+
+    res = pose_probe(feats.patches[train], truth.keypoints[train], feats.patches[test], PERSON_HW, config.probe)
+    areas = (truth.read_masks(np.flatnonzero(test)) > 0).sum((1, 2))
+    similarity, scores = oks(res["keypoints"], truth.keypoints[test], areas), res["scores"]
+    interval = identity_bootstrap(truth.identity[test], lambda rows: single_person_ap(similarity[rows], scores[rows])[0])
+    ap, ar = single_person_ap(similarity, scores)
+    return {"ap": explain(ap, NO_KEYPOINT), "ap_interval": interval.to_dict(),
+            "ap50": explain(single_person_ap(similarity, scores, (0.5,))[0], NO_KEYPOINT),
+            "ap75": explain(single_person_ap(similarity, scores, (0.75,))[0], NO_KEYPOINT),
+            "ar": explain(ar, NO_KEYPOINT), "persons": int(test.sum()),
+            "rule": "linear probe on the patch tokens to heat maps; OKS AP as COCOeval scores one person per image"}
 
 
 def _features_per_probe(extractor, tasks, paths, config: EvalConfig, autocast, log) -> dict:
@@ -204,14 +240,14 @@ def _features_per_probe(extractor, tasks, paths, config: EvalConfig, autocast, l
         prompts = {task: extractors[task].task for task in tasks}
         log(f"features of {len(paths)} images ({', '.join(dict.fromkeys(prompts.values()))} prompts, one pass)")
         found = extract_prompted_features(prompted, prompts, paths, config.batch_size,
-                                          keep_patches=[t for t in tasks if t == "parsing"], autocast=autocast)
+                                          keep_patches=[t for t in tasks if t in PATCH_TASKS], autocast=autocast)
         return {task: finite_features(found[task], config) for task in tasks}
     done: dict[int, object] = {}
     for task in tasks:
         chosen = extractors[task]
         if id(chosen) not in done:
             log(f"features of {len(paths)} images" + (f" ({PROBE_PROMPTS[task]} prompt)" if extractor is not chosen else ""))
-            patches = any(t == "parsing" and extractors[t] is chosen for t in tasks)
+            patches = any(t in PATCH_TASKS and extractors[t] is chosen for t in tasks)
             done[id(chosen)] = finite_features(
                 extract_features(chosen, paths, config.batch_size, keep_patches=patches, autocast=autocast), config)
     return {task: done[id(extractors[task])] for task in tasks}
@@ -285,6 +321,8 @@ def format_table(results: dict) -> str:
         r = results["reid"]
         rows.append((f"re-ID mAP ({r['queries']} queries, {r['gallery']} gallery)", r["mAP"]))
         rows.append(("re-ID rank-1", r["rank1"]))
+    if "pose" in results:
+        rows.append((f"pose AP (OKS, {results['pose']['persons']} persons)", results["pose"]["ap"]))
     width = max((len(name) for name, _ in rows), default=10)
     lines = [f"{'metric'.ljust(width)}  value", f"{'-' * width}  ------"]
     lines += [f"{name.ljust(width)}  {percent(value, 6, 2)}" for name, value in rows]

@@ -175,3 +175,54 @@ def test_heatmaps_decode_to_their_keypoints_and_flip_exactly() -> None:
     outside[0, 0, :2] = (-40, 10)
     outside[0, 1, 2] = 0
     assert encode(outside, (256, 192))[1][0, :2].tolist() == [0, 0]
+
+
+def _part_and_position_tokens(masks: np.ndarray) -> np.ndarray:
+    """(N, 128, 6 * 16 + 128) tokens that know their 16x16 cell's parts (one pixel of each 4x4 block) and place."""
+    n = len(masks)
+    cells = masks.reshape(n, 16, 4, 4, 8, 4, 4)[:, :, :, 2, :, :, 2].transpose(0, 1, 3, 2, 4).reshape(n, 128, 16)
+    parts = np.eye(6, dtype=np.float32)[cells].reshape(n, 128, -1)
+    return np.concatenate([parts, np.tile(np.eye(128, dtype=np.float32)[None], (n, 1, 1))], -1)
+
+
+def test_the_pose_probe_finds_keypoints_in_informative_tokens_and_not_in_noise(synth_world: Path) -> None:
+    from clasp.evaluation.probes import identity_split, pose_probe
+
+    truth = SynthTruth.load(synth_world)
+    masks = truth.read_masks()
+    train, test = identity_split(truth.identity)
+    areas = (masks[test] > 0).sum((1, 2))
+    scored = {}
+    for name, tokens in (("parts", _part_and_position_tokens(masks)),
+                         ("noise", np.random.default_rng(0).normal(size=(len(masks), 128, 224)).astype(np.float32))):
+        found = pose_probe(tokens[train], truth.keypoints[train], tokens[test], (256, 128))
+        assert found["keypoints"].shape == (test.sum(), 17, 3) and found["scores"].shape == (test.sum(),)
+        similarity = oks(found["keypoints"], truth.keypoints[test], areas)
+        scored[name] = (similarity.mean(), single_person_ap(similarity, found["scores"])[0])
+    assert scored["parts"][0] > 0.3 > 0.1 > scored["noise"][0], scored
+    assert scored["parts"][1] > scored["noise"][1], scored
+
+
+def test_clasp_eval_reports_pose_ap_with_its_interval_and_skips_worlds_without_keypoints(
+        synth_world: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from clasp.cli import main
+    from clasp.evaluation.probes import ProbeSettings
+    from clasp.evaluation.run_eval import EvalConfig, evaluate
+    from tests.conftest import one_error_line
+    from tests.test_finetune_run import write_random_export
+
+    export = write_random_export(tmp_path / "export", task="part")
+    results = evaluate(EvalConfig(backbone=export, data=synth_world, tasks=("parsing", "pose"),
+                                  task_prompt="per-probe", probe=ProbeSettings(steps=5)))
+    pose = results["pose"]
+    assert pose["persons"] == 24 and all(0 <= pose[k] <= 1 for k in ("ap", "ap50", "ap75", "ar"))
+    assert pose["ap_interval"]["low"] <= pose["ap"] == pose["ap_interval"]["value"] <= pose["ap_interval"]["high"]
+    old = Path(shutil.copytree(synth_world, tmp_path / "old"))
+    rows = [json.loads(line) for line in (old / "truth" / "annotations.jsonl").read_text().splitlines()]
+    (old / "truth" / "annotations.jsonl").write_text("".join(
+        json.dumps({k: v for k, v in r.items() if k != "keypoints"}) + "\n" for r in rows))
+    assert "pose" not in evaluate(EvalConfig(backbone=export, data=old, tasks=None, probe=ProbeSettings(steps=5)))
+    got = CliRunner().invoke(main, ["eval", "--backbone", str(export), "--data", str(old), "--tasks", "pose"])
+    assert "the world has no keypoints" in one_error_line(got, 2)
