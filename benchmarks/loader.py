@@ -24,6 +24,15 @@ a few large sequential reads per shard. `--cache both` runs the two in turn.
 
     python benchmarks/loader.py [--images 1024] [--repeats 3] [--cache warm|cold|both] [--workdir DIR]
 
+`--shards URL` compares instead the stream from a store at a URL with the
+same store on local disk (fetched once into the workdir first), one worker
+each: before every epoch of the URL side its cache is emptied, so every shard
+is fetched while the epoch runs (on demand, by the worker about to read it),
+and every batch counts, the first one too (the workers start in an untimed
+epoch before).
+`--serve` makes the store as above and serves it from another process over
+HTTP on the loopback address (`python -m http.server`), then does the same.
+
 No model runs here, so no precision applies; the header still prints the
 machine and what `--precision auto` resolves to, like every benchmark.
 """
@@ -31,12 +40,16 @@ machine and what `--precision auto` resolves to, like every benchmark.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
+import socket
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -49,7 +62,8 @@ from clasp.pretraining.stream import (
     RawRow, ShardStream, StreamConfig, collate, decode_image, make_loader, validate_store,
 )
 from clasp.store.person_size import PERSON_HW
-from clasp.store import ClipInfo, LabelRows, Manifest, Vocabulary, record_shard, shard_name, write_shard_for
+from clasp.store import ClipInfo, LabelRows, Manifest, ShardStore, Vocabulary, record_shard, shard_name, write_shard_for
+from clasp.store.cache_config import CacheConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import print_header, verdict  # noqa: E402
@@ -143,16 +157,18 @@ def worker_cpu_seconds(loader: DataLoader) -> float:
     return total
 
 
-def measure(loader: DataLoader) -> tuple[float, float]:
-    """(images per wall second, images per worker CPU second) after the first batch.
+def measure(loader: DataLoader, skip_first: bool = True) -> tuple[float, float]:
+    """(images per wall second, images per worker CPU second), after the first batch when `skip_first`.
 
     The first batch carries the worker start-up, not the loader's steady state.
     On a shared machine wall time depends on the neighbours; the worker's own
     CPU time much less.
     """
+    start, cpu, count = time.perf_counter(), worker_cpu_seconds(loader) if loader._iterator is not None else 0.0, 0
     it = iter(loader)
-    next(it)
-    start, cpu, count = time.perf_counter(), worker_cpu_seconds(loader), 0
+    if skip_first:
+        next(it)
+        start, cpu = time.perf_counter(), worker_cpu_seconds(loader)
     for batch in it:
         count += batch.batch_size
     return count / (time.perf_counter() - start), count / (worker_cpu_seconds(loader) - cpu)
@@ -188,20 +204,71 @@ def decode_only(store, folder: Path, repeats: int) -> tuple[float, float]:
     return best[0], best[1]
 
 
-def compare(loaders: dict[str, DataLoader], stream: ShardStream, files: dict[str, list[Path]], repeats: int,
-            cold: bool) -> dict[str, list[float]]:
-    """Best images/s and images per worker CPU second of each loader over `repeats` alternating epochs."""
+def compare(loaders: dict[str, DataLoader], streams: list[ShardStream], before: Callable[[str], None],
+            repeats: int, skip_first: bool = True, first_epoch: int = 0) -> dict[str, list[float]]:
+    """Best images/s and images per worker CPU second of each loader over `repeats` alternating epochs.
+
+    `before(name)` runs before each loader's epoch (to drop a cache, say).
+    """
     best = {name: [0.0, 0.0] for name in loaders}
-    for epoch in range(repeats):
-        stream.set_epoch(epoch)
+    for epoch in range(first_epoch, first_epoch + repeats):
+        for stream in streams:
+            stream.set_epoch(epoch)
         order = list(loaders.items()) if epoch % 2 == 0 else list(reversed(loaders.items()))
         for name, loader in order:
-            if cold:
-                evict_from_page_cache(files[name])
-            wall, cpu = measure(loader)
+            before(name)
+            wall, cpu = measure(loader, skip_first)
             best[name] = [max(best[name][0], wall), max(best[name][1], cpu)]
             print(f"  epoch {epoch} {name}: {wall:.1f} images/s, {cpu:.1f} images per worker CPU second")
     return best
+
+
+def compare_url(url: str, workdir: Path, repeats: int) -> None:
+    """The stream from `url` (every shard fetched during each epoch) against the same store on local disk."""
+    remote_cache = CacheConfig(str(workdir / "url-cache"))
+    started = time.perf_counter()
+    local = ShardStore.open(url, verify=True, cache=CacheConfig(str(workdir / "local-copy"))).root
+    fetched = time.perf_counter() - started
+    stores = {"url": validate_store(url, cache=remote_cache), "local": validate_store(local)}
+    streams = [ShardStream(StreamConfig(store.location, batch_size=BATCH), store=store) for store in stores.values()]
+    loaders = {name: make_loader(stream, num_workers=1) for name, stream in zip(stores, streams)}
+    size = sum(e.bytes for e in stores["local"].shards)
+    print(f"{url}: {stores['local'].manifest.total_rows} images in {len(stores['local'].shards)} shards, "
+          f"{size / 2**20:.1f} MiB, fetched and checked in {fetched:.2f} s ({size / 2**20 / fetched:.0f} MiB/s); "
+          f"local copy {local}; batch {BATCH}, 2 global + 6 local crops")
+
+    def empty_url_cache(name: str) -> None:
+        if name == "url":
+            for path in stores["url"].root.glob("*.h5"):
+                path.unlink()
+
+    for loader in loaders.values():  # start the workers: from now on every batch counts, the first one too
+        measure(loader)
+    best = compare(loaders, streams, empty_url_cache, repeats, skip_first=False, first_epoch=1)
+    for name in best:
+        print(f"{name}: {best[name][0]:.1f} images/s ({best[name][1]:.1f} per worker CPU second)")
+    print(f"ratio url/local: {best['url'][0] / best['local'][0]:.2f} in images/s, "
+          f"{best['url'][1] / best['local'][1]:.2f} in images per worker CPU second")
+
+
+@contextlib.contextmanager
+def http_server(folder: Path) -> Iterator[str]:
+    """`folder` served by `python -m http.server` in another process on the loopback address; yields its URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                               "--directory", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            with socket.socket() as client:
+                if client.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait()
 
 
 def main() -> None:
@@ -210,11 +277,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cache", choices=("warm", "cold", "both"), default="warm")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--shards", default=None, metavar="URL", help="compare a URL store with its local copy")
+    parser.add_argument("--serve", action="store_true", help="--shards of the generated store, served over HTTP")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print_header("auto", note="no model here: the loader's work is the same in every precision")
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
+        if args.shards:
+            compare_url(args.shards, workdir, args.repeats)
+            return
+        if args.serve:
+            make_data(workdir / "served", args.images)
+            with http_server(workdir / "served") as url:
+                compare_url(f"{url}/shards", workdir, args.repeats)
+            return
         folder, shards, labels = make_data(workdir, args.images)
         os.sync()  # written pages must be clean before they can be dropped from the cache
         store = validate_store(shards)
@@ -229,7 +306,8 @@ def main() -> None:
               f"{shard_bytes / 2**20:.1f} MiB as shards (with labels); batch {BATCH}, 2 global + 6 local crops")
         for cache in (("warm", "cold") if args.cache == "both" else (args.cache,)):
             print(f"{cache} page cache:")
-            best = compare(loaders, stream, files, args.repeats, cold=cache == "cold")
+            drop = (lambda name: evict_from_page_cache(files[name])) if cache == "cold" else (lambda name: None)
+            best = compare(loaders, [stream], drop, args.repeats)
             for name in best:
                 print(f"{name}: {best[name][0]:.1f} images/s ({best[name][1]:.1f} per worker CPU second)")
             wall, cpu = best["shards"][0] / best["folder"][0], best["shards"][1] / best["folder"][1]
