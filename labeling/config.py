@@ -19,6 +19,7 @@ from typing import Any
 from clasp.hardware import PRECISION_HELP, PRECISIONS
 from clasp.labeling.errors import LabelingError
 from clasp.settings import first_problem, same_as, setting
+from clasp.store.fetch import is_url
 from clasp.store.label_choices import DENSE_MODES
 
 
@@ -86,6 +87,11 @@ class LabelConfig:
         check_settings(self)
         if self.scheduler and self.workers:
             raise LabelingError("give --workers N (a local cluster) or --scheduler ADDRESS (an existing one), not both")
+        for name in ("images", "out"):
+            location = str(getattr(self, name)).replace(":/", "://", 1)  # a Path folds the URL's `//`
+            if is_url(location):
+                raise LabelingError(f"--{name} {location}: clasp label reads and writes local folders; label into a "
+                                    "local --out, then publish the finished store (docs/store.md, \"A store at a URL\")")
 
 
 def check_settings(config: Any) -> None:

@@ -156,3 +156,14 @@ def test_a_vocabulary_with_a_repeated_value_or_bad_prompts_is_refused(images, tm
     line = one_error_line(label(images, out, tmp_path / "no-clip-needed", "--vocab", str(vocab)), 2)
     assert line.startswith(f"error: {vocab}: ") and needle in line, line
     assert not out.exists()
+
+
+@pytest.mark.parametrize("option", ["--images", "--out"])
+def test_a_url_for_images_or_out_is_refused_naming_it(images, tmp_path, option):
+    url = "s3://bucket/shards"
+    args = {"--images": images, "--out": tmp_path / "shards", option: url}
+    result = CliRunner().invoke(main, ["label", "--images", str(args["--images"]), "--out", str(args["--out"]),
+                                       "--clip-model", str(tmp_path / "no-clip-needed")])
+    line = one_error_line(result, 2)
+    assert line.startswith(f"error: {option} {url}: clasp label reads and writes local folders")
+    assert not (tmp_path / "shards").exists() and not Path("s3:").exists()
