@@ -100,7 +100,8 @@ def results_summary(reproduction: Reproduction, losses: dict | None = None) -> d
                           for name, q in reproduction.stores.items()},
         "methods": {method: {"attr_ma": scored(r["attributes"], "mA"),
                              "parsing_miou": scored(r["parsing"], "mIoU_grid"),
-                             "reid_map": scored(r["reid"], "mAP"), "reid_rank1": scored(r["reid"], "rank1")}
+                             "reid_map": scored(r["reid"], "mAP"), "reid_rank1": scored(r["reid"], "rank1"),
+                             **({"pose_ap": scored(r["pose"], "ap")} if "pose" in r else {})}
                     for method, r in reproduction.results.items()},
         "method_labels": dict(reproduction.method_store),
         "losses": losses or {},
@@ -144,7 +145,7 @@ def setting_words(config: ReproduceConfig, hardware: dict) -> list[str]:
     return [f"Pre-training data: {data}. Evaluation: the evaluation world ({config.identities} identities x "
             f"{config.images_per_id} images, {config.cameras} cameras, seed {config.seed}); probes trained on "
             "the lower half of its identities, tested on the rest; each probe reads the backbone through its own "
-            "task prompt (attributes: `attribute`, parsing: `part`, re-ID: `instance`; a backbone without MoE has "
+            "task prompt (attributes: `attribute`, parsing and pose: `part`, re-ID: `instance`; a backbone without MoE has "
             f"one set of features). The demonstration's recipe, the same for every method: preset `{config.preset}`"
             f"{' (' + settings + ')' if settings else ''}, {config.steps} steps of batch {config.batch_size} "
             f"(2 global + {config.local_crops} local crops), lr {config.lr:g} per 256 images, teacher momentum "
@@ -164,6 +165,13 @@ def score_lines(reproduction: Reproduction) -> list[str]:
     chance = next(iter(reproduction.results.values()))["reid"].get("chance_rank1")
     lines += ["", f"Chance level: attribute mA 50.0 (constant or random predictions); re-ID rank-1 of a random "
               f"ranking {percent(chance)}. The protocol excludes same-camera images of the query's identity."]
+    if any("pose" in r for r in reproduction.results.values()):
+        lines += ["", "Pose: OKS AP of the frozen pose probe (`part` prompt, linear from the patch tokens to heat "
+                  "maps; one person per image, COCO's sigmas), with its 95 % interval, and AR:", "",
+                  "| method | pose AP | AP50 | AR |", "|---|---|---|---|"]
+        pose = {m: r.get("pose", {}) for m, r in reproduction.results.items()}
+        lines += [f"| {method_title(m)} | {scored_words(p, 'ap')} | {percent(p.get('ap50'))} | {percent(p.get('ar'))} |"
+                  for m, p in pose.items()]
     if any("market1501" in r for r in reproduction.results.values()):
         lines += ["", "Market-1501 re-ID (query vs bounding_box_test):", "", "| method | mAP | rank-1 |", "|---|---|---|"]
         lines += [f"| {method_title(m)} | {scored_words(r.get('market1501', {}), 'mAP')} "

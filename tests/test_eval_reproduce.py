@@ -237,6 +237,7 @@ def check_reproduction(report: Path, config: ReproduceConfig, modes: tuple[str, 
     text = report.read_text()
     assert "| DINO only" in text and "| random weights" in text and "What the CLIP saw" in text
     assert "| CLASP on ground-truth labels (control: upper bound)" in text and "no information" in text
+    assert "| method | pose AP | AP50 | AR |" in text
     charts = ("scores", "loss_loss", "expert_load", "expert_load_training", "ladder_attributes", "label_quality_parts")
     for name in (*(f"{chart}.{config.plot_format}" for chart in charts), "part_masks.png"):
         assert (report.parent / name).exists() and f"]({name})" in text, name
@@ -261,8 +262,8 @@ def check_reproduction(report: Path, config: ReproduceConfig, modes: tuple[str, 
     assert saved["details"]["clasp"]["images"] == len(evaluation)
     assert saved["default_dense_mode"] in modes and saved["precision"] in ("fp32", "bf16")
     for scores in saved["methods"].values():
-        assert set(scores) == {"attr_ma", "parsing_miou", "reid_map", "reid_rank1"}
-        for key in ("attr_ma", "parsing_miou", "reid_map"):
+        assert set(scores) == {"attr_ma", "parsing_miou", "reid_map", "reid_rank1", "pose_ap"}
+        for key in ("attr_ma", "parsing_miou", "reid_map", "pose_ap"):
             assert scores[key]["low"] <= scores[key]["value"] <= scores[key]["high"], key
     assert 0 < saved["seconds"] and (report.parent / "clip" / "config.json").exists()
     return saved
