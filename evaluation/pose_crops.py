@@ -25,7 +25,8 @@ from PIL import Image
 PADDING = 1.25
 
 
-def expand_boxes(boxes: np.ndarray, aspect_hw: tuple[int, int], padding: float = PADDING) -> tuple[np.ndarray, np.ndarray]:
+def expand_boxes(boxes: np.ndarray, aspect_hw: tuple[int, int],
+                 padding: float = PADDING) -> tuple[np.ndarray, np.ndarray]:
     """(centres (n, 2) x, y; sizes (n, 2) w, h) of xywh `boxes` grown to aspect h : w = aspect_hw, times `padding`."""
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     centres = boxes[:, :2] + boxes[:, 2:] / 2

@@ -81,14 +81,15 @@ def make_accelerator(precision: str, **options):
     return Accelerator(mixed_precision=ACCELERATE_PRECISION[choice.precision], **options), choice
 
 
-def load_task_backbone(config: FinetuneConfig):
+def load_task_backbone(config: FinetuneConfig, img_hw: tuple[int, int] | None = None):
+    """The export, its position embedding resized once to `img_hw` when the recipe crops another size."""
     from clasp.pretraining.backbone import BackboneError, load_backbone
 
     folder = Path(config.backbone)
     if not folder.is_dir():
         raise FinetuneInputError(f"{folder}: backbone folder does not exist")
     try:
-        backbone = load_backbone(folder, task=config.prompt or None)
+        backbone = load_backbone(folder, task=config.prompt or None, img_hw=img_hw)
     except (BackboneError, FileNotFoundError, KeyError, TypeError) as exc:
         raise FinetuneInputError(f"{folder}: not a backbone written by `clasp export` ({exc})") from None
     return backbone.train()
@@ -140,7 +141,7 @@ def _setup(config: FinetuneConfig, accelerator):
         plan = StepPlan(recipe.epoch_batches, accelerator.process_index, accelerator.num_processes)
     except ValueError as exc:
         raise FinetuneInputError(f"{config.data}: {exc}") from None
-    backbone = load_task_backbone(config)
+    backbone = load_task_backbone(config, getattr(recipe, "input_hw", None))
     total = config.steps if config.steps is not None else config.epochs * plan.per_epoch
     derived = {"world_size": accelerator.num_processes, "total_steps": total, "batches_per_epoch": plan.per_epoch,
                "images_per_step": recipe.batch_images * accelerator.num_processes,

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from clasp.evaluation.features import load_images
+from clasp.evaluation.keypoint_names import NUM_KEYPOINTS
 from clasp.evaluation.metrics import ATTRIBUTE_UNDEFINED, NO_ATTRIBUTE, NO_PART, PART_UNDEFINED
 from clasp.evaluation.undefined import PerItem, explain, failure_line
 from clasp.finetune.augment import flip_pad_crop, flip_parsing, random_erasing
@@ -33,6 +34,7 @@ from clasp.finetune.config import FinetuneConfig
 from clasp.finetune.losses import attribute_weights, batch_hard_triplet, weighted_bce
 from clasp.finetune.checkpoint import KEYPOINT_RESULTS
 from clasp.finetune.model import AttributeHead, BNNeckHead, HeatmapHead, ParsingHead
+from clasp.finetune.pose import POSE_HW, heatmap_loss, nms_per_image, predict, training_batch
 from clasp.store.person_size import PERSON_HW
 
 
@@ -204,6 +206,7 @@ def _resize_label(label: np.ndarray, hw: tuple[int, int]) -> torch.Tensor:
 
 class PoseRecipe:
     main_metric = "ap"
+    input_hw = POSE_HW  # the backbone's position embedding is resized to it once, when loaded
 
     def __init__(self, config: FinetuneConfig, data) -> None:
         self.config, self.data = config, data
@@ -211,22 +214,15 @@ class PoseRecipe:
         self.train = data.train
 
     def head(self, dim: int, grid) -> torch.nn.Module:
-        from clasp.evaluation.keypoint_names import NUM_KEYPOINTS
-        from clasp.finetune.pose import POSE_HW
-
-        return HeatmapHead(dim, NUM_KEYPOINTS, POSE_HW)
+        return HeatmapHead(dim, NUM_KEYPOINTS, self.input_hw)
 
     def epoch_batches(self, epoch: int) -> list[np.ndarray]:
         return shuffled_batches(len(self.train), self.config.batch_size, self.config.seed, epoch)
 
     def load(self, rows: np.ndarray, gen: torch.Generator) -> dict[str, torch.Tensor]:
-        from clasp.finetune.pose import training_batch
-
-        return training_batch(self.train, rows, gen)
+        return training_batch(self.train, rows, gen, self.input_hw)
 
     def loss(self, out: dict, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        from clasp.finetune.pose import heatmap_loss
-
         loss = heatmap_loss(out["heatmaps"], batch["heatmaps"], batch["weights"])
         return loss, {"heatmap_mse": loss}
 
@@ -234,12 +230,11 @@ class PoseRecipe:
         from pathlib import Path
 
         from clasp.evaluation.oks import coco_keypoint_ap, keypoint_results, write_keypoint_results
-        from clasp.finetune.pose import nms_per_image, predict
 
         val = self.data.val
         log(f"evaluating on {len(val)} persons of {len(np.unique(val.image_ids))} images")
-        keypoints, scores = predict(model, val, self.config.eval_batch_size, device, autocast)
-        kept = nms_per_image(val, keypoints, scores)
+        keypoints, scores = predict(model, val, self.config.eval_batch_size, device, autocast, self.input_hw)
+        kept = nms_per_image(val, keypoints, scores, self.input_hw)
         path = Path(self.config.out) / KEYPOINT_RESULTS
         write_keypoint_results(path, keypoint_results(val.image_ids[kept], keypoints[kept], scores[kept]))
         return {**coco_keypoint_ap(val.annotation_file, path), "persons": len(val), "scored_persons": len(kept),

@@ -34,7 +34,8 @@ def coco(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_visible_keypoints_lie_on_their_part_of_the_truth_mask(synth_world: Path) -> None:
     truth = SynthTruth.load(synth_world)
     masks, keypoints = truth.read_masks(), truth.keypoints
-    views = [json.loads(line)["view"] for line in (synth_world / "truth" / "annotations.jsonl").read_text().splitlines()]
+    lines = (synth_world / "truth" / "annotations.jsonl").read_text().splitlines()
+    views = [json.loads(line)["view"] for line in lines]
     assert keypoints.shape == (len(truth), 17, 3)
     for row, points in enumerate(keypoints):
         for k, (x, y, v) in enumerate(points):
@@ -53,8 +54,8 @@ def test_visible_keypoints_lie_on_their_part_of_the_truth_mask(synth_world: Path
     # the person's left is the image's right in a front view, its left from behind
     left, right = keypoints[:, NAME["left_shoulder"], 0], keypoints[:, NAME["right_shoulder"], 0]
     assert (left[~back] > right[~back]).all() and (left[back] < right[back]).all()
-    top = keypoints[:, [NAME["nose"], NAME["left_ear"]], 1].max(1)
-    assert (top < keypoints[:, NAME["left_hip"], 1]).all() and (keypoints[:, NAME["left_hip"], 1] < keypoints[:, NAME["left_ankle"], 1]).all()
+    head, hip = keypoints[:, [NAME["nose"], NAME["left_ear"]], 1].max(1), keypoints[:, NAME["left_hip"], 1]
+    assert (head < hip).all() and (hip < keypoints[:, NAME["left_ankle"], 1]).all()
 
 
 def test_a_world_drawn_before_keypoints_still_loads(synth_world: Path, tmp_path: Path) -> None:
@@ -154,7 +155,8 @@ def test_boxes_grow_to_the_input_aspect_with_padding_and_crops_follow_points() -
         crop = warp(Image.fromarray(image), matrix, (64, 48))[:, :, 0].astype(float)
         yy, xx = np.mgrid[:64, :48]
         centroid = np.array([(xx * crop).sum(), (yy * crop).sum()]) / crop.sum()
-        assert centroid == pytest.approx(apply(matrix, np.array([21.0, 37.0])), abs=0.1)  # half a pixel off would be 0.6
+        # half a pixel off would be 0.6 away
+        assert centroid == pytest.approx(apply(matrix, np.array([21.0, 37.0])), abs=0.1)
 
 
 def test_heatmaps_decode_to_their_keypoints_and_flip_exactly() -> None:

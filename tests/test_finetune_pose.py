@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from safetensors.torch import load_file
 
 from clasp.cli import main
 from clasp.evaluation.coco_keypoints import coco_file
@@ -67,6 +68,8 @@ def test_pose_resume_equals_an_uninterrupted_run(world, tmp_path: Path) -> None:
     assert first.stopped_by == "stop_at" and not (parts / "keypoints_val_results.json").exists()
     run_finetune(build_config(out=str(parts), task="pose", resume=True))
     assert losses(parts) == pytest.approx(losses(whole), abs=1e-7)
+    weights = load_file(str(parts / "checkpoints" / "step-00000004" / "model.safetensors"))
+    assert weights["backbone.backbone.pos_embed"].shape == (1, 1 + 16 * 12, 48)  # resized once to 256x192 crops
     resumed, straight = (json.loads((run / "keypoints_val_results.json").read_text()) for run in (parts, whole))
     assert [p["image_id"] for p in resumed] == [p["image_id"] for p in straight]
     assert np.array([p["keypoints"] + [p["score"]] for p in resumed]) == pytest.approx(
