@@ -8,10 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from clasp.cli import main
 from clasp.evaluation.coco_keypoints import coco_file
 from clasp.evaluation.oks import coco_keypoint_ap
 from clasp.evaluation.synth import SynthConfig
@@ -19,6 +17,7 @@ from clasp.evaluation.synth.layouts import write_layout
 from clasp.finetune.config import build_config
 from clasp.finetune.loop import run_finetune
 from tests.conftest import losses
+from tests.test_finetune_readers import assert_refused, finetune
 from tests.test_finetune_run import write_random_export
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -80,17 +79,6 @@ def _copy(world, tmp_path: Path) -> Path:
     return Path(shutil.copytree(world["coco"], tmp_path / "coco"))
 
 
-def _refused(world, data: Path, out: Path, *words: str, extra: tuple[str, ...] = ()) -> None:
-    got = CliRunner().invoke(main, ["finetune", "pose", "--backbone", str(world["export"]), "--data", str(data),
-                                    "--out", str(out), "--steps", "1", "--precision", "fp32", *extra])
-    assert got.exit_code == 2, got.output
-    lines = [line for line in got.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), got.output
-    for word in words:
-        assert word in lines[0], lines[0]
-    assert [p.name for p in out.iterdir()] == ["error.log"]
-
-
 def _edit(data: Path, split: str, change) -> None:
     path = coco_file(data, split)
     document = json.loads(path.read_text())
@@ -126,7 +114,7 @@ def test_each_bad_annotation_file_is_one_error_line_and_exit_2(world, tmp_path: 
         detections = tmp_path / "detections.json"
         detections.write_text(json.dumps([{"image_id": 99999, "category_id": 1, "bbox": [1, 1, 50, 100], "score": 1}]))
         extra = ("--detections", str(detections))
-    _refused(world, data, tmp_path / "out", *words, extra=extra)
+    assert_refused(finetune("pose", data, tmp_path / "out", world["export"], *extra), tmp_path / "out", *words)
 
 
 def test_detected_boxes_are_scored_instead_of_the_truth(world, tmp_path: Path) -> None:
