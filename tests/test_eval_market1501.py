@@ -103,7 +103,7 @@ def test_cli_bad_inputs_exit_2_with_one_line(market: Path, synth_world: Path, tm
         (["--backbone", str(not_export), "--data", str(synth_world)], "config.json"),
         (["--backbone", str(tmp_path / "absent"), "--data", str(synth_world)], "does not exist"),
         (["--backbone", str(not_export), "--data", str(market)], "missing bounding_box_test/"),
-        (["--backbone", str(not_export), "--data", str(synth_world), "--tasks", "pose"], "unknown task"),
+        (["--backbone", str(not_export), "--data", str(synth_world), "--tasks", "depth"], "unknown task"),
         (["--backbone", str(not_export), "--data", str(synth_world), "--tasks", ""], "--tasks is empty"),
         (["--backbone", str(not_export), "--data", str(synth_world), "--tasks", " , "], "--tasks is empty"),
     ]
