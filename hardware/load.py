@@ -8,8 +8,10 @@ than idle (0.67 against 11.5 images/s), while one thread ran at 65 % of idle
 (7.5 images/s), near the fair half. So the thread count is taken from the
 cores that are free, not only from those the process may use (`cores.py`).
 
-`busy_cores()` samples `/proc/stat` twice, `SAMPLE_SECONDS` apart, over the
-CPUs of this process's affinity: the busy share of each (user, nice, system,
+`busy_cores()` first reads how many tasks are runnable at this instant
+(`/proc/loadavg`): when this process is the only one, nothing else is busy and
+the answer costs nothing. Otherwise it samples `/proc/stat` twice,
+`SAMPLE_SECONDS` apart, over the CPUs of this process's affinity: the busy share of each (user, nice, system,
 irq, softirq, steal: time the CPU was not ours to use) summed, minus this
 process's own CPU time in the window. `free_cores` counts a core as taken when
 other work uses at least half of it.
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 PROC_STAT = Path("/proc/stat")
+PROC_LOADAVG = Path("/proc/loadavg")
 SAMPLE_SECONDS = 0.25
 IDLE_FIELDS = (3, 4)  # idle, iowait: the CPU had nothing to run
 COUNTED_FIELDS = 8  # user nice system idle iowait irq softirq steal (guest time is inside user)
@@ -62,9 +65,19 @@ def _own_cpu_seconds() -> float:
     return times.user + times.system
 
 
-def busy_cores(sample_seconds: float = SAMPLE_SECONDS, stat: Path = PROC_STAT,
+def others_runnable(loadavg: Path = PROC_LOADAVG) -> int | None:
+    """Tasks runnable at this instant besides the reader (the 4th field of /proc/loadavg is running/total)."""
+    try:
+        return max(0, int(loadavg.read_text().split()[3].split("/")[0]) - 1)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def busy_cores(sample_seconds: float = SAMPLE_SECONDS, stat: Path = PROC_STAT, loadavg: Path = PROC_LOADAVG,
                sleep: Callable[[float], None] = time.sleep) -> float | None:
     """Cores of this process's affinity kept busy by other work; None where /proc/stat cannot be read."""
+    if others_runnable(loadavg) == 0:
+        return 0.0
     cpus = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
     try:
         before, own_before, started = cpu_times(stat), _own_cpu_seconds(), time.monotonic()

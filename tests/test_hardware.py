@@ -157,8 +157,20 @@ def test_busy_cores_samples_twice_over_the_affinity(tmp_path: Path) -> None:
     stat = _stat(tmp_path / "stat", (0, 0, 0, 0), (0, 0))
     later = lambda seconds: _stat(stat, (100, 0, 0, 0), (0, 100))  # noqa: E731 - cpu0 busy, cpu1 idle
     cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count()))
-    assert busy_cores(stat=stat, sleep=later) == pytest.approx(1.0 if 0 in cpus else 0.0, abs=0.2)
-    assert busy_cores(stat=tmp_path / "missing") is None
+    loadavg = tmp_path / "loadavg"
+    loadavg.write_text("1.00 0.90 0.80 2/120 4242\n")  # the reader and one other task runnable
+    assert busy_cores(stat=stat, loadavg=loadavg, sleep=later) == pytest.approx(1.0 if 0 in cpus else 0.0, abs=0.2)
+    assert busy_cores(stat=tmp_path / "missing", loadavg=loadavg) is None
+
+
+def test_nothing_else_runnable_costs_no_sample(tmp_path: Path) -> None:
+    from clasp.hardware.load import busy_cores, others_runnable
+
+    loadavg = tmp_path / "loadavg"
+    loadavg.write_text("0.01 0.02 0.00 1/120 4242\n")  # only the reader
+    slept = []
+    assert busy_cores(loadavg=loadavg, sleep=slept.append) == 0.0 and slept == []
+    assert others_runnable(loadavg) == 0 and others_runnable(tmp_path / "missing") is None
 
 
 @pytest.mark.parametrize("cores, busy, free", [(2, 0.0, 2), (2, 0.4, 2), (2, 0.6, 1), (2, 1.0, 1), (2, 2.0, 1),
