@@ -53,7 +53,7 @@ from clasp.store import LabelRows, Vocabulary, write_shard
 from clasp.store.person_size import PERSON_HW
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import count_flops, efficiency_line, print_header, verdict  # noqa: E402
+from machine import count_flops, efficiency_line, op_shares, op_shares_line, print_header, verdict  # noqa: E402
 from machine_peak import clip_shapes, peak_gflops  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -70,7 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clip-size", default="448x224", help="CLIP input HEIGHTxWIDTH")
     p.add_argument("--workers", type=int, default=0, help="as `clasp label --workers` (0: in this process)")
     p.add_argument("--repeats", type=int, default=1, help="measure both this many times (ABBA order); report medians")
-    p.add_argument("--profile", action="store_true", help="also time each stage on its own")
+    p.add_argument("--profile", action="store_true",
+                   help="also time each stage on its own, and print the top ops of one labeling batch by self time")
     p.add_argument("--work", type=Path, default=OUT, help="folder for the model, the images and the shards")
     return p.parse_args(argv)
 
@@ -214,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         print("stages one after another, ms per image:")
         for name, seconds in profile_stages(labeler, images, spec, args.batch_size).items():
             print(f"  {name:32s} {seconds * 1000:8.2f}")
+        print(op_shares_line("labeling one batch (vision forward, dense features, labels)",
+                             op_shares(lambda: labeler.label(batches[0]))))
     return 0
 
 

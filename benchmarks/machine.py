@@ -122,3 +122,24 @@ def verdict(value: float, target: float, at_least: bool, shown: str | None = Non
     """`PASS` or `MISS` with the target, e.g. `PASS (target >= 0.9)`; `shown` spells the target (`10%`)."""
     met = value >= target if at_least else value <= target
     return f"{'PASS' if met else 'MISS'} (target {'>=' if at_least else '<='} {shown or format(target, 'g')})"
+
+
+PROFILE_TOP = 8  # ops listed by `--profile`
+
+
+def op_shares(work: Callable[[], object], top: int = PROFILE_TOP) -> list[tuple[str, float]]:
+    """The `top` torch ops by self CPU time while `work()` runs once, each as a share of all ops' self time:
+    where a step's time goes (GEMMs, attention, layer norm, GELU, the MoE's gather and index_add_, casts)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        work()
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events) or 1
+    ranked = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    return [(e.key, e.self_cpu_time_total / total) for e in ranked]
+
+
+def op_shares_line(what: str, shares: list[tuple[str, float]]) -> str:
+    return f"{what}, top {len(shares)} ops by self time: " + ", ".join(f"{name} {100 * share:.1f} %"
+                                                                        for name, share in shares)

@@ -42,7 +42,7 @@ from clasp.pretraining.model import ClaspModel, ModelConfig
 from clasp.store import Vocabulary
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import count_flops, efficiency_line, print_header, verdict  # noqa: E402
+from machine import count_flops, efficiency_line, op_shares, op_shares_line, print_header, verdict  # noqa: E402
 from machine_peak import dino_head_shapes, peak_gflops, vit_shapes  # noqa: E402
 
 TARGET = 1.5
@@ -100,6 +100,7 @@ def parse_args() -> argparse.Namespace:
                         help="untimed steps first, the first one counting FLOPs (the heap reaches its steady size)")
     parser.add_argument("--iters", type=int, default=ITERS)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the cores available)")
+    parser.add_argument("--profile", action="store_true", help="also print the top ops of one step of each by self time")
     return parser.parse_args()
 
 
@@ -159,6 +160,9 @@ def main() -> None:
     print(efficiency_line("CLASP step, forward + backward", clasp_flops, clasp_s, peak, choice.precision))
     print(efficiency_line("DINO step, forward + backward", dino_flops, dino_s, peak, choice.precision))
     report_ratios(clasp_s / dino_s, clasp_cpu / dino_cpu, clasp_flops / dino_flops)
+    if args.profile:
+        print(op_shares_line("CLASP step", op_shares(lambda: clasp.step(batch))))
+        print(op_shares_line("DINO step", op_shares(lambda: dino.step(batch))))
 
 
 def report_ratios(wall: float, cpu: float, flops: float) -> None:
