@@ -17,7 +17,10 @@ the unweighted mean squared error to the Gaussian targets (a point outside the
 image has a target of zeros), so the fit is ridge regression with the same L2
 penalty and standardisation, solved in closed form from sums gathered a chunk
 of images at a time: the optimum L-BFGS would approach, at the cost of one
-pass instead of hundreds over (tokens x 17 x 16) outputs. The neighbours
+pass instead of hundreds over (tokens x 17 x 16) outputs. `fit_pose_probe`
+takes the chunks as they come (a COCO run never holds every token); the
+standardisation, known only after the last chunk, is applied to the sums
+(`_StreamedPoseSums`), so one chunk or many give the same probe. The neighbours
 matter: a token alone cannot tell where in its 16 pixels a joint lies, and its
 argmax lands on a far token (OKS 0.27 against 0.48 with them, for a CLASP
 export on the `make reproduce` world). Decoded as the recipe decodes (argmax +
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -177,28 +181,54 @@ def parsing_probe(train_tokens: np.ndarray, train_grid_masks: np.ndarray, test_t
     return out
 
 
+@dataclass
+class PoseProbe:
+    """A fitted pose probe: the tokens' standardisation and the 3 x 3 convolution to heat-map blocks."""
+
+    image_hw: tuple[int, int]
+    grid: tuple[int, int]  # token grid
+    sub: tuple[int, int]  # heat-map pixels beneath one token
+    keypoints: int
+    mean: np.ndarray  # (1, D) float32
+    std: np.ndarray  # (1, D) float32
+    weight: torch.Tensor  # (9 D, keypoints * sub)
+    bias: torch.Tensor
+
+
 def pose_probe(train_tokens: np.ndarray, train_keypoints: np.ndarray, test_tokens: np.ndarray,
                image_hw: tuple[int, int], settings: ProbeSettings = ProbeSettings()) -> dict:
     """Tokens (N, P, D) of images `image_hw`, keypoints (N, 17, 3) in their pixels -> predicted keypoints
     (n_test, 17, 3) x, y, peak and person scores (n_test,)."""
-    from clasp.evaluation.features import patch_grid
-    from clasp.evaluation.heatmaps import decode, heatmap_hw, person_score, to_input
+    return predict_pose(fit_pose_probe([(train_tokens, train_keypoints)], image_hw, settings), test_tokens, settings)
 
-    grid, (hh, hw) = patch_grid(train_tokens.shape[1], image_hw), heatmap_hw(image_hw)
-    sub = (hh // grid[0], hw // grid[1])
-    mean, std = _scale(train_tokens.reshape(-1, train_tokens.shape[2]))
+
+def fit_pose_probe(chunks: Iterable[tuple[np.ndarray, np.ndarray]], image_hw: tuple[int, int],
+                   settings: ProbeSettings = ProbeSettings()) -> PoseProbe:
+    """The probe fitted on chunks of (tokens (n, P, D), keypoints (n, K, 3) in pixels of `image_hw`), each
+    used once and let go: only the sums of `_StreamedPoseSums` are kept, never the tokens of every image."""
+    sums = None
     with _torch_threads(settings.threads):
-        moments = _PoseMoments()
-        for rows in _chunks(len(train_tokens)):
-            moments.add(_neighbourhoods(train_tokens[rows], mean, std, grid),
-                        _token_targets(train_keypoints[rows], image_hw, grid, sub))
-        weight, bias = moments.ridge(settings.l2)
-        predicted = np.concatenate([(_neighbourhoods(test_tokens[rows], mean, std, grid) @ weight + bias).numpy()
-                                    for rows in _chunks(len(test_tokens))])
-    k = train_keypoints.shape[1]
-    blocks = predicted.reshape(len(test_tokens), grid[0], grid[1], k, sub[0], sub[1]).transpose(0, 3, 1, 4, 2, 5)
-    coords, peaks = decode(blocks.reshape(len(test_tokens), k, grid[0] * sub[0], grid[1] * sub[1]))
-    keypoints = np.concatenate([to_input(coords, image_hw), peaks[..., None]], -1)
+        for tokens, keypoints in chunks:
+            if sums is None:
+                sums = _StreamedPoseSums(tokens, keypoints.shape[1], image_hw)
+            for rows in _chunks(len(tokens)):
+                sums.add(tokens[rows], keypoints[rows])
+        if sums is None:
+            raise ValueError("no training images for the pose probe")
+        return sums.probe(settings.l2)
+
+
+def predict_pose(probe: PoseProbe, tokens: np.ndarray, settings: ProbeSettings = ProbeSettings()) -> dict:
+    """{keypoints (n, K, 3): x, y in pixels of `probe.image_hw` and the peak; scores (n,): person scores}."""
+    from clasp.evaluation.heatmaps import decode, person_score, to_input
+
+    (gh, gw), (sy, sx), k = probe.grid, probe.sub, probe.keypoints
+    with _torch_threads(settings.threads):
+        predicted = np.concatenate([(_neighbourhoods(tokens[rows], probe.mean, probe.std, probe.grid) @ probe.weight
+                                     + probe.bias).numpy() for rows in _chunks(len(tokens))])
+    blocks = predicted.reshape(len(tokens), gh, gw, k, sy, sx).transpose(0, 3, 1, 4, 2, 5)
+    coords, peaks = decode(blocks.reshape(len(tokens), k, gh * sy, gw * sx))
+    keypoints = np.concatenate([to_input(coords, probe.image_hw), peaks[..., None]], -1)
     return {"keypoints": keypoints, "scores": person_score(peaks)}
 
 
@@ -227,6 +257,52 @@ def _token_targets(keypoints: np.ndarray, image_hw: tuple[int, int], grid: tuple
     return torch.from_numpy(np.ascontiguousarray(blocks).reshape(n * grid[0] * grid[1], -1))
 
 
+class _StreamedPoseSums:
+    """The ridge sums of the pose probe over chunks, for features standardised by the mean and spread of
+    *all* training tokens, which are known only once the last chunk is in.
+
+    Rows are built with a provisional standardisation, the first chunk's mean c and spread s0 (so their
+    float32 products stay well scaled), and carry 9 more columns: which of the 3 x 3 neighbours lie inside
+    the grid. With the final mean m and spread s, a neighbour inside the grid is r s0 / s - (m - c) / s and
+    one outside stays 0: the final rows are a linear map of the provisional ones, and so are their sums
+    (`_PoseMoments.mapped`). One chunk or many gives the same probe, to float rounding."""
+
+    def __init__(self, first: np.ndarray, keypoints: int, image_hw: tuple[int, int]) -> None:
+        from clasp.evaluation.features import patch_grid
+        from clasp.evaluation.heatmaps import heatmap_hw
+
+        self.image_hw, self.keypoints, dim = tuple(image_hw), keypoints, first.shape[2]
+        self.grid, (hh, hw) = patch_grid(first.shape[1], image_hw), heatmap_hw(image_hw)
+        self.sub = (hh // self.grid[0], hw // self.grid[1])
+        self.centre, self.spread = _scale(first.reshape(-1, dim))
+        self.inside = F.unfold(torch.ones(1, 1, *self.grid), kernel_size=3, padding=1)[0].T.contiguous()  # (P, 9)
+        self.shifted_sum, self.shifted_squares, self.tokens = np.zeros(dim), np.zeros(dim), 0
+        self.moments = _PoseMoments()
+
+    def add(self, tokens: np.ndarray, keypoints: np.ndarray) -> None:
+        shifted = tokens.reshape(-1, tokens.shape[2]).astype(np.float64) - self.centre
+        self.shifted_sum += shifted.sum(0)
+        self.shifted_squares += np.square(shifted).sum(0)
+        self.tokens += len(shifted)
+        x = _neighbourhoods(tokens, self.centre, self.spread, self.grid)
+        self.moments.add(torch.cat([x, self.inside.repeat(len(tokens), 1)], 1),
+                         _token_targets(keypoints, self.image_hw, self.grid, self.sub))
+
+    def probe(self, l2: float) -> PoseProbe:
+        """The ridge solution for the standardisation of all tokens seen (`_scale`'s rule, in float64)."""
+        shift = self.shifted_sum / self.tokens
+        std = np.sqrt(np.maximum(self.shifted_squares / self.tokens - shift ** 2, 0.0))
+        std[std < 1e-6] = 1.0
+        mean, std = (self.centre + shift).astype(np.float32), std[None].astype(np.float32)
+        scale = np.repeat(self.spread[0] / std[0], 9)  # feature d * 9 + k is neighbour k of token dimension d
+        offset = np.repeat((mean[0] - self.centre[0]) / std[0], 9)
+        columns = np.arange(len(offset))
+        inside = torch.zeros(9, len(offset), dtype=torch.float64)
+        inside[columns % 9, columns] = torch.from_numpy(offset.astype(np.float64))
+        weight, bias = self.moments.mapped(torch.from_numpy(scale.astype(np.float64)), inside).ridge(l2)
+        return PoseProbe(self.image_hw, self.grid, self.sub, self.keypoints, mean, std, weight, bias)
+
+
 class _PoseMoments:
     """Sums that ridge regression needs, gathered chunk by chunk: x'x, x'y, the column sums, the row count."""
 
@@ -242,6 +318,19 @@ class _PoseMoments:
             for name, part in zip(("xx", "xy", "x_sum", "y_sum"), parts):
                 setattr(self, name, getattr(self, name) + part.double())
         self.rows += len(x)
+
+    def mapped(self, scale: torch.Tensor, shift: torch.Tensor) -> "_PoseMoments":
+        """The sums of rows z = x[:F] * scale - x[F:] @ shift, with F = len(scale) and x[F:] the last
+        len(shift) columns; computed from these sums alone."""
+        f, xx = len(scale), self.xx
+        cross = (xx[:f, f:] * scale[:, None]) @ shift  # sum of (x[:F] * scale)' (x[F:] @ shift)
+        out = _PoseMoments()
+        out.xx = xx[:f, :f] * scale[:, None]
+        out.xx.mul_(scale[None, :]).sub_(cross).sub_(cross.T).addmm_(shift.T, xx[f:, f:] @ shift)
+        out.xy = self.xy[:f] * scale[:, None] - shift.T @ self.xy[f:]
+        out.x_sum = self.x_sum[:f] * scale - self.x_sum[f:] @ shift
+        out.y_sum, out.rows = self.y_sum, self.rows
+        return out
 
     def ridge(self, l2: float) -> tuple[torch.Tensor, torch.Tensor]:
         """argmin over (W, b) of mean_rows |xW + b - y|^2 / 2 + l2/2 |W|^2 (b unpenalised), from the sums."""
