@@ -630,8 +630,9 @@ def synth_corpus(out: Path, pairs: int, cameras: int, seed: int) -> None:
 @main.command("eval")
 @click.option("--backbone", required=True, type=click.Path(path_type=Path), help="Folder written by `clasp export`.")
 @click.option("--data", required=True, type=click.Path(path_type=Path),
-              help="A `clasp synth` folder (all tasks), or a Market-1501 (query/, bounding_box_test/) or MSMT17 "
-                   "(list_query.txt, list_gallery.txt) folder (reid).")
+              help="A `clasp synth` folder (all tasks), a COCO person-keypoints folder (annotations/, train2017/, "
+                   "val2017/: pose), or a Market-1501 (query/, bounding_box_test/) or MSMT17 (list_query.txt, "
+                   "list_gallery.txt) folder (reid).")
 @click.option("--tasks", default=None, show_default="every task the data supports",
               help="Comma-separated subset of attributes,parsing,reid,pose.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, show_default="no file",
@@ -645,8 +646,13 @@ def synth_corpus(out: Path, pairs: int, cameras: int, seed: int) -> None:
 @click.option("--task-prompt", type=click.Choice(["export", "per-probe"]), default="export", show_default=True,
               help="export: every probe reads the export's task prompt; per-probe: attributes read the 'attribute' "
                    "prompt, parsing and pose 'part', re-ID 'instance'.")
+@click.option("--detections", type=click.Path(path_type=Path), default=None, show_default="ground-truth boxes",
+              help="COCO: person boxes of val2017 in COCO's results format (a detector's JSON) to score instead.")
+@click.option("--pose-train-instances", type=click.IntRange(min=1), default=20000, show_default=True,
+              help="COCO: training persons the pose probe is fitted on, at most (a fixed-seed sample).")
 def eval_command(backbone: Path, data: Path, tasks: str | None, out: Path | None, batch_size: int,
-                 probe_steps: int, precision: str, task_prompt: str) -> None:
+                 probe_steps: int, precision: str, task_prompt: str, detections: Path | None,
+                 pose_train_instances: int) -> None:
     """Probe a frozen backbone: attributes (linear, mA), parsing (linear on patches, mIoU), re-ID (cosine kNN, mAP,
     rank-1), pose (linear on patches to heat maps, OKS AP)."""
     from clasp.evaluation.errors import EvalInputError
@@ -655,7 +661,8 @@ def eval_command(backbone: Path, data: Path, tasks: str | None, out: Path | None
 
     chosen = tuple(t.strip() for t in tasks.split(",") if t.strip()) if tasks is not None else None
     config = EvalConfig(backbone=backbone, data=data, tasks=chosen, out=out, batch_size=batch_size,
-                        precision=precision, task_prompt=task_prompt, probe=ProbeSettings(steps=probe_steps))
+                        precision=precision, task_prompt=task_prompt, probe=ProbeSettings(steps=probe_steps),
+                        detections=detections, pose_train_instances=pose_train_instances)
     try:
         results = evaluate(config, log=lambda msg: click.echo(msg, err=True))
     except EvalInputError as exc:

@@ -86,6 +86,17 @@ def read_coco_keypoints(root: Path, split: str, detections: Path | None = None) 
     return _annotated(path, images, document["annotations"])
 
 
+def read_coco_pose(root: Path, detections: Path | None = None) -> tuple[PoseInstances, PoseInstances]:
+    """(train, val) instances, val with the boxes of `detections` when given; empty splits as EvalInputError."""
+    train, val = read_coco_keypoints(root, "train"), read_coco_keypoints(root, "val", detections)
+    if detections is not None and not len(val):
+        raise EvalInputError(f"{detections}: no person box of an image of {val.annotation_file}")
+    for instances in (train, val):
+        if not len(instances):
+            raise EvalInputError(f"{instances.annotation_file}: no person with a labeled keypoint and a box")
+    return train, val
+
+
 def _load_json(path: Path, kind: type):
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from clasp.evaluation.errors import EvalInputError
 from clasp.pretraining.vit import PromptedViT
 from clasp.store.person_size import PERSON_HW
 
@@ -77,19 +78,42 @@ def extract_features(extractor: FeatureExtractor, paths: Sequence[str | Path], b
                      keep_patches: bool = True, progress: Callable[[int], None] | None = None,
                      autocast: torch.dtype | None = None) -> Features:
     """Features of every image in `paths`, in that order; `autocast` runs the extractor in that dtype (CPU)."""
+    cls_out, patch_out = [], []
+    for start, images in _image_batches(paths, batch_size):
+        cls, patches = batch_features(extractor, images, keep_patches, autocast)
+        cls_out.append(cls)
+        patch_out.append(patches)
+        if progress is not None:
+            progress(start + len(images))
+    return _features(cls_out, patch_out if keep_patches else None)
+
+
+def batch_features(extractor: FeatureExtractor, images: torch.Tensor, keep_patches: bool = True,
+                   autocast: torch.dtype | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(cls (B, D), patches (B, P, D) or None) as float32 arrays of one uint8 batch (B, 3, H, W)."""
     if isinstance(extractor, torch.nn.Module):
         extractor.eval()
-    cls_out, patch_out = [], []
     lower = torch.autocast("cpu", dtype=autocast) if autocast is not None else contextlib.nullcontext()
     with torch.inference_mode(), lower:
-        for start, images in _image_batches(paths, batch_size):
-            cls, patches = extractor(images)
-            cls_out.append(cls.float().cpu().numpy())
-            if keep_patches:
-                patch_out.append(patches.float().cpu().numpy())
-            if progress is not None:
-                progress(start + len(images))
-    return _features(cls_out, patch_out if keep_patches else None)
+        cls, patches = extractor(images)
+        return cls.float().cpu().numpy(), patches.float().cpu().numpy() if keep_patches else None
+
+
+def native_hw(extractor: FeatureExtractor) -> tuple[int, int]:
+    """The input size of a loaded backbone (that of its position embedding); PERSON_HW for other extractors."""
+    config = getattr(getattr(extractor, "backbone", extractor), "config", None)
+    return tuple(getattr(config, "img_hw", PERSON_HW))
+
+
+def finite_features(features: Features, backbone: object) -> Features:
+    """`features`, or EvalInputError naming `backbone` when any image got a NaN or infinite feature."""
+    bad = ~np.isfinite(features.cls).all(axis=1)
+    if features.patches is not None:
+        bad |= ~np.isfinite(features.patches).all(axis=(1, 2))
+    if bad.any():
+        raise EvalInputError(f"{backbone}: the backbone gives NaN or infinite features for {int(bad.sum())} "
+                             f"of {len(bad)} images; its weights are not usable (nothing was scored)")
+    return features
 
 
 def extract_prompted_features(backbone: PromptedViT, prompts: Mapping[str, str], paths: Sequence[str | Path],

@@ -1,8 +1,9 @@
 """Keypoint results in COCO's results format, scored by OKS AP with pycocotools' `COCOeval`.
 
-The recipe writes its predictions with `write_keypoint_results` (a list of
-`{"image_id", "category_id": 1, "keypoints": [x, y, score] x 17, "score"}`,
-the file COCO's evaluation server takes) and `coco_keypoint_ap` scores that
+The recipe and the COCO pose probe write their predictions with
+`write_keypoint_results` (a list of `{"image_id", "category_id": 1,
+"keypoints": [x, y, score] x 17, "score"}`, the file COCO's evaluation server
+takes, `KEYPOINT_RESULTS` by name) and `coco_keypoint_ap` scores that
 file against the annotation file with `COCOeval(iouType="keypoints")`: AP
 averaged over OKS thresholds 0.50:0.05:0.95, AP at 0.5 and 0.75, AP of medium
 (32^2-96^2 pixels of segment area) and large persons, and AR, as fractions. A
@@ -16,6 +17,7 @@ prediction each (the synthetic world): sorted by score, a true positive where
 OKS >= t, precision made monotone and read at 101 recall points, averaged over
 the ten thresholds. It equals COCOeval's AP there (tested) at a thousandth of
 the cost, which is what lets the bootstrap interval recompute it 1000 times.
+`nms_per_image` is mmpose's OKS-NMS of top-down results, image by image.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from clasp.evaluation.keypoint_names import OKS_SIGMAS, PERSON_CATEGORY
+from clasp.evaluation.pose_crops import expand_boxes
 from clasp.evaluation.undefined import explain, undefined
 
 THRESHOLDS = np.linspace(0.5, 0.95, 10)
@@ -37,6 +40,7 @@ NO_SIZE = "no person of this size in the ground truth"
 NO_PREDICTION = "no keypoint predictions to score"
 NO_KEYPOINT = "no person with a labeled keypoint to score"
 NMS_THRESHOLD = 0.9  # mmpose's OKS-NMS threshold for top-down results
+KEYPOINT_RESULTS = "keypoints_val_results.json"  # the predictions of val, in a run folder or beside results.json
 
 
 def keypoint_results(image_ids: np.ndarray, keypoints: np.ndarray, scores: np.ndarray) -> list[dict]:
@@ -124,3 +128,15 @@ def oks_nms(keypoints: np.ndarray, scores: np.ndarray, areas: np.ndarray,
         similarity = oks(keypoints[rest], reference, (areas[best] + areas[rest]) / 2)
         order = [i for i, s in zip(order, similarity) if not s > threshold]
     return np.array(keep, np.int64)
+
+
+def nms_per_image(instances, keypoints: np.ndarray, scores: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
+    """Rows of `instances` (PoseInstances) kept by OKS-NMS within each image; the area of a person is that of
+    its box expanded to `input_hw`."""
+    _, sizes = expand_boxes(instances.boxes, input_hw)
+    areas = sizes.prod(1)
+    kept = []
+    for image_id in np.unique(instances.image_ids):
+        rows = np.flatnonzero(instances.image_ids == image_id)
+        kept.append(rows[oks_nms(keypoints[rows], scores[rows], areas[rows])])
+    return np.sort(np.concatenate(kept)) if kept else np.zeros(0, np.int64)

@@ -13,6 +13,9 @@ x -> W - 1 - x, so a flipped heat map needs no one-pixel shift. `affine`
 returns the 2 x 3 map from image to crop (rotation, then the optional
 mirror, composed in); `warp` samples the image through its inverse
 (bilinear, zeros outside), and `apply` moves points with any such map.
+`crop_instances` crops a batch of persons unrotated (evaluation: `clasp
+finetune pose` and the pose probe of `clasp eval` on COCO), `to_crop` moves
+their keypoints into the crops and `to_image` brings crop points back.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import math
 
 import numpy as np
 from PIL import Image
+
+from clasp.evaluation.errors import EvalInputError
 
 PADDING = 1.25
 
@@ -72,3 +77,31 @@ def warp(image: Image.Image, matrix: np.ndarray, out_hw: tuple[int, int]) -> np.
     data = (a, b, c + 0.5 - 0.5 * (a + b), d, e, f + 0.5 - 0.5 * (d + e))
     crop = image.transform((out_hw[1], out_hw[0]), Image.AFFINE, data=data, resample=Image.BILINEAR)
     return np.asarray(crop)
+
+
+def open_rgb(path) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except OSError as exc:
+        raise EvalInputError(f"{path}: cannot be read as an image ({exc})") from None
+
+
+def crop_instances(paths, centres: np.ndarray, sizes: np.ndarray,
+                   out_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(crops (n, H, W, 3) uint8, image-to-crop maps (n, 2, 3)) of the boxes (centres, sizes) of the images `paths`."""
+    matrices = np.array([affine(c, s, out_hw) for c, s in zip(centres, sizes)]).reshape(-1, 2, 3)
+    crops = [warp(open_rgb(p), m, out_hw) for p, m in zip(paths, matrices)]
+    return np.array(crops, np.uint8).reshape(-1, *out_hw, 3), matrices
+
+
+def to_crop(matrices: np.ndarray, keypoints: np.ndarray) -> np.ndarray:
+    """Keypoints (n, K, 3) x, y, v moved into the crops of `matrices` (n, 2, 3); v is kept."""
+    moved = np.array(keypoints, np.float64)
+    moved[..., :2] = [apply(m, k[:, :2]) for m, k in zip(matrices, moved)]
+    return moved
+
+
+def to_image(matrices: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Points (n, K, 2) in the crops of `matrices` (n, 2, 3) back in their images' pixels."""
+    return np.array([apply(invert(m), p) for m, p in zip(matrices, points)]).reshape(points.shape)

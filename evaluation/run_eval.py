@@ -1,7 +1,9 @@
-"""`clasp eval`: probe a frozen backbone on a synthetic world or a Market-1501 folder.
+"""`clasp eval`: probe a frozen backbone on a synthetic world, a COCO, Market-1501 or MSMT17 folder.
 
 `--data` is recognised by its content: a folder with `truth/annotations.jsonl`
-is a synthetic world (all tasks; pose only when it has keypoints); a folder with `query/` or
+is a synthetic world (all tasks; pose only when it has keypoints); one with
+`annotations/person_keypoints_{train,val}2017.json` is COCO (pose only:
+`clasp.evaluation.coco_probe`); a folder with `query/` or
 `bounding_box_test/` is Market-1501 and one with `list_query.txt` MSMT17 (both
 re-ID only). Results are a nested dict
 (also written as JSON) and a plain-text table.
@@ -16,8 +18,10 @@ from typing import Callable
 
 import numpy as np
 
+from clasp.evaluation.coco_keypoints import is_coco_keypoints, read_coco_pose
 from clasp.evaluation.errors import EvalInputError
-from clasp.evaluation.features import FeatureExtractor, extract_features, extract_prompted_features
+from clasp.evaluation.features import (FeatureExtractor, extract_features, extract_prompted_features,
+                                       finite_features)
 from clasp.evaluation.label_grid import majority_downsample
 from clasp.evaluation.market1501 import is_market1501, read_market1501
 from clasp.evaluation.msmt17 import is_msmt17, read_msmt17
@@ -52,11 +56,15 @@ class EvalConfig:
     precision: str = "auto"  # of feature extraction (auto | fp32 | bf16); probes are fitted in float32
     task_prompt: str = "export"  # export: the export's task for every probe; per-probe: PROBE_PROMPTS
     probe: ProbeSettings = field(default_factory=ProbeSettings)
+    detections: Path | None = None  # COCO: person boxes of val2017 (COCO results format) instead of the truth's
+    pose_train_instances: int = 20000  # COCO: training persons the pose probe is fitted on, at most
 
 
 def data_kind(data: Path) -> str:
     if (data / "truth" / "annotations.jsonl").is_file():
         return "synth"
+    if is_coco_keypoints(data):
+        return "coco"
     if is_market1501(data):
         return "market1501"
     if is_msmt17(data):
@@ -64,11 +72,12 @@ def data_kind(data: Path) -> str:
     if not data.is_dir():
         raise EvalInputError(f"{data}: folder does not exist")
     raise EvalInputError(f"{data}: no ground truth (neither truth/annotations.jsonl of `clasp synth` "
-                         "nor Market-1501's query/ and bounding_box_test/ nor MSMT17's list_query.txt)")
+                         "nor COCO's annotations/person_keypoints_*2017.json nor Market-1501's query/ and "
+                         "bounding_box_test/ nor MSMT17's list_query.txt)")
 
 
 def resolve_tasks(kind: str, tasks: tuple[str, ...] | None, data: Path) -> tuple[str, ...]:
-    supported = TASKS if kind == "synth" else ("reid",)
+    supported = {"synth": TASKS, "coco": ("pose",)}.get(kind, ("reid",))
     if tasks is None:
         return supported
     if not tasks:
@@ -79,7 +88,8 @@ def resolve_tasks(kind: str, tasks: tuple[str, ...] | None, data: Path) -> tuple
         raise EvalInputError(f"unknown task(s) {', '.join(unknown)}; choose from {', '.join(TASKS)}")
     unsupported = [t for t in tasks if t not in supported]
     if unsupported:
-        raise EvalInputError(f"{data}: a {kind} folder has no ground truth for {', '.join(unsupported)} (reid only)")
+        raise EvalInputError(f"{data}: a {kind} folder has no ground truth for {', '.join(unsupported)} "
+                             f"({', '.join(supported)} only)")
     return tuple(tasks)
 
 
@@ -89,9 +99,13 @@ def evaluate(config: EvalConfig, extractor: FeatureExtractor | None = None,
     data = Path(config.data)
     kind = data_kind(data)
     tasks = resolve_tasks(kind, config.tasks, data)
+    if config.detections is not None and kind != "coco":
+        raise EvalInputError(f"--detections {config.detections}: person boxes are for a COCO folder; "
+                             f"{data} is a {kind} folder")
     if isinstance(extractor, dict) and config.tasks is None:  # extractors given per probe: those probes run
         tasks = tuple(t for t in tasks if t in extractor)
-    readers = {"synth": SynthTruth.load, "market1501": read_market1501, "msmt17": read_msmt17}
+    readers = {"synth": SynthTruth.load, "market1501": read_market1501, "msmt17": read_msmt17,
+               "coco": lambda root: read_coco_pose(root, config.detections)}
     source = readers[kind](data)
     if kind == "synth" and source.keypoints is None and "pose" in tasks:
         tasks = _without_pose(config, tasks, data, log)
@@ -105,6 +119,11 @@ def evaluate(config: EvalConfig, extractor: FeatureExtractor | None = None,
                      "precision": precision.record(), "task_prompt": config.task_prompt}
     if kind == "synth":
         results.update(_evaluate_synth(source, tasks, extractor, config, precision.autocast_dtype, log))
+    elif kind == "coco":
+        from clasp.evaluation.coco_probe import evaluate_coco
+
+        pose = extractor["pose"] if isinstance(extractor, dict) else extractor
+        results.update(evaluate_coco(source, pose, config, precision.autocast_dtype, log))
     else:
         reid = extractor["reid"] if isinstance(extractor, dict) else extractor
         results.update(_evaluate_market(source, reid, config, precision.autocast_dtype, log))
@@ -241,15 +260,15 @@ def _features_per_probe(extractor, tasks, paths, config: EvalConfig, autocast, l
         log(f"features of {len(paths)} images ({', '.join(dict.fromkeys(prompts.values()))} prompts, one pass)")
         found = extract_prompted_features(prompted, prompts, paths, config.batch_size,
                                           keep_patches=[t for t in tasks if t in PATCH_TASKS], autocast=autocast)
-        return {task: finite_features(found[task], config) for task in tasks}
+        return {task: finite_features(found[task], config.backbone) for task in tasks}
     done: dict[int, object] = {}
     for task in tasks:
         chosen = extractors[task]
         if id(chosen) not in done:
             log(f"features of {len(paths)} images" + (f" ({PROBE_PROMPTS[task]} prompt)" if extractor is not chosen else ""))
             patches = any(t in PATCH_TASKS and extractors[t] is chosen for t in tasks)
-            done[id(chosen)] = finite_features(
-                extract_features(chosen, paths, config.batch_size, keep_patches=patches, autocast=autocast), config)
+            found = extract_features(chosen, paths, config.batch_size, keep_patches=patches, autocast=autocast)
+            done[id(chosen)] = finite_features(found, config.backbone)
     return {task: done[id(extractors[task])] for task in tasks}
 
 
@@ -260,17 +279,6 @@ def _prompted_backbone(extractors: dict, tasks) -> PromptedViT | None:
         return None
     backbones = {id(e.backbone) for e in chosen}
     return chosen[0].backbone if len(backbones) == 1 else None
-
-
-def finite_features(features, config: EvalConfig):
-    """`features`, or EvalInputError naming the export when any image got a NaN or infinite feature."""
-    bad = ~np.isfinite(features.cls).all(axis=1)
-    if features.patches is not None:
-        bad |= ~np.isfinite(features.patches).all(axis=(1, 2))
-    if bad.any():
-        raise EvalInputError(f"{config.backbone}: the backbone gives NaN or infinite features for {int(bad.sum())} "
-                             f"of {len(bad)} images; its weights are not usable (nothing was scored)")
-    return features
 
 
 def reid_intervals(reid: dict, query_identities: np.ndarray) -> dict:
@@ -284,9 +292,12 @@ def reid_intervals(reid: dict, query_identities: np.ndarray) -> dict:
 
 
 def unscored_main_metric(results: dict) -> str | None:
-    """The error line's text when re-ID on a Market-1501 or MSMT17 folder, its only metric, scored no query."""
+    """The error line's text when the only metric of a folder had no value: re-ID on Market-1501 or MSMT17
+    scored no query, or pose on COCO no person."""
     if results["kind"] == "synth":
         return None
+    if results["kind"] == "coco":
+        return failure_line(results["pose"], "ap", results["data"])
     reid = results["reid"]
     return failure_line(reid, "mAP", results["data"], f" ({reid['skipped_queries']} queries, all skipped)")
 
@@ -295,9 +306,9 @@ def _evaluate_market(market, extractor, config: EvalConfig, autocast, log) -> di
     start = time.perf_counter()
     log(f"features of {len(market.query)} queries and {len(market.gallery)} gallery images")
     q = finite_features(extract_features(extractor, market.query.paths, config.batch_size, keep_patches=False,
-                                         autocast=autocast), config)
+                                         autocast=autocast), config.backbone)
     g = finite_features(extract_features(extractor, market.gallery.paths, config.batch_size, keep_patches=False,
-                                         autocast=autocast), config)
+                                         autocast=autocast), config.backbone)
     out: dict = {"images": len(market.query) + len(market.gallery), "feature_dim": int(q.cls.shape[1]),
                  "seconds": {"features": time.perf_counter() - start}}
     t0 = time.perf_counter()
@@ -322,7 +333,8 @@ def format_table(results: dict) -> str:
         rows.append((f"re-ID mAP ({r['queries']} queries, {r['gallery']} gallery)", r["mAP"]))
         rows.append(("re-ID rank-1", r["rank1"]))
     if "pose" in results:
-        rows.append((f"pose AP (OKS, {results['pose']['persons']} persons)", results["pose"]["ap"]))
+        pose = results["pose"]
+        rows.append((f"pose AP (OKS, {pose.get('persons', pose.get('instances_val'))} persons)", pose["ap"]))
     width = max((len(name) for name, _ in rows), default=10)
     lines = [f"{'metric'.ljust(width)}  value", f"{'-' * width}  ------"]
     lines += [f"{name.ljust(width)}  {percent(value, 6, 2)}" for name, value in rows]

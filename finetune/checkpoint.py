@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_model, save_model
 
+from clasp.evaluation.oks import KEYPOINT_RESULTS
 from clasp.finetune.config import CONFIG_NAME, FinetuneConfig, load_saved, resume_differences
 from clasp.runs import LOCK_NAME
 from clasp.store.durable import fsync_dir, write_json_atomic
@@ -41,7 +42,6 @@ CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
 RESULTS = "results.json"
 ERROR_LOG = "error.log"
-KEYPOINT_RESULTS = "keypoints_val_results.json"
 RUN_FILES = (CONFIG_NAME, METRICS, RESULTS, CHECKPOINTS, ERROR_LOG, KEYPOINT_RESULTS)
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 

@@ -114,13 +114,6 @@ def _parsing(layout: str, data: Path):
 
 
 def _pose(layout: str, data: Path, config: FinetuneConfig) -> PoseData:
-    from clasp.evaluation.coco_keypoints import read_coco_keypoints
+    from clasp.evaluation.coco_keypoints import read_coco_pose
 
-    found = PoseData(layout, read_coco_keypoints(data, "train"),
-                     read_coco_keypoints(data, "val", Path(config.detections) if config.detections else None))
-    if config.detections and not len(found.val):
-        raise FinetuneInputError(f"{config.detections}: no person box of an image of {found.val.annotation_file}")
-    for instances in (found.train, found.val):
-        if not len(instances):
-            raise FinetuneInputError(f"{instances.annotation_file}: no person with a labeled keypoint and a box")
-    return found
+    return PoseData(layout, *read_coco_pose(data, Path(config.detections) if config.detections else None))

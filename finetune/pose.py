@@ -12,8 +12,9 @@ for long schedules.
 Evaluation (`predict`): the plain crop and its mirror image through the model,
 the mirror's heat maps flipped back and averaged in (the flip test), decoded
 (argmax + quarter offset) and mapped back to image pixels; a person's score is
-its box score times the mean keypoint score above 0.2, and with detected boxes
-OKS-NMS (0.9) keeps one of each overlapping set per image, as mmpose does.
+its box score times the mean keypoint score above 0.2, and OKS-NMS (0.9,
+`clasp.evaluation.oks.nms_per_image`) keeps one of each overlapping set per
+image, as mmpose does.
 """
 
 from __future__ import annotations
@@ -22,27 +23,16 @@ from typing import Callable
 
 import numpy as np
 import torch
-from PIL import Image
 
 from clasp.evaluation.coco_keypoints import PoseInstances
-from clasp.evaluation.errors import EvalInputError
 from clasp.evaluation.heatmaps import decode, encode, flip_back, person_score, to_input
 from clasp.evaluation.keypoint_names import FLIP_INDEX
-from clasp.evaluation.oks import oks_nms
-from clasp.evaluation.pose_crops import affine, apply, expand_boxes, invert, warp
+from clasp.evaluation.pose_crops import affine, apply, crop_instances, expand_boxes, open_rgb, to_image, warp
 
 POSE_HW = (256, 192)
 SCALE_SPREAD = 0.5
 ROTATION_SPREAD = 40.0
 ROTATION_RATE = 0.6
-
-
-def open_rgb(path) -> Image.Image:
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except OSError as exc:
-        raise EvalInputError(f"{path}: cannot be read as an image ({exc})") from None
 
 
 def _normal(gen: torch.Generator, spread: float) -> float:
@@ -82,28 +72,15 @@ def predict(model, instances: PoseInstances, batch_size: int, device, autocast,
     out_points, out_peaks = [], []
     with torch.inference_mode(), autocast():
         for start in range(0, len(instances), batch_size):
-            rows = range(start, min(start + batch_size, len(instances)))
-            matrices = [affine(centres[r], sizes[r], input_hw) for r in rows]
-            crops = np.stack([warp(open_rgb(instances.image_paths[r]), m, input_hw) for r, m in zip(rows, matrices)])
+            rows = slice(start, start + batch_size)
+            crops, matrices = crop_instances(instances.image_paths[rows], centres[rows], sizes[rows], input_hw)
             images = torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous().to(device)
             maps = model(images)["heatmaps"].float()
             maps = (maps + flip_back(model(images.flip(-1))["heatmaps"].float())) / 2
             coords, peaks = decode(maps.cpu().numpy())
             points = to_input(coords, input_hw)
-            out_points += [apply(invert(m), p) for m, p in zip(matrices, points)]
+            out_points.append(to_image(matrices, points))
             out_peaks.append(peaks)
     peaks = np.concatenate(out_peaks)
-    keypoints = np.concatenate([np.stack(out_points), peaks[..., None]], -1)
+    keypoints = np.concatenate([np.concatenate(out_points), peaks[..., None]], -1)
     return keypoints, instances.scores * person_score(peaks)
-
-
-def nms_per_image(instances: PoseInstances, keypoints: np.ndarray, scores: np.ndarray,
-                  input_hw: tuple[int, int] = POSE_HW) -> np.ndarray:
-    """Rows kept by OKS-NMS within each image; the area of a person is that of its expanded box."""
-    _, sizes = expand_boxes(instances.boxes, input_hw)
-    areas = sizes.prod(1)
-    kept = []
-    for image_id in np.unique(instances.image_ids):
-        rows = np.flatnonzero(instances.image_ids == image_id)
-        kept.append(rows[oks_nms(keypoints[rows], scores[rows], areas[rows])])
-    return np.sort(np.concatenate(kept)) if kept else np.zeros(0, np.int64)

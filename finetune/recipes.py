@@ -32,9 +32,8 @@ from clasp.finetune.augment import flip_pad_crop, flip_parsing, random_erasing
 from clasp.finetune.batches import pk_batches, shuffled_batches
 from clasp.finetune.config import FinetuneConfig
 from clasp.finetune.losses import attribute_weights, batch_hard_triplet, weighted_bce
-from clasp.finetune.checkpoint import KEYPOINT_RESULTS
 from clasp.finetune.model import AttributeHead, BNNeckHead, HeatmapHead, ParsingHead
-from clasp.finetune.pose import POSE_HW, heatmap_loss, nms_per_image, predict, training_batch
+from clasp.finetune.pose import POSE_HW, heatmap_loss, predict, training_batch
 from clasp.store.person_size import PERSON_HW
 
 
@@ -229,7 +228,8 @@ class PoseRecipe:
     def evaluate(self, model, device, autocast, log: Callable[[str], None]) -> dict:
         from pathlib import Path
 
-        from clasp.evaluation.oks import coco_keypoint_ap, keypoint_results, write_keypoint_results
+        from clasp.evaluation.oks import (KEYPOINT_RESULTS, coco_keypoint_ap, keypoint_results, nms_per_image,
+                                          write_keypoint_results)
 
         val = self.data.val
         log(f"evaluating on {len(val)} persons of {len(np.unique(val.image_ids))} images")
