@@ -36,10 +36,11 @@ from safetensors.torch import load_model, save_model
 from clasp.evaluation.oks import KEYPOINT_RESULTS
 from clasp.finetune.config import CONFIG_NAME, FinetuneConfig, load_saved, resume_differences
 from clasp.runs import LOCK_NAME
+from clasp.runs.metrics_log import METRICS_FILE
 from clasp.store.durable import fsync_dir, write_json_atomic
 
 CHECKPOINTS = "checkpoints"
-METRICS = "metrics.jsonl"
+METRICS = METRICS_FILE
 RESULTS = "results.json"
 ERROR_LOG = "error.log"
 RUN_FILES = (CONFIG_NAME, METRICS, RESULTS, CHECKPOINTS, ERROR_LOG, KEYPOINT_RESULTS)

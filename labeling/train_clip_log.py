@@ -9,14 +9,13 @@ log; `train` alone writes nothing.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from clasp.labeling.train_clip_config import TrainClipConfig
+from clasp.runs.metrics_log import MetricsLog
 from clasp.runs.trackers import Trackers, accelerator_options, chosen, start_trackers
 
-METRICS_FILE = "metrics.jsonl"  # the name every run folder gives it
 PROJECT = "clasp-train-clip"
 
 
@@ -26,19 +25,14 @@ class TrainClipLog:
     def __init__(self, config: TrainClipConfig) -> None:
         out = Path(config.out)
         out.mkdir(parents=True, exist_ok=True)
-        self._file: TextIO | None = open(out / METRICS_FILE, "w", encoding="utf-8")
         self.trackers = open_trackers(config)
+        self._log = MetricsLog(out, is_main=True, trackers=self.trackers, fresh=True)
 
     def write(self, row: dict[str, Any]) -> None:
-        if self._file is not None:
-            self._file.write(json.dumps(row) + "\n")
-            self._file.flush()
-            self.trackers.log_row(row["step"], row)
+        self._log.write(row)
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        self._log.close()
         self.trackers.finish()
 
 

@@ -18,8 +18,9 @@ OUT/                          (run_folder.py: when a new run may use it)
 ```
 """
 
+from clasp.runs.metrics_log import METRICS_FILE  # noqa: F401 - declared once, for every training command
+
 RUN_CONFIG = "config.json"
-METRICS_FILE = "metrics.jsonl"
 ERROR_LOG = "error.log"
 ROWS_LOG = "rows-rank{rank}.jsonl"
 CHECKPOINTS_DIR = "checkpoints"

@@ -1,11 +1,6 @@
-"""The two line-per-step logs of a run folder: metrics.jsonl, and (for tests) the rows each process read.
-
-Both are JSON lines keyed by `step`; on resume, lines after the checkpoint's
-step (logged by a run that died after its last save) are dropped first, so a
-resumed run's log reads as one uninterrupted run's. `truncate_jsonl` is that
-rule; a fine-tuning run's metrics.jsonl follows it too. The first row a
-resumed pre-training writes carries `resumed_after` (RESUMED_AFTER): the last
-step logged before the resume, for the loss charts to mark.
+"""The two line-per-step logs of a pre-training run folder: metrics.jsonl (`clasp.runs.metrics_log`, shared
+by every training command) and, for tests, the rows each process read (`RowLog`), which follows the same
+truncate-on-resume rule.
 """
 
 from __future__ import annotations
@@ -13,63 +8,14 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import torch
 
-from clasp.pretraining.layout import METRICS_FILE, ROWS_LOG
-from clasp.runs.trackers import Trackers
+from clasp.pretraining.layout import ROWS_LOG
+from clasp.runs.metrics_log import RESUMED_AFTER, MetricsLog, last_step, truncate_jsonl
 
-RESUMED_AFTER = "resumed_after"
-
-
-def truncate_jsonl(path: Path, after_step: int) -> None:
-    """Drop lines logged after `after_step` by a run that died after its last checkpoint."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if int(json.loads(line)["step"]) <= after_step:
-                kept.append(line)
-        except (ValueError, KeyError, TypeError):
-            continue  # a line cut by a kill
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-
-
-def last_step(path: Path) -> int | None:
-    """The step of the last whole line of a JSON-lines log; None without one."""
-    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
-    for line in reversed(lines):
-        try:
-            return int(json.loads(line)["step"])
-        except (ValueError, KeyError, TypeError):
-            continue
-    return None
-
-
-class MetricsLog:
-    """OUT/metrics.jsonl, written by the main process only (the others hold a log that writes nothing); each
-    row it writes also goes to the run's experiment trackers (`clasp.runs.trackers`), when it has any."""
-
-    def __init__(self, out: Path, is_main: bool, trackers: Trackers | None = None) -> None:
-        self._trackers = trackers or Trackers()
-        # rows already there: a resumed run appends to the log truncate_jsonl trimmed to its checkpoint
-        self._resumed_after = last_step(out / METRICS_FILE) if is_main else None
-        self._file: TextIO | None = open(out / METRICS_FILE, "a", encoding="utf-8") if is_main else None
-
-    def write(self, row: dict[str, Any]) -> None:
-        if self._file is not None:
-            if self._resumed_after is not None:
-                row, self._resumed_after = {**row, RESUMED_AFTER: self._resumed_after}, None
-            self._file.write(json.dumps(row) + "\n")
-            self._file.flush()
-            self._trackers.log_row(row["step"], row)
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+__all__ = ["RESUMED_AFTER", "MetricsLog", "RowLog", "last_step", "truncate_jsonl"]
 
 
 class RowLog:

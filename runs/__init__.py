@@ -1,9 +1,10 @@
-"""What every command that writes a folder of its own shares: the one-writer lock, and the experiment trackers.
+"""What every command that writes a folder of its own shares: the one-writer lock, metrics.jsonl, the trackers.
 
 `clasp label` (a shard folder), `clasp pretrain` and `clasp finetune` (run
 folders) take the same lock, so two commands never write one folder at once.
-`clasp pretrain`, `clasp finetune` and `clasp train-clip` log their metrics rows
-to the trackers of `--report-to` (`trackers.py`). This package imports nothing
+`clasp pretrain` and `clasp train-clip` write metrics.jsonl through one writer
+(`metrics_log.py`), and all three training commands log their rows to the
+trackers of `--report-to` (`trackers.py`). This package imports nothing
 of ours but `clasp.settings` (where the tracker settings are declared).
 """
 
