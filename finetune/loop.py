@@ -20,7 +20,6 @@ follows pre-training's (precision `auto` resolved once by `clasp.hardware`).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -39,8 +38,8 @@ from clasp.finetune.checkpoint import (
 from clasp.finetune.config import CONFIG_NAME, FinetuneConfig, FinetuneConfigError, saved_form
 from clasp.evaluation.errors import EvalInputError
 from clasp.finetune.data import FinetuneInputError, load_data
-from clasp.pretraining.run_logs import truncate_jsonl
 from clasp.runs import FolderLockError, exclusive_run_folder
+from clasp.runs.metrics_log import MetricsLog, truncate_jsonl
 from clasp.runs.trackers import Trackers, accelerator_options, start_trackers
 from clasp.evaluation.results_json import write_results
 from clasp.store.durable import write_json_atomic
@@ -333,7 +332,7 @@ class _Loop:
         from tqdm.auto import tqdm
 
         acc, config = self.accelerator, self.config
-        metrics = open(self.out / METRICS, "a", encoding="utf-8") if acc.is_main_process else None
+        metrics = MetricsLog(self.out, acc.is_main_process, self.trackers)
         bar = tqdm(total=total, initial=start, disable=not acc.is_main_process, unit="step", desc=f"finetune {config.task}")
         step, stopped_by, t0 = start, "end" if end == total else "stop_at", time.perf_counter()
         try:
@@ -345,13 +344,10 @@ class _Loop:
                     stop = summed.pop("_stop") > 0
                     bar.update(1)
                     bar.set_postfix(loss=f"{summed['loss']:.4f}")
-                    if metrics is not None and (step % config.log_every == 0 or step == end or stop):
+                    if step % config.log_every == 0 or step == end or stop:
                         elapsed, t0 = time.perf_counter() - t0, time.perf_counter()
-                        row = {"step": step, **summed, "lr": float(self.lrs[step - 1]), "epoch": plan.epoch_of(step - 1),
-                               "seconds": elapsed}
-                        metrics.write(json.dumps(row) + "\n")
-                        metrics.flush()
-                        self.trackers.log_row(step, row)
+                        metrics.write({"step": step, **summed, "lr": float(self.lrs[step - 1]),
+                                       "epoch": plan.epoch_of(step - 1), "seconds": elapsed})
                     if step % config.save_every == 0 or step == end or stop:
                         self.save(step)
                     if stop:
@@ -359,6 +355,5 @@ class _Loop:
                         break
         finally:
             bar.close()
-            if metrics is not None:
-                metrics.close()
+            metrics.close()
         return step, stopped_by

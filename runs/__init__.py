@@ -2,9 +2,9 @@
 
 `clasp label` (a shard folder), `clasp pretrain` and `clasp finetune` (run
 folders) take the same lock, so two commands never write one folder at once.
-`clasp pretrain` and `clasp train-clip` write metrics.jsonl through one writer
-(`metrics_log.py`), and all three training commands log their rows to the
-trackers of `--report-to` (`trackers.py`). This package imports nothing
+`clasp pretrain`, `clasp finetune` and `clasp train-clip` write metrics.jsonl
+through one writer (`metrics_log.py`), which also logs each row to the trackers
+of `--report-to` (`trackers.py`). This package imports nothing
 of ours but `clasp.settings` (where the tracker settings are declared).
 """
 
