@@ -65,8 +65,10 @@ def available_cores(root: Path = CGROUP_ROOT) -> int:
     return cores
 
 
-def cores_per_process(processes_on_host: int = 1) -> int:
-    return max(1, available_cores() // max(1, processes_on_host))
+def cores_per_process(processes_on_host: int = 1, cores: int | None = None) -> int:
+    """This process's share of `cores` (by default the available cores)."""
+    cores = available_cores() if cores is None else cores
+    return max(1, cores // max(1, processes_on_host))
 
 
 def torch_threads(processes_on_host: int = 1) -> int:
@@ -75,12 +77,13 @@ def torch_threads(processes_on_host: int = 1) -> int:
         return max(1, int(os.environ["OMP_NUM_THREADS"]))
     except (KeyError, ValueError):
         pass
-    share = cores_per_process(processes_on_host)
+    cores = available_cores()  # affinity and cgroup files, read once
+    share = cores_per_process(processes_on_host, cores)
     busy = busy_cores()
-    threads = min(share, free_cores(available_cores(), busy))
+    threads = min(share, free_cores(cores, busy))
     if threads < share:
         logging.getLogger("clasp").warning(
-            f"other work keeps {busy:.1f} of {available_cores()} cores busy: {threads} torch thread"
+            f"other work keeps {busy:.1f} of {cores} cores busy: {threads} torch thread"
             f"{'s' if threads > 1 else ''} instead of {share} (set OMP_NUM_THREADS to choose)")
     return threads
 
