@@ -16,6 +16,7 @@ import click
 from clasp import __version__
 from clasp.hardware import PRECISION_HELP, PRECISIONS
 from clasp.pretraining.config import ON_BAD_ROW_HELP
+from clasp.runs.error_log import write_error_log
 
 
 
@@ -84,12 +85,8 @@ class ClaspGroup(click.Group):
             message = " ".join(text.split())[:500] or "(no message)"
             line = f"{path}: {type(exc).__name__}: {message}"
             out = params.get("out")
-            if name in OUT_FOLDER_COMMANDS and out is not None and Path(out).is_dir():
-                try:
-                    with open(Path(out) / "error.log", "a", encoding="utf-8") as f:
-                        f.write(f"error: {line}\n")
-                except OSError:
-                    pass
+            if name in OUT_FOLDER_COMMANDS and out is not None:
+                write_error_log(out, line, create=False)
             click.echo(f"error: {line} (run with `clasp --debug` for the traceback)", err=True)
             sys.exit(1)
 
@@ -427,7 +424,6 @@ def pretrain(config_file: Path | None, **settings) -> None:
     at once, keeping the last complete checkpoint.
     """
     from clasp.pretraining.config import ConfigError, build_config
-    from clasp.pretraining.run_folder import write_error_log
     from clasp.pretraining.train import PretrainInputError, RunFailedError, run_pretraining
     from clasp.settings.click_options import given
 
@@ -500,7 +496,6 @@ def _finetune_options(task: str):
 
 def _run_finetune(task: str, config_file: Path | None, resume: bool, force: bool, settings: dict) -> None:
     from clasp.finetune.config import FinetuneConfigError, build_config
-    from clasp.finetune.checkpoint import write_error_log
     from clasp.finetune.data import FinetuneInputError
     from clasp.finetune.loop import NonFiniteLossError, run_finetune
     from clasp.finetune.recipes import unscored_main_metric
@@ -587,10 +582,10 @@ def finetune_pose(config_file, resume, force, **settings) -> None:
               show_default="clasp's own (images/ + truth/)", help="Write the world in this benchmark's folder format.")
 def synth(out: Path, identities: int, images_per_id: int, cameras: int, seed: int, layout: str | None) -> None:
     """Draw a synthetic person world with ground truth: OUT/images/ (for `clasp label`) and OUT/truth/."""
-    from clasp.evaluation.synth import SynthConfig, synthesize
+    from clasp.datasets.synth import SynthConfig, synthesize
 
     if layout is not None:
-        from clasp.evaluation.synth.layouts import check_layout_limits, write_layout
+        from clasp.datasets.synth.layouts import check_layout_limits, write_layout
 
         config = SynthConfig(out=out, identities=identities, images_per_id=images_per_id, cameras=cameras, seed=seed)
         try:
@@ -619,7 +614,7 @@ def synth_corpus(out: Path, pairs: int, cameras: int, seed: int) -> None:
     Identities, cameras and random streams are disjoint from every `clasp synth`
     world, even for the same seed. Only images and captions are written.
     """
-    from clasp.evaluation.synth.corpus import CorpusConfig, write_corpus
+    from clasp.datasets.synth.corpus import CorpusConfig, write_corpus
 
     summary = write_corpus(CorpusConfig(out=out, pairs=pairs, cameras=cameras, seed=seed))
     kinds = ", ".join(f"{k} {n}" for k, n in summary.kinds.items())
@@ -655,7 +650,7 @@ def eval_command(backbone: Path, data: Path, tasks: str | None, out: Path | None
                  pose_train_instances: int) -> None:
     """Probe a frozen backbone: attributes (linear, mA), parsing (linear on patches, mIoU), re-ID (cosine kNN, mAP,
     rank-1), pose (linear on patches to heat maps, OKS AP)."""
-    from clasp.evaluation.errors import EvalInputError
+    from clasp.errors import InputError
     from clasp.evaluation.probes import ProbeSettings
     from clasp.evaluation.run_eval import EvalConfig, evaluate, format_table, unscored_main_metric
 
@@ -665,7 +660,7 @@ def eval_command(backbone: Path, data: Path, tasks: str | None, out: Path | None
                         detections=detections, pose_train_instances=pose_train_instances)
     try:
         results = evaluate(config, log=lambda msg: click.echo(msg, err=True))
-    except EvalInputError as exc:
+    except InputError as exc:
         raise UserError(str(exc)) from None
     click.echo(format_table(results))
     if out is not None:
@@ -680,13 +675,13 @@ def eval_command(backbone: Path, data: Path, tasks: str | None, out: Path | None
               help="Write the results as JSON here.")
 def eval_labels(shards: Path, truth: Path, out: Path | None) -> None:
     """Quality of pseudo-labels against synthetic ground truth: IoU per part, accuracy per attribute group."""
-    from clasp.evaluation.errors import EvalInputError
+    from clasp.errors import InputError
     from clasp.evaluation.label_quality import LabelQualityConfig, evaluate_labels, format_label_quality
     from clasp.store import StoreError
 
     try:
         results = evaluate_labels(LabelQualityConfig(shards=shards, truth=truth, out=out))
-    except (EvalInputError, StoreError) as exc:
+    except (InputError, StoreError) as exc:
         raise UserError(str(exc)) from None
     click.echo(format_label_quality(results))
     if out is not None:
@@ -708,14 +703,14 @@ def truth_labels(world: Path, out: Path, noise: float, grid: tuple[int, int], se
     A control no real data set has: pre-training on it tells what labels of a
     known quality buy (noise 0 is the upper bound). Read it like any store.
     """
-    from clasp.evaluation.errors import EvalInputError
+    from clasp.errors import InputError
     from clasp.evaluation.truth_store import TruthStoreConfig, write_truth_store
     from clasp.store import StoreError
 
     config = TruthStoreConfig(world=world, out=out, noise=noise, grid=grid, seed=seed, shard_size=shard_size)
     try:
         summary = write_truth_store(config)
-    except (EvalInputError, StoreError) as exc:
+    except (InputError, StoreError) as exc:
         raise UserError(str(exc)) from None
     click.echo(f"wrote {summary.rows} rows in {summary.shards} shards to {out} in {summary.seconds:.1f} s; "
                f"changed {summary.part_cells_changed:.1%} of part cells and {summary.attribute_values_changed:.1%} "

@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from clasp.evaluation.synth.corpus import JPEG_QUALITY, CorpusConfig, write_corpus
+from clasp.datasets.synth.corpus import JPEG_QUALITY, CorpusConfig, write_corpus
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from jpeg_baseline import best_times, rate_lines, write_jpegs  # noqa: E402

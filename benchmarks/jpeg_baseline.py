@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from clasp.store.person_size import PERSON_HW
+from clasp.common.person_size import PERSON_HW
 
 Run = Callable[[Path], object]  # writes its output into the (new) folder it is given
 

@@ -50,7 +50,7 @@ from clasp.labeling.config import ClipLabelerConfig
 from clasp.labeling.shard_worker import build_clip_labeler, cached_labeler
 from clasp.labeling.tiny_clip import clip_from_config
 from clasp.store import LabelRows, Vocabulary, write_shard
-from clasp.store.person_size import PERSON_HW
+from clasp.common.person_size import PERSON_HW
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import count_flops, efficiency_line, op_shares, op_shares_line, print_header, verdict  # noqa: E402

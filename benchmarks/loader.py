@@ -61,7 +61,7 @@ from clasp.pretraining.epoch_plan import augment_seed
 from clasp.pretraining.stream import (
     RawRow, ShardStream, StreamConfig, collate, decode_image, make_loader, validate_store,
 )
-from clasp.store.person_size import PERSON_HW
+from clasp.common.person_size import PERSON_HW
 from clasp.store import ClipInfo, LabelRows, Manifest, ShardStore, Vocabulary, record_shard, shard_name, write_shard_for
 from clasp.store.cache_config import CacheConfig
 

@@ -18,8 +18,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from clasp.evaluation.synth import SynthConfig, synthesize
-from clasp.evaluation.synth.writer import JPEG_QUALITY
+from clasp.datasets.synth import SynthConfig, synthesize
+from clasp.datasets.synth.writer import JPEG_QUALITY
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from jpeg_baseline import best_times, rate_lines, write_jpegs  # noqa: E402

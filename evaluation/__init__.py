@@ -1,12 +1,15 @@
-"""Evaluation: a synthetic person world with ground truth, probes on frozen backbones, reports.
+"""Evaluation: probes on frozen backbones, their metrics and intervals, label quality, reports.
 
-- `synth/`: `clasp synth` (identities, cameras, drawing, writer) and its ground truth format;
-- `truth.py`, `market1501.py`: reading a synthetic world or a Market-1501 folder;
-- `keypoint_names.py`, `coco_keypoints.py`, `pose_crops.py`, `heatmaps.py`, `oks.py`: COCO person keypoints
-  (facts, reader, top-down crops, heat maps, results and OKS AP), shared by `clasp eval` and `clasp finetune pose`;
-- `metrics.py`, `label_grid.py`: mA, mIoU, re-ID mAP/rank-1, masks on a label grid;
-- `features.py`, `probes.py`, `run_eval.py`, `backbone.py`: `clasp eval`; `coco_probe.py`: its pose probe on a COCO
-  folder;
-- `label_quality.py`: `clasp eval-labels`;
-- `reproduce.py`, `reproduce_report.py`, `plots.py`, `report_figures.py`, `expert_load.py`: `make reproduce`.
+- `features.py`, `frozen_backbone.py`, `probes.py`, `run_eval.py`: `clasp eval` (linear attributes, linear
+  parsing, cosine kNN re-ID, linear pose); `coco_probe.py`: its pose probe on a COCO folder;
+- `metrics.py`, `intervals.py`, `rerank.py`, `undefined.py`, `results_json.py`: mA, mIoU, re-ID mAP/rank-1,
+  bootstrap intervals, re-ranking, and results files that never hold NaN;
+- `pose_crops.py`, `heatmaps.py`, `oks.py`: top-down crops, heat maps and OKS AP, shared with
+  `clasp finetune pose`;
+- `label_quality.py`: `clasp eval-labels`; `truth_store.py`: `clasp truth-labels` (the ground-truth control);
+- `no_information.py`, `reid_reference.py`: where losses and re-ID scores start when nothing is learned;
+- `plots.py`: the charts of every report.
+
+The data sets and the synthetic world are in `clasp.datasets`; the `make reproduce` pipeline in
+`clasp.reproduce`.
 """

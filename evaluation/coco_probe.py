@@ -30,7 +30,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from clasp.evaluation.coco_keypoints import PoseInstances
+from clasp.datasets.coco_keypoints import PoseInstances
 from clasp.evaluation.features import Features, batch_features, finite_features, native_hw
 from clasp.evaluation.oks import (KEYPOINT_RESULTS, coco_keypoint_ap, keypoint_results, nms_per_image,
                                   write_keypoint_results)

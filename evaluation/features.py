@@ -20,7 +20,7 @@ from PIL import Image
 
 from clasp.evaluation.errors import EvalInputError
 from clasp.pretraining.vit import PromptedViT
-from clasp.store.person_size import PERSON_HW
+from clasp.common.person_size import PERSON_HW
 
 FeatureExtractor = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from clasp.evaluation.keypoint_names import FLIP_INDEX
+from clasp.datasets.keypoint_names import FLIP_INDEX
 
 STRIDE = 4
 SIGMA = 2.0

@@ -9,7 +9,7 @@ store none of whose keys is an image of the world is refused: same file names
 do not make another world's labels comparable. For the matched rows:
 
 - parts: the truth mask (256x128 pixels) is brought down to the manifest's
-  label grid by majority per cell (`clasp.evaluation.label_grid`), parts are
+  label grid by majority per cell (`clasp.datasets.label_grid`), parts are
   matched by name, and IoU per part is accumulated over all cells of all rows;
   mIoU is the mean over parts present in truth or labels (background included).
 - attributes: within each group the value with the highest `attr_logits` is the
@@ -29,16 +29,17 @@ from pathlib import Path
 
 import numpy as np
 
+from clasp.datasets.attribute_data import binary_attribute_names, binary_attributes
 from clasp.evaluation.errors import EvalInputError
-from clasp.evaluation.label_grid import majority_downsample
+from clasp.datasets.label_grid import majority_downsample
 from clasp.evaluation.metrics import (ATTRIBUTE_UNDEFINED, NO_ATTRIBUTE, NO_PART, PART_UNDEFINED,
-                                      binary_attribute_names, binary_attributes, confusion_matrix, iou_per_class,
+                                      confusion_matrix, iou_per_class,
                                       label_based_accuracy, mean_iou)
 from clasp.evaluation.results_json import write_results
 from clasp.evaluation.undefined import PerItem, explain
-from clasp.evaluation.truth import SynthTruth, truth_path_of
+from clasp.datasets.truth import SynthTruth, truth_path_of
 from clasp.store import ShardStore
-from clasp.store.percent import percent
+from clasp.common.percent import percent
 
 READ_FIELDS = ("key", "path", "part_mask", "attr_logits")
 GROUP_UNDEFINED = "no matched row has a truth value for the group"

@@ -4,7 +4,7 @@
   binary attribute j gets the mean of its positive and negative recall,
   (TP_j/P_j + TN_j/N_j) / 2, over the test images; mA is the mean over
   attributes. Our vocabulary groups mutually exclusive values, so a group is
-  turned into binary attributes first (`binary_attributes`): a two-value group
+  turned into binary attributes first (`clasp.datasets.attribute_data.binary_attributes`): a two-value group
   is ONE binary attribute (its first value, e.g. gender=male, backpack=yes; the
   second value's numbers are the same), a group of k > 2 values is k one-vs-rest
   attributes (age=child, age=adult, ...). An attribute whose test set has no
@@ -40,27 +40,6 @@ NO_ATTRIBUTE = "no attribute has both positive and negative test images"
 ATTRIBUTE_UNDEFINED = "the attribute has no positive or no negative test image"
 NO_PART = "no part is present in truth or prediction"
 PART_UNDEFINED = "the part is absent from truth and prediction"
-
-
-def binary_attributes(labels: np.ndarray, group_sizes: list[int]) -> np.ndarray:
-    """(N, G) value index per group -> (N, C) bool binary attributes (see the module docstring)."""
-    labels = np.asarray(labels)
-    columns = []
-    for g, size in enumerate(group_sizes):
-        if size == 2:
-            columns.append(labels[:, g] == 0)
-        else:
-            columns.extend(labels[:, g] == v for v in range(size))
-    return np.stack(columns, axis=1) if columns else np.zeros((len(labels), 0), bool)
-
-
-def binary_attribute_names(groups: list[tuple[str, list[str]]]) -> list[str]:
-    """Names of the columns `binary_attributes` makes, as 'group=value'."""
-    names = []
-    for group, values in groups:
-        chosen = values[:1] if len(values) == 2 else values
-        names.extend(f"{group}={v}" for v in chosen)
-    return names
 
 
 def label_based_accuracy(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clasp.evaluation.keypoint_names import OKS_SIGMAS, PERSON_CATEGORY
+from clasp.datasets.keypoint_names import OKS_SIGMAS, PERSON_CATEGORY
 from clasp.evaluation.pose_crops import expand_boxes
 from clasp.evaluation.undefined import explain, undefined
 

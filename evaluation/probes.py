@@ -6,7 +6,7 @@ of steps: the result is a function of the features alone, with no sampling and
 no seed. Attribute probing trains one linear layer over all value columns with
 a softmax cross-entropy inside each group; parsing trains a per-token linear
 classifier on the patch tokens against the ground truth mask brought down to the
-token grid by majority (`clasp.evaluation.label_grid`), and is scored both on
+token grid by majority (`clasp.datasets.label_grid`), and is scored both on
 that grid and at full resolution after bilinear upsampling of the logits.
 
 Pose is one 3 x 3 convolution over the grid of patch tokens whose outputs are
@@ -44,8 +44,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from clasp.datasets.attribute_data import binary_attributes
 from clasp.evaluation.metrics import (
-    binary_attributes, confusion_matrix, iou_per_class, label_based_accuracy, reid_scores,
+    confusion_matrix, iou_per_class, label_based_accuracy, reid_scores,
 )
 
 

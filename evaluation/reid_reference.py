@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from clasp.evaluation.errors import EvalInputError
+from clasp.errors import InputError
 from clasp.evaluation.probes import identity_split, query_gallery_split, reid_probe
-from clasp.evaluation.truth import SynthTruth
+from clasp.datasets.truth import SynthTruth
 
 THUMBNAIL_WH = (32, 64)  # pixels are compared at this size: fine enough for clothes, blind to noise
 NEUTRAL_GREY = 128.0
@@ -62,7 +62,7 @@ def main() -> None:
     args = parser.parse_args()
     try:
         scores = pixel_references(args.world)
-    except (EvalInputError, OSError) as exc:
+    except (InputError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     for name, score in scores.items():

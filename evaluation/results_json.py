@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from clasp.evaluation.undefined import PerItem, reason_of
-from clasp.store.durable import write_json_atomic
+from clasp.common.durable import write_json_atomic
 
 
 def _is_nan(value) -> bool:

@@ -18,25 +18,26 @@ from typing import Callable
 
 import numpy as np
 
-from clasp.evaluation.coco_keypoints import is_coco_keypoints, read_coco_pose
+from clasp.datasets.attribute_data import binary_attribute_names, binary_attributes
+from clasp.datasets.coco_keypoints import is_coco_keypoints, read_coco_pose
 from clasp.evaluation.errors import EvalInputError
 from clasp.evaluation.features import (FeatureExtractor, extract_features, extract_prompted_features,
                                        finite_features)
-from clasp.evaluation.label_grid import majority_downsample
-from clasp.evaluation.market1501 import is_market1501, read_market1501
-from clasp.evaluation.msmt17 import is_msmt17, read_msmt17
+from clasp.datasets.label_grid import majority_downsample
+from clasp.datasets.market1501 import is_market1501, read_market1501
+from clasp.datasets.msmt17 import is_msmt17, read_msmt17
 from clasp.evaluation.intervals import identity_bootstrap
 from clasp.evaluation.metrics import (ATTRIBUTE_UNDEFINED, NO_ATTRIBUTE, NO_PART, PART_UNDEFINED,
-                                      binary_attribute_names, binary_attributes, mean_accuracy, mean_iou)
+                                      mean_accuracy, mean_iou)
 from clasp.evaluation.results_json import write_results
 from clasp.evaluation.undefined import PerItem, explain, failure_line, reason_of
 from clasp.evaluation.probes import (
     ProbeSettings, attribute_probe, identity_split, parsing_probe, pose_probe, query_gallery_split, reid_probe,
 )
-from clasp.evaluation.truth import SynthTruth
+from clasp.datasets.truth import SynthTruth
 from clasp.pretraining.vit import PromptedViT, TaskBackbone
 from clasp.store import Vocabulary
-from clasp.store.percent import percent
+from clasp.common.percent import percent
 
 TASKS = ("attributes", "parsing", "reid", "pose")
 # `--task-prompt per-probe`: each probe reads the backbone through its own task prompt,
@@ -236,7 +237,7 @@ def _without_pose(config: EvalConfig, tasks: tuple[str, ...], data: Path, log) -
 def _pose_scores(truth: SynthTruth, feats, train: np.ndarray, test: np.ndarray, config: EvalConfig) -> dict:
     """OKS AP, AP50, AP75 and AR of the pose probe, AP with its identity-bootstrap interval."""
     from clasp.evaluation.oks import NO_KEYPOINT, oks, single_person_ap
-    from clasp.store.person_size import PERSON_HW
+    from clasp.common.person_size import PERSON_HW
 
     res = pose_probe(feats.patches[train], truth.keypoints[train], feats.patches[test], PERSON_HW, config.probe)
     areas = (truth.read_masks(np.flatnonzero(test)) > 0).sum((1, 2))

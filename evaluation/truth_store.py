@@ -10,7 +10,7 @@ the labels replaced:
 - `image` is the world's JPEG as it lies on disk (already at the store size),
   `key` the sha1 of those bytes, so `clasp eval-labels` matches rows to the truth;
 - `part_mask`: the truth mask brought to `grid` by majority per cell
-  (`clasp.evaluation.label_grid`), `part_conf` 1 everywhere;
+  (`clasp.datasets.label_grid`), `part_conf` 1 everywhere;
 - `attr_logits`: +TRUTH_LOGIT for each group's true value, -TRUTH_LOGIT for the
   others (softmax 0.9993 on the true value of a two-value group at T = 1).
 
@@ -30,12 +30,12 @@ from pathlib import Path
 import numpy as np
 
 from clasp.evaluation.errors import EvalInputError
-from clasp.evaluation.label_grid import majority_downsample
-from clasp.evaluation.synth.writer import JPEG_QUALITY
-from clasp.evaluation.truth import SynthTruth
+from clasp.datasets.label_grid import majority_downsample
+from clasp.datasets.synth.writer import JPEG_QUALITY
+from clasp.datasets.truth import SynthTruth
 from clasp.store import ClipInfo, LabelRows, Manifest, Vocabulary, record_shard, shard_name, write_shard_for
 from clasp.store.manifest import StoredImageFormat
-from clasp.store.person_size import PERSON_HW
+from clasp.common.person_size import PERSON_HW
 
 TRUTH_LOGIT = 4.0
 TRUTH_MODEL_PREFIX = "synthetic ground truth"  # the manifest's clip.model starts with it

@@ -36,13 +36,13 @@ from safetensors.torch import load_model, save_model
 from clasp.evaluation.oks import KEYPOINT_RESULTS
 from clasp.finetune.config import CONFIG_NAME, FinetuneConfig, load_saved, resume_differences
 from clasp.runs import LOCK_NAME
+from clasp.runs.error_log import ERROR_LOG, write_error_log  # noqa: F401 - the one error.log writer
 from clasp.runs.metrics_log import METRICS_FILE
-from clasp.store.durable import fsync_dir, write_json_atomic
+from clasp.common.durable import fsync_dir, write_json_atomic
 
 CHECKPOINTS = "checkpoints"
 METRICS = METRICS_FILE
 RESULTS = "results.json"
-ERROR_LOG = "error.log"
 RUN_FILES = (CONFIG_NAME, METRICS, RESULTS, CHECKPOINTS, ERROR_LOG, KEYPOINT_RESULTS)
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 
@@ -99,17 +99,6 @@ def wipe(out: Path) -> None:
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
-
-
-def write_error_log(out: str, message: str) -> None:
-    if not out:
-        return
-    try:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        with open(Path(out) / ERROR_LOG, "a", encoding="utf-8") as f:
-            f.write(f"error: {message}\n")
-    except OSError:
-        pass
 
 
 def save_checkpoint(accelerator, out: Path, step: int, model, optimizer, saved_config: dict, keep: int) -> Path:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from clasp.evaluation.errors import EvalInputError
-from clasp.evaluation.keypoint_names import KEYPOINT_NAMES
+from clasp.errors import InputError
+from clasp.datasets.keypoint_names import KEYPOINT_NAMES
 from clasp.finetune.config import LAYOUTS, FinetuneConfig
 
 
@@ -46,11 +46,11 @@ class PoseData:
 
 
 def detect_layout(task: str, data: Path) -> str:
-    from clasp.evaluation.coco_keypoints import is_coco_keypoints
-    from clasp.evaluation.lip import cihp_root, is_lip
-    from clasp.evaluation.msmt17 import is_msmt17
-    from clasp.evaluation.pa100k import is_pa100k
-    from clasp.evaluation.peta import is_peta
+    from clasp.datasets.coco_keypoints import is_coco_keypoints
+    from clasp.datasets.lip import cihp_root, is_lip
+    from clasp.datasets.msmt17 import is_msmt17
+    from clasp.datasets.pa100k import is_pa100k
+    from clasp.datasets.peta import is_peta
 
     if not data.is_dir():
         raise FinetuneInputError(f"{data}: data folder does not exist")
@@ -75,13 +75,13 @@ def load_data(config: FinetuneConfig):
         if config.task == "pose":
             return _pose(layout, data, config)
         return _parsing(layout, data)
-    except EvalInputError as exc:
+    except InputError as exc:
         raise FinetuneInputError(str(exc)) from None
 
 
 def _reid(layout: str, data: Path) -> ReidData:
-    from clasp.evaluation.market1501 import read_market1501
-    from clasp.evaluation.msmt17 import read_msmt17
+    from clasp.datasets.market1501 import read_market1501
+    from clasp.datasets.msmt17 import read_msmt17
 
     folder = read_market1501(data) if layout == "market1501" else read_msmt17(data)
     train = folder.train
@@ -96,8 +96,8 @@ def _reid(layout: str, data: Path) -> ReidData:
 
 
 def _attributes(layout: str, data: Path, config: FinetuneConfig):
-    from clasp.evaluation.pa100k import read_pa100k
-    from clasp.evaluation.peta import read_peta
+    from clasp.datasets.pa100k import read_pa100k
+    from clasp.datasets.peta import read_peta
 
     found = read_pa100k(data) if layout == "pa100k" else read_peta(data, partition=config.partition, seed=config.seed)
     found = found.select(config.attribute_names())
@@ -108,12 +108,12 @@ def _attributes(layout: str, data: Path, config: FinetuneConfig):
 
 
 def _parsing(layout: str, data: Path):
-    from clasp.evaluation.lip import read_cihp, read_lip
+    from clasp.datasets.lip import read_cihp, read_lip
 
     return read_lip(data) if layout == "lip" else read_cihp(data)
 
 
 def _pose(layout: str, data: Path, config: FinetuneConfig) -> PoseData:
-    from clasp.evaluation.coco_keypoints import read_coco_pose
+    from clasp.datasets.coco_keypoints import read_coco_pose
 
     return PoseData(layout, *read_coco_pose(data, Path(config.detections) if config.detections else None))

@@ -36,13 +36,13 @@ from clasp.finetune.checkpoint import (
     write_error_log,
 )
 from clasp.finetune.config import CONFIG_NAME, FinetuneConfig, FinetuneConfigError, saved_form
-from clasp.evaluation.errors import EvalInputError
+from clasp.errors import InputError
 from clasp.finetune.data import FinetuneInputError, load_data
 from clasp.runs import FolderLockError, exclusive_run_folder
 from clasp.runs.metrics_log import MetricsLog, truncate_jsonl
 from clasp.runs.trackers import Trackers, accelerator_options, start_trackers
 from clasp.evaluation.results_json import write_results
-from clasp.store.durable import write_json_atomic
+from clasp.common.durable import write_json_atomic
 
 log = logging.getLogger("clasp")
 ACCELERATE_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
@@ -110,7 +110,7 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
             return _run(config, accelerator, precision)
     except FolderLockError as exc:  # another run holds the folder: write nothing there, not even error.log
         raise FinetuneInputError(str(exc)) from None
-    except (FinetuneInputError, FinetuneConfigError, RunFolderError, EvalInputError) as exc:
+    except (FinetuneInputError, FinetuneConfigError, RunFolderError, InputError) as exc:
         message = input_error_line(exc)
         if os.environ.get("RANK", "0") == "0":
             write_error_log(config.out, message)
@@ -125,7 +125,7 @@ def input_error_line(exc: BaseException) -> str:
     text = str(exc).strip()
     if "Original Traceback" in text and text.splitlines():
         last = text.splitlines()[-1]
-        text = re.sub(r"^[\w.]*EvalInputError: ", "", last)
+        text = re.sub(r"^[\w.]*(EvalInputError|DatasetError): ", "", last)
     return " ".join(text.split())
 
 

@@ -24,9 +24,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from clasp.evaluation.coco_keypoints import PoseInstances
+from clasp.datasets.coco_keypoints import PoseInstances
 from clasp.evaluation.heatmaps import decode, encode, flip_back, person_score, to_input
-from clasp.evaluation.keypoint_names import FLIP_INDEX
+from clasp.datasets.keypoint_names import FLIP_INDEX
 from clasp.evaluation.pose_crops import affine, apply, crop_instances, expand_boxes, open_rgb, to_image, warp
 
 POSE_HW = (256, 192)

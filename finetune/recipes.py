@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from clasp.evaluation.features import load_images
-from clasp.evaluation.keypoint_names import NUM_KEYPOINTS
+from clasp.datasets.keypoint_names import NUM_KEYPOINTS
 from clasp.evaluation.metrics import ATTRIBUTE_UNDEFINED, NO_ATTRIBUTE, NO_PART, PART_UNDEFINED
 from clasp.evaluation.undefined import PerItem, explain, failure_line
 from clasp.finetune.augment import flip_pad_crop, flip_parsing, random_erasing
@@ -34,7 +34,7 @@ from clasp.finetune.config import FinetuneConfig
 from clasp.finetune.losses import attribute_weights, batch_hard_triplet, weighted_bce
 from clasp.finetune.model import AttributeHead, BNNeckHead, HeatmapHead, ParsingHead
 from clasp.finetune.pose import POSE_HW, heatmap_loss, predict, training_batch
-from clasp.store.person_size import PERSON_HW
+from clasp.common.person_size import PERSON_HW
 
 
 def _batched_outputs(model, paths, batch_size: int, device, autocast, key: str) -> np.ndarray:
@@ -157,7 +157,7 @@ class ParsingRecipe:
         return shuffled_batches(len(self.train), self.config.batch_size, self.config.seed, epoch)
 
     def load(self, rows: np.ndarray, gen: torch.Generator) -> dict[str, torch.Tensor]:
-        from clasp.evaluation.lip import read_label_map
+        from clasp.datasets.lip import read_label_map
 
         images = load_images([self.train.images[r] for r in rows])
         labels = [read_label_map(self.train.labels[r], self.data.num_classes) for r in rows]
@@ -174,7 +174,7 @@ class ParsingRecipe:
         return loss, {"pixel_ce": loss, "pixel_accuracy": accuracy}
 
     def evaluate(self, model, device, autocast, log: Callable[[str], None]) -> dict:
-        from clasp.evaluation.lip import read_label_map
+        from clasp.datasets.lip import read_label_map
         from clasp.evaluation.metrics import confusion_matrix, iou_per_class
 
         val, k = self.data.splits["val"], self.data.num_classes

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from clasp.store.person_size import PERSON_HW
+from clasp.common.person_size import PERSON_HW
 from clasp.store.schema import MAX_ORIG_SIDE
 
 MIN_SIDE = 16

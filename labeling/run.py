@@ -25,7 +25,7 @@ from clasp.labeling.shard_worker import (
 )
 from clasp.runs import FolderLockError, exclusive_folder
 from clasp.store import LabeledWith, Manifest, SkippedInput, StoreError, Vocabulary, record_shard
-from clasp.store.person_size import PERSON_HW
+from clasp.common.person_size import PERSON_HW
 from clasp.store.schema import MANIFEST_NAME
 
 log = logging.getLogger("clasp")

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
-from clasp.store.person_size import PERSON_HW
+from clasp.common.person_size import PERSON_HW
 
 
 @dataclass

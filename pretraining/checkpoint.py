@@ -40,7 +40,7 @@ from safetensors.torch import load_model, save_model
 from clasp.pretraining.layout import (
     CHECKPOINTS_DIR, MODEL_FILE, OPTIMIZER_FILE, RNG_FILE, RUN_CONFIG, SCALER_FILE, STREAM_FILE, TRAINER_FILE,
 )
-from clasp.store.durable import fsync_dir, write_json_atomic
+from clasp.common.durable import fsync_dir, write_json_atomic
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 

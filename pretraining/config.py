@@ -31,7 +31,7 @@ from clasp.runs.trackers import TrackerSettings, report_to_problem
 from clasp.settings import coerce, first_problem, same_as, setting, settings_of
 from clasp.settings.layers import merge_layers, read_settings_file
 from clasp.store.cache_config import CacheConfig
-from clasp.store.person_size import PERSON_HW
+from clasp.common.person_size import PERSON_HW
 
 log = logging.getLogger("clasp")
 

@@ -32,7 +32,7 @@ from clasp.pretraining.checkpoint import MODEL_FILE, find_checkpoint, list_check
 from clasp.pretraining.export_config import FORMATS, ExportConfig
 from clasp.pretraining.layout import RUN_CONFIG as RUN_CONFIG_FILE
 from clasp.pretraining.vit import IMAGENET_MEAN, IMAGENET_STD, TASKS, PromptedViT, ViTConfig
-from clasp.store.durable import write_json_atomic
+from clasp.common.durable import write_json_atomic
 
 __all__ = ["ExportConfig", "ExportError", "ExportWriteError", "export_backbone"]
 

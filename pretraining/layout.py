@@ -18,10 +18,10 @@ OUT/                          (run_folder.py: when a new run may use it)
 ```
 """
 
+from clasp.runs.error_log import ERROR_LOG  # noqa: F401 - declared once, for every command
 from clasp.runs.metrics_log import METRICS_FILE  # noqa: F401 - declared once, for every training command
 
 RUN_CONFIG = "config.json"
-ERROR_LOG = "error.log"
 ROWS_LOG = "rows-rank{rank}.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from clasp.pretraining.run_state import data_fingerprint
 from clasp.store import Manifest, StoreError
-from clasp.store.percent import percent
+from clasp.common.percent import percent
 
 LICENSE_FILE = Path(__file__).resolve().parents[1] / "LICENSE"  # the repository root is the package
 # The opening words of a LICENSE file (lower case, spaces collapsed) and the hub's id of that license.

@@ -16,6 +16,7 @@ from clasp.pretraining.checkpoint import find_checkpoint
 from clasp.pretraining.config import PretrainConfig, describe_differences, incompatible_differences, load_saved
 from clasp.pretraining.layout import CHECKPOINTS_DIR, ERROR_LOG, METRICS_FILE, ROWS_LOG, RUN_CONFIG
 from clasp.runs import LOCK_NAME
+from clasp.runs.error_log import write_error_log  # noqa: F401 - the run's one error.log writer
 from clasp.runs.trackers import TRACKERS_DIR
 
 
@@ -78,17 +79,3 @@ def wipe_run_files(out: Path) -> None:
                 shutil.rmtree(child)
             else:
                 child.unlink()
-
-
-def write_error_log(out: str | Path, message: str) -> None:
-    """Record why a start failed; the only thing a failed start writes to `out`."""
-    if not str(out):
-        return  # no run folder was given
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / ERROR_LOG, "a", encoding="utf-8") as f:
-            f.write(f"error: {message}\n")
-    except OSError:
-        pass  # the error itself is reported on stderr either way
-

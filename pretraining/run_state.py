@@ -29,7 +29,7 @@ from clasp.pretraining.run_logs import MetricsLog, RowLog, truncate_jsonl
 from clasp.pretraining.schedules import Schedules
 from clasp.pretraining.step_stats import ThroughputWindow
 from clasp.runs.trackers import accelerator_options, start_trackers
-from clasp.store.durable import write_json_atomic
+from clasp.common.durable import write_json_atomic
 
 log = logging.getLogger("clasp")
 

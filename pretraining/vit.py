@@ -46,7 +46,7 @@ from torch import nn
 
 from clasp.pretraining.moe import MLP, PCMoE
 from clasp.pretraining.tasks import TASKS
-from clasp.store.person_size import PERSON_HW
+from clasp.common.person_size import PERSON_HW
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

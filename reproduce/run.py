@@ -1,6 +1,6 @@
 """`make reproduce`: synthetic world -> label -> pretrain -> export -> eval, with baselines and a report.
 
-Environment: CLIP_MODEL, IMAGES, STEPS, PRESET, SEED, PRETRAIN_WORLD_SEED (see clasp.evaluation.reproduce).
+Environment: CLIP_MODEL, IMAGES, STEPS, PRESET, SEED, PRETRAIN_WORLD_SEED (see clasp.reproduce.pipeline).
 Output: reproduce/out/results.md (+ charts as PNG, or SVG with `--plot-format svg`; logs, JSON).
 `--ladder` adds CLASP on ground-truth labels with 25, 50 and 75 % of their values corrupted
 (`make reproduce-ladder`, into reproduce/ladder).
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from clasp.evaluation.plots import PLOT_FORMATS
-from clasp.evaluation.reproduce import LADDER, ReproduceConfig, StageFailed, run_reproduce
+from clasp.reproduce.pipeline import LADDER, ReproduceConfig, StageFailed, run_reproduce
 
 
 def main() -> int:

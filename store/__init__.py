@@ -1,7 +1,7 @@
 """The label store: the only contract between `clasp label` and `clasp pretrain`.
 
 The public names below are imported on first use (PEP 562), so that light
-modules of the store (`person_size`, the manifest's choices) cost the CLI no
+modules of the store (the schema, the manifest's choices) cost the CLI no
 h5py import.
 """
 

@@ -20,7 +20,7 @@ import numpy as np
 from clasp.store.attributes import group_argmax
 from clasp.store.cache_config import CacheConfig
 from clasp.store.manifest import SkippedInput
-from clasp.store.percent import percent
+from clasp.common.percent import percent
 from clasp.store.reader import ShardStore
 from clasp.store.rowcheck import BadDataError, BadRows, label_problems
 from clasp.store.schema import LabelRows

@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
 from clasp import __version__
-from clasp.store.durable import write_json_atomic
+from clasp.common.durable import write_json_atomic
 from clasp.store.errors import NotAStoreError, StoreError
-from clasp.store.person_size import PERSON_HW
+from clasp.common.person_size import PERSON_HW
 from clasp.store.label_choices import DENSE_MODES, LABEL_PRECISIONS
 from clasp.store.schema import FORMAT_VERSION, MANIFEST_FORMAT, MANIFEST_NAME, MAX_ORIG_SIDE, SHARD_SUFFIX
 from clasp.store.vocabulary import Vocabulary

@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 
 from clasp.store.digest import file_sha256
-from clasp.store.durable import fsync_dir
+from clasp.common.durable import fsync_dir
 from clasp.store.manifest import Manifest, ShardEntry
 from clasp.store.schema import (
     CHUNK_ROWS, FIELDS, FORMAT_VERSION, GZIP_LEVEL, IMAGE_DTYPE, KEY_DTYPE, ORIG_HW_DTYPE, PATH_DTYPE,

@@ -153,7 +153,7 @@ __import__("os").environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
 @pytest.fixture(scope="session")
 def synth_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic world written by `clasp synth`: 8 identities x 6 images, 3 cameras, seed 0."""
-    from clasp.evaluation.synth import SynthConfig, synthesize
+    from clasp.datasets.synth import SynthConfig, synthesize
 
     root = tmp_path_factory.mktemp("synth") / "world"
     synthesize(SynthConfig(root, identities=8, images_per_id=6, cameras=3, seed=0))
@@ -174,7 +174,7 @@ def one_torch_thread():
 @pytest.fixture(scope="session")
 def caption_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small caption corpus written by `clasp synth-corpus`: 600 pairs, 6 cameras, seed 0."""
-    from clasp.evaluation.synth.corpus import CorpusConfig, write_corpus
+    from clasp.datasets.synth.corpus import CorpusConfig, write_corpus
 
     root = tmp_path_factory.mktemp("corpus") / "corpus"
     write_corpus(CorpusConfig(root, pairs=600, cameras=6, seed=0))

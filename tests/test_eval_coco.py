@@ -12,14 +12,14 @@ import torch
 from click.testing import CliRunner
 
 from clasp.cli import main
-from clasp.evaluation.coco_keypoints import coco_file, read_coco_pose
+from clasp.datasets.coco_keypoints import coco_file, read_coco_pose
 from clasp.evaluation.coco_probe import crop_batches, training_sample
 from clasp.evaluation.oks import KEYPOINT_RESULTS, coco_keypoint_ap
 from clasp.evaluation.pose_crops import affine, expand_boxes, to_crop, to_image
 from clasp.evaluation.probes import _neighbourhoods, _PoseMoments, _scale, _token_targets, fit_pose_probe
 from clasp.evaluation.run_eval import EvalConfig, evaluate
-from clasp.evaluation.synth import SynthConfig
-from clasp.evaluation.synth.layouts import write_layout
+from clasp.datasets.synth import SynthConfig
+from clasp.datasets.synth.layouts import write_layout
 from tests.conftest import one_error_line
 from tests.test_finetune_run import write_random_export
 

@@ -12,10 +12,10 @@ import pytest
 from click.testing import CliRunner
 
 from clasp.cli import main
-from clasp.evaluation.label_grid import majority_downsample
+from clasp.datasets.label_grid import majority_downsample
 from clasp.evaluation.label_quality import LabelQualityConfig, evaluate_labels
-from clasp.evaluation.synth.writer import TRUTH_FORMAT, TRUTH_VERSION
-from clasp.evaluation.truth import SynthTruth
+from clasp.datasets.synth.writer import TRUTH_FORMAT, TRUTH_VERSION
+from clasp.datasets.truth import SynthTruth
 from clasp.store import ClipInfo, LabelRows, Manifest, record_shard, shard_name, write_shard_for
 
 

@@ -11,8 +11,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from clasp.cli import main
+from clasp.datasets.errors import DatasetError
 from clasp.evaluation.errors import EvalInputError
-from clasp.evaluation.market1501 import read_market1501
+from clasp.datasets.market1501 import read_market1501
 from clasp.evaluation.run_eval import EvalConfig, evaluate
 
 RED, GREEN, BLUE, DARK_RED = (250, 0, 0), (0, 250, 0), (0, 0, 250), (160, 20, 0)
@@ -63,7 +64,7 @@ def test_reader_names_a_missing_part(market: Path, missing: str) -> None:
     import shutil
 
     shutil.rmtree(market / missing)
-    with pytest.raises(EvalInputError, match=f"missing {missing}/"):
+    with pytest.raises(DatasetError, match=f"missing {missing}/"):
         read_market1501(market)
 
 

@@ -7,9 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from clasp.evaluation.label_grid import cell_edges, majority_downsample
+from clasp.datasets.attribute_data import binary_attribute_names, binary_attributes
+from clasp.datasets.label_grid import cell_edges, majority_downsample
 from clasp.evaluation.metrics import (
-    binary_attribute_names, binary_attributes, confusion_matrix, iou_per_class, label_based_accuracy,
+    confusion_matrix, iou_per_class, label_based_accuracy,
     mean_accuracy, mean_iou, reid_scores,
 )
 

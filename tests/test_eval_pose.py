@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clasp.evaluation.coco_keypoints import coco_file, read_coco_keypoints
-from clasp.evaluation.errors import EvalInputError
+from clasp.datasets.coco_keypoints import coco_file, read_coco_keypoints
+from clasp.datasets.errors import DatasetError
 from clasp.evaluation.heatmaps import decode, encode, flip_back, to_heatmap, to_input
-from clasp.evaluation.keypoint_names import FLIP_INDEX, KEYPOINT_NAMES
+from clasp.datasets.keypoint_names import FLIP_INDEX, KEYPOINT_NAMES
 from clasp.evaluation.oks import coco_keypoint_ap, keypoint_results, oks, single_person_ap, write_keypoint_results
 from clasp.evaluation.pose_crops import affine, apply, expand_boxes, warp
-from clasp.evaluation.synth import SynthConfig
-from clasp.evaluation.synth.keypoints import part_of
-from clasp.evaluation.synth.layouts import COCO_CANVAS_HW, write_layout
-from clasp.evaluation.truth import SynthTruth
+from clasp.datasets.synth import SynthConfig
+from clasp.datasets.synth.keypoints import part_of
+from clasp.datasets.synth.layouts import COCO_CANVAS_HW, write_layout
+from clasp.datasets.truth import SynthTruth
 
 NAME = {n: k for k, n in enumerate(KEYPOINT_NAMES)}
 
@@ -70,7 +70,7 @@ def test_a_world_drawn_before_keypoints_still_loads(synth_world: Path, tmp_path:
     assert truth.keypoints is None and len(truth) == len(rows)
     rows[0]["keypoints"] = [[1, 2, 2]] * 17
     (old / "truth" / "annotations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(EvalInputError, match="has no keypoints, while 1 other images have them"):
+    with pytest.raises(DatasetError, match="has no keypoints, while 1 other images have them"):
         SynthTruth.load(old)
 
 

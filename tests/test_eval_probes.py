@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from clasp.evaluation.features import extract_features, load_image, patch_grid
-from clasp.evaluation.label_grid import majority_downsample
+from clasp.datasets.label_grid import majority_downsample
 from clasp.evaluation.probes import (
     ProbeSettings, attribute_probe, identity_split, parsing_probe, query_gallery_split, reid_probe,
 )
 from clasp.evaluation.run_eval import EvalConfig, evaluate, format_table
-from clasp.evaluation.truth import SynthTruth
+from clasp.datasets.truth import SynthTruth
 
 FAST = ProbeSettings(steps=150)
 
@@ -40,7 +40,7 @@ def test_attribute_probe_perfect_on_one_hot_features() -> None:
 
 def test_attribute_probe_recovers_identity_attributes(vocab) -> None:
     """With enough training identities, one-hot attribute features of the synthetic world give mA 1."""
-    from clasp.evaluation.synth.identities import sample_identity
+    from clasp.datasets.synth.identities import sample_identity
 
     sizes = [len(g.values) for g in vocab.attributes]
     people = [sample_identity(0, pid, vocab) for pid in range(300)]
@@ -139,7 +139,7 @@ class Oracle(torch.nn.Module):
 
 
 def test_eval_on_a_synthetic_world_with_an_oracle(vocab, tmp_path: Path) -> None:
-    from clasp.evaluation.synth import SynthConfig, synthesize
+    from clasp.datasets.synth import SynthConfig, synthesize
 
     world = tmp_path / "world"
     synthesize(SynthConfig(world, identities=60, images_per_id=4, cameras=2, seed=0))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from clasp.evaluation.probes import identity_split, query_gallery_split
 from clasp.evaluation.reid_reference import pixel_references
-from clasp.evaluation.truth import SynthTruth
+from clasp.datasets.truth import SynthTruth
 
 
 def test_the_person_alone_identifies_and_the_background_alone_does_not(synth_world: Path) -> None:

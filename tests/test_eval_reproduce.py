@@ -14,10 +14,10 @@ from matplotlib.colors import to_hex
 from matplotlib.container import BarContainer, ErrorbarContainer
 
 from clasp.evaluation.plots import PALETTE
-from clasp.evaluation.reproduce import LADDER, ReproduceConfig, run_reproduce, waves, write_random_export
-from clasp.evaluation.reproduce_report import Reproduction, loss_summary, render_report, results_summary
-from clasp.evaluation.synth.cameras import make_camera
-from clasp.evaluation.synth.identities import sample_identity
+from clasp.reproduce.pipeline import LADDER, ReproduceConfig, run_reproduce, waves, write_random_export
+from clasp.reproduce.report import Reproduction, loss_summary, render_report, results_summary
+from clasp.datasets.synth.cameras import make_camera
+from clasp.datasets.synth.identities import sample_identity
 from clasp.hardware import available_cores
 
 METHODS = ("clasp", "clasp-truth", "dino-only", "random")
@@ -156,7 +156,7 @@ def error_ends(ax) -> list[tuple[float, float]]:
 
 
 def test_scores_chart_has_a_bar_per_method_and_its_interval_as_error_bar(tmp_path: Path) -> None:
-    from clasp.evaluation.report_figures import SCORES, scores_figure
+    from clasp.reproduce.figures import SCORES, scores_figure
 
     reproduction = _reproduction(tmp_path)
     fig = scores_figure(reproduction)
@@ -176,7 +176,7 @@ def test_scores_chart_has_a_bar_per_method_and_its_interval_as_error_bar(tmp_pat
 
 
 def test_ladder_places_each_store_at_its_label_quality_with_intervals(tmp_path: Path) -> None:
-    from clasp.evaluation.report_figures import ladder_figure
+    from clasp.reproduce.figures import ladder_figure
 
     reproduction = _reproduction(tmp_path)
     ax = ladder_figure(reproduction, "parsing").axes[0]
@@ -195,7 +195,7 @@ def test_ladder_places_each_store_at_its_label_quality_with_intervals(tmp_path: 
 
 
 def test_label_quality_charts_show_each_part_per_store_and_each_group_beside_chance(tmp_path: Path) -> None:
-    from clasp.evaluation.report_figures import label_quality_figures
+    from clasp.reproduce.figures import label_quality_figures
 
     reproduction = _reproduction(tmp_path)
     figures = label_quality_figures(reproduction.stores, "maskclip")
@@ -213,7 +213,7 @@ def test_label_quality_charts_show_each_part_per_store_and_each_group_beside_cha
 
 
 def test_report_figures_draw_expert_load_as_heat_maps_equal_to_the_loads(tmp_path: Path) -> None:
-    from clasp.evaluation.report_figures import report_figures
+    from clasp.reproduce.figures import report_figures
 
     reproduction = _reproduction(tmp_path)
     rng = np.random.default_rng(0)

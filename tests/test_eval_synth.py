@@ -12,9 +12,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from clasp.cli import main
-from clasp.evaluation.synth import SynthConfig, synthesize
-from clasp.evaluation.synth.identities import COLOURS
-from clasp.evaluation.truth import SynthTruth
+from clasp.datasets.synth import SynthConfig, synthesize
+from clasp.datasets.synth.identities import COLOURS
+from clasp.datasets.truth import SynthTruth
 
 
 def _world(root: Path, seed: int) -> Path:
@@ -137,8 +137,8 @@ def test_synth_command(tmp_path: Path) -> None:
 
 
 def test_truth_reader_rejects_folder_without_truth(tmp_path: Path) -> None:
-    from clasp.evaluation.errors import EvalInputError
+    from clasp.datasets.errors import DatasetError
 
     (tmp_path / "images").mkdir()
-    with pytest.raises(EvalInputError, match="truth/annotations.jsonl missing"):
+    with pytest.raises(DatasetError, match="truth/annotations.jsonl missing"):
         SynthTruth.load(tmp_path)

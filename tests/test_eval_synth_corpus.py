@@ -10,12 +10,12 @@ import numpy as np
 from click.testing import CliRunner
 
 from clasp.cli import main
-from clasp.evaluation.synth.cameras import make_camera
-from clasp.evaluation.synth.captions import Visible, person_caption
-from clasp.evaluation.synth.corpus import (CAMERA_STREAM, IDENTITY_OFFSET, IDENTITY_STREAM, MATERIAL_INDEX,
+from clasp.datasets.synth.cameras import make_camera
+from clasp.datasets.synth.captions import Visible, person_caption
+from clasp.datasets.synth.corpus import (CAMERA_STREAM, IDENTITY_OFFSET, IDENTITY_STREAM, MATERIAL_INDEX,
                                            CorpusConfig, CorpusDrawer, write_corpus)
-from clasp.evaluation.synth.drawing import render, sample_pose
-from clasp.evaluation.synth.identities import sample_identity
+from clasp.datasets.synth.drawing import render, sample_pose
+from clasp.datasets.synth.identities import sample_identity
 
 
 def _files(folder: Path) -> dict[str, bytes]:

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from clasp.evaluation.coco_keypoints import coco_file
+from clasp.datasets.coco_keypoints import coco_file
 from clasp.evaluation.oks import coco_keypoint_ap
-from clasp.evaluation.synth import SynthConfig
-from clasp.evaluation.synth.layouts import write_layout
+from clasp.datasets.synth import SynthConfig
+from clasp.datasets.synth.layouts import write_layout
 from clasp.finetune.config import build_config
 from clasp.finetune.loop import run_finetune
 from tests.conftest import losses

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 
 from clasp.evaluation.features import extract_features
-from clasp.evaluation.label_grid import majority_downsample
-from clasp.evaluation.lip import read_label_map
+from clasp.datasets.label_grid import majority_downsample
+from clasp.datasets.lip import read_label_map
 from clasp.evaluation.probes import attribute_probe, parsing_probe
-from clasp.evaluation.synth import SynthConfig
-from clasp.evaluation.synth.layouts import write_layout
+from clasp.datasets.synth import SynthConfig
+from clasp.datasets.synth.layouts import write_layout
 from clasp.finetune.config import build_config
 from clasp.finetune.data import load_data
 from clasp.finetune.loop import run_finetune

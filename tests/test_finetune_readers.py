@@ -12,14 +12,14 @@ from PIL import Image
 from scipy.io import loadmat, savemat
 
 from clasp.cli import main
-from clasp.evaluation.errors import EvalInputError
-from clasp.evaluation.lip import IGNORE, read_cihp, read_label_map, read_lip
-from clasp.evaluation.market1501 import read_market1501
-from clasp.evaluation.msmt17 import read_msmt17
-from clasp.evaluation.pa100k import read_pa100k
-from clasp.evaluation.peta import read_peta
-from clasp.evaluation.synth import SynthConfig
-from clasp.evaluation.synth.layouts import write_layout
+from clasp.datasets.errors import DatasetError
+from clasp.datasets.lip import IGNORE, read_cihp, read_label_map, read_lip
+from clasp.datasets.market1501 import read_market1501
+from clasp.datasets.msmt17 import read_msmt17
+from clasp.datasets.pa100k import read_pa100k
+from clasp.datasets.peta import read_peta
+from clasp.datasets.synth import SynthConfig
+from clasp.datasets.synth.layouts import write_layout
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_peta_mat_selected_attributes_and_partitions(layouts) -> None:
     assert "occluded" not in zero.names and len(zero.names) == 34  # only the selected attributes
     assert zero.splits["train"].paths != one.splits["train"].paths
     assert all(p.suffix == ".png" for p in zero.splits["test"].paths)
-    with pytest.raises(EvalInputError, match="no partition 5"):
+    with pytest.raises(DatasetError, match="no partition 5"):
         read_peta(layouts["peta"], partition=5)
 
 
@@ -90,10 +90,10 @@ def test_peta_label_txt_folders(tmp_path: Path) -> None:
     assert sum(len(s) for s in data.splits.values()) == 6
     everything = np.concatenate([s.labels for s in data.splits.values()])
     assert everything.sum(0).tolist() == [2, 2, 2, 4]
-    with pytest.raises(EvalInputError, match="unknown attribute 'hat'"):
+    with pytest.raises(DatasetError, match="unknown attribute 'hat'"):
         data.select(["hat"])
     (tmp_path / "CUHK" / "archive" / "Label.txt").write_text("9 personalMale\n")
-    with pytest.raises(EvalInputError, match="person 9 has no image"):
+    with pytest.raises(DatasetError, match="person 9 has no image"):
         read_peta(tmp_path)
 
 
@@ -110,10 +110,10 @@ def test_bad_label_maps(layouts, tmp_path: Path) -> None:
     lip = copy_of(layouts["lip"], tmp_path)
     first = sorted((lip / "TrainVal_parsing_annotations" / "train_segmentations").glob("*.png"))[0]
     Image.fromarray(np.full((256, 128), 30, np.uint8), mode="L").save(first)
-    with pytest.raises(EvalInputError, match="class 30 is not in 0..19"):
+    with pytest.raises(DatasetError, match="class 30 is not in 0..19"):
         read_label_map(first, 20)
     Image.fromarray(np.zeros((100, 50), np.uint8), mode="L").save(first)
-    with pytest.raises(EvalInputError, match="label map is 100x50, its image 256x128"):
+    with pytest.raises(DatasetError, match="label map is 100x50, its image 256x128"):
         read_lip(lip)
 
 

@@ -18,10 +18,10 @@ from safetensors.torch import load_file, save_file
 
 from clasp.cli import main
 from clasp.evaluation.features import extract_features
-from clasp.evaluation.market1501 import read_market1501
+from clasp.datasets.market1501 import read_market1501
 from clasp.evaluation.probes import reid_probe
-from clasp.evaluation.synth import SynthConfig
-from clasp.evaluation.synth.layouts import write_layout
+from clasp.datasets.synth import SynthConfig
+from clasp.datasets.synth.layouts import write_layout
 from clasp.finetune.config import build_config
 from clasp.finetune.loop import run_finetune
 from clasp.pretraining.backbone import BACKBONE_FORMAT, BACKBONE_VERSION, CONFIG_FILE, WEIGHTS_FILE, load_backbone

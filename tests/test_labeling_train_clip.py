@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from clasp.cli import main
 from clasp.evaluation.label_quality import LabelQualityConfig, evaluate_labels
-from clasp.evaluation.synth import SynthConfig, synthesize
+from clasp.datasets.synth import SynthConfig, synthesize
 from clasp.labeling.clip_loading import load_clip
 from clasp.labeling.run import LabelConfig, run_labeling
 from clasp.labeling.train_clip import REPORT_FILE, TrainClipConfig, train

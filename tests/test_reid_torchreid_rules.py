@@ -19,9 +19,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from clasp.cli import main
-from clasp.evaluation.errors import EvalInputError
-from clasp.evaluation.market1501 import read_market1501
-from clasp.evaluation.msmt17 import read_msmt17
+from clasp.datasets.errors import DatasetError
+from clasp.datasets.market1501 import read_market1501
+from clasp.datasets.msmt17 import read_msmt17
 from clasp.evaluation.rerank import re_rank
 from clasp.evaluation.run_eval import EvalConfig, evaluate
 from clasp.finetune.config import build_config
@@ -269,7 +269,7 @@ def test_a_market_name_out_of_range_is_refused_naming_the_file(tmp_path: Path, f
                                               "bounding_box_train": []})
     (root / folder).mkdir(exist_ok=True)
     (root / folder / name).write_bytes(b"")
-    with pytest.raises(EvalInputError) as caught:
+    with pytest.raises(DatasetError) as caught:
         read_market1501(root)
     assert str(caught.value).startswith(f"{root / folder / name}: ") and words in str(caught.value)
 
@@ -288,7 +288,7 @@ def test_a_two_digit_camera_is_one_error_line_exit_2(tmp_path: Path) -> None:
 def test_a_query_folder_of_junk_only_is_refused(tmp_path: Path) -> None:
     root = write_market(tmp_path / "market", {"query": ["-1_c1s1_000001_00.jpg"],
                                               "bounding_box_test": ["0001_c2s1_000002_00.jpg"]})
-    with pytest.raises(EvalInputError, match="no images left once its 1 junk .-1. and 0 distractor"):
+    with pytest.raises(DatasetError, match="no images left once its 1 junk .-1. and 0 distractor"):
         read_market1501(root)
 
 
@@ -325,6 +325,6 @@ def test_msmt17_lists_equal_torchreids(tmp_path: Path) -> None:
 def test_msmt17_label_or_camera_out_of_range_is_refused_naming_the_line(tmp_path: Path, line: str,
                                                                          words: str) -> None:
     root = write_msmt(tmp_path / "msmt", {**MSMT, "gallery": [*MSMT["gallery"], line]})
-    with pytest.raises(EvalInputError) as caught:
+    with pytest.raises(DatasetError) as caught:
         read_msmt17(root)
     assert str(caught.value).startswith(f"{root / 'list_gallery.txt'}:3: ") and words in str(caught.value)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-import clasp.store.durable as durable
+import clasp.common.durable as durable
 import clasp.store.writer as writer
 from clasp.store import Manifest, ShardStore, record_shard, shard_name, write_shard_for
 

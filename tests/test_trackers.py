@@ -100,8 +100,8 @@ def test_pretrain_tensorboard_holds_every_metrics_row_and_a_resume_continues_its
 
 
 def test_finetune_tensorboard_holds_every_metrics_row_and_the_final_scores(tmp_path: Path, monkeypatch) -> None:
-    from clasp.evaluation.synth import SynthConfig
-    from clasp.evaluation.synth.layouts import write_layout
+    from clasp.datasets.synth import SynthConfig
+    from clasp.datasets.synth.layouts import write_layout
     from tests.test_finetune_run import write_random_export
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
@@ -118,7 +118,7 @@ def test_finetune_tensorboard_holds_every_metrics_row_and_the_final_scores(tmp_p
 
 
 def test_train_clip_tensorboard_holds_every_metrics_row_and_the_held_out_scores(tmp_path: Path) -> None:
-    from clasp.evaluation.synth.corpus import CorpusConfig, write_corpus
+    from clasp.datasets.synth.corpus import CorpusConfig, write_corpus
 
     corpus = tmp_path / "corpus"
     write_corpus(CorpusConfig(corpus, pairs=40, cameras=2, seed=0))

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from clasp.evaluation.attribute_data import AttributeData, AttributeSplit, binary_labels, load_mat, mat_strings
-from clasp.evaluation.errors import EvalInputError
+from clasp.datasets.attribute_data import AttributeData, AttributeSplit, binary_labels, load_mat, mat_strings
+from clasp.datasets.errors import DatasetError
 
 MAT_FILE = "PETA.mat"
 IMAGES = "images"
@@ -41,24 +41,24 @@ def is_peta(root: str | Path) -> bool:
 def read_peta(root: str | Path, partition: int = 0, seed: int = 0) -> AttributeData:
     root = Path(root)
     if not root.is_dir():
-        raise EvalInputError(f"{root}: folder does not exist")
+        raise DatasetError(f"{root}: folder does not exist")
     if (root / MAT_FILE).is_file():
         return read_peta_mat(root, partition)
     if any(root.glob(f"*/archive/{LABEL_FILE}")):
         return read_peta_label_folders(root, seed)
-    raise EvalInputError(f"{root}: not a PETA folder (neither {MAT_FILE} nor */archive/{LABEL_FILE})")
+    raise DatasetError(f"{root}: not a PETA folder (neither {MAT_FILE} nor */archive/{LABEL_FILE})")
 
 
 def _field(struct: np.ndarray, name: str, source: Path):
     if struct.dtype.names is None or name not in struct.dtype.names:
-        raise EvalInputError(f"{source}: struct `peta` has no field {name!r} (fields: {struct.dtype.names})")
+        raise DatasetError(f"{source}: struct `peta` has no field {name!r} (fields: {struct.dtype.names})")
     return struct[name].reshape(-1)[0]
 
 
 def _indices(value, source: str, rows: int) -> np.ndarray:
     idx = np.asarray(value).reshape(-1).astype(np.int64) - 1  # MATLAB numbers from 1
     if idx.size and (idx.min() < 0 or idx.max() >= rows):
-        raise EvalInputError(f"{source}: index {int(idx.max()) + 1 if idx.max() >= rows else int(idx.min()) + 1} "
+        raise DatasetError(f"{source}: index {int(idx.max()) + 1 if idx.max() >= rows else int(idx.min()) + 1} "
                              f"out of range 1..{rows}")
     return idx
 
@@ -67,29 +67,29 @@ def read_peta_mat(root: Path, partition: int = 0) -> AttributeData:
     mat_path = root / MAT_FILE
     mat = load_mat(mat_path)
     if "peta" not in mat:
-        raise EvalInputError(f"{mat_path}: no struct `peta`")
+        raise DatasetError(f"{mat_path}: no struct `peta`")
     peta = mat["peta"]
     data = np.asarray(_field(peta, "data", mat_path))
     names = mat_strings(_field(peta, "attribute", mat_path))
     if data.ndim != 2 or data.shape[1] != META_COLUMNS + len(names):
-        raise EvalInputError(f"{mat_path}: peta.data has shape {data.shape}, expected (images, {META_COLUMNS} + "
+        raise DatasetError(f"{mat_path}: peta.data has shape {data.shape}, expected (images, {META_COLUMNS} + "
                              f"{len(names)} attributes)")
     labels = binary_labels(data[:, META_COLUMNS:], f"{mat_path} peta.data", len(data), len(names))
     selected = _indices(_field(peta, "selected_attribute", mat_path), f"{mat_path} selected_attribute", len(names))
     splits_cell = np.asarray(_field(peta, "partion_attribute", mat_path)).reshape(-1)
     if not 0 <= partition < len(splits_cell):
-        raise EvalInputError(f"{mat_path}: no partition {partition} (it has {len(splits_cell)})")
+        raise DatasetError(f"{mat_path}: no partition {partition} (it has {len(splits_cell)})")
     split_struct = np.asarray(splits_cell[partition])
     paths = [root / IMAGES / f"{int(n):05d}.png" for n in data[:, 0]]
     if not (root / IMAGES).is_dir():
-        raise EvalInputError(f"{root}: not a complete PETA folder, missing {IMAGES}/")
+        raise DatasetError(f"{root}: not a complete PETA folder, missing {IMAGES}/")
     out = AttributeData(root, "peta", [names[i] for i in selected])
     for split in ("train", "val", "test"):
         rows = _indices(_field(split_struct, split, mat_path), f"{mat_path} partition {partition} {split}", len(data))
         out.splits[split] = AttributeSplit([paths[r] for r in rows], labels[rows][:, selected])
     absent = [p for s in out.splits.values() for p in s.paths if not p.is_file()]
     if absent:
-        raise EvalInputError(f"{mat_path}: {len(absent)} image(s) not found, e.g. {absent[0]}")
+        raise DatasetError(f"{mat_path}: {len(absent)} image(s) not found, e.g. {absent[0]}")
     return out
 
 
@@ -100,7 +100,7 @@ def _read_label_file(path: Path) -> dict[str, list[str]]:
         if not fields:
             continue
         if len(fields) < 2:
-            raise EvalInputError(f"{path}:{number}: expected 'ID attribute attribute ...', got {line.strip()!r}")
+            raise DatasetError(f"{path}:{number}: expected 'ID attribute attribute ...', got {line.strip()!r}")
         people[fields[0]] = fields[1:]
     return people
 
@@ -114,7 +114,7 @@ def read_peta_label_folders(root: Path, seed: int = 0) -> AttributeData:
                 by_id.setdefault(image.name.split("_")[0], []).append(image)
         for pid, positives in _read_label_file(label_file).items():
             if pid not in by_id:
-                raise EvalInputError(f"{label_file}: person {pid} has no image named {pid}_*")
+                raise DatasetError(f"{label_file}: person {pid} has no image named {pid}_*")
             persons.append((by_id[pid], positives))
     names = sorted({name for _, positives in persons for name in positives})
     order = np.random.default_rng(seed).permutation(len(persons))

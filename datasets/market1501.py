@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clasp.evaluation.errors import EvalInputError
+from clasp.datasets.errors import DatasetError
 
 NAME = re.compile(r"^(-?\d+)_c(\d+)s(\d+)_(\d+)_(\d+)\.jpg$")
 REQUIRED_PARTS = ("query", "bounding_box_test")
@@ -75,10 +75,10 @@ class Market1501:
 def _identity_and_camera(path: Path, match: re.Match) -> tuple[int, int]:
     identity, camera = int(match.group(1)), int(match.group(2))
     if identity != JUNK_ID and not 0 <= identity <= MAX_ID:
-        raise EvalInputError(f"{path}: identity {match.group(1)} is outside Market-1501's 0..{MAX_ID} "
+        raise DatasetError(f"{path}: identity {match.group(1)} is outside Market-1501's 0..{MAX_ID} "
                              f"(and -1 for junk)")
     if camera not in CAMERAS:
-        raise EvalInputError(f"{path}: camera c{match.group(2)} is not one of Market-1501's c1..c6")
+        raise DatasetError(f"{path}: camera c{match.group(2)} is not one of Market-1501's c1..c6")
     return identity, camera
 
 
@@ -112,18 +112,18 @@ def read_market1501(root: str | Path) -> Market1501:
     """The query, gallery (and train, when present) lists of a Market-1501 folder."""
     root = Path(root)
     if not root.is_dir():
-        raise EvalInputError(f"{root}: folder does not exist")
+        raise DatasetError(f"{root}: folder does not exist")
     missing = [p for p in REQUIRED_PARTS if not (root / p).is_dir()]
     if missing:
-        raise EvalInputError(f"{root}: not a complete Market-1501 folder, missing {', '.join(m + '/' for m in missing)}")
+        raise DatasetError(f"{root}: not a complete Market-1501 folder, missing {', '.join(m + '/' for m in missing)}")
     query = read_split(root / "query", drop_distractors=True)
     gallery = read_split(root / "bounding_box_test")
     for name, split in (("query", query), ("bounding_box_test", gallery)):
         if len(split):
             continue
         if split.junk or split.distractors_dropped:
-            raise EvalInputError(f"{root / name}: no images left once its {split.junk} junk (-1) and "
+            raise DatasetError(f"{root / name}: no images left once its {split.junk} junk (-1) and "
                                  f"{split.distractors_dropped} distractor (0000) images are dropped")
-        raise EvalInputError(f"{root / name}: no images named like 0001_c1s1_000151_01.jpg")
+        raise DatasetError(f"{root / name}: no images named like 0001_c1s1_000151_01.jpg")
     train = read_split(root / "bounding_box_train") if (root / "bounding_box_train").is_dir() else None
     return Market1501(root, query, gallery, train)

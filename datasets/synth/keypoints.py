@@ -7,16 +7,16 @@ have pixel centres at integers (pixel (0, 0) spans [-0.5, 0.5)), PIL's
 convention for the shapes.
 
 The rule for each point and its visibility is part of the truth format
-(`clasp.evaluation.synth.writer`'s docstring); the positions below implement it.
+(`clasp.datasets.synth.writer`'s docstring); the positions below implement it.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from clasp.evaluation.keypoint_names import KEYPOINT_NAMES, NUM_KEYPOINTS
-from clasp.evaluation.synth.drawing import HEAD_CENTRE_Y, Pose, arm_joints, leg_joints, to_pixels
-from clasp.evaluation.synth.identities import Identity
+from clasp.datasets.keypoint_names import KEYPOINT_NAMES, NUM_KEYPOINTS
+from clasp.datasets.synth.drawing import HEAD_CENTRE_Y, Pose, arm_joints, leg_joints, to_pixels
+from clasp.datasets.synth.identities import Identity
 
 KEYPOINT_PART: dict[str, str] = {
     "nose": "head", "eye": "head", "ear": "head", "shoulder": "arms", "elbow": "arms", "wrist": "arms",

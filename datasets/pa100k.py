@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from clasp.evaluation.attribute_data import SPLITS, AttributeData, AttributeSplit, binary_labels, load_mat, mat_strings
-from clasp.evaluation.errors import EvalInputError
+from clasp.datasets.attribute_data import SPLITS, AttributeData, AttributeSplit, binary_labels, load_mat, mat_strings
+from clasp.datasets.errors import DatasetError
 
 ANNOTATION = "annotation.mat"
 IMAGES = "data"
@@ -25,15 +25,15 @@ def is_pa100k(root: str | Path) -> bool:
 def read_pa100k(root: str | Path, check_images: bool = True) -> AttributeData:
     root = Path(root)
     if not root.is_dir():
-        raise EvalInputError(f"{root}: folder does not exist")
+        raise DatasetError(f"{root}: folder does not exist")
     if not (root / IMAGES).is_dir():
-        raise EvalInputError(f"{root}: not a complete PA-100K folder, missing {IMAGES}/")
+        raise DatasetError(f"{root}: not a complete PA-100K folder, missing {IMAGES}/")
     mat_path = root / ANNOTATION
     mat = load_mat(mat_path)
     keys = ["attributes"] + [f"{s}_images_name" for s in SPLITS] + [f"{s}_label" for s in SPLITS]
     missing = [k for k in keys if k not in mat]
     if missing:
-        raise EvalInputError(f"{mat_path}: missing {', '.join(missing)}")
+        raise DatasetError(f"{mat_path}: missing {', '.join(missing)}")
     names = mat_strings(mat["attributes"])
     data = AttributeData(root, "pa100k", names)
     for split in SPLITS:
@@ -43,6 +43,6 @@ def read_pa100k(root: str | Path, check_images: bool = True) -> AttributeData:
         if check_images:
             absent = [p for p in paths if not p.is_file()]
             if absent:
-                raise EvalInputError(f"{mat_path}: {len(absent)} {split} image(s) not found, e.g. {absent[0]}")
+                raise DatasetError(f"{mat_path}: {len(absent)} {split} image(s) not found, e.g. {absent[0]}")
         data.splits[split] = AttributeSplit(paths, labels)
     return data

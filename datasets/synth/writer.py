@@ -15,7 +15,7 @@ OUT/
 ```
 
 Keypoints are pixel (x, y) with pixel centres at integers, taken from the
-drawing's own joints (`clasp.evaluation.synth.keypoints`):
+drawing's own joints (`clasp.datasets.synth.keypoints`):
 
 | keypoints | where (head units; x = 0 is the body's centre line, head centre at (head_dx, 0.5)) | part |
 | --- | --- | --- |
@@ -53,12 +53,12 @@ import h5py
 import numpy as np
 from PIL import Image
 
-from clasp.evaluation.synth.cameras import make_camera
-from clasp.evaluation.synth.drawing import part_table, render, sample_pose
-from clasp.evaluation.synth.identities import check_vocabulary, sample_identity
-from clasp.evaluation.synth.keypoints import keypoint_truth
+from clasp.datasets.synth.cameras import make_camera
+from clasp.datasets.synth.drawing import part_table, render, sample_pose
+from clasp.datasets.synth.identities import check_vocabulary, sample_identity
+from clasp.datasets.synth.keypoints import keypoint_truth
 from clasp.store import Vocabulary
-from clasp.store.person_size import PERSON_HW
+from clasp.common.person_size import PERSON_HW
 
 TRUTH_FORMAT = "clasp-synth-truth"
 TRUTH_VERSION = 1

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from clasp.store.person_size import PERSON_HW
+from clasp.common.person_size import PERSON_HW
 
 # The background is this much larger than an image so that windows of it differ.
 BACKGROUND_MARGIN = (32, 48)

@@ -24,7 +24,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from clasp.evaluation.plots import Level, bar_panels, colours, grouped_bars, heat_maps, is_number, line_chart
-from clasp.evaluation.reproduce_report import TRUTH_STORE, Reproduction, results_summary
+from clasp.reproduce.report import TRUTH_STORE, Reproduction, results_summary
 from clasp.pretraining.run_logs import RESUMED_AFTER
 
 OBJECTIVES = {"loss": "total loss", "dino": "DINO loss", "part": "part loss", "attribute": "attribute loss"}

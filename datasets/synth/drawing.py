@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from clasp.evaluation.synth.cameras import BACKGROUND_MARGIN, Camera
-from clasp.evaluation.synth.identities import COLOURS, Identity
-from clasp.store.person_size import PERSON_HW
+from clasp.datasets.synth.cameras import BACKGROUND_MARGIN, Camera
+from clasp.datasets.synth.identities import COLOURS, Identity
+from clasp.common.person_size import PERSON_HW
 
 FIGURE_UNITS = 7.4  # head top to soles
 HEAD_CENTRE_Y = 0.5  # head units below the top of the head

@@ -40,8 +40,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from clasp.evaluation.market1501 import REQUIRED_PARTS
-from clasp.evaluation.reproduce_report import (Reproduction, loss_summary, render_report, results_summary,
+from clasp.datasets.market1501 import REQUIRED_PARTS
+from clasp.reproduce.report import (Reproduction, loss_summary, render_report, results_summary,
                                                run_metrics, truth_method_name, truth_store_name)
 from clasp.hardware import available_cores
 from clasp.store import ShardStore
@@ -395,7 +395,7 @@ def run_reproduce(config: ReproduceConfig, echo=print) -> Path:
 def draw_pictures(out: Path, world: Path, reproduction: Reproduction, plot_format: str = "png") -> dict[str, str]:
     """The report's charts (report_figures.py) as `plot_format` files, and the part-mask sheet; name → file."""
     from clasp.evaluation.plots import save
-    from clasp.evaluation.report_figures import report_figures
+    from clasp.reproduce.figures import report_figures
 
     metrics = {method: run_metrics(out / "runs" / method) for method in reproduction.method_store}
     depth = json.loads((out / "exports" / "clasp" / "config.json").read_text(encoding="utf-8"))["architecture"]["depth"]
@@ -412,8 +412,8 @@ def draw_pictures(out: Path, world: Path, reproduction: Reproduction, plot_forma
 def export_expert_load(out: Path, world: Path) -> dict:
     """The CLASP export's expert load per task prompt on 64 images of the evaluation world, also written to
     OUT/eval/expert_load.json; {} without MoE."""
-    from clasp.evaluation.expert_load import expert_load_per_task
-    from clasp.evaluation.truth import SynthTruth
+    from clasp.reproduce.expert_load import expert_load_per_task
+    from clasp.datasets.truth import SynthTruth
 
     truth = SynthTruth.load(world)
     sample = [truth.images_dir / p for p in truth.paths[:: max(1, len(truth) // 64)][:64]]

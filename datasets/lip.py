@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from clasp.evaluation.errors import EvalInputError
+from clasp.datasets.errors import DatasetError
 
 LIP_CLASSES = ("background", "hat", "hair", "glove", "sunglasses", "upper-clothes", "dress", "coat", "socks",
                "pants", "jumpsuits", "scarf", "skirt", "face", "left-arm", "right-arm", "left-leg", "right-leg",
@@ -77,24 +77,24 @@ def _ids(id_files: list[Path], image_dir: Path) -> list[str]:
 def _pairs(image_dir: Path, label_dir: Path, ids: list[str], source: str) -> ParsingSplit:
     for folder in (image_dir, label_dir):
         if not folder.is_dir():
-            raise EvalInputError(f"{source}: missing {folder}")
+            raise DatasetError(f"{source}: missing {folder}")
     split = ParsingSplit([image_dir / f"{i}.jpg" for i in ids], [label_dir / f"{i}.png" for i in ids])
     if not split.images:
-        raise EvalInputError(f"{image_dir}: no images")
+        raise DatasetError(f"{image_dir}: no images")
     for image, label in zip(split.images, split.labels):
         for path in (image, label):
             if not path.is_file():
-                raise EvalInputError(f"{source}: {path} not found")
+                raise DatasetError(f"{source}: {path} not found")
         with Image.open(image) as a, Image.open(label) as b:
             if a.size != b.size:
-                raise EvalInputError(f"{label}: label map is {b.size[1]}x{b.size[0]}, its image {a.size[1]}x{a.size[0]}")
+                raise DatasetError(f"{label}: label map is {b.size[1]}x{b.size[0]}, its image {a.size[1]}x{a.size[0]}")
     return split
 
 
 def read_lip(root: str | Path) -> ParsingData:
     root = Path(root)
     if not is_lip(root):
-        raise EvalInputError(f"{root}: not a LIP folder, missing TrainVal_images/")
+        raise DatasetError(f"{root}: not a LIP folder, missing TrainVal_images/")
     out = ParsingData(root, "lip", LIP_CLASSES)
     for split in ("train", "val"):
         image_dir = root / "TrainVal_images" / f"{split}_images"
@@ -107,7 +107,7 @@ def read_lip(root: str | Path) -> ParsingData:
 def read_cihp(root: str | Path) -> ParsingData:
     base = cihp_root(root)
     if base is None:
-        raise EvalInputError(f"{root}: not a CIHP folder, missing Training/Category_ids/")
+        raise DatasetError(f"{root}: not a CIHP folder, missing Training/Category_ids/")
     out = ParsingData(Path(root), "cihp", LIP_CLASSES)
     for split, (folder, id_file) in CIHP_SPLITS.items():
         part = base / folder
@@ -120,9 +120,9 @@ def read_label_map(path: Path, num_classes: int) -> np.ndarray:
     """(H, W) uint8 class indices; values other than 0..num_classes-1 and 255 are an input error."""
     with Image.open(path) as im:
         if im.mode not in ("L", "P"):
-            raise EvalInputError(f"{path}: a label map must be a one-channel PNG, got mode {im.mode}")
+            raise DatasetError(f"{path}: a label map must be a one-channel PNG, got mode {im.mode}")
         label = np.asarray(im, dtype=np.uint8)
     bad = (label >= num_classes) & (label != IGNORE)
     if bad.any():
-        raise EvalInputError(f"{path}: class {int(label[bad][0])} is not in 0..{num_classes - 1} (or {IGNORE} = ignore)")
+        raise DatasetError(f"{path}: class {int(label[bad][0])} is not in 0..{num_classes - 1} (or {IGNORE} = ignore)")
     return label

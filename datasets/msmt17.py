@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from clasp.evaluation.errors import EvalInputError
-from clasp.evaluation.market1501 import Market1501, MarketSplit
+from clasp.datasets.errors import DatasetError
+from clasp.datasets.market1501 import Market1501, MarketSplit
 
 CAMERAS = range(1, 16)
 LISTS = {"train": "list_train.txt", "query": "list_query.txt", "gallery": "list_gallery.txt"}
@@ -44,7 +44,7 @@ def _image_dir(root: Path, kind: str) -> Path:
     for name in IMAGE_DIRS[kind]:
         if (root / name).is_dir():
             return root / name
-    raise EvalInputError(f"{root}: not a complete MSMT17 folder, missing {IMAGE_DIRS[kind][0]}/")
+    raise DatasetError(f"{root}: not a complete MSMT17 folder, missing {IMAGE_DIRS[kind][0]}/")
 
 
 def read_list(list_file: Path, image_dir: Path) -> MarketSplit:
@@ -60,21 +60,21 @@ def read_list(list_file: Path, image_dir: Path) -> MarketSplit:
                 raise ValueError
             label, camera = int(fields[1]), int(name[2])
         except ValueError:
-            raise EvalInputError(f"{list_file}:{number}: expected 'PID/PID_NNN_CC_....jpg LABEL', got {line.strip()!r}") from None
+            raise DatasetError(f"{list_file}:{number}: expected 'PID/PID_NNN_CC_....jpg LABEL', got {line.strip()!r}") from None
         if label < 0:
-            raise EvalInputError(f"{list_file}:{number}: label {label} is below 0 (MSMT17 has no junk ids), "
+            raise DatasetError(f"{list_file}:{number}: label {label} is below 0 (MSMT17 has no junk ids), "
                                  f"got {line.strip()!r}")
         if camera not in CAMERAS:
-            raise EvalInputError(f"{list_file}:{number}: camera {name[2]} is not one of MSMT17's 01..15, "
+            raise DatasetError(f"{list_file}:{number}: camera {name[2]} is not one of MSMT17's 01..15, "
                                  f"got {line.strip()!r}")
         path = image_dir / fields[0]
         if not path.is_file():
-            raise EvalInputError(f"{list_file}:{number}: image {path} not found")
+            raise DatasetError(f"{list_file}:{number}: image {path} not found")
         paths.append(path)
         ids.append(label)
         cams.append(camera)
     if not paths:
-        raise EvalInputError(f"{list_file}: no images listed")
+        raise DatasetError(f"{list_file}: no images listed")
     return MarketSplit(paths, np.array(ids, np.int64), np.array(cams, np.int64), 0)
 
 
@@ -82,10 +82,10 @@ def read_msmt17(root: str | Path) -> Market1501:
     """Train, query and gallery of an MSMT17 folder (list_train.txt is optional for evaluation)."""
     root = Path(root)
     if not root.is_dir():
-        raise EvalInputError(f"{root}: folder does not exist")
+        raise DatasetError(f"{root}: folder does not exist")
     missing = [name for key, name in LISTS.items() if key != "train" and not (root / name).is_file()]
     if missing:
-        raise EvalInputError(f"{root}: not a complete MSMT17 folder, missing {', '.join(missing)}")
+        raise DatasetError(f"{root}: not a complete MSMT17 folder, missing {', '.join(missing)}")
     test_dir = _image_dir(root, "test")
     query = read_list(root / LISTS["query"], test_dir)
     gallery = read_list(root / LISTS["gallery"], test_dir)

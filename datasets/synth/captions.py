@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clasp.evaluation.synth.drawing import MATERIALS
-from clasp.evaluation.synth.identities import COLOURS, Identity
+from clasp.datasets.synth.drawing import MATERIALS
+from clasp.datasets.synth.identities import COLOURS, Identity
 
 MIN_VISIBLE_PIXELS = 24
 HAIR_NAMES = {(24, 20, 18): "black", (70, 44, 26): "brown", (200, 168, 96): "blond", (110, 80, 50): "brown",

@@ -40,12 +40,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from clasp.evaluation.synth.cameras import Camera, make_camera
-from clasp.evaluation.synth.captions import Visible, person_caption, region_caption, scene_caption
-from clasp.evaluation.synth.drawing import MATERIALS, render, sample_pose
-from clasp.evaluation.synth.identities import check_vocabulary, sample_identity
+from clasp.datasets.synth.cameras import Camera, make_camera
+from clasp.datasets.synth.captions import Visible, person_caption, region_caption, scene_caption
+from clasp.datasets.synth.drawing import MATERIALS, render, sample_pose
+from clasp.datasets.synth.identities import check_vocabulary, sample_identity
 from clasp.store import Vocabulary
-from clasp.store.person_size import PERSON_HW
+from clasp.common.person_size import PERSON_HW
 
 IDENTITY_STREAM = 101
 CAMERA_STREAM = 102

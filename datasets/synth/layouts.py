@@ -12,7 +12,7 @@ like the real ones:
   `list_val.txt`, `list_query.txt`, `list_gallery.txt` (labels from 0 in
   train and in test, as MSMT17 numbers them).
 - `pa100k`: `data/NNNNNN.jpg` and `annotation.mat` (binary attributes
-  'group=value' as `clasp.evaluation.metrics.binary_attribute_names` makes them;
+  'group=value' as `clasp.datasets.attribute_data.binary_attribute_names` makes them;
   train / val / test = 60 / 10 / 30 % of the identities).
 - `peta`: `images/NNNNN.png` and `PETA.mat` (struct `peta`: data with 4 meta
   columns, attribute names plus one not evaluated (`occluded`),
@@ -38,11 +38,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from clasp.evaluation.coco_keypoints import coco_file, keypoints_document
-from clasp.evaluation.keypoint_names import PERSON_CATEGORY
-from clasp.evaluation.metrics import binary_attribute_names, binary_attributes
-from clasp.evaluation.synth.cameras import make_camera
-from clasp.evaluation.synth.writer import JPEG_QUALITY, SynthConfig, synthesize
+from clasp.datasets.attribute_data import binary_attribute_names, binary_attributes
+from clasp.datasets.coco_keypoints import coco_file, keypoints_document
+from clasp.datasets.keypoint_names import PERSON_CATEGORY
+from clasp.datasets.synth.cameras import make_camera
+from clasp.datasets.synth.writer import JPEG_QUALITY, SynthConfig, synthesize
 from clasp.store import Vocabulary
 
 LAYOUTS = ("market1501", "msmt17", "pa100k", "peta", "lip", "cihp", "coco")
@@ -60,7 +60,7 @@ def write_layout(layout: str, config: SynthConfig) -> Path:
     extra = max(2, config.identities // 10) if layout in ("market1501", "msmt17") else 0
     synthesize(SynthConfig(out=world, identities=config.identities + extra, images_per_id=config.images_per_id,
                            cameras=config.cameras, seed=config.seed, vocab=config.vocab))
-    from clasp.evaluation.truth import SynthTruth
+    from clasp.datasets.truth import SynthTruth
 
     truth = SynthTruth.load(world)
     WRITERS[layout](truth, out, config.identities)
@@ -70,8 +70,8 @@ def write_layout(layout: str, config: SynthConfig) -> Path:
 
 def check_layout_limits(layout: str, config: SynthConfig) -> None:
     """The readers refuse what the real data sets cannot hold: never write a folder they would refuse."""
-    from clasp.evaluation.market1501 import CAMERAS, MAX_ID
-    from clasp.evaluation.msmt17 import CAMERAS as MSMT_CAMERAS
+    from clasp.datasets.market1501 import CAMERAS, MAX_ID
+    from clasp.datasets.msmt17 import CAMERAS as MSMT_CAMERAS
 
     cameras = {"market1501": CAMERAS, "msmt17": MSMT_CAMERAS}.get(layout)
     if cameras is not None and config.cameras > cameras[-1]:

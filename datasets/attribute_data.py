@@ -15,9 +15,30 @@ from pathlib import Path
 
 import numpy as np
 
-from clasp.evaluation.errors import EvalInputError
+from clasp.datasets.errors import DatasetError
 
 SPLITS = ("train", "val", "test")
+
+
+def binary_attributes(labels: np.ndarray, group_sizes: list[int]) -> np.ndarray:
+    """(N, G) value index per group -> (N, C) bool binary attributes (see the module docstring)."""
+    labels = np.asarray(labels)
+    columns = []
+    for g, size in enumerate(group_sizes):
+        if size == 2:
+            columns.append(labels[:, g] == 0)
+        else:
+            columns.extend(labels[:, g] == v for v in range(size))
+    return np.stack(columns, axis=1) if columns else np.zeros((len(labels), 0), bool)
+
+
+def binary_attribute_names(groups: list[tuple[str, list[str]]]) -> list[str]:
+    """Names of the columns `binary_attributes` makes, as 'group=value'."""
+    names = []
+    for group, values in groups:
+        chosen = values[:1] if len(values) == 2 else values
+        names.extend(f"{group}={v}" for v in chosen)
+    return names
 
 
 @dataclass
@@ -42,7 +63,7 @@ class AttributeData:
             return self
         unknown = [name for name in chosen if name not in self.names]
         if unknown:
-            raise EvalInputError(f"{self.root}: unknown attribute {unknown[0]!r} for {self.layout} "
+            raise DatasetError(f"{self.root}: unknown attribute {unknown[0]!r} for {self.layout} "
                                  f"(its attributes: {', '.join(self.names)})")
         columns = [self.names.index(name) for name in chosen]
         splits = {k: AttributeSplit(s.paths, s.labels[:, columns]) for k, s in self.splits.items()}
@@ -65,10 +86,10 @@ def binary_labels(labels: np.ndarray, source: str, rows: int, columns: int) -> n
     """Check an (rows, columns) 0/1 label matrix and return it as bool."""
     labels = np.asarray(labels)
     if labels.shape != (rows, columns):
-        raise EvalInputError(f"{source}: labels have shape {labels.shape}, expected ({rows}, {columns}) "
+        raise DatasetError(f"{source}: labels have shape {labels.shape}, expected ({rows}, {columns}) "
                              f"(images x attributes)")
     if labels.size and not np.isin(labels, (0, 1)).all():
-        raise EvalInputError(f"{source}: labels must be 0 or 1, found {sorted(set(np.unique(labels).tolist()) - {0, 1})[:3]}")
+        raise DatasetError(f"{source}: labels must be 0 or 1, found {sorted(set(np.unique(labels).tolist()) - {0, 1})[:3]}")
     return labels.astype(bool)
 
 
@@ -76,8 +97,8 @@ def load_mat(path: Path) -> dict:
     from scipy.io import loadmat
 
     if not path.is_file():
-        raise EvalInputError(f"{path}: not found")
+        raise DatasetError(f"{path}: not found")
     try:
         return loadmat(str(path))
     except Exception as exc:  # noqa: BLE001 - scipy raises several types for a bad file
-        raise EvalInputError(f"{path}: cannot be read as a MATLAB file ({type(exc).__name__}: {exc})") from None
+        raise DatasetError(f"{path}: cannot be read as a MATLAB file ({type(exc).__name__}: {exc})") from None

@@ -1,8 +1,7 @@
 """How every clasp report writes a fraction: in percent, `n/a` when there is no value.
 
 `clasp inspect`, `clasp eval`, `clasp eval-labels` and the reproduce tables all
-print shares and scores; one function keeps them alike. It lives in the store
-because the store is the package all of those may import.
+print shares and scores; one function keeps them alike.
 """
 
 from __future__ import annotations

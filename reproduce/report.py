@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clasp.pretraining.layout import METRICS_FILE
-from clasp.store.percent import percent
+from clasp.common.percent import percent
 
 if TYPE_CHECKING:
-    from clasp.evaluation.reproduce import ReproduceConfig
+    from clasp.reproduce.pipeline import ReproduceConfig
 
 TRUTH_STORE = "truth"  # label_quality key of the ground-truth store; ladder stores are "truth-noise0.25", ...
 FINAL_LOSS_ROWS = 10  # logged steps averaged into a run's final loss (the batch-to-batch noise is large)

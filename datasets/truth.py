@@ -1,4 +1,4 @@
-"""Reading the ground truth `clasp synth` writes (format in `clasp.evaluation.synth.writer`).
+"""Reading the ground truth `clasp synth` writes (format in `clasp.datasets.synth.writer`).
 
 Keypoints are optional: a world written before they existed has none
 (`keypoints` is None) and every other field loads as before; a world whose
@@ -15,9 +15,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from clasp.evaluation.errors import EvalInputError
-from clasp.evaluation.keypoint_names import NUM_KEYPOINTS
-from clasp.evaluation.synth.writer import TRUTH_FORMAT, TRUTH_VERSION
+from clasp.datasets.errors import DatasetError
+from clasp.datasets.keypoint_names import NUM_KEYPOINTS
+from clasp.datasets.synth.writer import TRUTH_FORMAT, TRUTH_VERSION
 from clasp.store import Vocabulary
 
 IMAGES_PREFIX = "images/"
@@ -67,7 +67,7 @@ class SynthTruth:
             for i, attrs in enumerate(self.attributes):
                 value = attrs.get(group.group)
                 if value not in lookup:
-                    raise EvalInputError(f"{self.root / 'truth' / 'annotations.jsonl'}: image {self.paths[i]} has "
+                    raise DatasetError(f"{self.root / 'truth' / 'annotations.jsonl'}: image {self.paths[i]} has "
                                          f"{group.group}={value!r}, not a value of the vocabulary")
                 out[i, g] = lookup[value]
         return out
@@ -94,12 +94,12 @@ class SynthTruth:
         if root.name == "truth" and (root / "annotations.jsonl").exists():
             root = root.parent
         if not root.is_dir():
-            raise EvalInputError(f"{root}: folder does not exist")
+            raise DatasetError(f"{root}: folder does not exist")
         annotations = root / "truth" / "annotations.jsonl"
         parts = root / "truth" / "parts.h5"
         for need in (annotations, parts):
             if not need.is_file():
-                raise EvalInputError(f"{root}: no synthetic ground truth ({need.relative_to(root)} missing; "
+                raise DatasetError(f"{root}: no synthetic ground truth ({need.relative_to(root)} missing; "
                                      "`clasp synth` writes it)")
         paths, identity, camera, attributes, keypoints = [], [], [], [], []
         with open(annotations, encoding="utf-8") as fh:
@@ -114,19 +114,19 @@ class SynthTruth:
                     attributes.append(dict(row["attributes"]))
                     keypoints.append(_keypoints(row.get("keypoints")))
                 except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                    raise EvalInputError(f"{annotations}:{line_no}: malformed annotation ({exc})") from None
+                    raise DatasetError(f"{annotations}:{line_no}: malformed annotation ({exc})") from None
         try:
             with h5py.File(parts, "r", locking=False) as f:
                 fmt = f.attrs.get("format")
                 fmt = fmt.decode() if isinstance(fmt, bytes) else fmt
                 if fmt != TRUTH_FORMAT or int(f.attrs.get("version", -1)) != TRUTH_VERSION:
-                    raise EvalInputError(f"{parts}: not a clasp synth ground truth (format {fmt!r})")
+                    raise DatasetError(f"{parts}: not a clasp synth ground truth (format {fmt!r})")
                 part_names = json.loads(f.attrs["part_names"])
                 mask_paths = [p.decode("utf-8") if isinstance(p, bytes) else str(p) for p in f["path"][:]]
         except OSError as exc:
-            raise EvalInputError(f"{parts}: cannot read ({exc})") from None
+            raise DatasetError(f"{parts}: cannot read ({exc})") from None
         if mask_paths != paths:
-            raise EvalInputError(f"{parts}: image paths differ from {annotations.name} (files from different runs?)")
+            raise DatasetError(f"{parts}: image paths differ from {annotations.name} (files from different runs?)")
         return cls(root, paths, np.array(identity, np.int64), np.array(camera, np.int64), attributes, part_names,
                    _stacked_keypoints(keypoints, annotations, paths))
 
@@ -147,7 +147,7 @@ def _stacked_keypoints(rows: list[np.ndarray | None], annotations: Path, paths: 
         return None
     if given < len(rows):
         first = next(p for p, row in zip(paths, rows) if row is None)
-        raise EvalInputError(f"{annotations}: image {first} has no keypoints, while {given} other images have them")
+        raise DatasetError(f"{annotations}: image {first} has no keypoints, while {given} other images have them")
     return np.stack(rows)
 
 

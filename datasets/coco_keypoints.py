@@ -12,7 +12,7 @@ annotation's `bbox`, or, with a detections file (COCO results format:
 `[{"image_id", "category_id", "bbox", "score"}]`, the usual detected-box
 protocol), every person detection of the split's images instead, scored by the
 detector. The files are checked before anything runs, each problem one
-`EvalInputError` naming the file: a missing key, a keypoint array that is not
+`DatasetError` naming the file: a missing key, a keypoint array that is not
 17 x [x, y, v], a box outside its image (by more than a pixel), an annotation
 or detection of an image that is not listed, an image listed but absent.
 """
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from clasp.evaluation.errors import EvalInputError
-from clasp.evaluation.keypoint_names import KEYPOINT_NAMES, NUM_KEYPOINTS, PERSON_CATEGORY, SKELETON
+from clasp.datasets.errors import DatasetError
+from clasp.datasets.keypoint_names import KEYPOINT_NAMES, NUM_KEYPOINTS, PERSON_CATEGORY, SKELETON
 
 SPLITS = ("train", "val")
 IMAGE_KEYS = ("id", "file_name", "height", "width")
@@ -73,12 +73,12 @@ class PoseInstances:
 
 
 def read_coco_keypoints(root: Path, split: str, detections: Path | None = None) -> PoseInstances:
-    """The instances of `split` (ground-truth boxes, or those of `detections`); input errors as EvalInputError."""
+    """The instances of `split` (ground-truth boxes, or those of `detections`); input errors as DatasetError."""
     path = coco_file(root, split)
     document = _load_json(path, dict)
     for key in ("images", "annotations", "categories"):
         if not isinstance(document.get(key), list):
-            raise EvalInputError(f"{path}: missing key {key!r} (a list)")
+            raise DatasetError(f"{path}: missing key {key!r} (a list)")
     _check_person_category(path, document["categories"])
     images = _images(path, document["images"], image_folder(root, split))
     if detections is not None:
@@ -87,13 +87,13 @@ def read_coco_keypoints(root: Path, split: str, detections: Path | None = None) 
 
 
 def read_coco_pose(root: Path, detections: Path | None = None) -> tuple[PoseInstances, PoseInstances]:
-    """(train, val) instances, val with the boxes of `detections` when given; empty splits as EvalInputError."""
+    """(train, val) instances, val with the boxes of `detections` when given; empty splits as DatasetError."""
     train, val = read_coco_keypoints(root, "train"), read_coco_keypoints(root, "val", detections)
     if detections is not None and not len(val):
-        raise EvalInputError(f"{detections}: no person box of an image of {val.annotation_file}")
+        raise DatasetError(f"{detections}: no person box of an image of {val.annotation_file}")
     for instances in (train, val):
         if not len(instances):
-            raise EvalInputError(f"{instances.annotation_file}: no person with a labeled keypoint and a box")
+            raise DatasetError(f"{instances.annotation_file}: no person with a labeled keypoint and a box")
     return train, val
 
 
@@ -101,30 +101,30 @@ def _load_json(path: Path, kind: type):
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise EvalInputError(f"{path}: not found") from None
+        raise DatasetError(f"{path}: not found") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EvalInputError(f"{path}: cannot be read as JSON ({exc})") from None
+        raise DatasetError(f"{path}: cannot be read as JSON ({exc})") from None
     if not isinstance(data, kind):
-        raise EvalInputError(f"{path}: expected a JSON {'object' if kind is dict else 'list'}")
+        raise DatasetError(f"{path}: expected a JSON {'object' if kind is dict else 'list'}")
     return data
 
 
 def _check_person_category(path: Path, categories: list) -> None:
     person = [c for c in categories if isinstance(c, dict) and c.get("id") == PERSON_CATEGORY]
     if not person:
-        raise EvalInputError(f"{path}: no category with id {PERSON_CATEGORY} (person)")
+        raise DatasetError(f"{path}: no category with id {PERSON_CATEGORY} (person)")
     names = person[0].get("keypoints")
     if not isinstance(names, list) or len(names) != NUM_KEYPOINTS:
-        raise EvalInputError(f"{path}: the person category must list {NUM_KEYPOINTS} keypoints, "
+        raise DatasetError(f"{path}: the person category must list {NUM_KEYPOINTS} keypoints, "
                              f"found {len(names) if isinstance(names, list) else 'none'}")
 
 
 def _required(path: Path, entry, keys: tuple[str, ...], what: str) -> dict:
     if not isinstance(entry, dict):
-        raise EvalInputError(f"{path}: {what} is not an object")
+        raise DatasetError(f"{path}: {what} is not an object")
     missing = [k for k in keys if k not in entry]
     if missing:
-        raise EvalInputError(f"{path}: {what} {entry.get('id', '')} is missing key {missing[0]!r}".replace("  ", " "))
+        raise DatasetError(f"{path}: {what} {entry.get('id', '')} is missing key {missing[0]!r}".replace("  ", " "))
     return entry
 
 
@@ -134,10 +134,10 @@ def _images(path: Path, entries: list, folder: Path) -> dict[int, dict]:
     for entry in entries:
         entry = _required(path, entry, IMAGE_KEYS, "image")
         if isinstance(entry["id"], bool) or not isinstance(entry["id"], int):
-            raise EvalInputError(f"{path}: image id {entry['id']!r} is not an integer")
+            raise DatasetError(f"{path}: image id {entry['id']!r} is not an integer")
         file = folder / str(entry["file_name"])
         if not file.is_file():
-            raise EvalInputError(f"{path}: image {entry['id']} is listed but {file} does not exist")
+            raise DatasetError(f"{path}: image {entry['id']} is listed but {file} does not exist")
         images[entry["id"]] = {**entry, "path": file}
     return images
 
@@ -147,7 +147,7 @@ def _numbers(path: Path, value, length: int, what: str) -> np.ndarray:
         isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
     if not ok:
         size = len(value) if isinstance(value, list) else type(value).__name__
-        raise EvalInputError(f"{path}: {what} must be {length} numbers, found {size}")
+        raise DatasetError(f"{path}: {what} must be {length} numbers, found {size}")
     return np.asarray(value, np.float64)
 
 
@@ -156,7 +156,7 @@ def _box_in_image(path: Path, box: np.ndarray, image: dict, what: str) -> np.nda
     x, y, w, h = box
     width, height = float(image["width"]), float(image["height"])
     if w < 0 or h < 0 or x < -BOX_SLACK or y < -BOX_SLACK or x + w > width + BOX_SLACK or y + h > height + BOX_SLACK:
-        raise EvalInputError(f"{path}: {what} has bbox {box.tolist()} outside its image "
+        raise DatasetError(f"{path}: {what} has bbox {box.tolist()} outside its image "
                              f"{image['id']} ({int(width)}x{int(height)} pixels)")
     x0, y0 = max(x, 0.0), max(y, 0.0)
     return np.array([x0, y0, min(x + w, width) - x0, min(y + h, height) - y0])
@@ -168,10 +168,10 @@ def _annotated(path: Path, images: dict[int, dict], annotations: list) -> PoseIn
         entry = _required(path, entry, ANNOTATION_KEYS, "annotation")
         what = f"annotation {entry['id']}"
         if entry["image_id"] not in images:
-            raise EvalInputError(f"{path}: {what} is of image {entry['image_id']}, which is not listed")
+            raise DatasetError(f"{path}: {what} is of image {entry['image_id']}, which is not listed")
         keypoints = _numbers(path, entry["keypoints"], 3 * NUM_KEYPOINTS, f"{what}: keypoints").reshape(-1, 3)
         if not np.isin(keypoints[:, 2], (0, 1, 2)).all():
-            raise EvalInputError(f"{path}: {what}: keypoint visibility must be 0, 1 or 2")
+            raise DatasetError(f"{path}: {what}: keypoint visibility must be 0, 1 or 2")
         image = images[entry["image_id"]]
         box = _box_in_image(path, _numbers(path, entry["bbox"], 4, f"{what}: bbox"), image, what)
         if entry["category_id"] != PERSON_CATEGORY:
@@ -190,7 +190,7 @@ def _detected(path: Path, images: dict[int, dict], detections_path: Path) -> Pos
     for entry in _load_json(detections_path, list):
         entry = _required(detections_path, entry, DETECTION_KEYS, "detection")
         if entry["image_id"] not in images:
-            raise EvalInputError(f"{detections_path}: a detection is of image {entry['image_id']}, "
+            raise DatasetError(f"{detections_path}: a detection is of image {entry['image_id']}, "
                                  f"which {path.name} does not list")
         if entry["category_id"] != PERSON_CATEGORY:
             dropped["not_person"] += 1
