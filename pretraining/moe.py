@@ -21,6 +21,19 @@ kernels run a row count that is not a multiple of their tile markedly slower
 zero gate and land on a discarded extra row, so they change neither outputs nor
 gradients.
 
+Two ways to run the experts on those slices, the same sums (`PCMoE.dispatch`):
+
+- `"loop"` (the default): one small GEMM pair per expert on its own slice;
+- `"batched"`: every slice padded to the same row count (the largest group,
+  rounded up to `ALIGN_ROWS`), the experts' weights stacked (E, out, in) at each
+  call and run as one `torch.baddbmm` per layer: 2 matrix calls instead of 2E,
+  at the price of padded rows for every expert below the largest group (uneven
+  routing costs arithmetic on zeros). The parameters stay one `MLP` per expert,
+  so state dicts, checkpoints and exports are the same under either.
+
+`benchmarks/moe_dispatch.py` times both at the presets' shapes; flip the default
+(`DISPATCH`) only on its figures.
+
 Load balancing (Switch Transformer / GShard):
 
     balance = E · Σ_e f_e · P_e
@@ -42,6 +55,23 @@ import torch.nn.functional as F
 from torch import nn
 
 ALIGN_ROWS = 32
+DISPATCHES = ("loop", "batched")
+DISPATCH = "loop"  # the default of every PCMoE; "batched" once benchmarks/moe_dispatch.py says it is not slower
+
+
+def aligned(rows: int) -> int:
+    """`rows` rounded up to a multiple of `ALIGN_ROWS`."""
+    return -(-rows // ALIGN_ROWS) * ALIGN_ROWS
+
+
+def set_dispatch(model: nn.Module, dispatch: str) -> int:
+    """Run every PC-MoE inside `model` by `dispatch` ("loop" or "batched"); returns how many were set."""
+    if dispatch not in DISPATCHES:
+        raise ValueError(f"dispatch must be one of {DISPATCHES}, got {dispatch!r}")
+    layers = [m for m in model.modules() if isinstance(m, PCMoE)]
+    for layer in layers:
+        layer.dispatch = dispatch
+    return len(layers)
 
 
 def balance_from_counts(counts: torch.Tensor, prob_sum: torch.Tensor, tokens: int) -> torch.Tensor:
@@ -74,7 +104,12 @@ class MLP(nn.Module):
 
 
 class PCMoE(nn.Module):
-    """Top-k mixture of `experts` MLPs routed by token and task prompt."""
+    """Top-k mixture of `experts` MLPs routed by token and task prompt.
+
+    `dispatch` ("loop" or "batched", module docstring) may be set on the class or on one instance at any time.
+    """
+
+    dispatch: str = DISPATCH
 
     def __init__(self, dim: int, hidden: int, experts: int, top_k: int) -> None:
         super().__init__()
@@ -119,36 +154,63 @@ class PCMoE(nn.Module):
         device = flat.device.type
         if torch.is_autocast_enabled(device):  # gather half the bytes; the experts would cast anyway
             flat = flat.to(torch.get_autocast_dtype(device))
-        source, gates, sizes, padded = self._dispatch(index, gate)
+        if self.dispatch not in DISPATCHES:
+            raise ValueError(f"PCMoE.dispatch must be one of {DISPATCHES}, got {self.dispatch!r}")
+        batched = self.dispatch == "batched"
+        source, gates, sizes, padded = self._dispatch(index, gate, same_rows=batched)
         padded_flat = torch.cat([flat, flat.new_zeros(1, dim)])  # row `tokens`: the padding row
-        chunks = padded_flat.index_select(0, source).split(padded)  # one gather; backward: one scatter-add
-        mixed = None
-        for expert, chunk, targets, weight in zip(self.experts, chunks, source.split(padded), gates.split(padded)):
-            out = expert(chunk)
-            out = out * weight.unsqueeze(-1).to(out.dtype)
-            if mixed is None:
-                mixed = out.new_zeros(tokens + 1, dim)
-            mixed.index_add_(0, targets, out)  # backward: a gather
+        gathered = padded_flat.index_select(0, source)  # one gather; backward: one scatter-add
+        if batched:
+            mixed = self._experts_batched(gathered, source, gates, tokens)
+        else:
+            mixed = self._experts_loop(gathered, source, gates, padded, tokens)
 
         self._counts = self._counts + torch.tensor(sizes, dtype=torch.float32)  # already on the host
         self._prob_sum = self._prob_sum + probs.reshape(-1, len(self.experts)).sum(0)
         self._tokens += tokens
         return mixed[:tokens].reshape(rows, seq, dim)
 
-    def _dispatch(self, index: torch.Tensor,
-                  gate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[int], list[int]]:
+    def _experts_loop(self, gathered: torch.Tensor, source: torch.Tensor, gates: torch.Tensor,
+                      padded: list[int], tokens: int) -> torch.Tensor:
+        """Each expert on its own slice, its gated output added onto its tokens; row `tokens` is discarded."""
+        mixed = None
+        for expert, chunk, targets, weight in zip(self.experts, gathered.split(padded), source.split(padded),
+                                                  gates.split(padded)):
+            out = expert(chunk)
+            out = out * weight.unsqueeze(-1).to(out.dtype)
+            if mixed is None:
+                mixed = out.new_zeros(tokens + 1, gathered.shape[1])
+            mixed.index_add_(0, targets, out)  # backward: a gather
+        return mixed
+
+    def _experts_batched(self, gathered: torch.Tensor, source: torch.Tensor, gates: torch.Tensor,
+                         tokens: int) -> torch.Tensor:
+        """All experts at once on equal slices (E, rows, D): stacked weights, one `baddbmm` per layer."""
+        experts, dim = len(self.experts), gathered.shape[1]
+        slices = gathered.view(experts, -1, dim)
+        w1 = torch.stack([e.fc1.weight for e in self.experts]).transpose(1, 2)  # (E, D, H): a view, no copy
+        b1 = torch.stack([e.fc1.bias for e in self.experts]).unsqueeze(1)  # (E, 1, H)
+        w2 = torch.stack([e.fc2.weight for e in self.experts]).transpose(1, 2)  # (E, H, D)
+        b2 = torch.stack([e.fc2.bias for e in self.experts]).unsqueeze(1)
+        out = torch.baddbmm(b2, F.gelu(torch.baddbmm(b1, slices, w1)), w2).reshape(-1, dim)
+        out = out * gates.unsqueeze(-1).to(out.dtype)
+        return out.new_zeros(tokens + 1, dim).index_add_(0, source, out)
+
+    def _dispatch(self, index: torch.Tensor, gate: torch.Tensor,
+                  same_rows: bool = False) -> tuple[torch.Tensor, torch.Tensor, list[int], list[int]]:
         """The (token, slot) pairs grouped by expert, each group padded to a multiple of `ALIGN_ROWS`.
 
-        Returns the token of each padded position (`tokens`, one past the last
-        token, for padding), its gate (0 for padding), and the routed and padded
-        size of each expert's group.
+        With `same_rows`, every group is padded to the same size: the largest,
+        rounded up. Returns the token of each padded position (`tokens`, one
+        past the last token, for padding), its gate (0 for padding), and the
+        routed and padded size of each expert's group.
         """
         tokens = index.shape[0] * index.shape[1]
         slots = index.reshape(-1)  # (T*k,) expert of each (token, slot) pair
         order = torch.argsort(slots, stable=True)
         counts = torch.bincount(slots, minlength=len(self.experts))
         sizes = counts.tolist()
-        padded = [-(-size // ALIGN_ROWS) * ALIGN_ROWS for size in sizes]
+        padded = [aligned(max(sizes))] * len(sizes) if same_rows else [aligned(size) for size in sizes]
         # A sorted pair moves down by the padding of the groups before its own.
         padding_before = torch.tensor([0, *itertools.accumulate(p - s for p, s in zip(padded, sizes))][:-1],
                                       device=slots.device)
