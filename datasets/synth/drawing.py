@@ -160,21 +160,34 @@ def _lerp(a, b, t: float) -> tuple[float, float]:
 
 
 def draw_materials(identity: Identity, pose: Pose) -> np.ndarray:
-    """The (256, 128) uint8 material map of one person in one pose."""
-    a = identity.attributes
+    """The (256, 128) uint8 material map of one person in one pose, drawn back to front."""
     c = _Canvas(identity, pose)
-    sh, waist, hip = identity.shoulder, identity.waist, identity.hip
-    back = pose.back_view
+    _draw_backpack_behind(c)
+    _draw_legs(c)
+    _draw_torso(c)
+    _draw_long_hair(c)
+    _draw_arms(c)
+    _draw_bag(c)
+    _draw_head(c)
+    _draw_occluder(c)
+    return np.asarray(c.image)
 
-    # Behind the body: a backpack seen from the front shows only at the sides.
-    if identity.has("backpack") and not back:
+
+def _draw_backpack_behind(c: _Canvas) -> None:
+    """Behind the body: a backpack seen from the front shows only at the sides."""
+    if c.identity.has("backpack") and not c.pose.back_view:
+        sh = c.identity.shoulder
         c.rect(-sh - 0.12, 1.45, sh + 0.12, 3.1, "backpack")
 
-    # Legs, then what covers them.
-    legs = leg_joints(identity, pose)
+
+def _draw_legs(c: _Canvas) -> None:
+    """Legs, then what covers them: trousers or shorts, shoes, the hips' garment, a skirt."""
+    identity = c.identity
+    waist, hip = identity.waist, identity.hip
+    legs = leg_joints(identity, c.pose)
     for hip_joint, ankle in legs:
         c.limb(hip_joint, ankle, 0.56, 0.36, "leg skin")
-    kind = a["lower-body type"]
+    kind = identity.attributes["lower-body type"]
     if kind == "trousers":
         for hip_joint, ankle in legs:
             c.limb(hip_joint, ankle, 0.6, 0.42, "lower garment")
@@ -188,27 +201,35 @@ def draw_materials(identity: Identity, pose: Pose) -> np.ndarray:
     if kind == "skirt":
         c.polygon([(-waist, 3.3), (waist, 3.3), (hip + 0.45, 5.3), (-hip - 0.45, 5.3)], "lower garment")
 
-    # Neck and torso.
+
+def _draw_torso(c: _Canvas) -> None:
+    """Neck and torso, then a backpack (seen from the back) or its straps, and a shoulder bag's strap."""
+    identity = c.identity
+    sh, waist, hip = identity.shoulder, identity.waist, identity.hip
     c.rect(-0.17, 0.85, 0.17, 1.2, "neck")
     c.polygon([(-0.28, 1.05), (0.28, 1.05), (sh, 1.3), (waist + 0.06, 2.9), (waist + 0.02, 3.45),
                (-waist - 0.02, 3.45), (-waist - 0.06, 2.9), (-sh, 1.3)], "upper garment")
     if identity.has("backpack"):
-        if back:
+        if c.pose.back_view:
             c.rect(-0.72, 1.35, 0.72, 3.2, "backpack")
         else:
             for side in (-1, 1):
                 c.rect(side * 0.45 - 0.08, 1.15, side * 0.45 + 0.08, 2.7, "strap")
     if identity.has("bag"):
-        s = pose.bag_side
+        s = c.pose.bag_side
         c.limb((-s * sh * 0.7, 1.2), (s * (hip + 0.2), 3.35), 0.1, 0.1, "strap")
 
-    # Long hair falls over the shoulders (in front of the torso, behind the face).
-    if a["hair length"] == "long":
+
+def _draw_long_hair(c: _Canvas) -> None:
+    """Long hair falls over the shoulders (in front of the torso, behind the face)."""
+    if c.identity.attributes["hair length"] == "long":
         c.polygon([(-0.52, 0.4), (0.52, 0.4), (0.56, 1.85), (0.3, 1.95), (-0.3, 1.95), (-0.56, 1.85)], "hair")
 
-    # Arms, in front of the torso.
-    long_sleeves = a["sleeve length"] == "long"
-    for side, (shoulder, elbow, wrist) in zip((-1, 1), arm_joints(identity, pose)):
+
+def _draw_arms(c: _Canvas) -> None:
+    """Arms, in front of the torso: skin, then long or short sleeves."""
+    long_sleeves = c.identity.attributes["sleeve length"] == "long"
+    for side, (shoulder, elbow, wrist) in zip((-1, 1), arm_joints(c.identity, c.pose)):
         c.limb(shoulder, elbow, 0.36, 0.3, "arm skin")
         c.limb(elbow, wrist, 0.3, 0.24, "arm skin")
         c.ellipse(elbow[0], elbow[1], 0.15, 0.15, "arm skin")
@@ -221,27 +242,33 @@ def draw_materials(identity: Identity, pose: Pose) -> np.ndarray:
             c.limb(shoulder, _lerp(shoulder, elbow, 0.6), 0.44, 0.42, "sleeve")
         c.ellipse(shoulder[0], shoulder[1], 0.22, 0.22, "sleeve")
 
-    # A shoulder bag hangs at the hip, over the arm.
-    if identity.has("bag"):
-        s = pose.bag_side
-        x0 = s * (hip + 0.05)
+
+def _draw_bag(c: _Canvas) -> None:
+    """A shoulder bag hangs at the hip, over the arm."""
+    if c.identity.has("bag"):
+        s = c.pose.bag_side
+        x0 = s * (c.identity.hip + 0.05)
         c.rect(min(x0, x0 + s * 0.85), 3.2, max(x0, x0 + s * 0.85), 4.15, "bag")
 
-    # Head.
-    hx = pose.head_dx
+
+def _draw_head(c: _Canvas) -> None:
+    """Head (hair only from the back), then glasses and a hat."""
+    back = c.pose.back_view
+    hx = c.pose.head_dx
     c.ellipse(hx, HEAD_CENTRE_Y, 0.38, 0.5, "hair" if back else "face")
     c.upper_half_ellipse(hx, 0.46, 0.42, 0.5, "hair")
-    if identity.has("glasses") and not back:
+    if c.identity.has("glasses") and not back:
         c.rect(hx - 0.31, 0.44, hx + 0.31, 0.58, "glasses")
-    if identity.has("hat"):
+    if c.identity.has("hat"):
         c.rect(hx - 0.4, -0.2, hx + 0.4, 0.26, "hat")
         c.ellipse(hx, 0.25, 0.64, 0.08, "hat")
 
-    # Something between the camera and the person.
-    if pose.occluder is not None:
-        kind, x, width, height = pose.occluder
+
+def _draw_occluder(c: _Canvas) -> None:
+    """Something between the camera and the person, standing on the image's bottom edge."""
+    if c.pose.occluder is not None:
+        kind, x, width, height = c.pose.occluder
         c.draw.rectangle((x, PERSON_HW[0] - height, x + width, PERSON_HW[0]), fill=M["occluder"])
-    return np.asarray(c.image)
 
 
 def material_colours(identity: Identity, camera: Camera) -> np.ndarray:

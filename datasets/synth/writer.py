@@ -101,57 +101,106 @@ def synthesize(config: SynthConfig, progress=None) -> SynthSummary:
     check_vocabulary(vocab)
     parts = part_table(vocab.part_names)
     start = time.perf_counter()
-    out = Path(config.out)
-    images_dir, truth_dir = out / "images", out / "truth"
-    for c in range(config.cameras):
-        (images_dir / f"c{c}").mkdir(parents=True, exist_ok=True)
-    truth_dir.mkdir(parents=True, exist_ok=True)
+    images_dir, truth_dir = _make_folders(Path(config.out), config.cameras)
     cameras = [make_camera(config.seed, c) for c in range(config.cameras)]
     identities = [sample_identity(config.seed, pid, vocab) for pid in range(config.identities)]
-    total = config.identities * config.images_per_id
+    annotations = _draw_world(config, vocab, parts, cameras, identities, images_dir, truth_dir, progress)
+    _write_annotations(truth_dir, annotations)
+    _write_world_json(truth_dir, config, vocab, cameras, identities)
+    return SynthSummary(len(annotations), config.identities, config.cameras, time.perf_counter() - start)
 
+
+def _make_folders(out: Path, cameras: int) -> tuple[Path, Path]:
+    """OUT/images/c{cam}/ for every camera and OUT/truth/; returns (images, truth)."""
+    images_dir, truth_dir = out / "images", out / "truth"
+    for c in range(cameras):
+        (images_dir / f"c{c}").mkdir(parents=True, exist_ok=True)
+    truth_dir.mkdir(parents=True, exist_ok=True)
+    return images_dir, truth_dir
+
+
+def _draw_world(config: SynthConfig, vocab: Vocabulary, parts: np.ndarray, cameras: list, identities: list,
+                images_dir: Path, truth_dir: Path, progress) -> list[dict]:
+    """Every image into images/ and its part mask into truth/parts.h5 (a temp file renamed when complete).
+
+    Returns the annotations, in the masks' row order.
+    """
+    total = config.identities * config.images_per_id
     tmp = truth_dir / "parts.h5.tmp"
     annotations: list[dict] = []
     with h5py.File(tmp, "w") as f:
-        f.attrs["format"] = TRUTH_FORMAT
-        f.attrs["version"] = TRUTH_VERSION
-        f.attrs["part_names"] = json.dumps(vocab.part_names)
-        masks = f.create_dataset("part_mask", shape=(total, *PERSON_HW), dtype=np.uint8,
-                                 chunks=(min(MASK_CHUNK_ROWS, total), *PERSON_HW), compression="gzip",
-                                 compression_opts=4, shuffle=True)
-        buffer: list[np.ndarray] = []
-        written = 0
+        masks = _MaskRows(_create_mask_file(f, vocab, total))
         for identity in identities:
             for n in range(config.images_per_id):
                 camera = cameras[(identity.pid + n) % config.cameras]
-                rng = np.random.default_rng([config.seed, 3, identity.pid, n])
-                pose = sample_pose(rng, camera)
-                rgb, mask = render(identity, camera, pose, rng, parts)
-                rel = image_path(identity.pid, camera.index, n)
-                buf = io.BytesIO()
-                Image.fromarray(rgb).save(buf, "JPEG", quality=JPEG_QUALITY)
-                (images_dir / rel).write_bytes(buf.getvalue())
-                buffer.append(mask)
-                annotations.append({
-                    "path": rel, "identity": identity.pid, "camera": camera.index,
-                    "view": "back" if pose.back_view else "front", "occluded": pose.occluder is not None,
-                    "attributes": identity.attributes,
-                    "keypoints": keypoint_truth(identity, pose, mask, vocab.part_names).tolist(),
-                })
-                if len(buffer) == MASK_CHUNK_ROWS:
-                    masks[written:written + len(buffer)] = np.stack(buffer)
-                    written += len(buffer)
-                    buffer = []
+                mask, annotation = _draw_image(config.seed, identity, camera, n, vocab, parts, images_dir)
+                masks.add(mask)
+                annotations.append(annotation)
             if progress is not None:
                 progress(identity.pid + 1)
-        if buffer:
-            masks[written:written + len(buffer)] = np.stack(buffer)
+        masks.flush()
         f.create_dataset("path", data=np.array([a["path"] for a in annotations], dtype=h5py.string_dtype("utf-8")))
     tmp.replace(truth_dir / "parts.h5")
+    return annotations
 
+
+def _create_mask_file(f: h5py.File, vocab: Vocabulary, total: int) -> h5py.Dataset:
+    """The file's format attributes and its empty (total, 256, 128) `part_mask` dataset."""
+    f.attrs["format"] = TRUTH_FORMAT
+    f.attrs["version"] = TRUTH_VERSION
+    f.attrs["part_names"] = json.dumps(vocab.part_names)
+    return f.create_dataset("part_mask", shape=(total, *PERSON_HW), dtype=np.uint8,
+                            chunks=(min(MASK_CHUNK_ROWS, total), *PERSON_HW), compression="gzip",
+                            compression_opts=4, shuffle=True)
+
+
+class _MaskRows:
+    """Part masks appended to a dataset MASK_CHUNK_ROWS at a time (one compressed chunk per write)."""
+
+    def __init__(self, dataset: h5py.Dataset) -> None:
+        self.dataset, self.buffer, self.written = dataset, [], 0
+
+    def add(self, mask: np.ndarray) -> None:
+        self.buffer.append(mask)
+        if len(self.buffer) == MASK_CHUNK_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buffer:
+            self.dataset[self.written:self.written + len(self.buffer)] = np.stack(self.buffer)
+            self.written += len(self.buffer)
+            self.buffer = []
+
+
+def _draw_image(seed: int, identity, camera, n: int, vocab: Vocabulary, parts: np.ndarray,
+                images_dir: Path) -> tuple[np.ndarray, dict]:
+    """Image `n` of `identity`, written as a JPEG; returns its part mask and its annotation line."""
+    rng = np.random.default_rng([seed, 3, identity.pid, n])
+    pose = sample_pose(rng, camera)
+    rgb, mask = render(identity, camera, pose, rng, parts)
+    rel = image_path(identity.pid, camera.index, n)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "JPEG", quality=JPEG_QUALITY)
+    (images_dir / rel).write_bytes(buf.getvalue())
+    annotation = {
+        "path": rel, "identity": identity.pid, "camera": camera.index,
+        "view": "back" if pose.back_view else "front", "occluded": pose.occluder is not None,
+        "attributes": identity.attributes,
+        "keypoints": keypoint_truth(identity, pose, mask, vocab.part_names).tolist(),
+    }
+    return mask, annotation
+
+
+def _write_annotations(truth_dir: Path, annotations: list[dict]) -> None:
+    """truth/annotations.jsonl: one JSON line per image."""
     with open(truth_dir / "annotations.jsonl", "w", encoding="utf-8") as fh:
         for a in annotations:
             fh.write(json.dumps(a, ensure_ascii=False) + "\n")
+
+
+def _write_world_json(truth_dir: Path, config: SynthConfig, vocab: Vocabulary, cameras: list,
+                      identities: list) -> None:
+    """truth/world.json: the settings, the vocabulary's names, the cameras and every identity's attributes."""
     world = {
         "format": "clasp-synth", "version": TRUTH_VERSION, "seed": config.seed,
         "identities": config.identities, "images_per_id": config.images_per_id, "cameras": config.cameras,
@@ -165,4 +214,3 @@ def synthesize(config: SynthConfig, progress=None) -> SynthSummary:
         "identity_attributes": {str(i.pid): i.attributes for i in identities},
     }
     (truth_dir / "world.json").write_text(json.dumps(world, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return SynthSummary(total, config.identities, config.cameras, time.perf_counter() - start)
