@@ -9,10 +9,11 @@ Every count below starts from `available_cores()`:
 - `available_cores()` = min(affinity, ceil(cgroup quota / period)), at least 1;
 - `cores_per_process(n)` = available cores // processes on this machine, at least 1
   (`clasp pretrain` under `accelerate launch`, dask workers of one host);
-- torch threads of a compute process = its cores per process, or fewer when other
-  work keeps some of the cores busy at the start (`load.py`: a thread the scheduler
-  parks beside another busy process stalls every barrier), unless
-  `OMP_NUM_THREADS` is set: a user who sets it means it (`use_available_cores`);
+- torch threads of a compute process = `--threads` when given, else
+  `OMP_NUM_THREADS` when set (a user who sets it means it), else its cores per
+  process, or fewer when other work keeps some of the cores busy at the start
+  (`load.py`: a thread the scheduler parks beside another busy process stalls
+  every barrier); the rule is `threads.choose_threads`, `thread_choice` feeds it;
 - DataLoader workers (`dataloader_workers`): on a GPU the loader feeds the device,
   so it gets every core but one (at most 8); on a CPU the model needs the cores
   and one worker per 8 cores is plenty (a worker delivers ~110 images/s, a CPU
@@ -26,7 +27,8 @@ import math
 import os
 from pathlib import Path
 
-from clasp.hardware.load import busy_cores, free_cores
+from clasp.hardware.load import busy_cores
+from clasp.hardware.threads import ThreadChoice, choose_threads, needs_load_sample
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 MAX_GPU_LOADER_WORKERS = 8
@@ -57,12 +59,16 @@ def cgroup_quota_cores(root: Path = CGROUP_ROOT) -> float | None:
     return quota / period if quota > 0 and period > 0 else None
 
 
-def available_cores(root: Path = CGROUP_ROOT) -> int:
-    quota = cgroup_quota_cores(root)
-    cores = affinity_cores()
+def cores_from(affinity: int, quota: float | None) -> int:
+    """min(affinity, ceil(quota)), at least 1; an unlimited quota (None) leaves the affinity."""
+    cores = max(1, affinity)
     if quota is not None:
         cores = min(cores, max(1, math.ceil(quota)))
     return cores
+
+
+def available_cores(root: Path = CGROUP_ROOT) -> int:
+    return cores_from(affinity_cores(), cgroup_quota_cores(root))
 
 
 def cores_per_process(processes_on_host: int = 1, cores: int | None = None) -> int:
@@ -71,30 +77,35 @@ def cores_per_process(processes_on_host: int = 1, cores: int | None = None) -> i
     return max(1, cores // max(1, processes_on_host))
 
 
-def torch_threads(processes_on_host: int = 1) -> int:
-    """Threads for a compute process: `OMP_NUM_THREADS` when set, else its share of the cores that are free."""
-    try:
-        return max(1, int(os.environ["OMP_NUM_THREADS"]))
-    except (KeyError, ValueError):
-        pass
+def thread_choice(processes_on_host: int = 1, explicit: int | None = None) -> ThreadChoice:
+    """The thread rule (`threads.choose_threads`) on this machine: the load is sampled only when it decides."""
+    omp = os.environ.get("OMP_NUM_THREADS")
     cores = available_cores()  # affinity and cgroup files, read once
-    share = cores_per_process(processes_on_host, cores)
-    busy = busy_cores()
-    threads = min(share, free_cores(cores, busy))
-    if threads < share:
-        logging.getLogger("clasp").warning(
-            f"other work keeps {busy:.1f} of {cores} cores busy: {threads} torch thread"
-            f"{'s' if threads > 1 else ''} instead of {share} (set OMP_NUM_THREADS to choose)")
-    return threads
+    busy = busy_cores() if needs_load_sample(explicit, omp) else None
+    return choose_threads(cores, processes_on_host, busy, explicit, omp)
 
 
-def use_available_cores(processes_on_host: int = 1) -> int:
-    """Set torch's thread pool by `torch_threads`; returns the count."""
+def torch_threads(processes_on_host: int = 1, explicit: int | None = None) -> int:
+    """Threads for a compute process: `explicit` (--threads), else `OMP_NUM_THREADS`, else its share of the free
+    cores; a count below the share, or above the cores, is logged as a warning."""
+    choice = thread_choice(processes_on_host, explicit)
+    if choice.warning():
+        logging.getLogger("clasp").warning(choice.warning())
+    return choice.threads
+
+
+def use_available_cores(processes_on_host: int = 1, threads: int | None = None) -> int:
+    """Set torch's thread pool by `thread_choice` (`threads`: an explicit --threads); returns the count.
+
+    The choice and its source go to the `clasp` logger as one line (INFO; a warning when it says one).
+    """
     import torch
 
-    threads = torch_threads(processes_on_host)
-    torch.set_num_threads(threads)
-    return threads
+    choice = thread_choice(processes_on_host, threads)
+    log = logging.getLogger("clasp")
+    log.warning(choice.warning()) if choice.warning() else log.info(choice.line())
+    torch.set_num_threads(choice.threads)
+    return choice.threads
 
 
 def dataloader_workers(device_type: str, processes_on_host: int = 1) -> int:
@@ -103,3 +114,4 @@ def dataloader_workers(device_type: str, processes_on_host: int = 1) -> int:
     if device_type == "cpu":
         return max(1, cores // CPU_CORES_PER_LOADER_WORKER)
     return max(1, min(MAX_GPU_LOADER_WORKERS, cores - 1))
+

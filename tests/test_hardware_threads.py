@@ -1,0 +1,72 @@
+"""The thread rule: --threads, then OMP_NUM_THREADS, then the share of the free cores; and where the count came from."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from clasp.hardware.cores import cores_from
+from clasp.hardware.threads import CORES, ENVIRONMENT, EXPLICIT, FREE_CORES, choose_threads, needs_load_sample
+
+
+@pytest.mark.parametrize("affinity, quota, cores", [(8, None, 8), (8, 2.5, 3), (8, 0.2, 1), (2, 16.0, 2), (0, None, 1)])
+def test_cores_are_the_affinity_capped_by_the_quota_rounded_up(affinity: int, quota, cores: int) -> None:
+    assert cores_from(affinity, quota) == cores
+
+
+@pytest.mark.parametrize("cores, processes, busy, explicit, omp, threads, source", [
+    (8, 1, None, None, None, 8, CORES),
+    (8, 2, 0.0, None, None, 4, CORES),
+    (8, 1, 3.2, None, None, 5, FREE_CORES),  # three busy cores (3.2 rounds to 3) are left alone
+    (8, 2, 3.2, None, None, 4, CORES),  # the share (4) already leaves them
+    (8, 2, 5.0, None, None, 3, FREE_CORES),
+    (2, 1, 2.0, None, None, 1, FREE_CORES),  # at least one
+    (8, 1, 3.2, None, "2", 2, ENVIRONMENT),  # OMP_NUM_THREADS wins over the load
+    (8, 1, 3.2, 6, "2", 6, EXPLICIT),  # --threads wins over OMP_NUM_THREADS
+    (2, 1, None, 4, None, 4, EXPLICIT),  # as given, even above the cores
+    (8, 1, None, None, "zero", 8, CORES),  # an OMP_NUM_THREADS that is no positive integer is ignored
+    (8, 1, None, None, "0", 8, CORES),
+])
+def test_the_first_rule_that_applies_decides(cores, processes, busy, explicit, omp, threads, source) -> None:
+    choice = choose_threads(cores, processes, busy, explicit, omp)
+    assert (choice.threads, choice.source) == (threads, source)
+
+
+def test_the_summary_line_names_where_the_count_came_from() -> None:
+    assert choose_threads(4, explicit=3).line() == "torch threads 3 (--threads, 4 cores available)"
+    assert choose_threads(4, omp="2").line() == "torch threads 2 (OMP_NUM_THREADS, 4 cores available)"
+    assert choose_threads(4, busy=1.0).line() == "torch threads 3 (free cores: 1.0 of 4 busy with other work, share 4)"
+    assert choose_threads(4, 2).line() == "torch threads 2 (cores: share 2 of 4 available)"
+
+
+def test_a_warning_for_fewer_threads_by_load_or_more_than_the_cores() -> None:
+    assert "other work keeps 1.0 of 4 cores busy: 3 torch threads instead of 4" in choose_threads(4, busy=1.0).warning()
+    assert "5 torch threads (--threads) on 4 available cores" in choose_threads(4, explicit=5).warning()
+    assert choose_threads(4, explicit=4).warning() is None and choose_threads(4, busy=0.2).warning() is None
+
+
+def test_the_load_is_sampled_only_when_it_decides() -> None:
+    assert needs_load_sample(None, None) and needs_load_sample(None, "x")
+    assert not needs_load_sample(2, None) and not needs_load_sample(None, "3")
+
+
+def test_an_explicit_count_skips_the_load_sample_and_wins_over_the_environment(monkeypatch, caplog) -> None:
+    import torch
+
+    import clasp.hardware.cores as cores
+
+    def no_sample() -> float:
+        raise AssertionError("the load was sampled although --threads decides")
+
+    monkeypatch.setattr(cores, "available_cores", lambda: 4)
+    monkeypatch.setattr(cores, "busy_cores", no_sample)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    before = torch.get_num_threads()
+    try:
+        with caplog.at_level(logging.INFO, logger="clasp"):
+            assert cores.use_available_cores(threads=2) == 2 and torch.get_num_threads() == 2
+        assert "torch threads 2 (--threads, 4 cores available)" in caplog.text
+        assert cores.torch_threads() == 3  # without the flag the environment decides, still without a sample
+    finally:
+        torch.set_num_threads(before)
