@@ -1,23 +1,22 @@
-"""Settings declared once: the CLI options, config keys, resume rule and README tables come from the dataclasses."""
+"""Settings declared once: the CLI options, config keys, resume rule and option tables of docs/commands come from the dataclasses."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 
 from clasp.settings import check_value, coerce, settings_of
-from clasp.settings.readme_tables import TABLES, blocks, render
-
-README = Path(__file__).resolve().parents[1] / "README.md"
+from clasp.settings.readme_tables import PAGES, TABLES, blocks, page, render
 
 
-def test_readme_tables_are_the_dataclasses() -> None:
-    found = blocks(README.read_text(encoding="utf-8"))
-    assert set(found) == set(TABLES)
-    for name, body in found.items():
-        assert body == render(name), f"README table {name!r} drifted: run `python -m clasp.settings README.md`"
+def test_option_tables_are_the_dataclasses() -> None:
+    for name in TABLES:
+        found = blocks(page(name).read_text(encoding="utf-8"))
+        assert set(found) == {name}, f"docs/commands/{name}.md has the settings tables {sorted(found)}, not [{name!r}]"
+        assert found[name] == render(name), f"the table of {name!r} drifted: run `python -m clasp.settings`"
+    for other in PAGES.glob("*.md"):
+        assert set(blocks(other.read_text(encoding="utf-8"))) <= {other.stem}, f"{other.name} holds another command's table"
 
 
 def test_pretrain_options_keys_and_resume_rule_come_from_the_dataclass() -> None:
