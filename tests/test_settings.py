@@ -7,7 +7,7 @@ import math
 import pytest
 
 from clasp.settings import check_value, coerce, settings_of
-from clasp.settings.readme_tables import PAGES, TABLES, blocks, page, render
+from clasp.settings.readme_tables import PAGES, TABLES, blocks, page, render, rewrite
 
 
 def test_option_tables_are_the_dataclasses() -> None:
@@ -17,6 +17,15 @@ def test_option_tables_are_the_dataclasses() -> None:
         assert found[name] == render(name), f"the table of {name!r} drifted: run `python -m clasp.settings`"
     for other in PAGES.glob("*.md"):
         assert set(blocks(other.read_text(encoding="utf-8"))) <= {other.stem}, f"{other.name} holds another command's table"
+
+
+def test_a_command_added_to_the_mapping_takes_over_its_hand_written_table() -> None:
+    written = "# `clasp export`\n\n## Options\n\nBy hand:\n\n| option | default | meaning |\n| --- | --- | --- |\n| `--out` | x | y |\n\n## Examples\n"
+    rewritten = rewrite(written, "export")
+    assert blocks(rewritten) == {"export": render("export")}
+    assert rewritten.startswith("# `clasp export`\n\n## Options\n\nBy hand:\n\n<!-- settings: export -->\n")
+    assert rewritten.endswith("<!-- /settings -->\n\n## Examples\n") and rewrite(rewritten, "export") == rewritten
+    assert rewrite(written, "verify") == written  # a command without declarations keeps its table
 
 
 def test_pretrain_options_keys_and_resume_rule_come_from_the_dataclass() -> None:
