@@ -18,23 +18,21 @@ the re-measured load; `step()` returns it when it differs from the current one
 (the caller sets `torch.set_num_threads`), else None. With `--threads` or
 `OMP_NUM_THREADS` the user chose: the load never decides, nothing is sampled.
 
-A loop calls it once per optimizer step:
+A loop wraps its step function once (`watch_load`: a CPU run only; on a GPU
+the host threads do not bound the step):
 
-    recheck = LoadRecheck.for_process(threads=torch.get_num_threads(), processes_on_host=on_host,
-                                      explicit=config.threads)
-    ...
-    new = recheck.step(seconds_of_this_step)
-    if new is not None:
-        torch.set_num_threads(new)
+    take_step = watch_load(take_step, device_type, processes_on_host=on_host, explicit=config.threads)
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import statistics
+import time
 from collections import deque
-from typing import Callable
+from typing import Callable, TypeVar
 
 from clasp.hardware.threads import choose_threads, needs_load_sample
 
@@ -42,6 +40,8 @@ EVERY = 500  # steps between re-checks at the latest
 WINDOW = 20  # steps whose median is compared with the reference
 SLOWDOWN = 1.5  # median step time / reference that triggers an early re-check
 SKIP = 3  # first steps not timed (compilation, allocator warm-up, the first batches' loading)
+
+Step = TypeVar("Step")
 
 
 class LoadRecheck:
@@ -104,3 +104,30 @@ class LoadRecheck:
                                            f"was {self.threads}")
         self.threads = choice.threads
         return choice.threads
+
+
+def watch_load(take_step: Callable[[], Step], device_type: str, processes_on_host: int = 1,
+               explicit: int | None = None, **options) -> Callable[[], Step]:
+    """`take_step` timed and followed by a `LoadRecheck` that sets torch's threads when it returns a count.
+
+    Returned unchanged on a device other than the CPU, or where --threads or OMP_NUM_THREADS decide.
+    """
+    import torch
+
+    if device_type != "cpu":
+        return take_step
+    recheck = LoadRecheck.for_process(torch.get_num_threads(), processes_on_host, explicit, **options)
+    if not recheck.enabled:
+        return take_step
+
+    @functools.wraps(take_step)
+    def step() -> Step:
+        started = time.perf_counter()
+        done = take_step()
+        threads = recheck.step(time.perf_counter() - started)
+        if threads is not None:
+            torch.set_num_threads(threads)
+        return done
+
+    step.recheck = recheck  # type: ignore[attr-defined]
+    return step

@@ -115,3 +115,25 @@ def test_with_an_explicit_count_nothing_is_measured(monkeypatch) -> None:
 def test_bad_options_are_refused() -> None:
     with pytest.raises(ValueError, match="slowdown > 1"):
         LoadRecheck(threads=1, cores=1, measure=lambda: 0.0, slowdown=1.0)
+
+
+def test_watch_load_wraps_a_cpu_step_and_sets_the_new_count(monkeypatch) -> None:
+    import torch
+
+    import clasp.hardware.cores as cores
+    import clasp.hardware.load as load
+    from clasp.hardware.recheck import watch_load
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(cores, "available_cores", lambda: 4)
+    monkeypatch.setattr(load, "busy_cores", lambda: 2.0)
+    take_step = lambda: "done"  # noqa: E731
+    assert watch_load(take_step, "cuda") is take_step and watch_load(take_step, "cpu", explicit=2) is take_step
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        step = watch_load(take_step, "cpu", every=3, window=2, skip=0)
+        assert [step() for _ in range(3)] == ["done"] * 3
+        assert step.recheck.checks == 1 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
