@@ -1,7 +1,9 @@
-"""The README stays a first visit, and every relative link of the README and docs/ reaches a file and heading."""
+"""The README stays a first visit, every relative link of the README and docs/ reaches a file and heading, and
+the import layering the README draws is the code's."""
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -55,3 +57,29 @@ def test_slugs_are_githubs() -> None:
     assert _slug("`clasp label` — images → label shards") == "clasp-label--images--label-shards"
     assert _slug("Pose — `clasp finetune pose`") == "pose--clasp-finetune-pose"
     assert _slug("Results of the last `make reproduce`") == "results-of-the-last-make-reproduce"
+
+
+def _imports(package: str) -> set[str]:
+    """The clasp packages the code of `package` (a folder, or a module at the root) imports."""
+    found: set[str] = set()
+    files = [ROOT / f"{package}.py"] if (ROOT / f"{package}.py").exists() else sorted((ROOT / package).rglob("*.py"))
+    for file in files:
+        for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            found |= {n.split(".")[1] for n in names if n.startswith("clasp.")}
+    return found - {package}
+
+
+def test_imports_go_down_the_readme_layering() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    drawing = readme.split("Imports go down only", 1)[1].split("```", 2)[1]
+    levels = [[w.rstrip("/").removesuffix(".py") for w in re.sub(r"\(.*?\)", "", line).split()]
+              for line in drawing.strip().splitlines()[::-1]]  # the floor first
+    below: set[str] = set()
+    for level in levels:
+        for package in level:
+            assert (ROOT / package).is_dir() or (ROOT / f"{package}.py").exists(), f"README layering names {package}"
+            upward = _imports(package) & ({p for lv in levels for p in lv} - below)
+            assert not upward, f"{package} imports {sorted(upward)}, which the README draws at its level or above"
+        below |= set(level)
