@@ -21,11 +21,14 @@ def _slug(heading: str) -> str:
 
 
 def _anchors(page: Path) -> set[str]:
+    """Every heading anchor of a page; a repeated heading gets -1, -2, ... as on GitHub."""
     seen: dict[str, int] = {}
+    anchors = set()
     for heading in HEADING.findall(FENCE.sub("", page.read_text(encoding="utf-8"))):
         slug = _slug(heading)
         seen[slug] = seen.get(slug, -1) + 1
-        yield slug if seen[slug] == 0 else f"{slug}-{seen[slug]}"
+        anchors.add(slug if seen[slug] == 0 else f"{slug}-{seen[slug]}")
+    return anchors
 
 
 def _broken_links(page: Path) -> list[str]:
@@ -38,7 +41,7 @@ def _broken_links(page: Path) -> list[str]:
         file = (page.parent / path).resolve() if path else page
         if not file.exists():
             broken.append(f"{target} (no such file)")
-        elif anchor and file.suffix == ".md" and anchor not in set(_anchors(file)):
+        elif anchor and file.suffix == ".md" and anchor not in _anchors(file):
             broken.append(f"{target} (no such heading)")
     return [f"{page.relative_to(ROOT)}: {b}" for b in broken]
 
