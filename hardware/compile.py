@@ -1,0 +1,64 @@
+"""`--compile`: torch.compile a forward where it works, eager where it does not, said in one line.
+
+`torch.compile` is lazy: wrapping succeeds and the failure (no C compiler, an
+unsupported op, a Triton that does not match the card) comes at the first call.
+`compiled_or_eager(fn)` returns a callable that compiles on its first call; if
+that call raises, it logs one warning line naming `what` and the error, and from
+then on runs `fn` eagerly (the failed call is rerun eagerly, so the caller sees
+no difference but the warning). A failure after the first call is not caught:
+the compiled code ran once, so a later error is the model's, not the compiler's.
+
+Labeling, pre-training and fine-tuning call this one function, so a compile
+failure reads the same in every command.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+
+class CompiledOrEager:
+    """`fn` compiled on the first call, or `fn` itself after a compile failure (one warning)."""
+
+    def __init__(self, fn: Callable[..., Any], what: str, **options: Any) -> None:
+        import torch
+
+        self.eager, self.what = fn, what
+        self.compiled: Callable[..., Any] | None = torch.compile(fn, **options)
+        self.first = True
+        self.failure: str | None = None  # the error that made it fall back, if it did
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.compiled is None:
+            return self.eager(*args, **kwargs)
+        if not self.first:
+            return self.compiled(*args, **kwargs)
+        try:
+            out = self.compiled(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - any compiler failure means eager
+            self.failure = _one_line(exc)
+            logging.getLogger("clasp").warning(f"--compile: {self.what} runs eagerly, compiling failed ({self.failure})")
+            self.compiled = None
+            return self.eager(*args, **kwargs)
+        self.first = False
+        return out
+
+    @property
+    def is_compiled(self) -> bool:
+        return self.compiled is not None
+
+
+def _one_line(exc: BaseException) -> str:
+    """The root cause of a compiler failure (dynamo wraps it), as `Type: first line`."""
+    root = getattr(exc, "inner_exception", None) or exc
+    while root.__cause__ is not None:
+        root = root.__cause__
+    lines = str(root).strip().splitlines()
+    return f"{type(root).__name__}: {lines[0] if lines else ''}"[:300]
+
+
+def compiled_or_eager(fn: Callable[..., Any], enabled: bool = True, what: str = "the model",
+                      **options: Any) -> Callable[..., Any]:
+    """`fn` itself when not `enabled`, else a `CompiledOrEager` of it (`options`: torch.compile's)."""
+    return CompiledOrEager(fn, what, **options) if enabled else fn
