@@ -17,7 +17,10 @@ Every count below starts from `available_cores()`:
 - DataLoader workers (`dataloader_workers`): on a GPU the loader feeds the device,
   so it gets every core but one (at most 8); on a CPU the model needs the cores
   and one worker per 8 cores is plenty (a worker delivers ~110 images/s, a CPU
-  step consumes far fewer).
+  step consumes far fewer);
+- a count of local worker processes someone asks for (a loader's `num_workers`,
+  `clasp label --workers`) is refused above WORKERS_PER_CORE per available core
+  (`beyond_cores`): more only wait for each other.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from clasp.hardware.threads import ThreadChoice, choose_threads, needs_load_samp
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 MAX_GPU_LOADER_WORKERS = 8
 CPU_CORES_PER_LOADER_WORKER = 8
+WORKERS_PER_CORE = 4  # local worker processes per available core, at most
 
 
 def affinity_cores() -> int:
@@ -115,3 +119,13 @@ def dataloader_workers(device_type: str, processes_on_host: int = 1) -> int:
         return max(1, cores // CPU_CORES_PER_LOADER_WORKER)
     return max(1, min(MAX_GPU_LOADER_WORKERS, cores - 1))
 
+
+def beyond_cores(count: int | None, cores: int | None = None) -> str | None:
+    """Why `count` local worker processes are too many here, as the words after the count
+    ("is more than 4 per available core (4 x 2 = 8)"); None: not too many (or no count)."""
+    if count is None:
+        return None
+    cores = available_cores() if cores is None else cores
+    if count <= WORKERS_PER_CORE * cores:
+        return None
+    return f"is more than {WORKERS_PER_CORE} per available core ({WORKERS_PER_CORE} x {cores} = {WORKERS_PER_CORE * cores})"

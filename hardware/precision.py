@@ -29,14 +29,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+from clasp.errors import InputError
+
+DEFAULT_PRECISION = "auto"  # every command's default: resolved on the device by `resolve_precision`
+PRECISIONS = (DEFAULT_PRECISION, "fp32", "bf16", "fp16")
 PRECISION_HELP = ("auto: bf16 where the device multiplies it natively (CUDA with bf16, CPUs with AMX or "
                   "AVX512-BF16), fp16 on older GPUs, else fp32. An explicit choice that is only emulated here warns.")
 # bf16 autocast / fp32, measured on a 2-core AVX2 EPYC (see the module docstring).
 EMULATED_BF16_SLOWDOWN = 7.6
 
 
-class PrecisionError(ValueError):
+class PrecisionError(InputError, ValueError):
     """A precision this device cannot run; the message is one line saying what to use instead."""
 
 
@@ -125,7 +128,7 @@ def resolve_precision(requested: str, capability: Capability) -> PrecisionChoice
     if requested not in PRECISIONS:
         raise PrecisionError(f"unknown precision {requested!r}; choose one of {', '.join(PRECISIONS)}")
     described = capability.describe()
-    if requested == "auto":
+    if requested == DEFAULT_PRECISION:
         if capability.native_bf16:
             return PrecisionChoice(requested, "bf16", described, capability)
         if capability.device == "cuda":

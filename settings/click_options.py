@@ -2,11 +2,13 @@
 
 Every option defaults to None ("not given"), so a command can layer flags over
 a config file and the dataclass supplies the default; `--help` shows the
-dataclass's default. Types, choices and bounds come from the declaration.
+dataclass's default. Types, choices, bounds and the parser of a text form
+(`setting(parse=...)`, e.g. `--grid 16x8`) come from the declaration.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 from pathlib import Path
 from typing import Any, Callable, Collection
@@ -44,8 +46,24 @@ def option_for(info: SettingInfo, **extra: Any) -> Callable:
             kwargs["metavar"] = info.metavar
     if info.required:
         kwargs.update(required=True, show_default=False)
+    if info.parse is not None:
+        kwargs["callback"] = _parsing(info.parse)
     kwargs.update(extra)
     return click.option(info.option, info.name, **kwargs)
+
+
+def _parsing(parse: Callable[[str], Any]) -> Callable:
+    """A click callback applying a declared parser; its ValueError becomes the option's usage error."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+        if value is None:
+            return None
+        try:
+            return parse(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+
+    return callback
 
 
 def click_options(cls: type, extra: dict[str, dict[str, Any]] | None = None,
@@ -59,6 +77,23 @@ def click_options(cls: type, extra: dict[str, dict[str, Any]] | None = None,
         for option in reversed(options):
             func = option(func)
         return func
+
+    return decorate
+
+
+def config_from(cls: type, params: dict[str, Any], **fixed: Any) -> Any:
+    """The config `cls` of what the command line gave (`fixed`: the command's arguments); the dataclass
+    supplies every option left out."""
+    return cls(**fixed, **{k: v for k, v in params.items() if v is not None})
+
+
+def declared_options(module: str, name: str, extra: dict[str, dict[str, Any]] | None = None) -> Callable:
+    """`click_options` of the config dataclass `name` of `module`, imported when the command is declared (the
+    module must import no torch, numpy or h5py: `clasp --help` reads it)."""
+
+    def decorate(func: Callable) -> Callable:
+        cls = getattr(importlib.import_module(module), name)
+        return click_options(cls, extra=extra)(func)
 
     return decorate
 

@@ -8,7 +8,7 @@ import types
 import typing
 from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 KEY = "clasp.setting"
 
@@ -34,6 +34,7 @@ class SettingInfo:
     inherited: bool = True  # a resumed run starts from the saved value
     metavar: str | None = None
     flag_name: str | None = None  # the option's name where the field's would not read well
+    parse: Callable[[str], Any] | None = None  # text (a flag, a config-file string) -> value; ValueError says why
 
     @property
     def option(self) -> str:
@@ -59,10 +60,17 @@ def setting(default: Any, help: str, **info: Any) -> Any:
     return field(default=default, metadata={KEY: {"help": help, **info}})
 
 
-def same_as(cls: type, name: str) -> Any:
-    """A field declared like `cls`'s setting `name` (same default, help, choices, bounds)."""
+def same_as(cls: type, name: str, default: Any = MISSING, note: str = "", **info: Any) -> Any:
+    """A field declared like `cls`'s setting `name` (same default, help, choices, bounds).
+
+    What one command must say otherwise is given here and nothing else: `default` (its own default), `note`
+    (a sentence added to the help) and `SettingInfo` keywords (e.g. `resumable=True`).
+    """
     original: Field = cls.__dataclass_fields__[name]
-    return field(default=original.default, metadata=dict(original.metadata))
+    declared = {**original.metadata[KEY], **info}
+    if note:
+        declared["help"] = f"{declared['help']} {note}"
+    return field(default=original.default if default is MISSING else default, metadata={KEY: declared})
 
 
 @functools.cache
@@ -135,6 +143,11 @@ def coerce(info: SettingInfo, value: Any, source: str) -> Any:
         raise ValueError(f"{source}: setting {info.name!r} cannot be empty")
     if isinstance(value, bool) and kind is not bool:
         raise ValueError(_wrong_type(info, value, source))
+    if info.parse is not None and isinstance(value, str):
+        try:
+            return info.parse(value)
+        except ValueError as exc:
+            raise ValueError(f"{source}: setting {info.name!r}: {exc}") from None
     try:
         if kind is int and not (isinstance(value, float) and not value.is_integer()):
             return int(value)
@@ -146,6 +159,8 @@ def coerce(info: SettingInfo, value: Any, source: str) -> Any:
             return str(value)
         if kind is Path and isinstance(value, (str, Path)):
             return Path(value)
+        if kind is tuple and isinstance(value, (list, tuple)):
+            return tuple(value)
     except (TypeError, ValueError):
         pass
     raise ValueError(_wrong_type(info, value, source))
