@@ -121,28 +121,11 @@ def make_contact_sheet(config: ContactSheetConfig) -> ContactSheet:
         raise ValueError("n must be at least 1")
     store = ShardStore.open(config.root, cache=config.cache)
     entries = _pick_shards(store, config.shard)
-    offsets = np.cumsum([0] + [e.rows for e in entries])
+    offsets, picked = _sample_rows(store, entries, config)
     total = int(offsets[-1])
-    if total == 0:
-        where = f"shard {entries[0].file}" if config.shard is not None else "the store"
-        raise StoreError(store.root / (entries[0].file if config.shard is not None else "manifest.json"),
-                         f"{where} holds no images to show")
-    rng = np.random.default_rng(config.seed)
-    picked = np.sort(rng.choice(total, size=min(config.n, total), replace=False))
-
     vocab = store.manifest.vocab
     bad = BadRows(config.on_bad_row)
-    samples = []
-    for s, entry in enumerate(entries):
-        local = [int(g - offsets[s]) for g in picked if offsets[s] <= g < offsets[s + 1]]
-        if not local:
-            continue
-        with store.open_shard(entry, check_bytes=True) as shard:
-            for row in local:
-                sample = _read_sample(shard, row, store.manifest, config.attribute_lines, bad)
-                if sample is not None:
-                    samples.append(sample)
-
+    samples = _read_samples(store, entries, offsets, picked, config.attribute_lines, bad)
     if not samples:
         raise StoreError(store.root, f"every sampled row is bad: {bad.note()}")
     layout = _Layout.for_config(config, store.manifest.image_store.hw, len(samples), vocab.part_names)
@@ -154,36 +137,73 @@ def make_contact_sheet(config: ContactSheetConfig) -> ContactSheet:
     title = _fit(title, layout.font_title, layout.size[0] - 2 * layout.margin, from_left=True)
     draw.text((layout.margin, layout.margin), title, fill=INK, font=layout.font_title)
     _draw_legend(draw, layout, vocab.part_names, colours)
+    tiles = [_draw_tile(sheet, draw, layout, i, sample, colours, config.alpha) for i, sample in enumerate(samples)]
+    out_path = _save_png(sheet, config.out)
+    return ContactSheet(out_path, sheet.size, tiles, total, bad_rows=bad.count, notes=[bad.note()] if bad.count else [])
 
-    tiles = []
-    for i, (file, row, key, path, data, mask, tops) in enumerate(samples):
-        left, top = layout.tile_origin(i)
-        plain = _decode(data, layout.image_wh)
-        image_box = (left, top, left + layout.image_wh[0], top + layout.image_wh[1])
-        overlay_left = left + layout.image_wh[0] + layout.pair_gap
-        overlay_box = (overlay_left, top, overlay_left + layout.image_wh[0], top + layout.image_wh[1])
-        if plain is None:
-            draw.rectangle(image_box, fill=(200, 200, 200))
-            draw.text((image_box[0] + 4, image_box[1] + 4), "cannot\ndecode", fill=INK, font=layout.font)
-            plain_array = np.full((layout.image_wh[1], layout.image_wh[0], 3), 200, np.uint8)
-        else:
-            sheet.paste(plain, image_box[:2])
-            plain_array = np.asarray(plain)
-        sheet.paste(Image.fromarray(overlay_mask(plain_array, mask, colours, config.alpha)), overlay_box[:2])
-        y = top + layout.image_wh[1] + 3
-        draw.text((left, y), _fit(path, layout.font, layout.tile_w, from_left=True), fill=FAINT_INK, font=layout.font)
-        for t in tops:
-            y += layout.line_h
-            text = _fit(f"{t.group}: {t.value}  {t.probability:.2f}", layout.font, layout.tile_w)
-            draw.text((left, y), text, fill=INK, font=layout.font)
-        tiles.append(Tile(file, row, key, path, image_box, overlay_box, tops))
 
-    config.out.mkdir(parents=True, exist_ok=True)
-    out_path = config.out / SHEET_NAME
+def _sample_rows(store: ShardStore, entries: list[ShardEntry], config: ContactSheetConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(each shard's first global row, then the total; the sorted global rows picked by the seeded RNG)."""
+    offsets = np.cumsum([0] + [e.rows for e in entries])
+    total = int(offsets[-1])
+    if total == 0:
+        where = f"shard {entries[0].file}" if config.shard is not None else "the store"
+        raise StoreError(store.root / (entries[0].file if config.shard is not None else "manifest.json"),
+                         f"{where} holds no images to show")
+    rng = np.random.default_rng(config.seed)
+    return offsets, np.sort(rng.choice(total, size=min(config.n, total), replace=False))
+
+
+def _read_samples(store: ShardStore, entries: list[ShardEntry], offsets: np.ndarray, picked: np.ndarray,
+                  attribute_lines: int, bad: BadRows) -> list[tuple]:
+    """The picked rows, shard by shard, each shard opened once; bad rows left to `bad`."""
+    samples = []
+    for s, entry in enumerate(entries):
+        local = [int(g - offsets[s]) for g in picked if offsets[s] <= g < offsets[s + 1]]
+        if not local:
+            continue
+        with store.open_shard(entry, check_bytes=True) as shard:
+            for row in local:
+                sample = _read_sample(shard, row, store.manifest, attribute_lines, bad)
+                if sample is not None:
+                    samples.append(sample)
+    return samples
+
+
+def _draw_tile(sheet: Image.Image, draw: ImageDraw.ImageDraw, layout: "_Layout", i: int, sample: tuple,
+               colours: list, alpha: float) -> Tile:
+    """Tile `i`: the plain image (a grey placeholder if it does not decode), the overlay, path and attributes."""
+    file, row, key, path, data, mask, tops = sample
+    left, top = layout.tile_origin(i)
+    plain = _decode(data, layout.image_wh)
+    image_box = (left, top, left + layout.image_wh[0], top + layout.image_wh[1])
+    overlay_left = left + layout.image_wh[0] + layout.pair_gap
+    overlay_box = (overlay_left, top, overlay_left + layout.image_wh[0], top + layout.image_wh[1])
+    if plain is None:
+        draw.rectangle(image_box, fill=(200, 200, 200))
+        draw.text((image_box[0] + 4, image_box[1] + 4), "cannot\ndecode", fill=INK, font=layout.font)
+        plain_array = np.full((layout.image_wh[1], layout.image_wh[0], 3), 200, np.uint8)
+    else:
+        sheet.paste(plain, image_box[:2])
+        plain_array = np.asarray(plain)
+    sheet.paste(Image.fromarray(overlay_mask(plain_array, mask, colours, alpha)), overlay_box[:2])
+    y = top + layout.image_wh[1] + 3
+    draw.text((left, y), _fit(path, layout.font, layout.tile_w, from_left=True), fill=FAINT_INK, font=layout.font)
+    for t in tops:
+        y += layout.line_h
+        text = _fit(f"{t.group}: {t.value}  {t.probability:.2f}", layout.font, layout.tile_w)
+        draw.text((left, y), text, fill=INK, font=layout.font)
+    return Tile(file, row, key, path, image_box, overlay_box, tops)
+
+
+def _save_png(sheet: Image.Image, out: Path) -> Path:
+    """Write `out/contact_sheet.png` through a temp file and a rename."""
+    out.mkdir(parents=True, exist_ok=True)
+    out_path = out / SHEET_NAME
     tmp = out_path.with_name(out_path.name + ".tmp")
     sheet.save(tmp, format="PNG")
     tmp.replace(out_path)
-    return ContactSheet(out_path, sheet.size, tiles, total, bad_rows=bad.count, notes=[bad.note()] if bad.count else [])
+    return out_path
 
 
 def _read_sample(shard, row: int, manifest, attribute_lines: int, bad: BadRows) -> tuple | None:

@@ -98,46 +98,23 @@ def inspect_store(config: InspectConfig) -> StoreSummary:
     store = ShardStore.open(config.root, cache=config.cache)
     manifest = store.manifest
     vocab = manifest.vocab
-    part_cells = np.zeros(vocab.num_parts, np.int64)
-    part_conf_sum = np.zeros(vocab.num_parts, np.float64)
-    group_counts = [np.zeros(len(g.values), np.int64) for g in vocab.attributes]
-    invalid = 0
-    images = 0
+    tally = _LabelTally.empty(vocab)
     bad = BadRows(config.on_bad_row)
     for entry in store.shards:
         with store.open_shard(entry, check_bytes=True) as shard:
             for chunk in _good_chunks(shard, vocab.num_parts, bad):
-                images += len(chunk)
-                mask = chunk.part_mask.ravel()
-                counts = np.bincount(mask, minlength=vocab.num_parts)
-                conf = np.bincount(mask, weights=chunk.part_conf.ravel().astype(np.float64),
-                                   minlength=vocab.num_parts)
-                part_cells += counts[: vocab.num_parts]
-                part_conf_sum += conf[: vocab.num_parts]
-                invalid += int(counts[vocab.num_parts:].sum())
-                for counter, top in zip(group_counts, group_argmax(chunk.attr_logits, vocab)):
-                    counter += np.bincount(top, minlength=len(counter))
-    notes = [] if images else ["the store holds no images"]
+                tally.add(chunk, vocab)
+    notes = [] if tally.images else ["the store holds no images"]
     if bad.note():
         notes.append(bad.note())
-    total_cells = max(int(part_cells.sum()) + invalid, 1)
-    parts = [
-        PartShare(name, int(n), int(n) / total_cells, float(part_conf_sum[i] / n) if n else None)
-        for i, (name, n) in enumerate(zip(vocab.part_names, part_cells))
-    ]
-    attributes = [
-        GroupDistribution(g.group, [ValueShare(v.name, int(n), int(n) / max(images, 1))
-                                    for v, n in zip(g.values, counts)])
-        for g, counts in zip(vocab.attributes, group_counts)
-    ]
     total_bytes = sum(e.bytes for e in manifest.shards)
     return StoreSummary(
         root=str(config.root),
         clasp_version=manifest.clasp_version,
-        images=images,
+        images=tally.images,
         shards=len(manifest.shards),
         total_bytes=total_bytes,
-        bytes_per_image=total_bytes / images if images else None,
+        bytes_per_image=total_bytes / tally.images if tally.images else None,
         clip_model=manifest.clip.model,
         clip_revision=manifest.clip.revision,
         clip_size=list(manifest.clip.input_hw),
@@ -146,14 +123,55 @@ def inspect_store(config: InspectConfig) -> StoreSummary:
         image_store={"hw": list(manifest.image_store.hw), "codec": manifest.image_store.codec,
                      "quality": manifest.image_store.quality},
         vocab_sha256=vocab.sha256,
-        parts=parts,
-        attributes=attributes,
+        parts=tally.part_shares(vocab),
+        attributes=tally.attribute_shares(vocab),
         skipped=len(manifest.skipped),
         skipped_by_reason=group_skipped(manifest.skipped, config.examples_per_reason),
-        invalid_part_cells=invalid,
+        invalid_part_cells=tally.invalid,
         bad_rows=bad.count,
         notes=notes,
     )
+
+
+@dataclass
+class _LabelTally:
+    """Label counts summed chunk by chunk: cells and confidence per part, top value per attribute group."""
+
+    part_cells: np.ndarray  # (num_parts,) int64
+    part_conf_sum: np.ndarray  # (num_parts,) float64
+    group_counts: list[np.ndarray]  # per group, images whose top value is each value
+    invalid: int = 0  # cells whose part index is outside the vocabulary
+    images: int = 0
+
+    @classmethod
+    def empty(cls, vocab) -> "_LabelTally":
+        return cls(np.zeros(vocab.num_parts, np.int64), np.zeros(vocab.num_parts, np.float64),
+                   [np.zeros(len(g.values), np.int64) for g in vocab.attributes])
+
+    def add(self, chunk: LabelRows, vocab) -> None:
+        self.images += len(chunk)
+        mask = chunk.part_mask.ravel()
+        counts = np.bincount(mask, minlength=vocab.num_parts)
+        conf = np.bincount(mask, weights=chunk.part_conf.ravel().astype(np.float64), minlength=vocab.num_parts)
+        self.part_cells += counts[: vocab.num_parts]
+        self.part_conf_sum += conf[: vocab.num_parts]
+        self.invalid += int(counts[vocab.num_parts:].sum())
+        for counter, top in zip(self.group_counts, group_argmax(chunk.attr_logits, vocab)):
+            counter += np.bincount(top, minlength=len(counter))
+
+    def part_shares(self, vocab) -> list[PartShare]:
+        total_cells = max(int(self.part_cells.sum()) + self.invalid, 1)
+        return [
+            PartShare(name, int(n), int(n) / total_cells, float(self.part_conf_sum[i] / n) if n else None)
+            for i, (name, n) in enumerate(zip(vocab.part_names, self.part_cells))
+        ]
+
+    def attribute_shares(self, vocab) -> list[GroupDistribution]:
+        return [
+            GroupDistribution(g.group, [ValueShare(v.name, int(n), int(n) / max(self.images, 1))
+                                        for v, n in zip(g.values, counts)])
+            for g, counts in zip(vocab.attributes, self.group_counts)
+        ]
 
 
 def _good_chunks(shard, num_parts: int, bad: BadRows):

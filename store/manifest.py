@@ -119,61 +119,24 @@ class Manifest:
         `1e999`, no `10**30` rows, no fractional grid), sizes positive, hashes
         64 hex digits, the dense mode and precision known values.
         """
-        if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
-            raise StoreError(source, f"not a CLASP manifest (format is {data.get('format') if isinstance(data, dict) else None!r}, expected {MANIFEST_FORMAT!r})")
-        version = data.get("version")
-        if type(version) is not int or version != FORMAT_VERSION:
-            raise StoreError(source, f"unknown format version {_show(version)}; this clasp reads version {FORMAT_VERSION}")
+        _check_format(data, source)
         f = _Fields(source)
-        vocab_data = f.obj(data, "vocab")
-        try:
-            vocab = Vocabulary.from_dict(vocab_data, source)
-        except (AttributeError, TypeError, ValueError) as exc:
-            raise StoreError(source, f"vocab: malformed ({type(exc).__name__}: {exc})") from None
-        if vocab_data.get("sha256") != vocab.sha256:
-            raise StoreError(source, f"vocabulary hash {_show(vocab_data.get('sha256'))} does not match its content ({vocab.sha256})")
+        vocab = _vocabulary(f, data, source)
         clip = f.obj(data, "clip")
         store = f.obj(data, "image_store", optional=True) or {}
         labeled = f.obj(data, "labeled_with", optional=True) or None  # {} too: nothing recorded
         manifest = cls(
-            clip=ClipInfo(
-                model=f.text(clip, "model", "clip.model"),
-                revision=f.text(clip, "revision", "clip.revision", optional=True),
-                input_hw=f.pair(clip, "input_hw", "clip.input_hw", MAX_SIDE),
-                dense_mode=f.choice(clip, "dense_mode", "clip.dense_mode", DENSE_MODES),
-                precision=f.choice(clip, "precision", "clip.precision", LABEL_PRECISIONS, optional=True),
-            ),
+            clip=f.clip(clip),
             vocab=vocab,
             label_grid=f.pair(data, "label_grid", "label_grid", MAX_SIDE),
-            image_store=StoredImageFormat(
-                hw=f.pair(store, "hw", "image_store.hw", MAX_SIDE, default=PERSON_HW),
-                codec=f.choice(store, "codec", "image_store.codec", ("jpeg",), default="jpeg"),
-                quality=f.integer(store, "quality", "image_store.quality", 1, 100, default=95),
-            ),
+            image_store=f.image_store(store),
             shard_size=f.integer(data, "shard_size", "shard_size", 1, MAX_ROWS),
             shards=[f.shard(entry, i) for i, entry in enumerate(f.items(data, "shards"))],
-            skipped=[SkippedInput(f.text(s, "path", f"skipped[{i}].path"), f.text(s, "reason", f"skipped[{i}].reason"))
-                     for i, s in enumerate(f.items(data, "skipped", optional=True))
-                     if f.only(s, ("path", "reason"), f"skipped[{i}]")],
+            skipped=f.skipped(data),
             clasp_version=str(data.get("clasp_version", "unknown")),
-            labeled_with=None if labeled is None else LabeledWith(
-                batch_size=f.integer(labeled, "batch_size", "labeled_with.batch_size", 1, MAX_ROWS),
-                device=f.text(labeled, "device", "labeled_with.device"),
-                capability=f.text(labeled, "capability", "labeled_with.capability"),
-                precision_requested=f.text(labeled, "precision_requested", "labeled_with.precision_requested"),
-            ),
+            labeled_with=None if labeled is None else f.labeled_with(labeled),
         )
-        if labeled is not None:
-            f.only(labeled, ("batch_size", "device", "capability", "precision_requested"), "labeled_with")
-        if manifest.label_grid[0] > manifest.clip.input_hw[0] or manifest.label_grid[1] > manifest.clip.input_hw[1]:
-            raise StoreError(source, f"label_grid: {list(manifest.label_grid)} is finer than the CLIP input "
-                                     f"{list(manifest.clip.input_hw)} (a cell is at least one pixel)")
-        seen: set[str] = set()
-        for entry in manifest.shards:
-            check_shard_file_name(entry.file, source)
-            if entry.file in seen:
-                raise StoreError(source, f"shard {entry.file!r} is listed twice")
-            seen.add(entry.file)
+        _check_grid_and_shard_names(manifest, source)
         return manifest
 
     @classmethod
@@ -212,6 +175,40 @@ MAX_ROWS = 2**31 - 1  # rows of a shard, shard size, batch size
 MAX_BYTES = 2**50  # bytes of one shard file (1 PiB)
 MAX_SIDE = MAX_ORIG_SIDE  # image sides and label grids, as long as the longest source side a row records
 _HEX = frozenset("0123456789abcdef")
+
+
+def _check_format(data, source: str | Path) -> None:
+    """The document is a CLASP manifest of the version this clasp reads."""
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+        raise StoreError(source, f"not a CLASP manifest (format is {data.get('format') if isinstance(data, dict) else None!r}, expected {MANIFEST_FORMAT!r})")
+    version = data.get("version")
+    if type(version) is not int or version != FORMAT_VERSION:
+        raise StoreError(source, f"unknown format version {_show(version)}; this clasp reads version {FORMAT_VERSION}")
+
+
+def _vocabulary(f: "_Fields", data: dict, source: str | Path) -> Vocabulary:
+    """The manifest's vocabulary, whose recorded hash must match its content."""
+    vocab_data = f.obj(data, "vocab")
+    try:
+        vocab = Vocabulary.from_dict(vocab_data, source)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise StoreError(source, f"vocab: malformed ({type(exc).__name__}: {exc})") from None
+    if vocab_data.get("sha256") != vocab.sha256:
+        raise StoreError(source, f"vocabulary hash {_show(vocab_data.get('sha256'))} does not match its content ({vocab.sha256})")
+    return vocab
+
+
+def _check_grid_and_shard_names(manifest: Manifest, source: str | Path) -> None:
+    """A label cell is at least one input pixel; every shard is a plain file name, listed once."""
+    if manifest.label_grid[0] > manifest.clip.input_hw[0] or manifest.label_grid[1] > manifest.clip.input_hw[1]:
+        raise StoreError(source, f"label_grid: {list(manifest.label_grid)} is finer than the CLIP input "
+                                 f"{list(manifest.clip.input_hw)} (a cell is at least one pixel)")
+    seen: set[str] = set()
+    for entry in manifest.shards:
+        check_shard_file_name(entry.file, source)
+        if entry.file in seen:
+            raise StoreError(source, f"shard {entry.file!r} is listed twice")
+        seen.add(entry.file)
 
 
 def _show(value) -> str:
@@ -303,6 +300,38 @@ class _Fields:
         if not isinstance(value, str) or len(value) != 64 or not set(value) <= _HEX:
             raise self.fail(where, f"must be 64 lowercase hex digits, got {_show(value)}")
         return value
+
+    def clip(self, clip: dict) -> ClipInfo:
+        return ClipInfo(
+            model=self.text(clip, "model", "clip.model"),
+            revision=self.text(clip, "revision", "clip.revision", optional=True),
+            input_hw=self.pair(clip, "input_hw", "clip.input_hw", MAX_SIDE),
+            dense_mode=self.choice(clip, "dense_mode", "clip.dense_mode", DENSE_MODES),
+            precision=self.choice(clip, "precision", "clip.precision", LABEL_PRECISIONS, optional=True),
+        )
+
+    def image_store(self, store: dict) -> StoredImageFormat:
+        return StoredImageFormat(
+            hw=self.pair(store, "hw", "image_store.hw", MAX_SIDE, default=PERSON_HW),
+            codec=self.choice(store, "codec", "image_store.codec", ("jpeg",), default="jpeg"),
+            quality=self.integer(store, "quality", "image_store.quality", 1, 100, default=95),
+        )
+
+    def skipped(self, data: dict) -> list[SkippedInput]:
+        return [SkippedInput(self.text(s, "path", f"skipped[{i}].path"), self.text(s, "reason", f"skipped[{i}].reason"))
+                for i, s in enumerate(self.items(data, "skipped", optional=True))
+                if self.only(s, ("path", "reason"), f"skipped[{i}]")]
+
+    def labeled_with(self, labeled: dict) -> LabeledWith:
+        """Read the fields first, then reject unknown ones (the order of the checks decides which error shows)."""
+        result = LabeledWith(
+            batch_size=self.integer(labeled, "batch_size", "labeled_with.batch_size", 1, MAX_ROWS),
+            device=self.text(labeled, "device", "labeled_with.device"),
+            capability=self.text(labeled, "capability", "labeled_with.capability"),
+            precision_requested=self.text(labeled, "precision_requested", "labeled_with.precision_requested"),
+        )
+        self.only(labeled, ("batch_size", "device", "capability", "precision_requested"), "labeled_with")
+        return result
 
     def shard(self, entry: dict, i: int) -> ShardEntry:
         where = f"shards[{i}]"

@@ -38,7 +38,26 @@ def write_shard(
     tmp = path.with_name(path.name + TMP_SUFFIX)
     path.parent.mkdir(parents=True, exist_ok=True)
     n = len(rows)
-    values = {
+    values = _column_values(rows)
+    try:
+        with h5py.File(tmp, "w", libver="earliest") as f:
+            _write_attributes(f, n, vocab_sha256, clip_model)
+            for field in FIELDS:
+                _write_column(f, field, values[field.name], n, row_shape(field, label_grid, num_attributes))
+            f.flush()
+        digest, size = _fsync_and_hash(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return ShardEntry(file=path.name, rows=n, sha256=digest, bytes=size, inputs_sha256=inputs_sha256)
+
+
+def _column_values(rows: LabelRows) -> dict[str, np.ndarray]:
+    """Each column of `rows` as an array of the shard's dtype."""
+    n = len(rows)
+    return {
         "image": _vlen_bytes(rows.image),
         "key": np.array([k.encode("ascii") for k in rows.key], dtype=KEY_DTYPE).reshape(n),
         "path": np.array(rows.path, dtype=PATH_DTYPE).reshape(n),
@@ -47,42 +66,42 @@ def write_shard(
         "part_conf": np.asarray(rows.part_conf, dtype=np.float16),
         "attr_logits": np.asarray(rows.attr_logits, dtype=np.float16),
     }
-    try:
-        with h5py.File(tmp, "w", libver="earliest") as f:
-            f.attrs["format"] = SHARD_FORMAT
-            f.attrs["version"] = FORMAT_VERSION
-            f.attrs["rows"] = n
-            f.attrs["vocab_sha256"] = vocab_sha256
-            f.attrs["clip_model"] = clip_model
-            for field in FIELDS:
-                shape = row_shape(field, label_grid, num_attributes)
-                f.create_dataset(
-                    field.name,
-                    shape=(n, *shape),
-                    maxshape=(None, *shape),
-                    dtype=field.dtype,
-                    chunks=(CHUNK_ROWS, *shape),
-                    compression="gzip",
-                    compression_opts=GZIP_LEVEL,
-                    shuffle=True,
-                )
-                if n and field.name == "image":
-                    # h5py's high-level setter stacks equal-length vlen rows into a
-                    # 2-D array and refuses it; the low-level write takes them as is.
-                    f[field.name].id.write(h5py.h5s.ALL, h5py.h5s.ALL, values["image"])
-                elif n:
-                    f[field.name][...] = values[field.name]
-            f.flush()
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        digest = file_sha256(tmp)
-        size = tmp.stat().st_size
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-    return ShardEntry(file=path.name, rows=n, sha256=digest, bytes=size, inputs_sha256=inputs_sha256)
+
+
+def _write_attributes(f: h5py.File, n: int, vocab_sha256: str, clip_model: str) -> None:
+    """The shard's file attributes: format, version, rows, vocabulary hash and labelling model."""
+    f.attrs["format"] = SHARD_FORMAT
+    f.attrs["version"] = FORMAT_VERSION
+    f.attrs["rows"] = n
+    f.attrs["vocab_sha256"] = vocab_sha256
+    f.attrs["clip_model"] = clip_model
+
+
+def _write_column(f: h5py.File, field, values: np.ndarray, n: int, shape: tuple[int, ...]) -> None:
+    """One chunked, gzip-compressed dataset of `n` rows of `shape`."""
+    f.create_dataset(
+        field.name,
+        shape=(n, *shape),
+        maxshape=(None, *shape),
+        dtype=field.dtype,
+        chunks=(CHUNK_ROWS, *shape),
+        compression="gzip",
+        compression_opts=GZIP_LEVEL,
+        shuffle=True,
+    )
+    if n and field.name == "image":
+        # h5py's high-level setter stacks equal-length vlen rows into a
+        # 2-D array and refuses it; the low-level write takes them as is.
+        f[field.name].id.write(h5py.h5s.ALL, h5py.h5s.ALL, values)
+    elif n:
+        f[field.name][...] = values
+
+
+def _fsync_and_hash(tmp: Path) -> tuple[str, int]:
+    """Force the written file to disk; returns its (sha256, size in bytes)."""
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    return file_sha256(tmp), tmp.stat().st_size
 
 
 def write_shard_for(manifest: Manifest, root: str | Path, file: str, rows: LabelRows,
