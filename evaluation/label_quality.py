@@ -55,81 +55,113 @@ class LabelQualityConfig:
 def evaluate_labels(config: LabelQualityConfig) -> dict:
     store = ShardStore.open(config.shards)
     truth = SynthTruth.load(config.truth)
-    manifest = store.manifest
-    vocab, grid = manifest.vocab, tuple(manifest.label_grid)
-    num_parts = vocab.num_parts
-    part_index = {name: i for i, name in enumerate(vocab.part_names)}
-    missing_parts = [p for p in truth.part_names if p not in part_index]
-    if missing_parts:
-        raise EvalInputError(f"{config.shards}: the store's vocabulary lacks the truth's parts {missing_parts}")
-    truth_to_store = np.array([part_index[p] for p in truth.part_names], np.uint8)
-
+    vocab, grid = store.manifest.vocab, tuple(store.manifest.label_grid)
+    truth_to_store = _truth_part_map(config.shards, truth, vocab.part_names)
     truth_groups = {g for attrs in truth.attributes[:1] for g in attrs}
     groups = [(g, sl) for g, sl in vocab.group_slices() if g in truth_groups]
     values = {g.group: [v.name for v in g.values] for g in vocab.attributes}
+    scores = _Scores(truth, vocab.num_parts, grid, truth_to_store, groups, _truth_values(truth, groups, values))
+    for entry in store.shards:
+        with store.open_shard(entry) as shard:
+            for block in shard.iter_chunks(READ_FIELDS):
+                scores.add(block)
+    if scores.matched == 0:
+        raise EvalInputError(f"{config.shards}: none of its {scores.rows} rows is an image of the world {truth.root} "
+                             f"(no row's key, the sha1 of its source file, matches a file in {truth.images_dir}); "
+                             "the store was labeled from other images")
+    results = _label_results(config, truth, vocab.part_names, grid, groups, values, scores)
+    if config.out is not None:
+        write_results(config.out, results)
+    return results
+
+
+def _truth_part_map(shards: Path, truth: SynthTruth, part_names: list[str]) -> np.ndarray:
+    """Truth part index -> the store's part index, matched by name; every truth part must be in the store."""
+    part_index = {name: i for i, name in enumerate(part_names)}
+    missing_parts = [p for p in truth.part_names if p not in part_index]
+    if missing_parts:
+        raise EvalInputError(f"{shards}: the store's vocabulary lacks the truth's parts {missing_parts}")
+    return np.array([part_index[p] for p in truth.part_names], np.uint8)
+
+
+def _truth_values(truth: SynthTruth, groups: list, values: dict[str, list[str]]) -> np.ndarray:
+    """(truth images, groups) index of each image's true value in the vocabulary's group, -1 where unknown."""
     truth_values = np.full((len(truth), len(groups)), -1, np.int64)
     for k, (g, _) in enumerate(groups):
         lookup = {v: i for i, v in enumerate(values[g])}
         truth_values[:, k] = [lookup.get(a.get(g), -1) for a in truth.attributes]
+    return truth_values
 
-    match = _content_matcher(truth)
-    names, same_name = set(truth.paths), 0  # rows named like a world image whose bytes differ
-    confusion = np.zeros((num_parts, num_parts), np.int64)
-    correct = np.zeros(len(groups), np.int64)
-    scored = np.zeros(len(groups), np.int64)
-    rows = matched = 0
-    seen = np.zeros(len(truth), bool)
-    predicted_values: list[np.ndarray] = []
-    wanted_values: list[np.ndarray] = []
-    for entry in store.shards:
-        with store.open_shard(entry) as shard:
-            for block in shard.iter_chunks(READ_FIELDS):
-                rows += len(block.path)
-                hits = [(r, match(k, p)) for r, (k, p) in enumerate(zip(block.key, block.path))]
-                same_name += sum(1 for (_, t), p in zip(hits, block.path) if t < 0 and truth_path_of(p) in names)
-                hits = [(r, t) for r, t in hits if t >= 0]
-                if not hits:
-                    continue
-                local = np.array([r for r, _ in hits])
-                ti = np.array([t for _, t in hits])
-                matched += len(hits)
-                seen[ti] = True
-                truth_grid = truth_to_store[majority_downsample(truth.read_masks(ti), grid, len(truth.part_names))]
-                confusion += confusion_matrix(block.part_mask[local], truth_grid, num_parts)
-                logits = block.attr_logits[local].astype(np.float32)
-                predicted_values.append(np.stack([logits[:, sl].argmax(1) for _, sl in groups], axis=1)
-                                        if groups else np.zeros((len(ti), 0), np.int64))
-                wanted_values.append(truth_values[ti])
-                for k, (_, sl) in enumerate(groups):
-                    want = truth_values[ti, k]
-                    ok = want >= 0
-                    correct[k] += int((logits[ok, sl].argmax(1) == want[ok]).sum())
-                    scored[k] += int(ok.sum())
-    if matched == 0:
-        raise EvalInputError(f"{config.shards}: none of its {rows} rows is an image of the world {truth.root} "
-                             f"(no row's key, the sha1 of its source file, matches a file in {truth.images_dir}); "
-                             "the store was labeled from other images")
-    iou = iou_per_class(confusion)
-    accuracy = PerItem([g for g, _ in groups], [correct[k] / scored[k] if scored[k] else float("nan")
+
+class _Scores:
+    """Sums over the store's rows that match a world image: part confusion on the label grid, attribute hits."""
+
+    def __init__(self, truth: SynthTruth, num_parts: int, grid: tuple[int, int], truth_to_store: np.ndarray,
+                 groups: list, truth_values: np.ndarray) -> None:
+        self.truth, self.num_parts, self.grid, self.truth_to_store = truth, num_parts, grid, truth_to_store
+        self.groups, self.truth_values = groups, truth_values
+        self.match = _content_matcher(truth)
+        self.names, self.same_name = set(truth.paths), 0  # rows named like a world image whose bytes differ
+        self.confusion = np.zeros((num_parts, num_parts), np.int64)
+        self.correct = np.zeros(len(groups), np.int64)
+        self.scored = np.zeros(len(groups), np.int64)
+        self.rows = self.matched = 0
+        self.seen = np.zeros(len(truth), bool)
+        self.predicted_values: list[np.ndarray] = []
+        self.wanted_values: list[np.ndarray] = []
+
+    def add(self, block) -> None:
+        """Match a block's rows to world images by content and score those that match."""
+        self.rows += len(block.path)
+        hits = [(r, self.match(k, p)) for r, (k, p) in enumerate(zip(block.key, block.path))]
+        self.same_name += sum(1 for (_, t), p in zip(hits, block.path) if t < 0 and truth_path_of(p) in self.names)
+        hits = [(r, t) for r, t in hits if t >= 0]
+        if not hits:
+            return
+        local = np.array([r for r, _ in hits])
+        ti = np.array([t for _, t in hits])
+        self.matched += len(hits)
+        self.seen[ti] = True
+        self._score_parts(block.part_mask[local], ti)
+        self._score_attributes(block.attr_logits[local].astype(np.float32), ti)
+
+    def _score_parts(self, part_mask: np.ndarray, ti: np.ndarray) -> None:
+        truth_masks = majority_downsample(self.truth.read_masks(ti), self.grid, len(self.truth.part_names))
+        self.confusion += confusion_matrix(part_mask, self.truth_to_store[truth_masks], self.num_parts)
+
+    def _score_attributes(self, logits: np.ndarray, ti: np.ndarray) -> None:
+        self.predicted_values.append(np.stack([logits[:, sl].argmax(1) for _, sl in self.groups], axis=1)
+                                     if self.groups else np.zeros((len(ti), 0), np.int64))
+        self.wanted_values.append(self.truth_values[ti])
+        for k, (_, sl) in enumerate(self.groups):
+            want = self.truth_values[ti, k]
+            ok = want >= 0
+            self.correct[k] += int((logits[ok, sl].argmax(1) == want[ok]).sum())
+            self.scored[k] += int(ok.sum())
+
+
+def _label_results(config: LabelQualityConfig, truth: SynthTruth, part_names: list[str], grid: tuple[int, int],
+                   groups: list, values: dict[str, list[str]], scores: _Scores) -> dict:
+    """The results document: counts of rows, IoU per part and mIoU, accuracy per group, chance and mA."""
+    iou = iou_per_class(scores.confusion)
+    accuracy = PerItem([g for g, _ in groups], [scores.correct[k] / scores.scored[k] if scores.scored[k] else float("nan")
                                                 for k in range(len(groups))], GROUP_UNDEFINED)
-    results = {
+    return {
         "shards": str(config.shards), "truth": str(truth.root), "label_grid": list(grid),
-        "rows": rows, "matched_rows": matched, "unmatched_rows": rows - matched,
+        "rows": scores.rows, "matched_rows": scores.matched, "unmatched_rows": scores.rows - scores.matched,
         "matching": "row key (sha1 of the source file) equal to the sha1 of a world image file",
-        "unmatched_rows_named_like_world_images": same_name,
-        "truth_images_not_in_store": int((~seen).sum()),
+        "unmatched_rows_named_like_world_images": scores.same_name,
+        "truth_images_not_in_store": int((~scores.seen).sum()),
         "grid_rule": "truth mask downsampled to the label grid by majority per cell, ties to the lower part index",
-        "parts": {"iou": PerItem(vocab.part_names, iou, PART_UNDEFINED),
-                  "mIoU": explain(mean_iou(confusion), NO_PART)},
+        "parts": {"iou": PerItem(part_names, iou, PART_UNDEFINED),
+                  "mIoU": explain(mean_iou(scores.confusion), NO_PART)},
         "attributes": {"accuracy": accuracy,
                        "chance": {g: 1.0 / len(values[g]) for g, _ in groups},
                        "mean_accuracy": explain(np.mean(list(accuracy.values())) if accuracy else float("nan"),
                                                 GROUP_UNDEFINED),
-                       **_attribute_ma(groups, values, np.concatenate(predicted_values), np.concatenate(wanted_values))},
+                       **_attribute_ma(groups, values, np.concatenate(scores.predicted_values),
+                                       np.concatenate(scores.wanted_values))},
     }
-    if config.out is not None:
-        write_results(config.out, results)
-    return results
 
 
 def _content_matcher(truth: SynthTruth):

@@ -167,62 +167,75 @@ def _evaluate_synth(truth: SynthTruth, tasks, extractor, config: EvalConfig, aut
     out: dict = {"images": len(truth), "feature_dim": int(feats.cls.shape[1]),
                  "seconds": {"features": time.perf_counter() - start}}
     train, test = identity_split(truth.identity)
-    out["split"] = {"rule": "lower half of sorted identity numbers trains the probes; the rest test",
-                    "train_images": int(train.sum()), "test_images": int(test.sum()),
-                    "train_identities": int(len(np.unique(truth.identity[train]))),
-                    "test_identities": int(len(np.unique(truth.identity[test])))}
-    if "attributes" in tasks:
-        t0 = time.perf_counter()
-        feats = features["attributes"]
-        log("attribute probe")
-        labels = truth.attribute_indices(vocab)
-        sizes = [len(g.values) for g in vocab.attributes]
-        res = attribute_probe(feats.cls[train], labels[train], feats.cls[test], labels[test], sizes, config.probe)
-        names = binary_attribute_names([(g.group, [v.name for v in g.values]) for g in vocab.attributes])
-        predicted, actual = binary_attributes(res["pred"], sizes), binary_attributes(labels[test], sizes)
-        interval = identity_bootstrap(truth.identity[test], lambda rows: mean_accuracy(predicted[rows], actual[rows]))
-        out["attributes"] = {
-            "mA": explain(res["mA"], NO_ATTRIBUTE),
-            "mA_interval": interval.to_dict(),
-            "per_attribute": PerItem(names, res["per_attribute"], ATTRIBUTE_UNDEFINED),
-            "group_accuracy": {g.group: float(a) for g, a in zip(vocab.attributes, res["group_accuracy"])},
-        }
-        out["seconds"]["attributes"] = time.perf_counter() - t0
-    if "parsing" in tasks:
-        t0 = time.perf_counter()
-        log("parsing probe")
-        if truth.part_names != vocab.part_names:
-            raise EvalInputError(f"{truth.parts_file}: parts {truth.part_names} differ from the vocabulary's {vocab.part_names}")
-        feats = features["parsing"]
-        masks = truth.read_masks()
-        grid_masks = majority_downsample(masks, feats.grid, vocab.num_parts)
-        res = parsing_probe(feats.patches[train], grid_masks[train], feats.patches[test], grid_masks[test],
-                            vocab.num_parts, masks[test], config.probe)
-        per_image = res["grid_confusion_per_image"]
-        interval = identity_bootstrap(truth.identity[test], lambda rows: mean_iou(per_image[rows].sum(0)))
-        out["parsing"] = {
-            "grid": list(feats.grid),
-            "mIoU_grid": explain(res["mIoU_grid"], NO_PART), "mIoU_pixel": explain(res["mIoU_pixel"], NO_PART),
-            "mIoU_grid_interval": interval.to_dict(),
-            "iou_grid": PerItem(vocab.part_names, res["iou_grid"], PART_UNDEFINED),
-            "iou_pixel": PerItem(vocab.part_names, res["iou_pixel"], PART_UNDEFINED),
-        }
-        out["seconds"]["parsing"] = time.perf_counter() - t0
-    if "reid" in tasks:
-        t0 = time.perf_counter()
-        feats = features["reid"]
-        query, gallery = query_gallery_split(truth.identity, truth.camera, np.flatnonzero(test))
-        out["reid"] = reid_probe(feats.cls[query], truth.identity[query], truth.camera[query],
-                                 feats.cls[gallery], truth.identity[gallery], truth.camera[gallery])
-        out["reid"].update(reid_intervals(out["reid"], truth.identity[query]))
-        out["reid"]["rule"] = "test identities; first image of each (identity, camera) is a query, the rest gallery"
-        out["seconds"]["reid"] = time.perf_counter() - t0
-    if "pose" in tasks:
-        t0 = time.perf_counter()
-        log("pose probe")
-        out["pose"] = _pose_scores(truth, features["pose"], train, test, config)
-        out["seconds"]["pose"] = time.perf_counter() - t0
+    out["split"] = _split_summary(truth, train, test)
+    probes = (  # (task, what the log says as it starts, its scores)
+        ("attributes", "attribute probe", lambda: _attribute_scores(truth, features["attributes"], train, test, vocab, config)),
+        ("parsing", "parsing probe", lambda: _parsing_scores(truth, features["parsing"], train, test, vocab, config)),
+        ("reid", None, lambda: _reid_scores(truth, features["reid"], test)),
+        ("pose", "pose probe", lambda: _pose_scores(truth, features["pose"], train, test, config)),
+    )
+    for task, message, scores in probes:
+        if task in tasks:
+            t0 = time.perf_counter()
+            if message is not None:
+                log(message)
+            out[task] = scores()
+            out["seconds"][task] = time.perf_counter() - t0
     return out
+
+
+def _split_summary(truth: SynthTruth, train: np.ndarray, test: np.ndarray) -> dict:
+    return {"rule": "lower half of sorted identity numbers trains the probes; the rest test",
+            "train_images": int(train.sum()), "test_images": int(test.sum()),
+            "train_identities": int(len(np.unique(truth.identity[train]))),
+            "test_identities": int(len(np.unique(truth.identity[test])))}
+
+
+def _attribute_scores(truth: SynthTruth, feats, train: np.ndarray, test: np.ndarray, vocab: Vocabulary,
+                      config: EvalConfig) -> dict:
+    """The linear attribute probe: mA with its identity-bootstrap interval, per attribute, per group."""
+    labels = truth.attribute_indices(vocab)
+    sizes = [len(g.values) for g in vocab.attributes]
+    res = attribute_probe(feats.cls[train], labels[train], feats.cls[test], labels[test], sizes, config.probe)
+    names = binary_attribute_names([(g.group, [v.name for v in g.values]) for g in vocab.attributes])
+    predicted, actual = binary_attributes(res["pred"], sizes), binary_attributes(labels[test], sizes)
+    interval = identity_bootstrap(truth.identity[test], lambda rows: mean_accuracy(predicted[rows], actual[rows]))
+    return {
+        "mA": explain(res["mA"], NO_ATTRIBUTE),
+        "mA_interval": interval.to_dict(),
+        "per_attribute": PerItem(names, res["per_attribute"], ATTRIBUTE_UNDEFINED),
+        "group_accuracy": {g.group: float(a) for g, a in zip(vocab.attributes, res["group_accuracy"])},
+    }
+
+
+def _parsing_scores(truth: SynthTruth, feats, train: np.ndarray, test: np.ndarray, vocab: Vocabulary,
+                    config: EvalConfig) -> dict:
+    """The parsing probe on the patch grid: mIoU on the grid and in pixels, IoU per part."""
+    if truth.part_names != vocab.part_names:
+        raise EvalInputError(f"{truth.parts_file}: parts {truth.part_names} differ from the vocabulary's {vocab.part_names}")
+    masks = truth.read_masks()
+    grid_masks = majority_downsample(masks, feats.grid, vocab.num_parts)
+    res = parsing_probe(feats.patches[train], grid_masks[train], feats.patches[test], grid_masks[test],
+                        vocab.num_parts, masks[test], config.probe)
+    per_image = res["grid_confusion_per_image"]
+    interval = identity_bootstrap(truth.identity[test], lambda rows: mean_iou(per_image[rows].sum(0)))
+    return {
+        "grid": list(feats.grid),
+        "mIoU_grid": explain(res["mIoU_grid"], NO_PART), "mIoU_pixel": explain(res["mIoU_pixel"], NO_PART),
+        "mIoU_grid_interval": interval.to_dict(),
+        "iou_grid": PerItem(vocab.part_names, res["iou_grid"], PART_UNDEFINED),
+        "iou_pixel": PerItem(vocab.part_names, res["iou_pixel"], PART_UNDEFINED),
+    }
+
+
+def _reid_scores(truth: SynthTruth, feats, test: np.ndarray) -> dict:
+    """Re-identification among the test identities, with intervals."""
+    query, gallery = query_gallery_split(truth.identity, truth.camera, np.flatnonzero(test))
+    reid = reid_probe(feats.cls[query], truth.identity[query], truth.camera[query],
+                      feats.cls[gallery], truth.identity[gallery], truth.camera[gallery])
+    reid.update(reid_intervals(reid, truth.identity[query]))
+    reid["rule"] = "test identities; first image of each (identity, camera) is a query, the rest gallery"
+    return reid
 
 
 def _without_pose(config: EvalConfig, tasks: tuple[str, ...], data: Path, log) -> tuple[str, ...]:
