@@ -24,12 +24,12 @@ do not make another world's labels comparable. For the matched rows:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from clasp.datasets.attribute_data import binary_attribute_names, binary_attributes
+from clasp.evaluation.config import LabelQualityConfig  # the settings of `clasp eval-labels`
 from clasp.evaluation.errors import EvalInputError
 from clasp.datasets.label_grid import majority_downsample
 from clasp.evaluation.metrics import (ATTRIBUTE_UNDEFINED, NO_ATTRIBUTE, NO_PART, PART_UNDEFINED,
@@ -43,13 +43,6 @@ from clasp.common.percent import percent
 
 READ_FIELDS = ("key", "path", "part_mask", "attr_logits")
 GROUP_UNDEFINED = "no matched row has a truth value for the group"
-
-
-@dataclass
-class LabelQualityConfig:
-    shards: Path
-    truth: Path
-    out: Path | None = None
 
 
 def evaluate_labels(config: LabelQualityConfig) -> dict:

@@ -45,19 +45,10 @@ import torch
 import torch.nn.functional as F
 
 from clasp.datasets.attribute_data import binary_attributes
+from clasp.evaluation.config import ProbeSettings  # declared with the other settings of `clasp eval`
 from clasp.evaluation.metrics import (
     confusion_matrix, iou_per_class, label_based_accuracy, reid_scores,
 )
-
-
-@dataclass
-class ProbeSettings:
-    steps: int = 300  # L-BFGS iterations at most
-    l2: float = 1e-2  # weight penalty (features are standardised, the loss is a mean over rows)
-    pixel_batch: int = 64  # images per step when upsampling parsing logits
-    # The probes are small matrix products; on a shared CPU the synchronisation of
-    # several threads costs more than it saves (measured: 4-8x slower with 2 threads).
-    threads: int = 1
 
 
 @contextmanager

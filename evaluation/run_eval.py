@@ -12,7 +12,6 @@ re-ID only). Results are a nested dict
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -20,6 +19,7 @@ import numpy as np
 
 from clasp.datasets.attribute_data import binary_attribute_names, binary_attributes
 from clasp.datasets.coco_keypoints import is_coco_keypoints, read_coco_pose
+from clasp.evaluation.config import TASK_PROMPT_MODES, TASKS, EvalConfig  # the settings of `clasp eval`
 from clasp.evaluation.errors import EvalInputError
 from clasp.evaluation.features import (FeatureExtractor, extract_features, extract_prompted_features,
                                        finite_features)
@@ -32,33 +32,17 @@ from clasp.evaluation.metrics import (ATTRIBUTE_UNDEFINED, NO_ATTRIBUTE, NO_PART
 from clasp.evaluation.results_json import write_results
 from clasp.evaluation.undefined import PerItem, explain, failure_line, reason_of
 from clasp.evaluation.probes import (
-    ProbeSettings, attribute_probe, identity_split, parsing_probe, pose_probe, query_gallery_split, reid_probe,
+    attribute_probe, identity_split, parsing_probe, pose_probe, query_gallery_split, reid_probe,
 )
 from clasp.datasets.truth import SynthTruth
 from clasp.pretraining.vit import PromptedViT, TaskBackbone
 from clasp.store import Vocabulary
 from clasp.common.percent import percent
 
-TASKS = ("attributes", "parsing", "reid", "pose")
 # `--task-prompt per-probe`: each probe reads the backbone through its own task prompt,
 # the way a CLASP model is meant to serve tasks of different granularity.
 PROBE_PROMPTS = {"attributes": "attribute", "parsing": "part", "reid": "instance", "pose": "part"}
 PATCH_TASKS = ("parsing", "pose")  # probes that read the patch tokens
-TASK_PROMPT_MODES = ("export", "per-probe")
-
-
-@dataclass
-class EvalConfig:
-    backbone: Path
-    data: Path
-    tasks: tuple[str, ...] | None = None  # None: every task the data supports
-    out: Path | None = None
-    batch_size: int = 64
-    precision: str = "auto"  # of feature extraction (auto | fp32 | bf16); probes are fitted in float32
-    task_prompt: str = "export"  # export: the export's task for every probe; per-probe: PROBE_PROMPTS
-    probe: ProbeSettings = field(default_factory=ProbeSettings)
-    detections: Path | None = None  # COCO: person boxes of val2017 (COCO results format) instead of the truth's
-    pose_train_instances: int = 20000  # COCO: training persons the pose probe is fitted on, at most
 
 
 def data_kind(data: Path) -> str:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clasp.evaluation.config import TruthStoreConfig  # the settings of `clasp truth-labels`
 from clasp.evaluation.errors import EvalInputError
 from clasp.datasets.label_grid import majority_downsample
 from clasp.datasets.synth.writer import JPEG_QUALITY
@@ -41,16 +42,6 @@ TRUTH_LOGIT = 4.0
 TRUTH_MODEL_PREFIX = "synthetic ground truth"  # the manifest's clip.model starts with it
 NOISE_STREAM = 7  # random stream of the corruption, apart from every stream of `clasp synth`
 READ_ROWS = 256  # truth masks read and written per block
-
-
-@dataclass
-class TruthStoreConfig:
-    world: Path
-    out: Path
-    noise: float = 0.0
-    grid: tuple[int, int] = (16, 8)
-    seed: int = 0
-    shard_size: int = 4096
 
 
 @dataclass

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from clasp.hardware import PRECISION_HELP, PRECISIONS
 from clasp.labeling.errors import LabelingError
+from clasp.runs.settings import RunSettings
 from clasp.settings import first_problem, same_as, setting
+from clasp.settings.parsers import size_hw
 from clasp.store.fetch import is_url
 from clasp.store.label_choices import DENSE_MODES
 
@@ -32,11 +33,11 @@ class ClipLabelerConfig:
                               "offline one).")
     revision: str | None = setting(None, "Hub revision (branch, tag or commit) of --clip-model.")
     clip_size: tuple[int, int] = setting((448, 224), "CLIP input size HEIGHTxWIDTH; with patch 16, 448x224 gives "
-                                         "a 28x14 label grid.", metavar="HxW")
+                                         "a 28x14 label grid.", metavar="HxW", parse=size_hw)
     dense_mode: str = setting("maskclip", "Patch features from CLIP's last block: maskclip (value path), naive "
                               "(plain tokens), clearclip (q-q attention), sclip (q-q + k-k attention) or naclip "
                               "(k-k attention, neighbourhood prior).", choices=DENSE_MODES)
-    precision: str = setting("auto", PRECISION_HELP + " fp16 needs CUDA.", choices=PRECISIONS)
+    precision: str = same_as(RunSettings, "precision", note="fp16 needs CUDA.", resumable=False)
     device: str = setting("cpu", "Torch device for CLIP, e.g. cpu, cuda, cuda:1.")
     vocab: Any = None  # a clasp.store.Vocabulary
 

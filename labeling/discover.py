@@ -26,10 +26,6 @@ class InputFile:
     # (a name that is not valid UTF-8); what the file is opened by.
     fs_path: str | None = None
 
-    @property
-    def open_path(self) -> str:
-        return self.fs_path if self.fs_path is not None else self.path
-
 
 def recorded_path(rel: str) -> str:
     """A relative path as the store records it: valid UTF-8 text, whatever the file name's bytes.

@@ -13,8 +13,10 @@ from typing import Any
 
 from clasp.labeling.config import check_settings
 from clasp.labeling.errors import LabelingError
+from clasp.runs.settings import RunSettings
 from clasp.runs.trackers import TrackerSettings, report_to_problem
 from clasp.settings import same_as, setting
+from clasp.settings.parsers import size_hw
 
 TILE_SCALES = ("native", "row")
 
@@ -28,8 +30,8 @@ class TrainClipConfig:
     steps: int = setting(600, "Optimizer steps (about 0.3 s each for the tiny CLIP on two idle cores).",
                          limits=(1, 10_000_000))
     input_hw: tuple[int, int] = setting((224, 112), "Training input HxW; label with the same --clip-size.",
-                                        flag_name="input-size", metavar="HxW")
-    seed: int = setting(0, "Weights, split, batches (same seed, same files).")
+                                        flag_name="input-size", metavar="HxW", parse=size_hw)
+    seed: int = same_as(RunSettings, "seed", note="The same seed gives the same files.")
     full_batch: int = setting(32, "Full views per step (image-level InfoNCE).", limits=(1, 65_536), flag=False)
     mosaic_batch: int = setting(16, "Mosaics per step (patch-level loss).", limits=(0, 65_536), flag=False)
     lr: float = setting(1e-3, "Peak learning rate (3e-3 and 5e-3 left the labels at chance).", limits=(0, 1),

@@ -41,6 +41,7 @@ import numpy as np
 from PIL import Image
 
 from clasp.datasets.synth.cameras import Camera, make_camera
+from clasp.datasets.synth_config import CorpusConfig  # the settings of `clasp synth-corpus`
 from clasp.datasets.synth.captions import Visible, person_caption, region_caption, scene_caption
 from clasp.datasets.synth.drawing import MATERIALS, render, sample_pose
 from clasp.datasets.synth.identities import check_vocabulary, sample_identity
@@ -74,15 +75,6 @@ PICTURE_MIX = (("person", 0.34), ("scene", 0.1), ("head", 0.08), ("face", 0.03),
                ("arm", 0.09), ("lower", 0.09), ("feet", 0.07), ("backpack", 0.02), ("bag", 0.02),
                ("hat", 0.02), ("glasses", 0.02))
 MIN_REGION_PIXELS = 40
-
-
-@dataclass
-class CorpusConfig:
-    out: Path
-    pairs: int = 12000
-    cameras: int = 32
-    seed: int = 0
-    vocab: Vocabulary | None = None  # None: the default vocabulary
 
 
 @dataclass

@@ -54,6 +54,7 @@ import numpy as np
 from PIL import Image
 
 from clasp.datasets.synth.cameras import make_camera
+from clasp.datasets.synth_config import SynthConfig  # the settings of `clasp synth`
 from clasp.datasets.synth.drawing import part_table, render, sample_pose
 from clasp.datasets.synth.identities import check_vocabulary, sample_identity
 from clasp.datasets.synth.keypoints import keypoint_truth
@@ -64,16 +65,6 @@ TRUTH_FORMAT = "clasp-synth-truth"
 TRUTH_VERSION = 1
 JPEG_QUALITY = 92
 MASK_CHUNK_ROWS = 64
-
-
-@dataclass
-class SynthConfig:
-    out: Path
-    identities: int = 100
-    images_per_id: int = 8
-    cameras: int = 4
-    seed: int = 0
-    vocab: Vocabulary | None = None  # None: the default vocabulary
 
 
 @dataclass
