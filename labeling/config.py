@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from clasp.hardware.cores import WORKERS_PER_CORE
 from clasp.labeling.errors import LabelingError
 from clasp.runs.settings import RunSettings
 from clasp.settings import first_problem, same_as, setting
@@ -65,7 +66,7 @@ class LabelConfig:
     shard_size: int = setting(4096, "Input images per shard.", limits=(1, 1_000_000))
     batch_size: int = setting(32, "Images per CLIP forward.", limits=(1, 65_536))
     workers: int = setting(0, "0: label in this process (torch uses every core). N: start a local dask cluster of "
-                           "N processes, at most 4 per available core (with --device cuda, worker k uses GPU k).",
+                           f"N processes, at most {WORKERS_PER_CORE} per available core (with --device cuda, worker k uses GPU k).",
                            limits=(0, math.inf))
     scheduler: str | None = setting(None, "Address of an existing dask scheduler (e.g. tcp://host:8786); its "
                                     "workers must see --images and --out.", metavar="ADDR")
