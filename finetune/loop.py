@@ -1,21 +1,29 @@
 """`clasp finetune`: an exported backbone + a task head, trained with Accelerate, evaluated at the end.
 
-Per step: the learning rate of this global step (precomputed schedule, times
+What fine-tuning supplies is its model (backbone + the recipe's head), its
+batches and its loss; the run machinery is `clasp.runs`': the run folder and
+its resume rule, checkpoints (full RNG state, no stream file: the step is the
+data position), the stop-signal watcher, the per-step all-reduce, the
+schedule, the accelerator and the step loop.
+
+Per step: the learning rate of this global step (`clasp.runs.schedules`, times
 each group's layer-decay scale); this process's batch, a pure function of
 (seed, step, rank) (`batches.StepPlan`, `augment.batch_generator`), so the
 step alone is the data position; forward, the recipe's loss; one all-reduce
 of the statistics that also carries the stop flag and shows a non-finite loss
 on any process to all before its gradient is applied; backward, clipping,
-AdamW. Checkpoints every `save_every` steps, at the end and on SIGTERM/SIGINT;
-`resume` restores weights (BatchNorm statistics included), optimizer, step and
-RNG, so the steps after it reproduce an uninterrupted run. At the end the main
-process evaluates and writes `results.json`. Each metrics.jsonl row also goes
-to the trackers of `report_to` (`clasp.runs.trackers`), and the final scores as
-`results/NAME` at the last step.
+AdamW. Checkpoints every `save_every` steps, at the end and on the first
+SIGTERM/SIGINT (a second one exits at once with 128 + its number); `resume`
+restores weights (BatchNorm statistics included), optimizer, step and the
+Python, NumPy and torch RNG states, so the steps after it reproduce an
+uninterrupted run. At the end the main process evaluates and writes
+`results.json`. Each metrics.jsonl row also goes to the trackers of
+`report_to` (`clasp.runs.trackers`), and the final scores as `results/NAME` at
+the last step.
 
 The DataLoader is not passed to `accelerator.prepare`: each process already
-reads only its own batches (Known pitfalls, DESIGN.md). `make_accelerator`
-follows pre-training's (precision `auto` resolved once by `clasp.hardware`).
+reads only its own batches, which Accelerate would re-split or dispatch from
+rank 0 (as `clasp.pretraining.batch_source` explains for the shard stream).
 """
 
 from __future__ import annotations
@@ -23,33 +31,32 @@ from __future__ import annotations
 import logging
 import os
 import re
-import signal
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from clasp.finetune.checkpoint import (
-    ERROR_LOG, METRICS, RESULTS, RunFolderError, load_checkpoint, plan_run, save_checkpoint, wipe,
-    write_error_log,
-)
-from clasp.finetune.config import CONFIG_NAME, FinetuneConfig, FinetuneConfigError, saved_form
-from clasp.errors import InputError
-from clasp.finetune.data import FinetuneInputError, load_data
-from clasp.runs import FolderLockError, exclusive_run_folder
-from clasp.runs.metrics_log import MetricsLog, truncate_jsonl
-from clasp.runs.trackers import Trackers, accelerator_options, start_trackers
+from clasp.errors import InputError, RunError
 from clasp.evaluation.results_json import write_results
-from clasp.common.durable import write_json_atomic
+from clasp.finetune.config import RESUME_RULE, FinetuneConfig
+from clasp.finetune.data import FinetuneInputError, load_data
+from clasp.finetune.layout import RESULTS, RUN_FILES
+from clasp.runs import FolderLockError, exclusive_run_folder
+from clasp.runs.accelerator import make_accelerator
+from clasp.runs.checkpoint import CheckpointWriter, find_checkpoint, load_checkpoint, restore_checkpoint_rng
+from clasp.runs.error_log import write_error_log
+from clasp.runs.metrics_log import MetricsLog
+from clasp.runs.run_folder import RunPlan, plan_run_folder, take_run_folder
+from clasp.runs.saved_config import saved_form
+from clasp.runs.schedules import lr_schedule
+from clasp.runs.step_loop import Every, run_steps
+from clasp.runs.step_stats import STOP, check_finite, reduce_stats
+from clasp.runs.stop_signals import run_stop_signals
+from clasp.runs.trackers import Trackers, accelerator_options, start_trackers
 
 log = logging.getLogger("clasp")
-ACCELERATE_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the step was not applied."""
 
 
 @dataclass
@@ -60,24 +67,6 @@ class FinetuneResult:
     stopped_by: str  # end | stop_at | SIGTERM | SIGINT
     results: dict | None  # the final metrics (main process, finished runs)
     last_loss: float | None
-
-
-def make_accelerator(precision: str, **options):
-    """The Accelerator with `precision` resolved on its device; `options`: more of its arguments (trackers)."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-    from accelerate.utils import parse_flag_from_env
-
-    from clasp.hardware import PrecisionError, probe_capability, resolve_precision
-
-    AcceleratorState._reset_state()
-    GradientState._reset_state()
-    try:
-        device = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).device
-        choice = resolve_precision(precision, probe_capability(device))
-    except PrecisionError as exc:
-        raise FinetuneConfigError(str(exc)) from None
-    return Accelerator(mixed_precision=ACCELERATE_PRECISION[choice.precision], **options), choice
 
 
 def load_task_backbone(config: FinetuneConfig, img_hw: tuple[int, int] | None = None):
@@ -101,7 +90,9 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
     class outside the data set's is only found when a batch or the evaluation
     reads it (decoding every map of a real data set up front would take
     minutes): it is the same one-line input error, and the run folder keeps
-    what was written, its last checkpoint included."""
+    what was written, its last checkpoint included. A run that fails after it
+    started (a non-finite loss, a checkpoint that cannot be written) raises its
+    RunError, its line in error.log too."""
     threads = torch.get_num_threads()
     try:
         config.validate()
@@ -110,11 +101,15 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
             return _run(config, accelerator, precision)
     except FolderLockError as exc:  # another run holds the folder: write nothing there, not even error.log
         raise FinetuneInputError(str(exc)) from None
-    except (FinetuneInputError, FinetuneConfigError, RunFolderError, InputError) as exc:
+    except InputError as exc:
         message = input_error_line(exc)
         if os.environ.get("RANK", "0") == "0":
             write_error_log(config.out, message)
         raise FinetuneInputError(message) from None
+    except RunError as exc:
+        if os.environ.get("RANK", "0") == "0":
+            write_error_log(config.out, str(exc))
+        raise
     finally:
         torch.set_num_threads(threads)
 
@@ -198,75 +193,33 @@ def _loader(config, recipe, plan, accelerator, start: int, end: int):
                                        persistent_workers=False)
 
 
-class StopSignals:
-    """SIGTERM/SIGINT set a flag read at the next step boundary."""
-
-    def __enter__(self) -> "StopSignals":
-        self.received, self._previous = None, {}
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.received = signal.Signals(signum).name
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def _reduce(accelerator, stats: dict[str, torch.Tensor], stop: bool) -> dict[str, float]:
-    """Mean of every statistic over the processes (one all-reduce), plus the stop flag summed."""
-    names = sorted(stats)
-    vector = torch.stack([stats[n].detach().float().reshape(()) for n in names]
-                         + [torch.tensor(float(stop), device=accelerator.device)]).to(accelerator.device)
-    if accelerator.num_processes > 1:
-        vector = accelerator.reduce(vector, reduction="sum")
-    values = vector.cpu().tolist()
-    out = {n: v / accelerator.num_processes for n, v in zip(names, values[:-1])}
-    out["_stop"] = values[-1]
-    return out
-
-
-def _prepare_folder(config, accelerator, saved_config, derived, unwrapped, optimizer) -> int:
-    """Claim the run folder (after every input check) and restore a checkpoint; the step to start from."""
-    resume_from, wipe_first = plan_run(config, derived)
-    out = Path(config.out)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        if wipe_first:
-            wipe(out)
-        (out / ERROR_LOG).unlink(missing_ok=True)
-        write_json_atomic(out / CONFIG_NAME, saved_config)
-    start = 0
-    if resume_from is not None:
-        start = load_checkpoint(resume_from, unwrapped, optimizer, accelerator.scaler, accelerator.process_index)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process and resume_from is not None:
-        truncate_jsonl(out / METRICS, start)
-    return start
+def _resume_or_start(folder: RunPlan, model, optimizer, accelerator) -> int:
+    """The step to start from: a checkpoint's (weights, optimizer, scaler and RNG restored), else 0."""
+    if folder.resume_from is None:
+        return 0
+    rank = accelerator.process_index
+    loaded = load_checkpoint(folder.resume_from, model, optimizer, accelerator.scaler, rank, with_stream=False)
+    restore_checkpoint_rng(loaded, rank)
+    return loaded.step
 
 
 def _run(config: FinetuneConfig, accelerator, precision) -> FinetuneResult:
-    from clasp.finetune.losses import lr_schedule
-
     recipe, plan, backbone, derived = _setup(config, accelerator)
     model, optimizer, unwrapped = _build_model(config, recipe, backbone, accelerator)
     hardware = precision.record()
-    saved_config = saved_form(config, derived) | {"hardware": hardware}
-    start = _prepare_folder(config, accelerator, saved_config, derived, unwrapped, optimizer)
+    saved_config = saved_form(asdict(config), derived) | {"hardware": hardware}
+    folder = plan_run_folder(config.out, config.resume, config.force, RUN_FILES, RESUME_RULE, asdict(config),
+                             derived)
+    start = _resume_or_start(folder, unwrapped, optimizer, accelerator)
+    take_run_folder(accelerator, folder, RUN_FILES, saved_config, start)
     trackers = start_trackers(accelerator, f"clasp-finetune-{config.task}", config.run_name, config.out, saved_config,
                               start if config.resume else None)
     if accelerator.is_main_process:
         log.info(precision.line())
     total = derived["total_steps"]
     end = min(total, config.stop_at) if config.stop_at is not None else total
-    lrs = lr_schedule(total, config.lr, config.min_lr, config.warmup, config.schedule,
-                      config.milestone_fractions(), config.gamma)
+    lrs = lr_schedule(config.schedule, total, config.lr, config.warmup, config.min_lr, config.milestone_fractions(),
+                      config.gamma)
     loop = _Loop(config, accelerator, model, optimizer, unwrapped, recipe, saved_config, lrs, trackers)
     step, stopped_by = loop.train(_loader(config, recipe, plan, accelerator, start, end), start, end, total, plan)
     results = None
@@ -293,8 +246,17 @@ def _finish(config, accelerator, recipe, model, derived, hardware, step) -> dict
     return results
 
 
+@dataclass
+class StepDone:
+    """One step's statistics (means over the processes) and whether a stop signal ends the run after it."""
+
+    stats: dict[str, float]
+    stop: bool
+
+
 class _Loop:
-    """The step loop: schedule, forward/backward, logging, checkpoints, stop flags."""
+    """Fine-tuning's part of `clasp.runs.step_loop`: its step (schedule, forward, loss, backward), its log row
+    and its checkpoint."""
 
     def __init__(self, config, accelerator, model, optimizer, unwrapped, recipe, saved_config, lrs,
                  trackers: Trackers) -> None:
@@ -303,57 +265,61 @@ class _Loop:
         self.trackers = trackers
         self.last_loss: float | None = None
         self.out = Path(config.out)
+        self.writer = CheckpointWriter(self.out, accelerator.process_index, accelerator.is_main_process,
+                                       config.keep_checkpoints)
+        self.step_no = 0
 
-    def save(self, step: int) -> None:
-        save_checkpoint(self.accelerator, self.out, step, self.unwrapped, self.optimizer, self.saved_config,
-                        self.config.keep_checkpoints)
+    def save(self) -> None:
+        self.writer.save(self.accelerator, self.step_no, self.unwrapped, self.optimizer, self.saved_config)
 
-    def step(self, step: int, batch: dict, stop: bool) -> dict[str, float]:
+    def step(self, batch: dict, stop: bool) -> StepDone:
         acc, config = self.accelerator, self.config
         if config.freeze_backbone:
             self.unwrapped.backbone.eval()  # a frozen backbone stays in eval mode
         for group in self.optimizer.param_groups:
-            group["lr"] = float(self.lrs[step]) * group["lr_scale"]
+            group["lr"] = float(self.lrs[self.step_no]) * group["lr_scale"]
         batch = {k: v.to(acc.device) for k, v in batch.items()}
-        out = self.model(batch["images"])
-        loss, stats = self.recipe.loss(out, batch)
-        summed = _reduce(acc, {"loss": loss, **stats}, stop)
-        bad = [k for k, v in summed.items() if not torch.isfinite(torch.tensor(v))]
-        if bad:
-            raise NonFiniteLossError(f"step {step + 1}: {bad[0]} is {summed[bad[0]]}; stopped without applying it")
+        loss, stats = self.recipe.loss(self.model(batch["images"]), batch)
+        summed = reduce_stats(acc, {"loss": loss, **stats}, stop_flag=float(stop))
+        check_finite(summed, self.step_no + 1, acc.num_processes, str(find_checkpoint(self.out) or "none"), ("loss",))
         acc.backward(loss)
+        means = {k: float(v) / acc.num_processes for k, v in summed.items() if not k.startswith("_")}
         if config.clip_grad > 0:
-            summed["grad_norm"] = float(acc.clip_grad_norm_(self.model.parameters(), config.clip_grad))
+            means["grad_norm"] = float(acc.clip_grad_norm_(self.model.parameters(), config.clip_grad))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return summed
+        self.step_no += 1
+        self.last_loss = means["loss"]
+        return StepDone(means, float(summed[STOP]) > 0)
 
     def train(self, loader, start: int, end: int, total: int, plan) -> tuple[int, str]:
+        """Steps `start` to `end` (or a stop signal); (the step reached, what stopped it)."""
         from tqdm.auto import tqdm
 
-        acc, config = self.accelerator, self.config
+        acc = self.accelerator
         metrics = MetricsLog(self.out, acc.is_main_process, self.trackers)
-        bar = tqdm(total=total, initial=start, disable=not acc.is_main_process, unit="step", desc=f"finetune {config.task}")
-        step, stopped_by, t0 = start, "end" if end == total else "stop_at", time.perf_counter()
+        bar = tqdm(total=total, initial=start, disable=not acc.is_main_process, unit="step",
+                   desc=f"finetune {self.config.task}")
+        batches, clock = iter(loader), [time.perf_counter()]
+        self.step_no = start
+
+        def log_row(done: StepDone) -> None:
+            elapsed, clock[0] = time.perf_counter() - clock[0], time.perf_counter()
+            metrics.write({"step": self.step_no, **done.stats, "lr": float(self.lrs[self.step_no - 1]),
+                           "epoch": plan.epoch_of(self.step_no - 1), "seconds": elapsed})
+
+        def take_step() -> StepDone:
+            done = self.step(next(batches), signals.received is not None)
+            bar.update(1)
+            bar.set_postfix(loss=f"{done.stats['loss']:.4f}")
+            return done
+
+        self.writer.remove_unfinished()
         try:
-            with StopSignals() as signals:
-                for batch in loader:
-                    summed = self.step(step, batch, signals.received is not None)
-                    step += 1
-                    self.last_loss = summed["loss"]
-                    stop = summed.pop("_stop") > 0
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{summed['loss']:.4f}")
-                    if step % config.log_every == 0 or step == end or stop:
-                        elapsed, t0 = time.perf_counter() - t0, time.perf_counter()
-                        metrics.write({"step": step, **summed, "lr": float(self.lrs[step - 1]),
-                                       "epoch": plan.epoch_of(step - 1), "seconds": elapsed})
-                    if step % config.save_every == 0 or step == end or stop:
-                        self.save(step)
-                    if stop:
-                        stopped_by = signals.received or "signal"
-                        break
+            with run_stop_signals(self.out, acc.is_main_process, lambda: self.step_no + 1) as signals:
+                step, stopped_by = run_steps(start, Every(self.config.log_every, self.config.save_every, end),
+                                             signals, take_step, log_row, self.save)
         finally:
             bar.close()
             metrics.close()
-        return step, stopped_by
+        return step, stopped_by or ("end" if end == total else "stop_at")

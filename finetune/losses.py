@@ -1,4 +1,4 @@
-"""The recipes' losses and schedule, each as its baseline defines it.
+"""The recipes' losses, each as its baseline defines it (their schedule: `clasp.runs.schedules`).
 
 - `batch_hard_triplet` (Hermans et al. 2017, used by BNNeck/strong baseline):
   Euclidean distances within the batch; per anchor the farthest image of its
@@ -8,9 +8,6 @@
 - `attribute_weights` / `weighted_bce` (DeepMAR, the pedestrian-attribute
   baseline): with r_j the share of positives of attribute j in the training
   split, a positive label weighs exp(1 - r_j) and a negative exp(r_j).
-- `lr_schedule`: one value per step (as pre-training's schedules): linear
-  warm-up from 0, then cosine to `min_lr`, or constant with x`gamma` at each
-  milestone (a fraction of the steps).
 """
 
 from __future__ import annotations
@@ -44,17 +41,3 @@ def weighted_bce(logits: torch.Tensor, targets: torch.Tensor, positive_ratio: to
     targets = targets.float()
     weight = torch.where(targets > 0.5, torch.exp(1 - positive_ratio), torch.exp(positive_ratio))
     return F.binary_cross_entropy_with_logits(logits.float(), targets, weight=weight)
-
-
-def lr_schedule(total: int, peak: float, min_lr: float, warmup: float, kind: str,
-                milestones: list[float], gamma: float) -> np.ndarray:
-    warm = min(int(round(warmup * total)), total)
-    ramp = np.arange(warm) / max(warm, 1) * peak
-    rest = total - warm
-    if kind == "cosine":
-        t = np.arange(rest) / max(rest - 1, 1)
-        body = min_lr + 0.5 * (peak - min_lr) * (1 + np.cos(np.pi * t))
-    else:
-        steps = np.arange(warm, total)
-        body = peak * gamma ** np.searchsorted(np.array(milestones) * total, steps, side="right")
-    return np.concatenate([ramp, body])

@@ -28,9 +28,9 @@ from safetensors.torch import load_file, save_file
 from clasp import __version__
 from clasp.pretraining.backbone import (BACKBONE_FORMAT, BACKBONE_VERSION, CARD_FILE, CONFIG_FILE, ONNX_FILE,
                                         WEIGHTS_FILE)
-from clasp.pretraining.checkpoint import MODEL_FILE, find_checkpoint, list_checkpoints
+from clasp.runs.checkpoint import find_checkpoint, list_checkpoints
 from clasp.pretraining.export_config import FORMATS, ExportConfig
-from clasp.pretraining.layout import RUN_CONFIG as RUN_CONFIG_FILE
+from clasp.runs.layout import MODEL_FILE, RUN_CONFIG as RUN_CONFIG_FILE
 from clasp.pretraining.vit import IMAGENET_MEAN, IMAGENET_STD, TASKS, PromptedViT, ViTConfig
 from clasp.common.durable import write_json_atomic
 

@@ -20,20 +20,19 @@ from typing import Any
 import torch
 
 from clasp.pretraining.batch_source import BatchSource
-from clasp.pretraining.checkpoint import CheckpointError, CheckpointWriter, load_checkpoint, restore_rng
-from clasp.pretraining.config import STEPS, ConfigError, PretrainConfig, saved_form
+from clasp.pretraining.config import RESUME_RULE, STEPS, ConfigError, PretrainConfig
 from clasp.pretraining.errors import PretrainInputError
-from clasp.pretraining.layout import ERROR_LOG, METRICS_FILE, RNG_FILE, RUN_CONFIG, STREAM_FILE
-from clasp.pretraining.run_folder import RunPlan, plan_run_folder, wipe_run_files
-from clasp.pretraining.run_logs import MetricsLog, RowLog, truncate_jsonl
-from clasp.pretraining.schedules import Schedules
+from clasp.pretraining.layout import RUN_FILES
+from clasp.pretraining.run_logs import MetricsLog, RowLog
 from clasp.pretraining.step_stats import ThroughputWindow
-from clasp.runs.trackers import accelerator_options, start_trackers
-from clasp.common.durable import write_json_atomic
+from clasp.runs.checkpoint import CheckpointWriter, load_checkpoint, restore_checkpoint_rng
+from clasp.runs.layout import STREAM_FILE
+from clasp.runs.run_folder import RunPlan, plan_run_folder, take_run_folder
+from clasp.runs.saved_config import saved_form
+from clasp.runs.schedules import Schedules
+from clasp.runs.trackers import start_trackers
 
 log = logging.getLogger("clasp")
-
-ACCELERATE_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 
 
 @dataclass
@@ -114,7 +113,7 @@ def prepare_run(config: PretrainConfig, accelerator, precision) -> RunState:
     model, optimizer, schedules, loader = build_trainer(config, accelerator, inputs)
     core = accelerator.unwrap_model(model)
     start_step = resume_or_seed(config, accelerator, inputs, core, optimizer)
-    take_run_folder(accelerator, inputs, start_step)
+    take_run_folder(accelerator, inputs.folder, RUN_FILES, inputs.saved_config, start_step)
     out, rank, is_main = inputs.folder.out, accelerator.process_index, accelerator.is_main_process
     rows = RowLog(out, rank, start_step, enabled=config.log_rows)
     writer = CheckpointWriter(out, rank, is_main, config.keep_checkpoints)
@@ -143,14 +142,15 @@ def describe_run(config: PretrainConfig, accelerator, precision) -> RunInputs:
     derived = {"world_size": world, "total_batch": total_batch, "peak_lr": config.lr * total_batch / 256,
                "total_steps": total_steps, "batches_per_epoch": stream.batches_per_epoch,
                "data": data_fingerprint(store.manifest)}
-    folder = plan_run_folder(config, derived)
+    folder = plan_run_folder(config.out, config.resume, config.force, RUN_FILES, RESUME_RULE, config.to_dict(),
+                             derived)
     if accelerator.is_main_process:  # once the inputs are known to be good, so that a refusal stays one line
         log.info(precision.line())
         if precision.warning:
             log.warning(precision.warning)
     model_config = model_config_for(config, store.manifest.vocab)
     # `hardware` records what this start ran with; resume does not compare it.
-    saved = saved_form(config, derived) | {"model": model_config.to_dict(), "hardware": hardware}
+    saved = saved_form(config.to_dict(), derived) | {"model": model_config.to_dict(), "hardware": hardware}
     return RunInputs(stream, derived, folder, model_config, saved, hardware)
 
 
@@ -184,55 +184,13 @@ def resume_or_seed(config: PretrainConfig, accelerator, inputs: RunInputs, core,
     if path is None:
         set_seed(config.seed, device_specific=True)  # per-process randomness from here on
         return 0
-    start_step, rng_state = resume_state(path, core, optimizer, accelerator.scaler, inputs.stream, rank)
-    try:
-        restore_rng(rng_state)
-    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
-        raise PretrainInputError(f"{path / RNG_FILE.format(rank=rank)}: not an RNG state "
-                                 f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
-    return start_step
-
-
-def take_run_folder(accelerator, inputs: RunInputs, start_step: int) -> None:
-    """Main process: create (or wipe) the folder, write config.json, drop log lines after the resumed step."""
-    out, folder = inputs.folder.out, inputs.folder
-    accelerator.wait_for_everyone()  # nothing has been written yet; from here on the folder is ours
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        if folder.wipe:
-            wipe_run_files(out)
-        (out / ERROR_LOG).unlink(missing_ok=True)
-        write_json_atomic(out / RUN_CONFIG, inputs.saved_config)  # --resume reads it: never half-written
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process and folder.resume_from is not None:
-        truncate_jsonl(out / METRICS_FILE, start_step)
+    loaded = load_checkpoint(path, core, optimizer, accelerator.scaler, rank)
+    load_stream_position(path / STREAM_FILE.format(rank=rank), loaded.stream_state, inputs.stream)
+    restore_checkpoint_rng(loaded, rank)
+    return loaded.step
 
 
 # ----------------------------------------------------------------------------- pieces of the preparation
-
-
-def make_accelerator(config: PretrainConfig):
-    """The Accelerator, with `config.precision` resolved on its device; returns (accelerator, choice)."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-    from accelerate.utils import parse_flag_from_env
-
-    from clasp.hardware import PrecisionError, probe_capability, resolve_precision
-
-    # A process may train more than once (tests, an evaluation pipeline): the
-    # precision and accumulation settings of a previous run must not stick.
-    AcceleratorState._reset_state()
-    GradientState._reset_state()
-    try:
-        # The process state the Accelerator below will use (it reads ACCELERATE_USE_CPU the same way).
-        device = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).device
-        choice = resolve_precision(config.precision, probe_capability(device))
-    except PrecisionError as exc:
-        raise ConfigError(str(exc)) from None
-    accelerator = Accelerator(mixed_precision=ACCELERATE_PRECISION[choice.precision],
-                              gradient_accumulation_steps=config.grad_accum,
-                              **accelerator_options(config.report_to, config.out))
-    return accelerator, choice
 
 
 def use_process_cores(config: PretrainConfig, accelerator) -> dict[str, Any]:
@@ -299,24 +257,12 @@ def total_steps_for(config: PretrainConfig, batches_per_epoch: int) -> int:
     return steps
 
 
-def resume_state(path: Path, core, optimizer, scaler, stream, rank: int) -> tuple[int, dict]:
-    """Load the checkpoint at `path` into the model, optimizer, scaler and stream; (step, RNG state).
-
-    Anything that does not fit (shapes, a malformed trainer.json or stream state) is a PretrainInputError
-    naming the file, raised before the run folder is touched further.
-    """
+def load_stream_position(stream_file: Path, state: Any, stream) -> None:
+    """A checkpoint's stream position into this process's stream; PretrainInputError naming the file."""
     try:
-        loaded = load_checkpoint(path, core, optimizer, scaler, rank)
-    except CheckpointError as exc:
-        raise PretrainInputError(str(exc)) from None
-    stream_file = path / STREAM_FILE.format(rank=rank)
-    try:
-        if not isinstance(loaded.stream_state, dict):
-            raise TypeError(f"expected a mapping, got {type(loaded.stream_state).__name__}")
-        stream.load_state_dict(loaded.stream_state)
+        if not isinstance(state, dict):
+            raise TypeError(f"expected a mapping, got {type(state).__name__}")
+        stream.load_state_dict(state)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         detail = f"missing {exc}" if isinstance(exc, KeyError) else " ".join(str(exc).split())[:200]
         raise PretrainInputError(f"{stream_file}: not a usable stream position ({detail})") from None
-    if not isinstance(loaded.rng, dict):
-        raise PretrainInputError(f"{path / RNG_FILE.format(rank=rank)}: not an RNG state")
-    return loaded.trainer["step"], loaded.rng

@@ -1,14 +1,12 @@
-"""The numbers of one optimizer step: summed over processes, checked, and written as a metrics row.
+"""The numbers of one pre-training step as a metrics row, and the throughput window behind its speed.
 
-Every process sums its statistics with the others' in one all-reduce that also
-carries the image count and the stop flag, so a non-finite loss on any process
-is seen by all of them before any gradient of it is applied, and every process
-stops at the same step.
+The statistics arrive summed over the processes (`clasp.runs.step_stats.reduce_stats`, whose all-reduce
+also carries the image count and the stop flag); a row holds their per-process means, the schedules'
+values and the images per second since the last row.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
@@ -16,37 +14,6 @@ import torch
 
 # The loss terms, in the order a non-finite one is reported.
 LOSS_TERMS = ("dino", "part", "attribute", "balance", "loss")
-
-
-def reduce_stats(accelerator, stats: dict[str, torch.Tensor], images: int, stop_flag: float) -> dict[str, torch.Tensor]:
-    """Sum every statistic over the processes in one all-reduce (plus images and the stop flag)."""
-    device = accelerator.device
-    names, shapes, flat = [], [], []
-    for name, value in sorted(stats.items()):
-        value = value.detach().float().to(device)
-        names.append(name)
-        shapes.append(value.shape)
-        flat.append(value.reshape(-1))
-    flat.append(torch.tensor([float(images), stop_flag], device=device))
-    vector = torch.cat(flat)
-    if accelerator.num_processes > 1:
-        vector = accelerator.reduce(vector, reduction="sum")
-    out, offset = {}, 0
-    for name, shape in zip(names, shapes):
-        n = math.prod(shape)
-        out[name] = vector[offset:offset + n].reshape(shape).cpu()
-        offset += n
-    out["_images"], out["_stop"] = vector[offset].cpu(), vector[offset + 1].cpu()
-    return out
-
-
-def first_non_finite(summed: dict[str, torch.Tensor]) -> str | None:
-    """The first statistic holding a NaN or infinity (loss terms first), or None."""
-    names = [n for n in LOSS_TERMS if n in summed] + sorted(n for n in summed if n not in LOSS_TERMS)
-    for name in names:
-        if not torch.isfinite(summed[name]).all():
-            return name
-    return None
 
 
 def metrics_row(step: int, stats: dict[str, torch.Tensor], world: int, lr: float, wd: float, momentum: float,

@@ -10,11 +10,13 @@ any gradient of it is applied); then gradient clipping, AdamW, and the EMA
 teacher update.
 
 The pieces, in the order a run meets them: `run_state.prepare_run` (inputs
-checked, model built, resumed, folder taken), `optimizer_step` (one step),
-`log_step` and `save_checkpoint`, `finish`. Data: `batch_source.py`.
+checked, model built, resumed, folder taken), then `clasp.runs.step_loop`
+driving `optimizer_step` (one step), `log_step` and `save_checkpoint`, then
+`finish`. Data: `batch_source.py`. The run folder, checkpoints, schedules,
+signals and the accelerator are `clasp.runs`'.
 
 Stopping: `stop_at`, SIGTERM and SIGINT end the run at the next step boundary
-with a checkpoint (`stop_signals.py`); `resume` continues from the newest
+with a checkpoint (`clasp.runs.stop_signals`; a second signal exits at once); `resume` continues from the newest
 checkpoint with the same model, optimizer, scaler, teacher, DINO centre (all in
 the model's state), global step (which indexes the schedules), data position
 and RNG states, so the steps after a resume reproduce an uninterrupted run.
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -32,19 +33,24 @@ from typing import Any
 
 import torch
 
+from clasp.errors import InputError
 from clasp.pretraining.batch_source import BatchSource  # noqa: F401 - tests patch it here
-from clasp.pretraining.checkpoint import CheckpointWriteError, find_checkpoint
-from clasp.pretraining.config import ConfigError, PretrainConfig
-from clasp.pretraining.errors import NonFiniteLossError, PretrainInputError, RunFailedError
-from clasp.pretraining.run_folder import RunFolderError, write_error_log
-from clasp.pretraining.run_state import RunState, make_accelerator, prepare_run
-from clasp.pretraining.step_stats import first_non_finite, metrics_row, reduce_stats
-from clasp.pretraining.stop_signals import StopSignals
+from clasp.pretraining.config import PretrainConfig
+from clasp.pretraining.errors import PretrainInputError, RunFailedError
+from clasp.pretraining.run_state import RunState, prepare_run
+from clasp.pretraining.step_stats import LOSS_TERMS, metrics_row
 from clasp.runs import FolderLockError, exclusive_run_folder
+from clasp.runs.accelerator import make_accelerator
+from clasp.runs.checkpoint import CheckpointWriteError, find_checkpoint
+from clasp.runs.error_log import write_error_log
+from clasp.runs.step_loop import Every, run_steps
+from clasp.runs.step_stats import NonFiniteLossError, check_finite, reduce_stats
+from clasp.runs.stop_signals import StopSignals, run_stop_signals
+from clasp.runs.trackers import accelerator_options
 
 log = logging.getLogger("clasp")
 
-__all__ = ["NonFiniteLossError", "PretrainInputError", "PretrainResult", "RunFailedError", "run_pretraining"]
+__all__ = ["PretrainInputError", "PretrainResult", "RunFailedError", "run_pretraining"]
 
 
 @dataclass
@@ -66,29 +72,30 @@ class StepOutcome:
     wd: float
     momentum: float
     grad_norm: Any  # before clipping; None without clipping
-    stop_requested: bool
+    stop: bool  # a stop signal reached some process: this is the last step
 
 
 def run_pretraining(config: PretrainConfig) -> PretrainResult:
     """Train (or continue) the run `config.out` on the store `config.shards`.
 
-    Raises PretrainInputError / ConfigError for input problems found before the
+    Raises PretrainInputError for input problems found before the
     first step (having written nothing to `out` but `error.log`), and
     NonFiniteLossError when a loss goes NaN/inf (the last good checkpoint stays).
     """
     threads = torch.get_num_threads()  # the run sets its own; a caller's stays as it was
     try:
         config.validate()
-        accelerator, precision = make_accelerator(config)
+        accelerator, precision = make_accelerator(config.precision, config.grad_accum,
+                                                  **accelerator_options(config.report_to, config.out))
         with exclusive_run_folder(config.out, "clasp pretrain", accelerator):
             return _run(config, accelerator, precision)
     except FolderLockError as exc:  # another run holds the folder: write nothing there, not even error.log
         raise PretrainInputError(str(exc)) from None
-    except (PretrainInputError, ConfigError, RunFolderError) as exc:
+    except (PretrainInputError, InputError) as exc:  # the settings, the store, the folder, a checkpoint
         if os.environ.get("RANK", "0") == "0":  # the launcher's global rank; one log line, not one per process
             write_error_log(config.out, str(exc))
         raise PretrainInputError(str(exc)) from None
-    except RunFailedError as exc:
+    except (RunFailedError, NonFiniteLossError) as exc:
         if os.environ.get("RANK", "0") == "0":
             write_error_log(config.out, str(exc))
         raise
@@ -101,20 +108,14 @@ def _run(config: PretrainConfig, accelerator, precision) -> PretrainResult:
     from clasp.pretraining.stream import BadRowError
 
     run = prepare_run(config, accelerator, precision)
+    every = Every(config.log_every, config.save_every, run.end_step)
     try:
-        with StopSignals(partial(exit_now_line, run), partial(first_signal_line, run)) as signals:
+        with run_stop_signals(run.out, run.is_main, lambda: run.step + 1) as signals:
             run.window.start()
-            while run.step < run.end_step:
-                outcome = optimizer_step(run, signals)
-                stop = outcome.stop_requested
-                if run.step % config.log_every == 0 or run.step == run.end_step or stop:
-                    log_step(run, outcome)
-                if run.step % config.save_every == 0 or run.step == run.end_step or stop:
-                    save_checkpoint(run)
-                if stop:
-                    run.stopped_by = signals.received or "signal"
-                    break
-    except RunFailedError:
+            _, signal_name = run_steps(run.step, every, signals, partial(optimizer_step, run, signals),
+                                       partial(log_step, run), partial(save_checkpoint, run))
+            run.stopped_by = signal_name or run.stopped_by
+    except (RunFailedError, NonFiniteLossError):
         raise
     except (BadRowError, MemoryError, RuntimeError, OSError) as exc:
         failure = as_run_failure(run, exc)
@@ -166,11 +167,7 @@ def micro_batch(run: RunState, signals: StopSignals) -> tuple[dict[str, torch.Te
     with accelerator.accumulate(run.model):
         loss, stats = run.model(batch, run.step)
         summed = reduce_stats(accelerator, stats, batch.batch_size, 1.0 if signals.received else 0.0)
-        bad = first_non_finite(summed)
-        if bad is not None:
-            raise NonFiniteLossError(
-                f"step {run.step + 1}: loss term {bad!r} is {summed[bad].item()} (summed over {run.world} "
-                f"process(es)); stopped without applying it. Last good checkpoint: {last_complete(run)}")
+        check_finite(summed, run.step + 1, run.world, last_complete(run), LOSS_TERMS)
         accelerator.backward(loss)
         if accelerator.sync_gradients:
             grad_norm = finish_gradients(run)
@@ -214,20 +211,9 @@ def save_checkpoint(run: RunState, stream_state: dict | None = None) -> Path | N
     return run.checkpoint
 
 
-def _write_checkpoint(run: RunState, stream_state: dict) -> Path | None:
-    accelerator, writer, step = run.accelerator, run.writer, run.step
-    tmp = writer.begin(step)
-    accelerator.wait_for_everyone()
-    if run.is_main:
-        writer.write_shared(tmp, run.core, run.optimizer, accelerator.scaler, run.inputs.saved_config)
-    writer.write_own(tmp, stream_state)
-    accelerator.wait_for_everyone()
-    final = None
-    if run.is_main:
-        final = writer.commit(tmp, step, {"step": step, "total_steps": run.total_steps, "world_size": run.world,
-                                          "epoch": run.stream.epoch, "time": time.time()})
-    accelerator.wait_for_everyone()
-    return final or find_checkpoint(run.out, step)
+def _write_checkpoint(run: RunState, stream_state: dict) -> Path:
+    return run.writer.save(run.accelerator, run.step, run.core, run.optimizer, run.inputs.saved_config, stream_state,
+                           {"total_steps": run.total_steps, "epoch": run.stream.epoch})
 
 
 def finish(run: RunState) -> PretrainResult:
@@ -267,20 +253,6 @@ def as_run_failure(run: RunState, exc: BaseException) -> RunFailedError | None:
         return RunFailedError(f"{getattr(exc, 'filename', None) or run.out}: step {run.step + 1}: "
                               f"{exc.strerror or one_line(exc)}; the last complete checkpoint is {last_complete(run)}")
     return None
-
-
-def exit_now_line(run: RunState, name: str) -> str:
-    """The line a second stop signal prints (and leaves in error.log) before the process exits."""
-    line = (f"second {name}: stopped at once during step {run.step + 1}; the last complete checkpoint is "
-            f"{last_complete(run)}; continue with --resume")
-    if run.is_main:
-        write_error_log(run.out, line)
-    return f"error: {line}"
-
-
-def first_signal_line(run: RunState, name: str) -> str | None:
-    return (f"{name}: stopping after step {run.step + 1} with a checkpoint; send it again to stop at once"
-            if run.is_main else None)
 
 
 def one_line(exc: BaseException) -> str:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from clasp.pretraining.layout import METRICS_FILE
+from clasp.runs.metrics_log import METRICS_FILE
 from clasp.common.percent import percent
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clasp.pretraining.layout import METRICS_FILE
+from clasp.runs.metrics_log import METRICS_FILE
 from clasp.store import ClipInfo, LabelRows, Manifest, Vocabulary, record_shard, shard_name, write_shard_for
 
 

@@ -13,7 +13,7 @@ from clasp.evaluation.metrics import instance_metrics, reid_scores
 from clasp.evaluation.rerank import re_rank
 from clasp.finetune.batches import StepPlan, pk_batches, rank_batches, shuffled_batches
 from clasp.finetune.config import FinetuneConfigError, build_config
-from clasp.finetune.losses import attribute_weights, batch_hard_triplet, lr_schedule, weighted_bce
+from clasp.finetune.losses import attribute_weights, batch_hard_triplet, weighted_bce
 from clasp.finetune.model import BNNeckHead, FinetuneModel, param_groups
 from clasp.pretraining.vit import PromptedViT, ViTConfig
 
@@ -101,13 +101,6 @@ def test_instance_metrics_by_hand() -> None:
     truth = np.array([[1, 0, 0], [0, 1, 0]], bool)
     got = instance_metrics(pred, truth)
     assert got == pytest.approx({"accuracy": 0.25, "precision": 0.25, "recall": 0.5, "f1": 1 / 3})
-
-
-def test_lr_schedules() -> None:
-    cosine = lr_schedule(10, 1.0, 0.0, 0.2, "cosine", [], 0.1)
-    assert cosine[:3] == pytest.approx([0.0, 0.5, 1.0]) and cosine[-1] == pytest.approx(0.0)
-    steps = lr_schedule(10, 1.0, 0.0, 0.0, "step", [0.5, 0.8], 0.1)
-    assert steps == pytest.approx([1] * 5 + [0.1] * 3 + [0.01] * 2)
 
 
 def test_layer_decay_and_weight_decay_groups() -> None:

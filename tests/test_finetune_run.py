@@ -210,7 +210,7 @@ def test_run_folder_rules(world, tmp_path: Path) -> None:
     run_finetune(reid_config(world, out, steps=2, stop_at=1))
     with pytest.raises(FinetuneInputError, match="holds another run"):
         run_finetune(reid_config(world, out, steps=2))
-    with pytest.raises(FinetuneInputError, match=r"cannot resume, settings differ \(lr: checkpoint 0.001, now 0.002"):
+    with pytest.raises(FinetuneInputError, match=r"cannot resume, settings differ from the run.s \(lr: checkpoint 0.001, now 0.002"):
         run_finetune(reid_config(world, out, steps=2, lr=2e-3, resume=True))
     assert (out / "error.log").read_text().count("error: ") == 2
     result = run_finetune(reid_config(world, out, steps=2, force=True))

@@ -133,7 +133,7 @@ def test_runs_and_exports_written_with_num_experts_still_load(run_dir: Path, tmp
 def test_load_backbone_needs_no_training_code(run_dir: Path, tmp_path: Path) -> None:
     out = export_backbone(ExportConfig(run=run_dir, out=tmp_path / "b", task="instance"))
     blocked = ["clasp.pretraining.model", "clasp.pretraining.train", "clasp.pretraining.stream",
-               "clasp.pretraining.heads", "clasp.pretraining.checkpoint", "clasp.pretraining.export",
+               "clasp.pretraining.heads", "clasp.runs.checkpoint", "clasp.pretraining.export",
                "clasp.store.reader", "clasp.store.writer", "clasp.store.manifest", "clasp.store.schema",
                "accelerate", "h5py"]  # the store's constant PERSON_HW is allowed: it imports nothing
     code = (f"import sys\nfor m in {blocked!r}: sys.modules[m] = None\n"

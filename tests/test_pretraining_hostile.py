@@ -27,7 +27,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 from clasp.cli import main
-from clasp.pretraining.checkpoint import find_checkpoint, read_trainer_state
+from clasp.runs.checkpoint import find_checkpoint, read_trainer_state
 from clasp.store import Vocabulary
 from tests.conftest import TINY_RUN, one_error_line, snapshot, write_store
 
@@ -185,7 +185,7 @@ def test_a_damaged_checkpoint_is_refused_naming_its_file(stopped_run: Path, kind
 
 
 def test_disk_full_while_saving_keeps_the_last_checkpoint(store: Path, tmp_path: Path, monkeypatch) -> None:
-    import clasp.pretraining.checkpoint as checkpoint
+    import clasp.runs.checkpoint as checkpoint
 
     real, calls, seen = checkpoint.save_model, [], {}
 
@@ -214,7 +214,7 @@ def test_disk_full_while_saving_keeps_the_last_checkpoint(store: Path, tmp_path:
 
 
 def test_torch_save_failing_is_the_same_one_line(store: Path, tmp_path: Path, monkeypatch) -> None:
-    import clasp.pretraining.checkpoint as checkpoint
+    import clasp.runs.checkpoint as checkpoint
 
     def full(*args, **kwargs):
         raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file "

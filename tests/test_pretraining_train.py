@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 from clasp.hardware import available_cores, dataloader_workers, probe_capability, resolve_precision
 from clasp.pretraining.config import PretrainConfig
-from clasp.pretraining.train import NonFiniteLossError, PretrainInputError, run_pretraining
+from clasp.pretraining.train import PretrainInputError, run_pretraining
+from clasp.runs.step_stats import NonFiniteLossError
 from tests.conftest import TINY_RUN, losses, read_metrics
 
 TINY = {**TINY_RUN, "local_crops": 2, "num_workers": 0, "save_every": 2}

@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from clasp.pretraining.checkpoint import capture_rng, restore_rng
-from clasp.pretraining.config import (
-    KEYS, ConfigError, PretrainConfig, build_config, describe_differences, incompatible_differences,
-)
-from clasp.pretraining.schedules import Schedules, cosine_schedule
+from clasp.pretraining.config import KEYS, RESUME_RULE, ConfigError, PretrainConfig, build_config
+from clasp.runs.checkpoint import capture_rng, restore_rng
+from clasp.runs.saved_config import describe_differences
+from clasp.runs.schedules import Schedules, cosine_schedule
 
 
 def test_file_then_flags_override(tmp_path: Path) -> None:
@@ -55,7 +54,7 @@ def test_bad_values_named(tmp_path: Path, text: str, match: str) -> None:
 def test_incompatible_keys_named_with_both_values() -> None:
     saved = PretrainConfig(shards="a", out="o", steps=10).to_dict()
     new = PretrainConfig(shards="moved", out="o", steps=10, batch_size=16, save_every=5, experts=8)
-    diffs = incompatible_differences(saved, {"world_size": 1}, new, {"world_size": 2})
+    diffs = RESUME_RULE.differences(saved, {"world_size": 1}, new.to_dict(), {"world_size": 2})
     assert {d[0] for d in diffs} == {"batch_size", "experts", "derived.world_size"}
     message = describe_differences(diffs, "run/config.json")
     assert "batch_size: checkpoint 32, now 16" in message and "experts: checkpoint 6, now 8" in message

@@ -1,9 +1,16 @@
-"""Stopping a run cleanly on SIGTERM/SIGINT, and at once on the second one.
+"""Stopping a run cleanly on SIGTERM/SIGINT, and at once on the second one (every training command).
 
 The first signal only sets a flag that the loop reads at its next step
 boundary (several processes stop together, on the flag their all-reduce
-carries); the second ends the process at once, leaving the last complete
-checkpoint as it is.
+carries: `step_stats.reduce_stats`); the loop then saves what the command
+saves (a checkpoint; train-clip: its model) and ends. The second ends the
+process at once with exit status 128 + the signal's number (143 for SIGTERM,
+130 for SIGINT), after printing one line and writing it to error.log
+(`run_stop_signals`), leaving the last complete checkpoint as it is.
+
+Invariant: signals are counted by a watcher thread as they arrive, not when
+the main thread next runs Python, so a second signal during a long backward
+pass still exits at once.
 """
 
 from __future__ import annotations
@@ -11,7 +18,8 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 
 # Ends the watcher. Closing the pipe's write end is not enough: a DataLoader worker forked while the
@@ -101,3 +109,28 @@ class StopSignals:
         if self._watcher is not None:
             self._watcher.join(timeout=5.0)
             self._watcher = None
+
+
+def run_stop_signals(out: str | Path, is_main: bool, next_step: Callable[[], int],
+                     saves: str = "with a checkpoint", kept: Callable[[], str] | None = None) -> StopSignals:
+    """The watcher of a run in folder `out`, with the lines every command prints: on the first signal
+    (main process) "stopping after step N `saves`", on the second "stopped at once during step N" and
+    what is kept (`kept()`; by default the last complete checkpoint, to continue with --resume), also
+    written to OUT/error.log. `next_step()`: the step under way (1-based)."""
+    from clasp.runs.checkpoint import find_checkpoint
+    from clasp.runs.error_log import write_error_log
+
+    def last_checkpoint() -> str:
+        return f"the last complete checkpoint is {find_checkpoint(out) or 'none'}; continue with --resume"
+
+    def first(name: str) -> str | None:
+        return (f"{name}: stopping after step {next_step()} {saves}; send it again to stop at once"
+                if is_main else None)
+
+    def exit_now(name: str) -> str:
+        line = f"second {name}: stopped at once during step {next_step()}; {(kept or last_checkpoint)()}"
+        if is_main:
+            write_error_log(out, line)
+        return f"error: {line}"
+
+    return StopSignals(exit_now, first)

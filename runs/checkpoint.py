@@ -3,22 +3,33 @@
 Accelerate's `save_state` writes the RNG states and registered objects with
 pickle and reads registered objects back with `weights_only=False` (accelerate
 1.x, `load_custom_state`), and it swallows a failed RNG restore. So the pieces
-are written here, each in a format that loads without unpickling code:
+are written here, each in a format that loads without unpickling code (the
+files: layout.py):
 
 ```
 OUT/checkpoints/step-00000100/
-  model.safetensors   the whole training model: student, EMA teacher, heads, loss state (DINO centre)
+  model.safetensors   the whole training model (a command's extra state lives in its buffers)
   optimizer.pt        AdamW state_dict        (torch.save; loaded with weights_only=True)
   scaler.pt           fp16 GradScaler state   (only with --precision fp16)
   rng-rank{R}.pt      RNG states of process R (python, numpy, torch, cuda) as tensors/ints
-  stream-rank{R}.pt   data stream position of process R (its state_dict)
+  stream-rank{R}.pt   data position of process R (only for a command that gives one)
   config.json         the resolved run config
   trainer.json        global step, world size, clasp version
 ```
 
-A checkpoint is written into `step-XXXXXXXX.tmp/` and renamed when every
-process has written its part, so a crash (even `kill -9`) during a save leaves
-the previous checkpoint as the newest complete one.
+Invariants:
+
+- A checkpoint is written into `step-XXXXXXXX.tmp/` and renamed when every
+  process has written its part (trainer.json last), so a crash (even
+  `kill -9`) during a save leaves the previous checkpoint as the newest
+  complete one; a failed write removes the `.tmp` folder and says which
+  checkpoint is the last complete one (`CheckpointWriteError`, a RunError).
+- Loading is strict and reads everything before the run folder is touched:
+  every model key, the optimizer state's parameter count and shapes, the
+  step in trainer.json against the folder's name, and the RNG state; any
+  mismatch is one `CheckpointError` line naming the file (an InputError).
+- After `restore_checkpoint` the Python, NumPy and torch (CUDA) random
+  streams continue as they would have in the uninterrupted run.
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ import os
 import random
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -37,19 +49,20 @@ import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 
-from clasp.pretraining.layout import (
+from clasp.common.durable import fsync_dir, write_json_atomic
+from clasp.errors import InputError, RunError
+from clasp.runs.layout import (
     CHECKPOINTS_DIR, MODEL_FILE, OPTIMIZER_FILE, RNG_FILE, RUN_CONFIG, SCALER_FILE, STREAM_FILE, TRAINER_FILE,
 )
-from clasp.common.durable import fsync_dir, write_json_atomic
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(InputError, RuntimeError):
     """A checkpoint that cannot be used; the message names the file."""
 
 
-class CheckpointWriteError(CheckpointError):
+class CheckpointWriteError(RunError, RuntimeError):
     """A checkpoint could not be written (disk full, quota, I/O error); its `.tmp` folder has been removed."""
 
 
@@ -185,12 +198,32 @@ class CheckpointWriter:
         with self._failing_write(tmp, RUN_CONFIG):
             write_json_atomic(tmp / RUN_CONFIG, saved_config)
 
-    def write_own(self, tmp: Path, stream_state: Any) -> None:
-        """Every process: its RNG states and data position."""
+    def write_own(self, tmp: Path, stream_state: Any = None) -> None:
+        """Every process: its RNG states and, when the command has one, its data position."""
         with self._failing_write(tmp, RNG_FILE.format(rank=self.rank)):
             torch.save(capture_rng(), tmp / RNG_FILE.format(rank=self.rank))
-        with self._failing_write(tmp, STREAM_FILE.format(rank=self.rank)):
-            torch.save(stream_state, tmp / STREAM_FILE.format(rank=self.rank))
+        if stream_state is not None:
+            with self._failing_write(tmp, STREAM_FILE.format(rank=self.rank)):
+                torch.save(stream_state, tmp / STREAM_FILE.format(rank=self.rank))
+
+    def save(self, accelerator, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+             saved_config: dict[str, Any], stream_state: Any = None, trainer: dict[str, Any] | None = None) -> Path:
+        """A checkpoint of `step` written by every process together (each calls it); the complete folder.
+
+        `model` is the unwrapped module; `trainer`: more of trainer.json (step and world size are always there).
+        """
+        tmp = self.begin(step)
+        accelerator.wait_for_everyone()
+        if self.is_main:
+            self.write_shared(tmp, model, optimizer, accelerator.scaler, saved_config)
+        self.write_own(tmp, stream_state)
+        accelerator.wait_for_everyone()
+        final = None
+        if self.is_main:
+            final = self.commit(tmp, step, {"step": step, "world_size": accelerator.num_processes,
+                                            "time": time.time(), **(trainer or {})})
+        accelerator.wait_for_everyone()
+        return final or self.run_dir / CHECKPOINTS_DIR / step_dir_name(step)
 
     def commit(self, tmp: Path, step: int, trainer_state: dict[str, Any]) -> Path:
         """Main process, after every process wrote: mark complete, rename, prune old ones."""
@@ -210,21 +243,19 @@ class CheckpointWriter:
 class LoadedCheckpoint:
     path: Path
     trainer: dict[str, Any]
-    stream_state: Any
+    stream_state: Any  # None for a command without a data position of its own
     rng: dict[str, Any]
+
+    @property
+    def step(self) -> int:
+        return self.trainer["step"]
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
-                    scaler: Any, rank: int) -> LoadedCheckpoint:
-    """Load weights and optimizer/scaler state in place; return the rest (RNG restored by the caller)."""
+                    scaler: Any, rank: int, with_stream: bool = True) -> LoadedCheckpoint:
+    """Load weights and optimizer/scaler state in place; return the rest (`restore_rng` is the caller's)."""
     trainer = read_trainer_state(path)
-    try:
-        missing, unexpected = load_model(model, str(path / MODEL_FILE), strict=False)
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"{path / MODEL_FILE}: cannot be loaded ({_one_line(exc)})") from None
-    if missing or unexpected:
-        raise CheckpointError(f"{path / MODEL_FILE}: does not match the model (missing {sorted(missing)[:5]}, "
-                              f"unexpected {sorted(unexpected)[:5]})")
+    load_weights(path / MODEL_FILE, model)
     if optimizer is not None:
         state = safe_load(path / OPTIMIZER_FILE)
         check_optimizer_state(state, optimizer, path / OPTIMIZER_FILE)
@@ -237,9 +268,31 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
             scaler.load_state_dict(safe_load(path / SCALER_FILE))
         except (ValueError, KeyError, TypeError, RuntimeError) as exc:
             raise CheckpointError(f"{path / SCALER_FILE}: does not fit the scaler ({_one_line(exc)})") from None
-    rng_file = path / RNG_FILE.format(rank=rank)
-    stream_file = path / STREAM_FILE.format(rank=rank)
-    return LoadedCheckpoint(path, trainer, safe_load(stream_file), safe_load(rng_file))
+    stream = safe_load(path / STREAM_FILE.format(rank=rank)) if with_stream else None
+    rng = safe_load(path / RNG_FILE.format(rank=rank))
+    if not isinstance(rng, dict):
+        raise CheckpointError(f"{path / RNG_FILE.format(rank=rank)}: not an RNG state")
+    return LoadedCheckpoint(path, trainer, stream, rng)
+
+
+def load_weights(file: Path, model: torch.nn.Module) -> None:
+    """Every key of `model` from a safetensors file, none missing and none left over."""
+    try:
+        missing, unexpected = load_model(model, str(file), strict=False)
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"{file}: cannot be loaded ({_one_line(exc)})") from None
+    if missing or unexpected:
+        raise CheckpointError(f"{file}: does not match the model (missing {sorted(missing)[:5]}, "
+                              f"unexpected {sorted(unexpected)[:5]})")
+
+
+def restore_checkpoint_rng(loaded: LoadedCheckpoint, rank: int) -> None:
+    """This process's RNG states from a loaded checkpoint; CheckpointError naming the file when unusable."""
+    try:
+        restore_rng(loaded.rng)
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+        raise CheckpointError(f"{loaded.path / RNG_FILE.format(rank=rank)}: not an RNG state "
+                              f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
 
 
 def read_trainer_state(path: Path) -> dict[str, Any]:

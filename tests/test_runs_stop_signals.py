@@ -7,7 +7,7 @@ import signal
 import threading
 import time
 
-from clasp.pretraining.stop_signals import StopSignals
+from clasp.runs.stop_signals import StopSignals
 
 
 def _watchers() -> list[threading.Thread]:
