@@ -19,13 +19,13 @@ or detection of an image that is not listed, an image listed but absent.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from clasp.common.json_files import read_json
 from clasp.datasets.errors import DatasetError
 from clasp.datasets.keypoint_names import KEYPOINT_NAMES, NUM_KEYPOINTS, PERSON_CATEGORY, SKELETON
 
@@ -98,12 +98,7 @@ def read_coco_pose(root: Path, detections: Path | None = None) -> tuple[PoseInst
 
 
 def _load_json(path: Path, kind: type):
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DatasetError(f"{path}: cannot be read as JSON ({exc})") from None
+    data = read_json(path, DatasetError)
     if not isinstance(data, kind):
         raise DatasetError(f"{path}: expected a JSON {'object' if kind is dict else 'list'}")
     return data
