@@ -24,12 +24,12 @@ says that weights trained on images under other terms take those terms.
 from __future__ import annotations
 
 import importlib.metadata
-import json
 from pathlib import Path
 from typing import Any
 
 from clasp.pretraining.run_state import data_fingerprint
 from clasp.store import Manifest, StoreError
+from clasp.common.json_files import read_json
 from clasp.common.percent import percent
 
 LICENSE_FILE = Path(__file__).resolve().parents[1] / "LICENSE"  # the repository root is the package
@@ -65,12 +65,7 @@ def license_id() -> str:
 
 def read_eval_results(path: Path) -> dict:
     """The results.json of `clasp eval` at `path`; anything else is refused, naming the file."""
-    try:
-        results = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise EvalResultsError(f"{path}: eval results not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EvalResultsError(f"{path}: cannot be read as JSON ({exc})") from None
+    results = read_json(path, EvalResultsError, what="eval results")
     if not isinstance(results, dict) or not isinstance(results.get("tasks"), list) or "kind" not in results:
         raise EvalResultsError(f"{path}: not a results file of `clasp eval` (no 'kind' and 'tasks')")
     return results
