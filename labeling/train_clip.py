@@ -27,6 +27,15 @@ The tokenizer is a byte-level BPE learned from the corpus captions plus the
 vocabulary's prompts (`tiny_clip.train_prompt_tokenizer`), so every prompt the
 labeler will embed splits into known pieces.
 
+The learning rate is DINO's warm-up + cosine (`clasp.runs.schedules`), down to
+`MIN_LR_FRACTION` of the peak. From `clasp.runs` the command also takes the
+folder lock (one writer of OUT), error.log (a refused or failed run's line),
+metrics.jsonl and the trackers, and the stop-signal watcher: the first
+SIGTERM/SIGINT ends the run after the step under way, which then evaluates and
+saves the model it has (the report says how many steps it took); the second
+exits at once with 128 + its number, its line in error.log. train-clip has no
+checkpoints to resume from (`checkpoint_every` saves plain model folders).
+
 Invariants: a run is a pure function of (corpus file contents, config) on a
 given machine and thread count — the initial weights, the held-out split
 (every `HOLDOUT_EVERY`-th pair), the pairs of each step and every mosaic layout
@@ -51,12 +60,17 @@ from tqdm import tqdm
 from transformers import CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
+from clasp.errors import InputError, RunError
 from clasp.labeling.caption_corpus import LETTERBOX_GREY, CorpusImages, load_corpus_images, read_caption_pairs
 from clasp.labeling.errors import LabelingError
 from clasp.labeling.text_embeddings import projected_features
 from clasp.labeling.tiny_clip import PRESETS, clip_config, train_prompt_tokenizer, vocabulary_prompts
 from clasp.labeling.train_clip_config import TrainClipConfig
 from clasp.labeling.train_clip_log import TrainClipLog
+from clasp.runs import FolderLockError, exclusive_folder
+from clasp.runs.error_log import write_error_log
+from clasp.runs.schedules import lr_schedule
+from clasp.runs.stop_signals import StopSignals, run_stop_signals
 from clasp.store import Vocabulary
 
 HOLDOUT_EVERY = 20  # pair i is held out when i % 20 == 19
@@ -64,6 +78,8 @@ REPORT_FILE = "train_report.json"
 MAX_LOGIT_SCALE = math.log(100.0)
 TEXT_CHUNK = 64
 NO_TARGET = -100  # a mosaic cell no tile covers: cross-entropy's ignore index
+MIN_LR_FRACTION = 0.1  # the cosine ends near a tenth of the peak learning rate
+NOT_SAVED = "the model was not saved (train-clip keeps no checkpoint to resume); start the run again"
 
 
 @dataclass
@@ -76,6 +92,7 @@ class TrainClipReport:
     last_loss: float
     heldout: dict[str, float]
     loss_curve: list[tuple[int, float]] = field(default_factory=list)
+    stopped_by: str = "end"  # or the stop signal's name (SIGTERM, SIGINT): `steps` were done
 
     def line(self) -> str:
         h = self.heldout
@@ -308,13 +325,9 @@ def build_model(config: TrainClipConfig, captions: list[str]) -> tuple[CLIPModel
     return model, tokenizer
 
 
-def lr_at(step: int, config: TrainClipConfig) -> float:
-    """Linear warm-up, then cosine down to a tenth of the peak (one value per step, DINO style)."""
-    warm = max(1, round(config.warmup * config.steps))
-    if step < warm:
-        return config.lr * (step + 1) / warm
-    t = (step - warm) / max(1, config.steps - warm)
-    return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+def lr_steps(config: TrainClipConfig) -> np.ndarray:
+    """The learning rate of every step: warm-up over `warmup` of them, then cosine towards a tenth of `lr`."""
+    return lr_schedule("cosine", config.steps, config.lr, config.warmup, min_lr=MIN_LR_FRACTION * config.lr)
 
 
 def make_optimizer(model: CLIPModel, config: TrainClipConfig) -> torch.optim.Optimizer:
@@ -367,9 +380,11 @@ class TrainedClip:
     report: TrainClipReport
 
 
-def train(config: TrainClipConfig, open_log: Callable[[], TrainClipLog] | None = None) -> TrainedClip:
-    """Read the corpus, train, and evaluate on the held-out pairs; nothing is written but the log that
-    `open_log` opens once the inputs are known to be good."""
+def train(config: TrainClipConfig, open_log: Callable[[], TrainClipLog] | None = None,
+          signals: StopSignals | None = None) -> TrainedClip:
+    """Read the corpus, train (until the end, or the step a stop signal of `signals` arrived in), and
+    evaluate on the held-out pairs; nothing is written but the log that `open_log` opens once the inputs
+    are known to be good."""
     start = time.perf_counter()
     config.check()
     pairs = read_caption_pairs(config.corpus)
@@ -384,22 +399,24 @@ def train(config: TrainClipConfig, open_log: Callable[[], TrainClipLog] | None =
     pool = index[index % HOLDOUT_EVERY != HOLDOUT_EVERY - 1] if len(held) < len(pairs) else index
     log = open_log() if open_log is not None else None
     try:
-        curve = _optimise(model, images, pool, tokens, lengths, config, tokenizer, log)
+        curve = _optimise(model, images, pool, tokens, lengths, config, tokenizer, log, signals)
         heldout = heldout_retrieval(model, images, held, tokens, lengths) if len(held) else {}
         if log is not None:
-            log.trackers.log_row(config.steps, {"heldout": heldout})
+            log.trackers.log_row(len(curve), {"heldout": heldout})
     finally:
         if log is not None:
             log.close()
-    report = TrainClipReport(config.steps, time.perf_counter() - start, len(pool), len(held),
-                             curve[0][1] if curve else float("nan"), _tail_mean(curve), heldout, curve)
+    stopped_by = signals.received if signals is not None and signals.received else "end"
+    report = TrainClipReport(len(curve), time.perf_counter() - start, len(pool), len(held),
+                             curve[0][1] if curve else float("nan"), _tail_mean(curve), heldout, curve, stopped_by)
     return TrainedClip(model.eval(), tokenizer, report)
 
 
 def _optimise(model: CLIPModel, images: CorpusImages, pool: torch.Tensor, tokens: torch.Tensor,
               lengths: torch.Tensor, config: TrainClipConfig, tokenizer: CLIPTokenizer,
-              log: TrainClipLog | None = None) -> list[tuple[int, float]]:
-    """The training loop; returns (step, loss) per step, and writes a metrics row per step to `log`."""
+              log: TrainClipLog | None = None, signals: StopSignals | None = None) -> list[tuple[int, float]]:
+    """The training loop; returns (step, loss) per step done, and writes a metrics row per step to `log`;
+    ends after the step a stop signal arrived in."""
     patch = model.config.vision_config.patch_size
     gen = torch.Generator().manual_seed(config.seed)
     optimizer = make_optimizer(model, config)
@@ -408,10 +425,10 @@ def _optimise(model: CLIPModel, images: CorpusImages, pool: torch.Tensor, tokens
     model.train()
     curve: list[tuple[int, float]] = []
     bar = tqdm(range(config.steps), desc="train-clip", unit="step", disable=not config.progress, dynamic_ncols=True)
-    tick, seen = time.perf_counter(), 0
+    tick, seen, lrs = time.perf_counter(), 0, lr_steps(config)
     for step_no in bar:
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step_no, config)
+            group["lr"] = float(lrs[step_no])
         step = make_step(gen, images, pool, config, patch, tiles, scale)
         loss = contrastive_loss(model, step, tokens, lengths, config.dense_weight, config.dense_within_mosaic)
         optimizer.zero_grad(set_to_none=True)
@@ -426,18 +443,43 @@ def _optimise(model: CLIPModel, images: CorpusImages, pool: torch.Tensor, tokens
         pairs_per_s = seen / (time.perf_counter() - tick)
         bar.set_postfix(loss=f"{value:.3f}", pairs_s=f"{pairs_per_s:.0f}")
         if log is not None:
-            log.write({"step": step_no + 1, "loss": value, "lr": lr_at(step_no, config),
+            log.write({"step": step_no + 1, "loss": value, "lr": float(lrs[step_no]),
                        "logit_scale": float(model.logit_scale.detach().exp()), "pairs_per_s": pairs_per_s})
         if config.checkpoint_every and (step_no + 1) % config.checkpoint_every == 0 and step_no + 1 < config.steps:
             save_clip(model, tokenizer, Path(config.out) / f"step-{step_no + 1:06d}", model.config.vision_config.image_size)
+        if signals is not None and signals.received is not None:
+            break
+    bar.close()
     return curve
 
 
 def train_clip(config: TrainClipConfig) -> TrainClipReport:
-    """`clasp train-clip`: train, then save the model and `train_report.json` to `config.out`."""
-    trained = train(config, lambda: TrainClipLog(config))
-    save_clip(trained.model, trained.tokenizer, Path(config.out), trained.model.config.vision_config.image_size)
-    _write_report(Path(config.out) / REPORT_FILE, config, trained.report)
+    """`clasp train-clip`: train, then save the model and `train_report.json` to `config.out`, holding the
+    folder's lock; a refused or failed run leaves its line in OUT/error.log."""
+    out = Path(config.out)
+    try:
+        with exclusive_folder(out, "clasp train-clip"):
+            return _train_and_save(config, out)
+    except (InputError, RunError) as exc:
+        if not isinstance(exc, FolderLockError):  # another command's folder: write nothing there
+            write_error_log(out, str(exc), create=False)  # a folder the refusal did not make stays unmade
+        raise
+
+
+def _train_and_save(config: TrainClipConfig, out: Path) -> TrainClipReport:
+    logs: list[TrainClipLog] = []  # opened by `train` once the inputs are good
+
+    def open_log() -> TrainClipLog:
+        logs.append(TrainClipLog(config))
+        return logs[-1]
+
+    def next_step() -> int:
+        return (logs[-1].steps_done if logs else 0) + 1
+
+    with run_stop_signals(out, True, next_step, "and saving the model", lambda: NOT_SAVED) as signals:
+        trained = train(config, open_log, signals)
+    save_clip(trained.model, trained.tokenizer, out, trained.model.config.vision_config.image_size)
+    _write_report(out / REPORT_FILE, config, trained.report)
     return trained.report
 
 

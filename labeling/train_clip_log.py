@@ -3,8 +3,9 @@
 A row: `step` (steps done, from 1), `loss`, `lr`, `logit_scale` (CLIP's learnt inverse temperature,
 exp of the parameter) and `pairs_per_s` (pairs shown per second since the first step). The held-out
 retrieval goes to the trackers at the last step as `heldout/NAME` (train_report.json holds it too).
-train-clip has no resume: a run starts metrics.jsonl and OUT/trackers anew. Only `train_clip` opens a
-log; `train` alone writes nothing.
+train-clip has no resume: a run starts metrics.jsonl and OUT/trackers anew, and removes the error.log of
+a previous start (`clasp.runs.error_log`). Only `train_clip` opens a log, once the inputs are known to be
+good; `train` alone writes nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from clasp.labeling.train_clip_config import TrainClipConfig
+from clasp.runs.error_log import clear_error_log
 from clasp.runs.metrics_log import MetricsLog
 from clasp.runs.trackers import Trackers, accelerator_options, chosen, start_trackers
 
@@ -25,11 +27,14 @@ class TrainClipLog:
     def __init__(self, config: TrainClipConfig) -> None:
         out = Path(config.out)
         out.mkdir(parents=True, exist_ok=True)
+        clear_error_log(out)
         self.trackers = open_trackers(config)
         self._log = MetricsLog(out, is_main=True, trackers=self.trackers, fresh=True)
+        self.steps_done = 0
 
     def write(self, row: dict[str, Any]) -> None:
         self._log.write(row)
+        self.steps_done = row["step"]
 
     def close(self) -> None:
         self._log.close()

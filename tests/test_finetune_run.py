@@ -262,3 +262,80 @@ def test_clasp_eval_names_every_layout_it_reads(tmp_path: Path) -> None:
     lines = got.output.strip().splitlines()
     assert got.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), got.output
     assert "Market-1501" in lines[0] and "MSMT17" in lines[0] and "clasp synth" in lines[0]
+
+
+SECOND_SIGNAL = """
+import os, signal, sys, time
+from clasp.finetune import loop
+
+real = loop._Loop.step
+
+def step(self, batch, stop):  # both signals arrive during step 3, the second while it still runs
+    if self.step_no == 2:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(60)
+    return real(self, batch, stop)
+
+loop._Loop.step = step
+from clasp.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_a_second_sigterm_exits_at_once_with_143_keeping_the_last_checkpoint(world, tmp_path: Path) -> None:
+    from tests.test_pretraining_train_processes import env
+
+    out = tmp_path / "run"
+    command = reid_command(world, out, "--steps", "10", "--save-every", "2", "--num-workers", "0")
+    done = subprocess.run([sys.executable, "-c", SECOND_SIGNAL, *command[3:]], capture_output=True, text=True,
+                          env=env(), timeout=300)
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr[-3000:]
+    line = (f"error: second SIGTERM: stopped at once during step 3; the last complete checkpoint is "
+            f"{out / 'checkpoints' / 'step-00000002'}; continue with --resume")
+    assert "SIGTERM: stopping after step 3 with a checkpoint; send it again to stop at once" in done.stderr
+    assert line in done.stderr and "Traceback" not in done.stderr
+    assert (out / "error.log").read_text().splitlines() == [line]
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000002"]
+
+
+@pytest.mark.parametrize("damage, named", [
+    (lambda p: (p / "optimizer.pt").write_bytes(b"not a checkpoint"), "optimizer.pt: cannot be read"),
+    (lambda p: (p / "rng-rank0.pt").unlink(), "rng-rank0.pt: missing from the checkpoint"),
+    (lambda p: (p / "trainer.json").write_text("{"), "trainer.json: cannot be read"),
+])
+def test_a_damaged_checkpoint_is_one_line_naming_the_file(world, tmp_path: Path, damage, named: str) -> None:
+    from clasp.finetune.data import FinetuneInputError
+
+    out = tmp_path / "run"
+    run_finetune(reid_config(world, out, steps=2, stop_at=1))
+    checkpoint = out / "checkpoints" / "step-00000001"
+    damage(checkpoint)
+    with pytest.raises(FinetuneInputError) as caught:
+        run_finetune(build_config(out=str(out), task="reid", resume=True))
+    message = str(caught.value)
+    assert message.startswith(str(checkpoint)) and named in message and "\n" not in message
+    assert (out / "error.log").read_text() == f"error: {message}\n"
+
+
+def test_resume_restores_the_python_and_numpy_random_streams(world, tmp_path: Path, monkeypatch) -> None:
+    import random
+
+    from clasp.finetune import loop
+
+    drawn: dict[str, dict[int, tuple[float, float]]] = {}
+    real = loop._Loop.step
+
+    def step(self, batch, stop):  # a recipe drawing from Python's and NumPy's global streams at each step
+        drawn[self.out.name][self.step_no + 1] = (random.random(), float(np.random.rand()))
+        return real(self, batch, stop)
+
+    monkeypatch.setattr(loop._Loop, "step", step)
+    for name in ("whole", "parts"):
+        drawn[name] = {}
+    run_finetune(reid_config(world, tmp_path / "whole", steps=4, save_every=100))
+    run_finetune(reid_config(world, tmp_path / "parts", steps=4, stop_at=2))
+    random.seed(12345), np.random.seed(12345)  # whatever the process did in between
+    run_finetune(build_config(out=str(tmp_path / "parts"), task="reid", resume=True))
+    assert drawn["parts"] == drawn["whole"] and sorted(drawn["parts"]) == [1, 2, 3, 4]

@@ -103,3 +103,78 @@ def test_bad_corpus_is_one_line_and_exit_2(tmp_path: Path, case: str, needle: st
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], result.output
     assert not (tmp_path / "out").exists()
+
+
+def _signal_at_step(monkeypatch, step: int, signals: int) -> None:
+    """The loss of step `step` sends `signals` SIGTERMs to this process (each seen before the step goes on)."""
+    import os
+    import signal
+    import time
+
+    from clasp.labeling import train_clip
+
+    real, calls = train_clip.contrastive_loss, [0]
+
+    def loss(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == step:
+            for _ in range(signals):
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.5)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_clip, "contrastive_loss", loss)
+
+
+def test_a_sigterm_stops_after_the_step_and_saves_the_model(caption_corpus: Path, tmp_path: Path, monkeypatch,
+                                                           one_torch_thread, capfd) -> None:
+    from clasp.labeling.train_clip import train_clip
+
+    out = tmp_path / "out"
+    (out).mkdir()
+    (out / "error.log").write_text("error: the last start\n")
+    _signal_at_step(monkeypatch, 3, signals=1)
+    report = train_clip(_quick(caption_corpus, out, steps=40))
+    assert (report.steps, report.stopped_by) == (3, "SIGTERM")
+    assert "SIGTERM: stopping after step 3 and saving the model; send it again to stop at once" in capfd.readouterr().err
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert json.loads((out / REPORT_FILE).read_text())["stopped_by"] == "SIGTERM"
+    assert load_clip(out) is not None and not (out / "error.log").exists()
+
+
+SECOND_SIGNAL = """
+import sys
+from pathlib import Path
+import pytest
+from tests.test_labeling_train_clip import _quick, _signal_at_step
+from clasp.labeling.train_clip import train_clip
+
+_signal_at_step(pytest.MonkeyPatch(), 2, signals=2)
+train_clip(_quick(Path(sys.argv[1]), Path(sys.argv[2]), steps=40))
+"""
+
+
+def test_a_second_sigterm_exits_at_once_with_143_and_its_line(caption_corpus: Path, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", SECOND_SIGNAL, str(caption_corpus), str(out)], capture_output=True,
+                          text=True, env=env, timeout=300, cwd=Path(__file__).parent.parent)
+    assert done.returncode == 143, done.stderr[-3000:]
+    line = ("error: second SIGTERM: stopped at once during step 2; the model was not saved (train-clip keeps no "
+            "checkpoint to resume); start the run again")
+    assert line in done.stderr and (out / "error.log").read_text().splitlines() == [line]
+
+
+def test_a_folder_another_command_writes_is_refused_untouched(caption_corpus: Path, tmp_path: Path) -> None:
+    from clasp.labeling.train_clip import train_clip
+    from clasp.runs import FolderLockError, exclusive_folder
+
+    out = tmp_path / "out"
+    with exclusive_folder(out, "clasp label"):
+        with pytest.raises(FolderLockError, match=r"`clasp label` \(pid \d+\) is writing this folder"):
+            train_clip(_quick(caption_corpus, out, steps=2))
+        assert sorted(p.name for p in out.iterdir()) == [".clasp.lock"]
