@@ -12,11 +12,8 @@ class PretrainInputError(Exception):
 
 
 class RunFailedError(RuntimeError):
-    """The run started and could not go on (disk full, out of memory, a bad store row, a non-finite loss).
+    """The run started and could not go on (disk full, out of memory, a bad store row; a non-finite
+    loss is `clasp.runs.step_stats.NonFiniteLossError`).
 
     One line naming what was being done; exit 1; the last complete checkpoint stays usable.
     """
-
-
-class NonFiniteLossError(RunFailedError):
-    """A loss term became NaN or infinite; training stopped without applying that step."""

@@ -1,6 +1,5 @@
-"""The two line-per-step logs of a pre-training run folder: metrics.jsonl (`clasp.runs.metrics_log`, shared
-by every training command) and, for tests, the rows each process read (`RowLog`), which follows the same
-truncate-on-resume rule.
+"""The rows each process of a pre-training run read (`RowLog`), for tests; it follows metrics.jsonl's
+truncate-on-resume rule (`clasp.runs.metrics_log`, the log every training command writes).
 """
 
 from __future__ import annotations
@@ -13,9 +12,7 @@ from typing import TextIO
 import torch
 
 from clasp.pretraining.layout import ROWS_LOG
-from clasp.runs.metrics_log import RESUMED_AFTER, MetricsLog, last_step, truncate_jsonl
-
-__all__ = ["RESUMED_AFTER", "MetricsLog", "RowLog", "last_step", "truncate_jsonl"]
+from clasp.runs.metrics_log import truncate_jsonl
 
 
 class RowLog:

@@ -23,10 +23,11 @@ from clasp.pretraining.batch_source import BatchSource
 from clasp.pretraining.config import RESUME_RULE, STEPS, ConfigError, PretrainConfig
 from clasp.pretraining.errors import PretrainInputError
 from clasp.pretraining.layout import RUN_FILES
-from clasp.pretraining.run_logs import MetricsLog, RowLog
+from clasp.pretraining.run_logs import RowLog
 from clasp.pretraining.step_stats import ThroughputWindow
 from clasp.runs.checkpoint import CheckpointWriter, load_checkpoint, restore_checkpoint_rng
 from clasp.runs.layout import STREAM_FILE
+from clasp.runs.metrics_log import MetricsLog
 from clasp.runs.run_folder import RunPlan, plan_run_folder, take_run_folder
 from clasp.runs.saved_config import saved_form
 from clasp.runs.schedules import Schedules

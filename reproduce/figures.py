@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 
 from clasp.evaluation.plots import Level, bar_panels, colours, grouped_bars, heat_maps, is_number, line_chart
 from clasp.reproduce.report import TRUTH_STORE, Reproduction, results_summary
-from clasp.pretraining.run_logs import RESUMED_AFTER
+from clasp.runs.metrics_log import RESUMED_AFTER
 
 OBJECTIVES = {"loss": "total loss", "dino": "DINO loss", "part": "part loss", "attribute": "attribute loss"}
 SCORES = {"attr_ma": "attribute mA", "parsing_miou": "parsing mIoU (16x8)", "reid_map": "re-ID mAP",

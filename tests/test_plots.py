@@ -15,7 +15,7 @@ from PIL import Image
 
 from clasp.evaluation.plots import DPI, MARK_GID, PALETTE, SIZE, Level, grouped_bars, line_chart, save
 from clasp.reproduce.figures import SMOOTHING, latest_rows, loss_figure, resume_steps
-from clasp.pretraining.run_logs import RESUMED_AFTER, MetricsLog, truncate_jsonl
+from clasp.runs.metrics_log import RESUMED_AFTER, MetricsLog, truncate_jsonl
 
 REPRODUCE = Path(__file__).resolve().parents[1] / "reproduce"
 
