@@ -24,6 +24,7 @@ from typing import Any
 from clasp.hardware import PRECISION_HELP, PRECISIONS
 from clasp.runs.layout import RUN_CONFIG
 from clasp.runs.saved_config import ResumeRule, load_saved
+from clasp.runs.settings import RunSettings
 from clasp.runs.trackers import TrackerSettings, report_to_problem
 from clasp.settings import check_value, same_as, setting, settings_of
 from clasp.settings.layers import merge_layers, read_settings_file
@@ -97,6 +98,7 @@ class FinetuneConfig:
     precision: str = setting("auto", PRECISION_HELP, choices=PRECISIONS, resumable=True)
     num_workers: int | None = setting(None, "Image-loading workers per process; none: from the cores.",
                                       limits=(0, 1_000_000), resumable=True)
+    threads: int | None = same_as(RunSettings, "threads")
     eval_batch_size: int = setting(64, "Images per forward pass when evaluating.", limits=(1, 65_536),
                                    resumable=True)
     save_every: int = setting(500, "Steps between checkpoints (plus one at the end).", limits=(1, 10_000_000),

@@ -41,6 +41,8 @@ class ClipLabelerConfig:
     precision: str = same_as(RunSettings, "precision", note="fp16 needs CUDA.", resumable=False)
     device: str = setting("cpu", "Torch device for CLIP, e.g. cpu, cuda, cuda:1.")
     vocab: Any = None  # a clasp.store.Vocabulary
+    compile: bool = setting(False, "torch.compile the CLIP vision forward (where compiling fails: eager, with one "
+                            "warning line).")
 
     def check(self) -> None:
         """Refuse a choice or size no labeler can honour, naming it (the device is checked where it is used)."""
@@ -72,6 +74,9 @@ class LabelConfig:
                                     "workers must see --images and --out.", metavar="ADDR")
     precision: str = same_as(ClipLabelerConfig, "precision")
     device: str = same_as(ClipLabelerConfig, "device")
+    compile: bool = same_as(ClipLabelerConfig, "compile")
+    threads: int | None = same_as(RunSettings, "threads", note="In this process (--workers 0); each worker of "
+                                  "--workers takes its share of its host's cores.")
     strict: bool = setting(False, "Exit with code 1 when any input was skipped (the shards are still written): one "
                            "line naming the first; `clasp inspect OUT` lists them all.")
     force: bool = setting(False, "Relabel an --out folder made with another model, size, dense mode, vocabulary "

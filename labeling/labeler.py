@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from clasp.hardware import PrecisionChoice, PrecisionError, probe_capability, resolve_precision
+from clasp.hardware.compile import compiled_or_eager
 from clasp.labeling.clip_loading import load_clip, load_image_normalization, loaded_revision
 from clasp.labeling.config import ClipLabelerConfig
 from clasp.labeling.dense_features import dense_features
@@ -52,6 +53,9 @@ def resolve_device_precision(config: ClipLabelerConfig) -> PrecisionChoice:
         raise LabelingError(f"{exc} (device {config.device!r})") from None
 
 
+COMPILE_OPTIONS: dict = {}  # torch.compile's options for --compile (tests choose the quick "eager" backend)
+
+
 class ClipLabeler:
     """Loads CLIP and the vocabulary's text embeddings once; labels batches of preprocessed images."""
 
@@ -70,6 +74,10 @@ class ClipLabeler:
         self._mean = torch.tensor(normalization.mean, dtype=torch.float32).view(1, 3, 1, 1)
         self._std = torch.tensor(normalization.std, dtype=torch.float32).view(1, 3, 1, 1)
         self.text = build_text_embeddings(self.model, self.tokenizer, self.vocab)
+        # --compile: both forwards through torch.compile, each falling back to eager on its own
+        self._dense = compiled_or_eager(self._dense_eager, config.compile, "the CLIP vision forward", **COMPILE_OPTIONS)
+        self._vision = compiled_or_eager(self.model.vision_model, config.compile, "the bare CLIP vision forward",
+                                         **COMPILE_OPTIONS)
         self.logit_scale = self.model.logit_scale.detach().float()
         self.clip_info = ClipInfo(
             model=config.clip_model,
@@ -104,15 +112,17 @@ class ClipLabeler:
             return (np.zeros((0, *self.label_grid), np.uint8), np.zeros((0, *self.label_grid), np.float16),
                     np.zeros((0, self.vocab.num_attributes), np.float16))
         with torch.inference_mode(), self._autocast():
-            features = dense_features(self.model, pixels.to(self.device, non_blocking=True), self.config.dense_mode)
+            features = self._dense(pixels.to(self.device, non_blocking=True))
         with torch.inference_mode():
             mask, conf = part_labels(part_logits(features.patches, self.text, self.logit_scale))
             attrs = attribute_logits(features.image, self.text, self.logit_scale)
         return (mask.cpu().numpy(), conf.to(torch.float16).cpu().numpy(), attrs.to(torch.float16).cpu().numpy())
 
+    def _dense_eager(self, pixels: torch.Tensor):
+        return dense_features(self.model, pixels, self.config.dense_mode)
+
     def vision_forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """The bare CLIP vision tower at the same size, precision and mode: the benchmark's baseline."""
         with torch.inference_mode(), self._autocast():
-            out = self.model.vision_model(pixel_values=pixels.to(self.device, non_blocking=True),
-                                          interpolate_pos_encoding=True)
+            out = self._vision(pixel_values=pixels.to(self.device, non_blocking=True), interpolate_pos_encoding=True)
         return out.last_hidden_state

@@ -74,6 +74,7 @@ def run_labeling(config: LabelConfig, factory: LabelerFactory = build_clip_label
     spec = config.labeler(vocab)
     check_folder_usable(out, config.force)  # before the CLIP is loaded: a refusal costs nothing
     with _exclusive(out), open_executor(config.workers, config.scheduler, factory) as executor:
+        _explicit_threads(config)
         info = executor.labeler_info(spec)
         spec = _pin_precision(spec, info)
         wanted = new_manifest(info.clip_info, vocab, info.grid, config.shard_size, PERSON_HW)
@@ -100,6 +101,15 @@ def run_labeling(config: LabelConfig, factory: LabelerFactory = build_clip_label
         images=len(inputs), labeled=manifest.total_rows, skipped=len(manifest.skipped), labeled_now=labeled_now,
         shards_written=len(plan.todo), shards_kept=len(plan.kept), shards_dropped=len(plan.dropped),
         seconds=time.perf_counter() - started, skipped_inputs=list(manifest.skipped))
+
+
+def _explicit_threads(config: LabelConfig) -> None:
+    """`--threads` for labeling in this process, over the default rule the executor applied (and restores on
+    closing); dask workers keep their share of their host's cores."""
+    if config.threads is not None and not config.workers and not config.scheduler:
+        from clasp.hardware import use_available_cores
+
+        use_available_cores(threads=config.threads)
 
 
 @contextlib.contextmanager

@@ -27,6 +27,7 @@ from typing import Any
 from clasp.hardware import PRECISION_HELP, PRECISIONS
 from clasp.runs.layout import RUN_CONFIG
 from clasp.runs.saved_config import ResumeRule, load_saved
+from clasp.runs.settings import RunSettings
 from clasp.runs.trackers import TrackerSettings, report_to_problem
 from clasp.settings import coerce, first_problem, same_as, setting, settings_of
 from clasp.settings.layers import merge_layers, read_settings_file
@@ -130,6 +131,7 @@ class PretrainConfig:
         None, "DataLoader worker processes per training process; from the cores: 1 per 8 cores on a CPU, cores - 1 "
         "(at most 8) on a GPU, counting only the cores this process may use. The count used is saved.",
         shown="from the cores", limits=(0, math.inf))
+    threads: int | None = same_as(RunSettings, "threads")
     shuffle_buffer: int = setting(2048, "Rows held by each worker's shuffle buffer.", limits=(1, 1_000_000),
                                   flag=False)
     on_bad_row: str = setting("stop", ON_BAD_ROW_HELP + " May change on --resume.", choices=("stop", "skip"),

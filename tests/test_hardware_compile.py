@@ -56,3 +56,45 @@ def test_inductor_compiled_equals_eager_on_a_tiny_model() -> None:
     with torch.no_grad():
         torch.testing.assert_close(run(x), model(x), rtol=1e-4, atol=1e-5)
     assert run.is_compiled, run.failure
+
+
+def _labels(tiny_clip_dir, vocab, compile: bool):
+    from clasp.labeling.config import ClipLabelerConfig
+    from clasp.labeling.labeler import ClipLabeler
+
+    labeler = ClipLabeler(ClipLabelerConfig(clip_model=str(tiny_clip_dir), clip_size=(64, 32), compile=compile), vocab)
+    pixels = torch.randn(3, 3, 64, 32, generator=torch.Generator().manual_seed(0))
+    return labeler, labeler.label(pixels), labeler.vision_forward(pixels)
+
+
+def test_clasp_label_compile_labels_as_eager_does(tiny_clip_dir, vocab, monkeypatch) -> None:
+    import numpy as np
+
+    import clasp.labeling.labeler as labeler_module
+
+    monkeypatch.setattr(labeler_module, "COMPILE_OPTIONS", {"backend": "eager"})  # dynamo's tracing, no codegen
+    _, eager, eager_vision = _labels(tiny_clip_dir, vocab, compile=False)
+    compiled, labels, vision = _labels(tiny_clip_dir, vocab, compile=True)
+    assert compiled._dense.is_compiled and compiled._vision.is_compiled
+    np.testing.assert_array_equal(labels[0], eager[0])
+    np.testing.assert_allclose(labels[1].astype(np.float32), eager[1].astype(np.float32), atol=1e-3)
+    np.testing.assert_allclose(labels[2].astype(np.float32), eager[2].astype(np.float32), atol=1e-2)
+    torch.testing.assert_close(vision, eager_vision, rtol=1e-5, atol=1e-5)
+
+
+def test_clasp_label_has_compile_off_by_default() -> None:
+    from clasp.labeling.config import LabelConfig
+
+    assert LabelConfig(images="i", out="o").compile is False and LabelConfig(images="i", out="o").labeler().compile is False
+
+
+@pytest.mark.slow
+def test_clasp_label_compile_with_inductor_labels_as_eager_does(tiny_clip_dir, vocab) -> None:
+    import numpy as np
+
+    _, eager, eager_vision = _labels(tiny_clip_dir, vocab, compile=False)
+    compiled, labels, vision = _labels(tiny_clip_dir, vocab, compile=True)
+    assert compiled._dense.is_compiled, compiled._dense.failure
+    np.testing.assert_allclose(labels[1].astype(np.float32), eager[1].astype(np.float32), atol=1e-2)
+    np.testing.assert_allclose(labels[2].astype(np.float32), eager[2].astype(np.float32), atol=5e-2)
+    torch.testing.assert_close(vision, eager_vision, rtol=1e-3, atol=1e-3)

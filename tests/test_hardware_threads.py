@@ -70,3 +70,57 @@ def test_an_explicit_count_skips_the_load_sample_and_wins_over_the_environment(m
         assert cores.torch_threads() == 3  # without the flag the environment decides, still without a sample
     finally:
         torch.set_num_threads(before)
+
+
+def test_every_command_declares_threads_as_the_one_shared_setting() -> None:
+    from clasp.finetune.config import FinetuneConfig
+    from clasp.labeling.config import LabelConfig
+    from clasp.pretraining.config import PretrainConfig
+    from clasp.runs.settings import RunSettings
+    from clasp.settings import settings_of
+
+    shared = {i.name: i for i in settings_of(RunSettings)}["threads"]
+    for config in (PretrainConfig, FinetuneConfig, LabelConfig):
+        mine = {i.name: i for i in settings_of(config)}["threads"]
+        assert (mine.default, mine.limits, mine.optional) == (None, shared.limits, True), config.__name__
+        assert mine.help.startswith(shared.help), config.__name__
+
+
+def test_clasp_label_runs_with_the_explicit_thread_count(tmp_path, monkeypatch) -> None:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from clasp.hardware import probe_capability, resolve_precision
+    from clasp.labeling.run import LabelConfig, run_labeling
+    from clasp.store import ClipInfo
+
+    seen = []
+
+    class CountingLabeler:  # records torch's thread count while it labels
+        def __init__(self, spec) -> None:
+            self.spec, self.label_grid = spec, (4, 2)
+            choice = resolve_precision(spec.precision, probe_capability("cpu"))
+            self.precision_choice = choice
+            self.clip_info = ClipInfo(spec.clip_model, spec.revision, tuple(spec.clip_size), spec.dense_mode,
+                                      choice.precision)
+
+        def preprocess(self, images):
+            return np.stack([np.asarray(im, dtype=np.float32) / 255.0 for im in images])
+
+        def label(self, pixels):
+            seen.append(torch.get_num_threads())
+            n, parts = len(pixels), self.spec.vocab.num_parts
+            return (np.zeros((n, 4, 2), np.uint8) % parts, np.zeros((n, 4, 2), np.float16),
+                    np.zeros((n, self.spec.vocab.num_attributes), np.float16))
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(2):
+        Image.new("RGB", (32, 64), (40 * i, 0, 0)).save(images / f"{i}.png")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    before = torch.get_num_threads()
+    config = LabelConfig(images=images, out=tmp_path / "shards", clip_model="stand-in", clip_size=(64, 32),
+                         batch_size=2, progress=False, threads=3)
+    assert run_labeling(config, CountingLabeler).labeled == 2
+    assert seen == [3] and torch.get_num_threads() == before  # --threads over OMP_NUM_THREADS, then restored
