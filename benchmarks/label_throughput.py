@@ -2,6 +2,7 @@
 
     python benchmarks/label_throughput.py                    # ViT-B/16, 96 images, batch 32, --precision auto
     python benchmarks/label_throughput.py --preset tiny      # a quick check of the script itself
+    python benchmarks/label_throughput.py --device cuda --precision bf16 --batch-size 256 --images 2048
 
 On the same JPEG files (person crops of 256x128 to 400x200 written by this
 script), it measures
@@ -23,7 +24,9 @@ GFLOP/s, printed as a fraction of the GEMM peak at CLIP's shapes
 (`machine_peak.py`) in the same precision: how close the bare forward comes to
 what the machine can multiply, and how much of that labeling keeps.
 `--precision auto` resolves as `clasp label` does (fp32 on a CPU without native
-bf16, where bf16 autocast would be several times slower). The run labels
+bf16, where bf16 autocast would be several times slower). On a GPU (`--device
+cuda`) the bare forward is synchronised before its clock stops, and both sides
+print their MFU against the card's datasheet dense bf16 peak. The run labels
 whole batches, so end-to-end fixed costs (the manifest, the shard's hash) are
 part of the ratio; with few images they weigh more, which can only lower it.
 """
@@ -53,7 +56,9 @@ from clasp.store import LabelRows, Vocabulary, write_shard
 from clasp.common.person_size import PERSON_HW
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import count_flops, efficiency_line, op_shares, op_shares_line, print_header, verdict  # noqa: E402
+from machine import (  # noqa: E402
+    count_flops, efficiency_line, mfu_line, op_shares, op_shares_line, print_header, synchronize, verdict,
+)
 from machine_peak import clip_shapes, peak_gflops  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -73,6 +78,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true",
                    help="also time each stage on its own, and print the top ops of one labeling batch by self time")
     p.add_argument("--work", type=Path, default=OUT, help="folder for the model, the images and the shards")
+    p.add_argument("--device", default="cpu", help="as `clasp label --device` (cpu, cuda, cuda:N)")
+    p.add_argument("--threads", type=int, default=None, help="as `clasp label --threads` (default: the free cores)")
+    p.add_argument("--no-peak", action="store_true", help="skip measuring the GEMM peak at CLIP's shapes")
+    p.add_argument("--compile", action="store_true",
+                   help="as `clasp label --compile`: both sides' CLIP forwards through torch.compile")
+    p.add_argument("--compile-backend", default="inductor",
+                   help="torch.compile backend (eager: dynamo's tracing alone, a quick check of --compile)")
     return p.parse_args(argv)
 
 
@@ -100,9 +112,12 @@ def prepare_model(work: Path, preset: str) -> Path:
 
 
 def bare_forward(labeler, batches: list[torch.Tensor]) -> float:
+    device = str(labeler.device)
+    synchronize(device)
     start = time.perf_counter()
     for pixels in batches:
         labeler.vision_forward(pixels)
+    synchronize(device)
     return time.perf_counter() - start
 
 
@@ -149,7 +164,8 @@ def labeling_peak(labeler, precision: str, batch_size: int, clip_size: tuple[int
     """The GEMM peak at this CLIP's shapes: batch x tokens rows, its width and MLP width."""
     vision = labeler.model.config.vision_config
     tokens = 1 + (clip_size[0] // vision.patch_size) * (clip_size[1] // vision.patch_size)
-    return peak_gflops(precision, clip_shapes(batch_size, tokens, vision.hidden_size, vision.intermediate_size))
+    return peak_gflops(precision, clip_shapes(batch_size, tokens, vision.hidden_size, vision.intermediate_size),
+                       device=str(labeler.device))
 
 
 def measure(args: argparse.Namespace, labeler, batches: list[torch.Tensor], config_for) -> tuple[list, list]:
@@ -177,8 +193,8 @@ def measure(args: argparse.Namespace, labeler, batches: list[torch.Tensor], conf
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    use_available_cores()  # as `clasp label` in this process does
-    choice = print_header(args.precision)
+    use_available_cores(threads=args.threads)  # as `clasp label` in this process does
+    choice = print_header(args.precision, device=args.device)
     clip_size = tuple(int(x) for x in args.clip_size.lower().split("x"))
     args.work.mkdir(parents=True, exist_ok=True)
     images = args.work / f"images-{args.images}"
@@ -187,21 +203,29 @@ def main(argv: list[str] | None = None) -> int:
     write_person_crops(images, args.images)
     model = prepare_model(args.work, args.preset)
 
-    spec = ClipLabelerConfig(str(model), None, clip_size, "maskclip", choice.precision, "cpu", Vocabulary.default())
+    if args.compile_backend != "inductor":
+        import clasp.labeling.labeler as labeler_module
+
+        labeler_module.COMPILE_OPTIONS = {"backend": args.compile_backend}
+    spec = ClipLabelerConfig(str(model), None, clip_size, "maskclip", choice.precision, args.device,
+                             Vocabulary.default(), compile=args.compile)
     labeler = cached_labeler(build_clip_labeler, spec)  # the run below reuses this process's labeler
     batches = prepared_batches(labeler, images, clip_size, args.batch_size)
-    labeler.vision_forward(batches[0])  # warm-up: kernel selection, allocator
-    labeler.label(batches[0])
-    flops_per_image = count_flops(lambda: labeler.vision_forward(batches[0][:1]))
-    peak = labeling_peak(labeler, choice.precision, args.batch_size, clip_size)
+    for pixels in batches[:1] + batches[-1:]:  # warm-up: kernel selection, allocator, compiling (the last batch
+        labeler.vision_forward(pixels)  # may be smaller: its own graph)
+        labeler.label(pixels)
+    flops_per_image = count_flops(lambda: labeler.model.vision_model(pixel_values=batches[0][:1].to(labeler.device),
+                                                                      interpolate_pos_encoding=True))
+    peak = float("nan") if args.no_peak else labeling_peak(labeler, choice.precision, args.batch_size, clip_size)
     print(f"torch threads {torch.get_num_threads()}, batch {args.batch_size}, {choice.precision}, "
-          f"clip size {clip_size[0]}x{clip_size[1]}, workers {args.workers}; CLIP vision forward "
+          f"clip size {clip_size[0]}x{clip_size[1]}, workers {args.workers}, compile "
+          f"{'on' if args.compile else 'off'}; CLIP vision forward "
           f"{flops_per_image / 1e9:.1f} GFLOP per image, {choice.precision} GEMM peak {peak:.1f} GFLOP/s", flush=True)
 
     def config_for(out: Path) -> LabelConfig:
         return LabelConfig(images=images, out=out, clip_model=str(model), clip_size=clip_size,
                            batch_size=args.batch_size, precision=choice.precision, workers=args.workers,
-                           progress=False)
+                           device=args.device, threads=args.threads, compile=args.compile, progress=False)
 
     bare_rates, e2e_rates = measure(args, labeler, batches, config_for)
     bare, e2e = statistics.median(bare_rates), statistics.median(e2e_rates)
@@ -210,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     print(efficiency_line("bare CLIP vision forward per image", flops_per_image, 1 / bare, peak, choice.precision))
     print(efficiency_line("end to end per image (same CLIP FLOPs)", flops_per_image, 1 / e2e, peak,
                           choice.precision))
+    print(mfu_line("bare CLIP vision forward", flops_per_image * bare, 1.0, args.device))
+    print(mfu_line("end to end", flops_per_image * e2e, 1.0, args.device))
     print(f"ratio end-to-end / baseline: {e2e / bare:.3f} {verdict(e2e / bare, TARGET, at_least=True)}")
     if args.profile:
         print("stages one after another, ms per image:")

@@ -23,6 +23,11 @@ epoch reads from the disk: one file open and one random read per image against
 a few large sequential reads per shard. `--cache both` runs the two in turn.
 
     python benchmarks/loader.py [--images 1024] [--repeats 3] [--cache warm|cold|both] [--workdir DIR]
+                                [--batch-size 64]
+
+The last line, `shards per worker: N images/s`, is what one worker of
+`clasp pretrain` delivers: a GPU whose step consumes R images/s needs about
+R / N workers (`benchmarks/gpu.sh` prints that count).
 
 `--shards URL` compares instead the stream from a store at a URL with the
 same store on local disk (fetched once into the workdir first), one worker
@@ -113,8 +118,9 @@ def make_data(workdir: Path, count: int, shard_size: int = 512) -> tuple[Path, P
 class JpegFolder(IterableDataset):
     """The baseline: one file per image, decoded and augmented like the stream does it."""
 
-    def __init__(self, folder: Path, labels: dict, seed: int = 0) -> None:
+    def __init__(self, folder: Path, labels: dict, seed: int = 0, batch_size: int = BATCH) -> None:
         self.files = sorted(folder.glob("*.jpg"))
+        self.batch_size = batch_size
         self.labels = labels
         self.seed = seed
         self.multicrop = MultiCrop(MultiCropConfig())
@@ -123,8 +129,8 @@ class JpegFolder(IterableDataset):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         order = np.random.default_rng(self.seed).permutation(len(self.files))[worker::workers]
-        for k, start in enumerate(range(0, len(order), BATCH)):
-            idx = order[start:start + BATCH]
+        for k, start in enumerate(range(0, len(order), self.batch_size)):
+            idx = order[start:start + self.batch_size]
             rows, crops = [], []
             for i, seq in zip(idx, augment_seed(self.seed, 0, 0, k).spawn(len(idx))):
                 image = decode_image(self.files[i].read_bytes())
@@ -279,6 +285,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--shards", default=None, metavar="URL", help="compare a URL store with its local copy")
     parser.add_argument("--serve", action="store_true", help="--shards of the generated store, served over HTTP")
+    parser.add_argument("--batch-size", type=int, default=BATCH, help="images per batch, as clasp pretrain's")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print_header("auto", note="no model here: the loader's work is the same in every precision")
@@ -295,15 +302,16 @@ def main() -> None:
         folder, shards, labels = make_data(workdir, args.images)
         os.sync()  # written pages must be clean before they can be dropped from the cache
         store = validate_store(shards)
-        stream = ShardStream(StreamConfig(shards, batch_size=BATCH), store=store)
+        stream = ShardStream(StreamConfig(shards, batch_size=args.batch_size), store=store)
         loaders = {"shards": make_loader(stream, num_workers=1),
-                   "folder": DataLoader(JpegFolder(folder, labels), batch_size=None, num_workers=1,
+                   "folder": DataLoader(JpegFolder(folder, labels, batch_size=args.batch_size), batch_size=None, num_workers=1,
                                         persistent_workers=True)}
         files = {"shards": sorted(shards.glob("*.h5")), "folder": sorted(folder.glob("*.jpg"))}
         jpeg_bytes = sum(p.stat().st_size for p in files["folder"])
         shard_bytes = sum(p.stat().st_size for p in files["shards"])
         print(f"{args.images} images {HW[0]}x{HW[1]}: {jpeg_bytes / 2**20:.1f} MiB as JPEG files, "
-              f"{shard_bytes / 2**20:.1f} MiB as shards (with labels); batch {BATCH}, 2 global + 6 local crops")
+              f"{shard_bytes / 2**20:.1f} MiB as shards (with labels); batch {args.batch_size}, 2 global + 6 local "
+              f"crops")
         for cache in (("warm", "cold") if args.cache == "both" else (args.cache,)):
             print(f"{cache} page cache:")
             drop = (lambda name: evict_from_page_cache(files[name])) if cache == "cold" else (lambda name: None)
@@ -317,6 +325,8 @@ def main() -> None:
         raw_shards, raw_folder = decode_only(store, folder, args.repeats)
         print(f"read + decode only (no augmentation, one process, warm cache): shards {raw_shards:.0f}, "
               f"folder {raw_folder:.0f} images per CPU second, ratio {raw_shards / raw_folder:.2f}")
+        print(f"shards per worker: {best['shards'][0]:.1f} images/s (one worker, {cache} cache, batch "
+              f"{args.batch_size})")
 
 
 if __name__ == "__main__":

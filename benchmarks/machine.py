@@ -114,6 +114,8 @@ def count_flops(work: Callable[[], object]) -> int:
 def efficiency_line(what: str, flops: float, seconds: float, peak: float, precision: str) -> str:
     """e.g. `bare CLIP forward: 67.1 GFLOP in 1.52 s = 44.1 GFLOP/s, 38 % of the fp32 GEMM peak (116 GFLOP/s)`."""
     achieved = flops / seconds / 1e9
+    if peak != peak:  # nan: the peak was not measured
+        return f"{what}: {flops / 1e9:.1f} GFLOP in {seconds:.3f} s = {achieved:.1f} GFLOP/s (GEMM peak not measured)"
     return (f"{what}: {flops / 1e9:.1f} GFLOP in {seconds:.3f} s = {achieved:.1f} GFLOP/s, "
             f"{achieved / peak:.0%} of the {precision} GEMM peak at its shapes ({peak:.1f} GFLOP/s)")
 
@@ -143,3 +145,48 @@ def op_shares(work: Callable[[], object], top: int = PROFILE_TOP) -> list[tuple[
 def op_shares_line(what: str, shares: list[tuple[str, float]]) -> str:
     return f"{what}, top {len(shares)} ops by self time: " + ", ".join(f"{name} {100 * share:.1f} %"
                                                                         for name, share in shares)
+
+
+# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from the vendors' datasheets, by a part of the name
+# `torch.cuda.get_device_name()` reports; the first match wins, so the more specific names come first.
+BF16_DENSE_TFLOPS = (
+    ("H200", 989.0),  # SXM; NVL 835
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.0),  # SXM, HBM3
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("L40", 181.0),
+    ("L4", 121.0),
+    ("4090", 165.0),  # fp32 accumulation
+)
+
+
+def card_peak_tflops(device_name: str) -> float | None:
+    """The datasheet dense bf16 peak of a CUDA card by its name; None for a card not in the table."""
+    for part, tflops in BF16_DENSE_TFLOPS:
+        if part.lower() in device_name.lower():
+            return tflops
+    return None
+
+
+def mfu_line(what: str, flops: float, seconds: float, device: str) -> str:
+    """Model FLOPs utilisation against the card's datasheet bf16 peak, e.g. `CLASP step MFU: 41.2 % of ...`."""
+    import torch
+
+    if not device.startswith("cuda"):
+        return f"{what} MFU: n/a on {device} (the GEMM peak above is this machine's measured ceiling)"
+    name = torch.cuda.get_device_name(torch.device(device))
+    peak = card_peak_tflops(name)
+    achieved = flops / seconds / 1e12
+    if peak is None:
+        return f"{what}: {achieved:.1f} TFLOP/s; MFU n/a ({name} is not in BF16_DENSE_TFLOPS)"
+    return f"{what} MFU: {achieved / peak:.1%} of the {name} dense bf16 peak ({achieved:.1f} of {peak:.0f} TFLOP/s)"
+
+
+def synchronize(device: str) -> None:
+    """Wait for the device's queued work (a CUDA timer must, a CPU one need not)."""
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(torch.device(device))

@@ -22,6 +22,15 @@ precision. `--precision auto` resolves as `clasp pretrain` does (fp32 on a CPU
 without native bf16, where bf16 autocast would be several times slower).
 
 Target: time ratio CLASP / DINO <= 1.5 at preset small, batch 32, 2 + 6 crops.
+
+On a GPU (`--device cuda`) each step is synchronised before its clock stops,
+and each step's MFU is printed against the card's datasheet dense bf16 peak
+(`machine.BF16_DENSE_TFLOPS`), beside the images/s one step consumes (what the
+loader must deliver). `--compile` runs the forward of both through
+`torch.compile` (eager, with one warning line, where that fails),
+`--fused-adamw` the fused AdamW kernel, `--tf32` TF32 for fp32 matrix products.
+
+    python benchmarks/pretrain_step.py --device cuda --preset base --batch-size 64 --precision bf16 --fused-adamw
 """
 
 from __future__ import annotations
@@ -36,13 +45,16 @@ from pathlib import Path
 import torch
 
 from clasp.hardware import PRECISIONS, PrecisionChoice, use_available_cores
+from clasp.hardware.compile import compiled_or_eager
 from clasp.pretraining.batch import MultiCropBatch
 from clasp.pretraining.host_memory import keep_freed_memory
 from clasp.pretraining.model import ClaspModel, ModelConfig
 from clasp.store import Vocabulary
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import count_flops, efficiency_line, op_shares, op_shares_line, print_header, verdict  # noqa: E402
+from machine import (  # noqa: E402
+    count_flops, efficiency_line, mfu_line, op_shares, op_shares_line, print_header, synchronize, verdict,
+)
 from machine_peak import dino_head_shapes, peak_gflops, vit_shapes  # noqa: E402
 
 TARGET = 1.5
@@ -64,26 +76,33 @@ def synthetic_batch(batch_size: int, global_crops: int, local_crops: int, vocab:
 
 
 class Stepper:
-    def __init__(self, config: ModelConfig, choice: PrecisionChoice) -> None:
-        self.model = ClaspModel(config)
-        self.optimizer = torch.optim.AdamW(self.model.param_groups(), lr=1e-4, weight_decay=0.04)
+    def __init__(self, config: ModelConfig, choice: PrecisionChoice, device: str = "cpu", compile: bool = False,
+                 fused_adamw: bool = False, name: str = "the model", compile_backend: str = "inductor") -> None:
+        self.device = device
+        self.model = ClaspModel(config).to(device)
+        self.forward = compiled_or_eager(self.model, compile, f"{name}'s forward", backend=compile_backend)
+        self.optimizer = torch.optim.AdamW(self.model.param_groups(), lr=1e-4, weight_decay=0.04,
+                                           **({"fused": True} if fused_adamw else {}))
         self.autocast_dtype = choice.autocast_dtype  # None: fp32, no autocast
 
-    def step(self, batch: MultiCropBatch) -> tuple[float, float]:
-        """(wall seconds, CPU seconds of this process) for one step."""
-        autocast = (torch.autocast("cpu", dtype=self.autocast_dtype) if self.autocast_dtype is not None
+    def step(self, batch: MultiCropBatch, eager: bool = False) -> tuple[float, float]:
+        """(wall seconds, CPU seconds of this process) for one step (`eager`: without --compile)."""
+        device_type = torch.device(self.device).type
+        autocast = (torch.autocast(device_type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
                     else contextlib.nullcontext())
+        synchronize(self.device)
         start, start_cpu = time.perf_counter(), time.process_time()
         with autocast:
-            loss, _ = self.model(batch)
+            loss, _ = (self.model if eager else self.forward)(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.model.update_teacher(0.996)
+        synchronize(self.device)
         return time.perf_counter() - start, time.process_time() - start_cpu
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="small", choices=["tiny", "small", "base"])
     parser.add_argument("--batch-size", type=int, default=32)
@@ -96,12 +115,24 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--expert-mlp-ratio", type=float, default=None,
                         help="expert width / dim (default: mlp_ratio / top_k)")
     parser.add_argument("--dino-out-dim", type=int, default=8192)
+    parser.add_argument("--depth", type=int, default=None, help="ViT depth instead of the preset's (quick checks)")
+    parser.add_argument("--dim", type=int, default=None, help="ViT width instead of the preset's (quick checks)")
+    parser.add_argument("--heads", type=int, default=None, help="attention heads instead of the preset's")
+    parser.add_argument("--dino-hidden-dim", type=int, default=None, help="DINO head width (quick checks)")
     parser.add_argument("--warmup", type=int, default=WARMUP,
                         help="untimed steps first, the first one counting FLOPs (the heap reaches its steady size)")
     parser.add_argument("--iters", type=int, default=ITERS)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the cores available)")
     parser.add_argument("--profile", action="store_true", help="also print the top ops of one step of each by self time")
-    return parser.parse_args()
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both forwards (eager where it fails)")
+    parser.add_argument("--compile-backend", default="inductor",
+                        help="torch.compile backend (eager: dynamo's tracing alone, a quick check of --compile)")
+    parser.add_argument("--fused-adamw", action="store_true", help="AdamW(fused=True)")
+    parser.add_argument("--tf32", action="store_true", help="TF32 for fp32 matrix products and convolutions (CUDA)")
+    parser.add_argument("--no-peak", action="store_true",
+                        help="skip measuring the GEMM peak at the step's shapes (its efficiency lines then say n/a)")
+    return parser.parse_args(argv)
 
 
 def step_shapes(args: argparse.Namespace, config: ModelConfig) -> tuple:
@@ -127,23 +158,36 @@ def timed_steps(clasp: Stepper, dino: Stepper, batch: MultiCropBatch, iters: int
     return clasp_times, dino_times
 
 
-def main() -> None:
-    args = parse_args()
-    torch.set_num_threads(args.threads) if args.threads else use_available_cores()
-    choice = print_header(args.precision)
-    keep_freed_memory()  # as `clasp pretrain` does on CPU; process-wide, so both sides alike
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    use_available_cores(threads=args.threads)
+    if args.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    choice = print_header(args.precision, device=args.device,
+                          note=f"compile {'on' if args.compile else 'off'}, fused AdamW "
+                               f"{'on' if args.fused_adamw else 'off'}, TF32 {'on' if args.tf32 else 'off'}")
+    if args.device == "cpu":
+        keep_freed_memory()  # as `clasp pretrain` does on CPU; process-wide, so both sides alike
 
     torch.manual_seed(0)
     vocab = Vocabulary.default()
-    batch = synthetic_batch(args.batch_size, args.global_crops, args.local_crops, vocab)
+    batch = synthetic_batch(args.batch_size, args.global_crops, args.local_crops, vocab).to(args.device)
+    vit = {k: getattr(args, k) for k in ("depth", "dim", "heads") if getattr(args, k) is not None}
+    head = {"dino_out_dim": args.dino_out_dim}
+    if args.dino_hidden_dim:
+        head.update(dino_hidden_dim=args.dino_hidden_dim, dino_bottleneck_dim=min(256, args.dino_hidden_dim))
     clasp_config = ModelConfig.build(args.preset, vocab, moe_layers=args.moe_layers, experts=args.experts,
-                                     top_k=args.top_k, dino_out_dim=args.dino_out_dim,
-                                     expert_mlp_ratio=args.expert_mlp_ratio)
-    clasp = Stepper(clasp_config, choice)
-    dino = Stepper(ModelConfig.dino_baseline(args.preset, dino_out_dim=args.dino_out_dim), choice)
-    peak = peak_gflops(choice.precision, step_shapes(args, clasp_config))
+                                     top_k=args.top_k, expert_mlp_ratio=args.expert_mlp_ratio, **head, **vit)
+    options = dict(device=args.device, compile=args.compile, fused_adamw=args.fused_adamw,
+                   compile_backend=args.compile_backend)
+    clasp = Stepper(clasp_config, choice, name="CLASP", **options)
+    dino = Stepper(ModelConfig.dino_baseline(args.preset, **head, **vit), choice, name="DINO", **options)
+    peak = (float("nan") if args.no_peak
+            else peak_gflops(choice.precision, step_shapes(args, clasp_config), device=args.device))
 
-    clasp_flops, dino_flops = count_flops(lambda: clasp.step(batch)), count_flops(lambda: dino.step(batch))
+    # counted eagerly: a compiled graph's kernels are not the ops FlopCounterMode sees
+    clasp_flops = count_flops(lambda: clasp.step(batch, eager=True))
+    dino_flops = count_flops(lambda: dino.step(batch, eager=True))
     print(f"FLOPs of one step (forward + backward): CLASP {clasp_flops / 1e9:.1f} G, DINO {dino_flops / 1e9:.1f} G; "
           f"{choice.precision} GEMM peak at the step's shapes {peak:.1f} GFLOP/s", flush=True)
     for _ in range(args.warmup - 1):
@@ -159,6 +203,10 @@ def main() -> None:
     print(f"DINO step (same ViT, no MoE, DINO head only): {dino_s:.3f} s wall, {dino_cpu:.3f} s CPU")
     print(efficiency_line("CLASP step, forward + backward", clasp_flops, clasp_s, peak, choice.precision))
     print(efficiency_line("DINO step, forward + backward", dino_flops, dino_s, peak, choice.precision))
+    print(mfu_line("CLASP step", clasp_flops, clasp_s, args.device))
+    print(mfu_line("DINO step", dino_flops, dino_s, args.device))
+    print(f"images/s one step consumes: CLASP {args.batch_size / clasp_s:.1f}, DINO {args.batch_size / dino_s:.1f} "
+          f"(batch {args.batch_size})")
     report_ratios(clasp_s / dino_s, clasp_cpu / dino_cpu, clasp_flops / dino_flops)
     if args.profile:
         print(op_shares_line("CLASP step", op_shares(lambda: clasp.step(batch))))

@@ -22,3 +22,54 @@ def test_moe_dispatch_prints_loop_batched_and_their_ratio_per_preset_and_precisi
                         "--local-crops", "1", "--warmup", "0", "--iters", "1", "--threads", "1")
     assert "ratio batched / loop, tiny fp32:" in out and "ratio batched / loop, tiny bf16:" in out
     assert "loop" in out and "batched" in out and "ms" in out
+
+
+def gpu_sh(tmp_path: Path, *args: str, timeout: int = 300) -> tuple[subprocess.CompletedProcess, str]:
+    out = tmp_path / "figures.txt"
+    env = {**__import__("os").environ, "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(BENCHMARKS / "gpu.sh"), "--out", str(out), *args], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+    return done, out.read_text() if out.exists() else ""
+
+
+def test_gpu_sh_parses_and_refuses_unknown_arguments(tmp_path: Path) -> None:
+    assert subprocess.run(["bash", "-n", str(BENCHMARKS / "gpu.sh")]).returncode == 0
+    done, _ = gpu_sh(tmp_path, "--frobnicate")
+    assert done.returncode == 2 and "unknown argument --frobnicate" in done.stderr
+    done, _ = gpu_sh(tmp_path, "--only", "label,nothing")
+    assert done.returncode == 2 and "unknown step nothing" in done.stderr
+    done, _ = gpu_sh(tmp_path, "--help")
+    assert done.returncode == 0 and "--dry-run" in done.stdout
+
+
+def test_gpu_sh_dry_run_of_the_loader_and_moe_steps_writes_their_figures(tmp_path: Path) -> None:
+    done, figures = gpu_sh(tmp_path, "--dry-run", "--only", "loader,moe")
+    assert done.returncode == 0, figures[-3000:] + done.stderr[-2000:]
+    assert "## loader, one worker:" in figures and "## MoE dispatch:" in figures
+    assert "loader, one worker: shards per worker:" in figures and "MoE dispatch: ratio batched / loop" in figures
+    assert "steps failed: 0" in figures
+
+
+@pytest.mark.slow
+def test_gpu_sh_dry_run_runs_every_step(tmp_path: Path) -> None:
+    done, figures = gpu_sh(tmp_path, "--dry-run", timeout=600)
+    assert done.returncode == 0, figures[-3000:] + done.stderr[-2000:]
+    for step in ("label eager", "pretrain plain AdamW", "pretrain fused AdamW, TF32", "loader, one worker",
+                 "MoE dispatch", "label compiled", "pretrain compiled, fused AdamW, TF32"):
+        assert f"## {step}:" in figures, step
+    assert "pretrain fused AdamW, TF32: time ratio CLASP / DINO" in figures
+    assert "label eager: ratio end-to-end / baseline" in figures
+    assert "loader workers to keep up with the fastest CLASP step:" in figures and "steps failed: 0" in figures
+
+
+def test_the_card_peaks_are_found_by_the_name_torch_reports() -> None:
+    sys.path.insert(0, str(BENCHMARKS))
+    from machine import card_peak_tflops
+
+    assert card_peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    assert card_peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert card_peak_tflops("NVIDIA H200") == 989.0
+    assert card_peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert card_peak_tflops("NVIDIA L4") == 121.0 and card_peak_tflops("NVIDIA L40S") == 362.0
+    assert card_peak_tflops("NVIDIA GeForce RTX 4090") == 165.0
+    assert card_peak_tflops("Tesla T4") is None
