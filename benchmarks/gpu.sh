@@ -13,7 +13,7 @@
 #             with random weights, 448x224, bf16, batch 256), images/s and MFU of both; eager, then --compile
 #   pretrain  pretrain_step.py: CLASP step / DINO step (preset base, batch 64, 2 + 6 crops, bf16), MFU of each
 #             against the card's dense bf16 peak, images/s one step consumes; plain AdamW, then fused AdamW
-#             with TF32, then the same with --compile
+#             with TF32, then the same with the batched MoE dispatch, then with --compile
 #   loader    loader.py: images/s of one loader worker (2 + 6 crops, batch 64), so the summary can say how many
 #             workers a GPU needs to keep up with the step
 #   moe       moe_dispatch.py: PC-MoE loop / batched dispatch at the small and base shapes, fp32 and bf16
@@ -112,6 +112,8 @@ fi
 if wants pretrain; then
     run "pretrain plain AdamW" "$LIMIT" pretrain_step.py --device "$DEVICE" "${PRETRAIN[@]}"
     run "pretrain fused AdamW, TF32" "$LIMIT" pretrain_step.py --device "$DEVICE" "${PRETRAIN[@]}" --fused-adamw --tf32
+    run "pretrain fused AdamW, TF32, batched MoE" "$LIMIT" pretrain_step.py --device "$DEVICE" "${PRETRAIN[@]}" \
+        --fused-adamw --tf32 --moe-dispatch batched
 fi
 if wants loader; then
     run "loader, one worker" "$LIMIT" loader.py --workdir "$WORK/loader" "${LOADER[@]}"

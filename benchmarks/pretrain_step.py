@@ -49,6 +49,7 @@ from clasp.hardware.compile import compiled_or_eager
 from clasp.pretraining.batch import MultiCropBatch
 from clasp.pretraining.host_memory import keep_freed_memory
 from clasp.pretraining.model import ClaspModel, ModelConfig
+from clasp.pretraining.moe import DISPATCH, DISPATCHES, set_dispatch
 from clasp.store import Vocabulary
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -77,9 +78,11 @@ def synthetic_batch(batch_size: int, global_crops: int, local_crops: int, vocab:
 
 class Stepper:
     def __init__(self, config: ModelConfig, choice: PrecisionChoice, device: str = "cpu", compile: bool = False,
-                 fused_adamw: bool = False, name: str = "the model", compile_backend: str = "inductor") -> None:
+                 fused_adamw: bool = False, name: str = "the model", compile_backend: str = "inductor",
+                 moe_dispatch: str = DISPATCH) -> None:
         self.device = device
         self.model = ClaspModel(config).to(device)
+        set_dispatch(self.model, moe_dispatch)
         self.forward = compiled_or_eager(self.model, compile, f"{name}'s forward", backend=compile_backend)
         self.optimizer = torch.optim.AdamW(self.model.param_groups(), lr=1e-4, weight_decay=0.04,
                                            **({"fused": True} if fused_adamw else {}))
@@ -126,6 +129,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true", help="also print the top ops of one step of each by self time")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--compile", action="store_true", help="torch.compile both forwards (eager where it fails)")
+    parser.add_argument("--moe-dispatch", default=DISPATCH, choices=DISPATCHES,
+                        help="how the PC-MoE runs its experts (pretraining/moe.py)")
     parser.add_argument("--compile-backend", default="inductor",
                         help="torch.compile backend (eager: dynamo's tracing alone, a quick check of --compile)")
     parser.add_argument("--fused-adamw", action="store_true", help="AdamW(fused=True)")
@@ -164,8 +169,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.tf32:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     choice = print_header(args.precision, device=args.device,
-                          note=f"compile {'on' if args.compile else 'off'}, fused AdamW "
-                               f"{'on' if args.fused_adamw else 'off'}, TF32 {'on' if args.tf32 else 'off'}")
+                          note=f"MoE dispatch {args.moe_dispatch}, compile {'on' if args.compile else 'off'}, "
+                               f"fused AdamW {'on' if args.fused_adamw else 'off'}, TF32 {'on' if args.tf32 else 'off'}")
     if args.device == "cpu":
         keep_freed_memory()  # as `clasp pretrain` does on CPU; process-wide, so both sides alike
 
@@ -179,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     clasp_config = ModelConfig.build(args.preset, vocab, moe_layers=args.moe_layers, experts=args.experts,
                                      top_k=args.top_k, expert_mlp_ratio=args.expert_mlp_ratio, **head, **vit)
     options = dict(device=args.device, compile=args.compile, fused_adamw=args.fused_adamw,
-                   compile_backend=args.compile_backend)
+                   compile_backend=args.compile_backend, moe_dispatch=args.moe_dispatch)
     clasp = Stepper(clasp_config, choice, name="CLASP", **options)
     dino = Stepper(ModelConfig.dino_baseline(args.preset, **head, **vit), choice, name="DINO", **options)
     peak = (float("nan") if args.no_peak

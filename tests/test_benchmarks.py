@@ -54,7 +54,8 @@ def test_gpu_sh_dry_run_of_the_loader_and_moe_steps_writes_their_figures(tmp_pat
 def test_gpu_sh_dry_run_runs_every_step(tmp_path: Path) -> None:
     done, figures = gpu_sh(tmp_path, "--dry-run", timeout=600)
     assert done.returncode == 0, figures[-3000:] + done.stderr[-2000:]
-    for step in ("label eager", "pretrain plain AdamW", "pretrain fused AdamW, TF32", "loader, one worker",
+    for step in ("label eager", "pretrain plain AdamW", "pretrain fused AdamW, TF32",
+                 "pretrain fused AdamW, TF32, batched MoE", "loader, one worker",
                  "MoE dispatch", "label compiled", "pretrain compiled, fused AdamW, TF32"):
         assert f"## {step}:" in figures, step
     assert "pretrain fused AdamW, TF32: time ratio CLASP / DINO" in figures
