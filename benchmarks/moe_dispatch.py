@@ -38,7 +38,8 @@ GLOBAL_TOKENS, LOCAL_TOKENS = 2 + 16 * 8, 2 + 8 * 4  # CLS and prompt token, the
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--presets", nargs="+", default=["small", "base"], choices=["tiny", "small", "base"])
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
                    help="bf16: under torch.autocast, as a bf16 run computes")

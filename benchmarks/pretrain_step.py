@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     choice = print_header(args.precision, device=args.device,
                           note=f"MoE dispatch {args.moe_dispatch}, compile {'on' if args.compile else 'off'}, "
-                               f"fused AdamW {'on' if args.fused_adamw else 'off'}, TF32 {'on' if args.tf32 else 'off'}")
+                               f"fused AdamW {'on' if args.fused_adamw else 'off'}, "
+                               f"TF32 {'on' if args.tf32 else 'off'}")
     if args.device == "cpu":
         keep_freed_memory()  # as `clasp pretrain` does on CPU; process-wide, so both sides alike
 

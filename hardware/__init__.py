@@ -6,7 +6,8 @@ only when asked about a device, so the command line can import it cheaply.
 """
 
 from clasp.hardware.cores import (
-    available_cores, cores_per_process, dataloader_workers, thread_choice, torch_threads, use_available_cores,
+    available_cores, cores_per_process, dataloader_workers, set_torch_threads, thread_choice, torch_threads,
+    use_available_cores,
 )
 from clasp.hardware.memory import available_memory
 from clasp.hardware.threads import THREADS_HELP, THREADS_LIMITS, THREADS_SHOWN, ThreadChoice, choose_threads
@@ -17,6 +18,7 @@ from clasp.hardware.precision import (
 __all__ = [
     "PRECISION_HELP", "PRECISIONS", "THREADS_HELP", "THREADS_LIMITS", "THREADS_SHOWN", "Capability", "PrecisionChoice",
     "PrecisionError", "ThreadChoice", "available_cores", "available_memory", "choose_threads", "cores_per_process",
-    "dataloader_workers", "probe_capability", "resolve_precision", "thread_choice", "torch_threads",
+    "dataloader_workers", "probe_capability", "resolve_precision", "set_torch_threads", "thread_choice",
+    "torch_threads",
     "use_available_cores",
 ]

@@ -38,7 +38,8 @@ class CompiledOrEager:
             out = self.compiled(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - any compiler failure means eager
             self.failure = _one_line(exc)
-            logging.getLogger("clasp").warning(f"--compile: {self.what} runs eagerly, compiling failed ({self.failure})")
+            logging.getLogger("clasp").warning(f"--compile: {self.what} runs eagerly, compiling failed "
+                                               f"({self.failure})")
             self.compiled = None
             return self.eager(*args, **kwargs)
         self.first = False

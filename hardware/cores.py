@@ -98,8 +98,9 @@ def torch_threads(processes_on_host: int = 1, explicit: int | None = None) -> in
     return choice.threads
 
 
-def use_available_cores(processes_on_host: int = 1, threads: int | None = None) -> int:
-    """Set torch's thread pool by `thread_choice` (`threads`: an explicit --threads); returns the count.
+def set_torch_threads(processes_on_host: int = 1, threads: int | None = None) -> ThreadChoice:
+    """Set torch's thread pool by `thread_choice` (`threads`: an explicit --threads); returns the choice, whose
+    `source` a run may record beside the count.
 
     The choice and its source go to the `clasp` logger as one line (INFO; a warning when it says one).
     """
@@ -109,7 +110,12 @@ def use_available_cores(processes_on_host: int = 1, threads: int | None = None) 
     log = logging.getLogger("clasp")
     log.warning(choice.warning()) if choice.warning() else log.info(choice.line())
     torch.set_num_threads(choice.threads)
-    return choice.threads
+    return choice
+
+
+def use_available_cores(processes_on_host: int = 1, threads: int | None = None) -> int:
+    """`set_torch_threads`, returning the count only."""
+    return set_torch_threads(processes_on_host, threads).threads
 
 
 def dataloader_workers(device_type: str, processes_on_host: int = 1) -> int:

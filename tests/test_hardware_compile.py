@@ -85,7 +85,8 @@ def test_clasp_label_compile_labels_as_eager_does(tiny_clip_dir, vocab, monkeypa
 def test_clasp_label_has_compile_off_by_default() -> None:
     from clasp.labeling.config import LabelConfig
 
-    assert LabelConfig(images="i", out="o").compile is False and LabelConfig(images="i", out="o").labeler().compile is False
+    config = LabelConfig(images="i", out="o")
+    assert config.compile is False and config.labeler().compile is False
 
 
 @pytest.mark.slow

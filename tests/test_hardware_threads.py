@@ -68,6 +68,8 @@ def test_an_explicit_count_skips_the_load_sample_and_wins_over_the_environment(m
             assert cores.use_available_cores(threads=2) == 2 and torch.get_num_threads() == 2
         assert "torch threads 2 (--threads, 4 cores available)" in caplog.text
         assert cores.torch_threads() == 3  # without the flag the environment decides, still without a sample
+        choice = cores.set_torch_threads(threads=1)
+        assert (choice.threads, choice.source) == (1, "--threads") and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
 

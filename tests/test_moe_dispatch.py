@@ -41,7 +41,8 @@ def run(moe: PCMoE, dispatch: str, x: torch.Tensor, prompt: torch.Tensor, weight
 def test_batched_equals_the_loop_in_outputs_gradients_and_balance_with_empty_experts(top_k: int) -> None:
     moe = skewed_moe(experts=5, top_k=top_k, empty=(2, 4))
     g = torch.Generator().manual_seed(1)
-    x, prompt, weights = torch.randn(7, 11, 8, generator=g), torch.randn(7, 8, generator=g), torch.randn(7, 11, 8, generator=g)
+    x, prompt = torch.randn(7, 11, 8, generator=g), torch.randn(7, 8, generator=g)
+    weights = torch.randn(7, 11, 8, generator=g)
     sizes = moe._dispatch(*moe.route(x, prompt)[1:])[2]
     assert sizes[2] == sizes[4] == 0 and len(set(sizes)) > 2, sizes  # uneven, two experts empty
 
