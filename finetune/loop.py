@@ -269,6 +269,9 @@ class _Loop:
                                        config.keep_checkpoints)
         self.step_no = 0
 
+    def last_checkpoint(self) -> str:
+        return str(find_checkpoint(self.out) or "none")
+
     def save(self) -> None:
         self.writer.save(self.accelerator, self.step_no, self.unwrapped, self.optimizer, self.saved_config)
 
@@ -281,7 +284,7 @@ class _Loop:
         batch = {k: v.to(acc.device) for k, v in batch.items()}
         loss, stats = self.recipe.loss(self.model(batch["images"]), batch)
         summed = reduce_stats(acc, {"loss": loss, **stats}, stop_flag=float(stop))
-        check_finite(summed, self.step_no + 1, acc.num_processes, str(find_checkpoint(self.out) or "none"), ("loss",))
+        check_finite(summed, self.step_no + 1, acc.num_processes, self.last_checkpoint, ("loss",))
         acc.backward(loss)
         means = {k: float(v) / acc.num_processes for k, v in summed.items() if not k.startswith("_")}
         if config.clip_grad > 0:

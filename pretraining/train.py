@@ -167,7 +167,7 @@ def micro_batch(run: RunState, signals: StopSignals) -> tuple[dict[str, torch.Te
     with accelerator.accumulate(run.model):
         loss, stats = run.model(batch, run.step)
         summed = reduce_stats(accelerator, stats, batch.batch_size, 1.0 if signals.received else 0.0)
-        check_finite(summed, run.step + 1, run.world, last_complete(run), LOSS_TERMS)
+        check_finite(summed, run.step + 1, run.world, partial(last_complete, run), LOSS_TERMS)
         accelerator.backward(loss)
         if accelerator.sync_gradients:
             grad_norm = finish_gradients(run)

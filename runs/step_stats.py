@@ -12,7 +12,7 @@ stop flag (1.0 once a stop signal arrived), and sums the vector with the others'
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -57,12 +57,13 @@ def first_non_finite(summed: dict[str, torch.Tensor], first: Sequence[str] = ())
     return None
 
 
-def check_finite(summed: dict[str, torch.Tensor], step: int, world: int, last_checkpoint: str,
+def check_finite(summed: dict[str, torch.Tensor], step: int, world: int, last_checkpoint: Callable[[], str],
                  first: Sequence[str] = ()) -> None:
-    """NonFiniteLossError for step `step` (1-based) when a summed statistic is NaN or infinite."""
+    """NonFiniteLossError for step `step` (1-based) when a summed statistic is NaN or infinite; the message
+    names the last good checkpoint (`last_checkpoint()`, only asked then)."""
     bad = first_non_finite(summed, first)
     if bad is not None:
         value = summed[bad].item() if summed[bad].numel() == 1 else summed[bad].tolist()
         raise NonFiniteLossError(
             f"step {step}: loss term {bad!r} is {value} (summed over {world} process(es)); stopped without "
-            f"applying it. Last good checkpoint: {last_checkpoint}")
+            f"applying it. Last good checkpoint: {last_checkpoint()}")

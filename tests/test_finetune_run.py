@@ -339,3 +339,23 @@ def test_resume_restores_the_python_and_numpy_random_streams(world, tmp_path: Pa
     random.seed(12345), np.random.seed(12345)  # whatever the process did in between
     run_finetune(build_config(out=str(tmp_path / "parts"), task="reid", resume=True))
     assert drawn["parts"] == drawn["whole"] and sorted(drawn["parts"]) == [1, 2, 3, 4]
+
+
+def test_a_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(world, tmp_path: Path,
+                                                                                monkeypatch) -> None:
+    from clasp.finetune.recipes import ReidRecipe
+    from clasp.runs.step_stats import NonFiniteLossError
+
+    real, calls = ReidRecipe.loss, [0]
+
+    def loss(self, out, batch):
+        calls[0] += 1
+        value, stats = real(self, out, batch)
+        return (value * float("nan"), stats) if calls[0] == 3 else (value, stats)
+
+    monkeypatch.setattr(ReidRecipe, "loss", loss)
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError, match=r"step 3: loss term 'loss' is nan .*step-00000002") as caught:
+        run_finetune(reid_config(world, out, steps=4, save_every=2))
+    assert (out / "error.log").read_text() == f"error: {caught.value}\n"
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000002"]

@@ -154,6 +154,7 @@ train_clip(_quick(Path(sys.argv[1]), Path(sys.argv[2]), steps=40))
 """
 
 
+@pytest.mark.slow  # the default run has tests/test_runs_stop_signals.py's small version
 def test_a_second_sigterm_exits_at_once_with_143_and_its_line(caption_corpus: Path, tmp_path: Path) -> None:
     import os
     import subprocess

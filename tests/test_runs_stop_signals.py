@@ -39,3 +39,34 @@ def test_a_signal_inside_the_block_is_counted_and_handlers_return_afterwards() -
             time.sleep(0.01)
     assert (signals.received, signals.count) == ("SIGTERM", 1)
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+SECOND_SIGNAL = """
+import os, signal, sys, time
+from clasp.runs.stop_signals import run_stop_signals
+
+kept = (lambda: "the model was not saved") if sys.argv[2] == "model" else None
+with run_stop_signals(sys.argv[1], True, lambda: 7, "and saving the model", kept) as signals:
+    os.kill(os.getpid(), signal.SIGTERM)
+    while signals.received is None:
+        time.sleep(0.01)
+    print("first seen", flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)
+"""
+
+
+def test_the_second_signal_exits_at_once_with_its_line_in_error_log(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    for what, kept in (("checkpoint", "the last complete checkpoint is none; continue with --resume"),
+                       ("model", "the model was not saved")):
+        out = tmp_path / what
+        done = subprocess.run([sys.executable, "-c", SECOND_SIGNAL, str(out), what], capture_output=True, text=True,
+                              timeout=60)
+        line = f"error: second SIGTERM: stopped at once during step 7; {kept}"
+        assert done.returncode == 143 and done.stdout == "first seen\n", done.stderr
+        assert "SIGTERM: stopping after step 7 and saving the model; send it again to stop at once" in done.stderr
+        assert done.stderr.strip().splitlines()[-1] == line
+        assert (out / "error.log").read_text().splitlines() == [line]
