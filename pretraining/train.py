@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from clasp.errors import InputError
+from clasp.hardware.recheck import watch_load
 from clasp.pretraining.batch_source import BatchSource  # noqa: F401 - tests patch it here
 from clasp.pretraining.config import PretrainConfig
 from clasp.pretraining.errors import PretrainInputError, RunFailedError
@@ -112,8 +113,11 @@ def _run(config: PretrainConfig, accelerator, precision) -> PretrainResult:
     try:
         with run_stop_signals(run.out, run.is_main, lambda: run.step + 1) as signals:
             run.window.start()
-            _, signal_name = run_steps(run.step, every, signals, partial(optimizer_step, run, signals),
-                                       partial(log_step, run), partial(save_checkpoint, run))
+            # on a CPU, the load is re-checked during the run and the torch threads follow it (hardware/recheck.py)
+            take_step = watch_load(partial(optimizer_step, run, signals), accelerator.device.type,
+                                   run.inputs.hardware["processes_on_host"], config.threads)
+            _, signal_name = run_steps(run.step, every, signals, take_step, partial(log_step, run),
+                                       partial(save_checkpoint, run))
             run.stopped_by = signal_name or run.stopped_by
     except (RunFailedError, NonFiniteLossError):
         raise
