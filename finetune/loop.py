@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from clasp.errors import InputError, RunError
+from clasp.hardware.recheck import watch_load
 from clasp.evaluation.results_json import write_results
 from clasp.finetune.config import RESUME_RULE, FinetuneConfig
 from clasp.finetune.data import FinetuneInputError, load_data
@@ -320,8 +321,11 @@ class _Loop:
         self.writer.remove_unfinished()
         try:
             with run_stop_signals(self.out, acc.is_main_process, lambda: self.step_no + 1) as signals:
+                # on a CPU, the load is re-checked during the run and the torch threads follow it
+                on_host = int(os.environ.get("LOCAL_WORLD_SIZE", acc.num_processes))
+                rechecked = watch_load(take_step, acc.device.type, on_host, self.config.threads)
                 step, stopped_by = run_steps(start, Every(self.config.log_every, self.config.save_every, end),
-                                             signals, take_step, log_row, self.save)
+                                             signals, rechecked, log_row, self.save)
         finally:
             bar.close()
             metrics.close()
