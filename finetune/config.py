@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from clasp.errors import InputError
 from clasp.hardware import PRECISION_HELP, PRECISIONS
 from clasp.runs.layout import RUN_CONFIG
 from clasp.runs.saved_config import ResumeRule, load_saved
@@ -36,7 +37,7 @@ SCHEDULES = ("cosine", "step")
 PROMPTS = ("instance", "part", "attribute")  # the backbone's task prompts
 
 
-class FinetuneConfigError(ValueError):
+class FinetuneConfigError(InputError, ValueError):
     """A setting or config file that cannot work; one line naming it."""
 
 

@@ -22,7 +22,7 @@ from clasp.datasets.keypoint_names import KEYPOINT_NAMES
 from clasp.finetune.config import LAYOUTS, FinetuneConfig
 
 
-class FinetuneInputError(Exception):
+class FinetuneInputError(InputError):
     """Input the user must fix (data folder, backbone, run folder): one line, exit 2."""
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import errno
 
+from clasp.errors import InputError, RunError
 
-class LabelingError(Exception):
+
+class LabelingError(InputError):
     """A problem the user can fix: a missing images folder, an output path that is a file, …"""
 
 
-class LabelingRunError(Exception):
+class LabelingRunError(RunError):
     """The run failed part way (the disk filled up, a write failed); the message is one line naming the file.
 
     Shards finished before it stay intact and listed in the manifest: rerunning

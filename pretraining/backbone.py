@@ -32,6 +32,7 @@ from typing import Sequence
 import torch
 from safetensors.torch import load_file
 
+from clasp.errors import InputError
 from clasp.hardware import available_memory
 from clasp.pretraining.hub import HubError, download, is_hub_id
 from clasp.pretraining.vit import TASKS, PromptedViT, TaskBackbone, ViTConfig, resample_position_embedding
@@ -44,7 +45,7 @@ CARD_FILE = "README.md"  # the model card (model_card.py); loaders do not read i
 ONNX_FILE = "model.onnx"  # written by `clasp export --format onnx` (onnx_export.py)
 
 
-class BackboneError(ValueError):
+class BackboneError(InputError, ValueError):
     """An export folder that cannot be loaded; the message names the file."""
 
 

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from clasp.errors import InputError
 from clasp.hardware import PRECISION_HELP, PRECISIONS
 from clasp.runs.layout import RUN_CONFIG
 from clasp.runs.saved_config import ResumeRule, load_saved
@@ -42,7 +43,7 @@ RUNS_DIR = "runs"  # where a run started without `out` gets its folder
 LEGACY_PRECISIONS = {"no": "fp32"}
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError, ValueError):
     """A setting or config file the run cannot use; the message is one line naming it (`key`, when one setting)."""
 
     def __init__(self, message: str, key: str | None = None) -> None:

@@ -6,12 +6,14 @@ second to exit 1 (the last complete checkpoint stays usable).
 
 from __future__ import annotations
 
+from clasp.errors import InputError, RunError
 
-class PretrainInputError(Exception):
+
+class PretrainInputError(InputError):
     """Bad input found before the first step (store, run folder, settings): one line naming the file."""
 
 
-class RunFailedError(RuntimeError):
+class RunFailedError(RunError, RuntimeError):
     """The run started and could not go on (disk full, out of memory, a bad store row; a non-finite
     loss is `clasp.runs.step_stats.NonFiniteLossError`).
 

@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from clasp import __version__
+from clasp.errors import InputError, RunError
 from clasp.pretraining.backbone import (BACKBONE_FORMAT, BACKBONE_VERSION, CARD_FILE, CONFIG_FILE, ONNX_FILE,
                                         WEIGHTS_FILE)
 from clasp.runs.checkpoint import find_checkpoint, list_checkpoints
@@ -42,13 +43,13 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 ONNX_TOLERANCE = 1e-3
 
 
-class ExportError(ValueError):
+class ExportError(InputError, ValueError):
     """A run or checkpoint that cannot be exported; the message names the file."""
 
 
-class ExportWriteError(ExportError):
+class ExportWriteError(RunError):
     """The export could not be written (disk full, permissions, the ONNX exporter) or its check failed;
-    nothing a loader would accept was left."""
+    nothing a loader would accept was left. A failed run (exit 1), so not an ExportError."""
 
 
 @dataclass

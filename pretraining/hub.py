@@ -19,10 +19,12 @@ import re
 from pathlib import Path
 from typing import Sequence
 
+from clasp.errors import InputError
+
 HUB_ID = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9._-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
 
 
-class HubError(ValueError):
+class HubError(InputError, ValueError):
     """A hub repository that cannot be read; the message names it."""
 
 

@@ -27,6 +27,7 @@ import importlib.metadata
 from pathlib import Path
 from typing import Any
 
+from clasp.errors import InputError
 from clasp.pretraining.run_state import data_fingerprint
 from clasp.store import Manifest, StoreError
 from clasp.common.json_files import read_json
@@ -43,7 +44,7 @@ HEADLINE_METRICS = (("attributes", "mA", "attributes mA"), ("parsing", "mIoU_gri
                     ("reid", "rank1", "re-ID rank-1"))
 
 
-class EvalResultsError(ValueError):
+class EvalResultsError(InputError, ValueError):
     """A file given as `clasp eval` results that is not one; the message names the file."""
 
 

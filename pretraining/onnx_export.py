@@ -43,6 +43,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from clasp.errors import RunError
 from clasp.pretraining.moe import PCMoE
 from clasp.pretraining.vit import PromptedViT, TaskBackbone
 
@@ -52,7 +53,7 @@ EXAMPLE_BATCH = 2  # traced with 2 images; the batch axis is symbolic
 PROTOBUF_LIMIT = 2**31 - 1  # weights over half of it go to model.onnx.data beside the graph (protobuf's 2 GB cap)
 
 
-class OnnxExportError(RuntimeError):
+class OnnxExportError(RunError, RuntimeError):
     """The exporter failed, or the written graph does not compute what PyTorch computes."""
 
 

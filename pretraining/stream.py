@@ -75,6 +75,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from clasp.errors import RunError
 from clasp.pretraining.augment import MultiCrop, MultiCropConfig
 from clasp.pretraining.batch import MultiCropBatch
 from clasp.pretraining.epoch_plan import (
@@ -94,8 +95,12 @@ LOGGED_SKIPS = 20  # skipped rows each worker names in the log; the rest are onl
 log = logging.getLogger("clasp")
 
 
-class BadRowError(ValueError):
+class BadRowError(RunError, ValueError):
     """A row, chunk or shard of the store that fails a check while streaming.
+
+    A RunError: it is met after the store was accepted and steps were taken, the
+    last checkpoint stays, and the remedy is `--resume` once the shard is
+    replaced (or with `--on-bad-row skip`); `clasp pretrain` exits 1.
 
     Raised in a DataLoader worker; torch re-raises it in the training process
     with the worker's traceback as its message, so `str(exc)` gives back the

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from clasp.datasets.market1501 import REQUIRED_PARTS
+from clasp.errors import RunError
 from clasp.reproduce.report import (Reproduction, loss_summary, render_report, results_summary,
                                                run_metrics, truth_method_name, truth_store_name)
 from clasp.hardware import available_cores
@@ -131,8 +132,8 @@ class StageTimes:
         self.seconds[name] = self.seconds.get(name, 0.0) + value
 
 
-class StageFailed(RuntimeError):
-    pass
+class StageFailed(RunError, RuntimeError):
+    """A `clasp` stage of the pipeline exited non-zero; the message names the stage and ends with its log's tail."""
 
 
 def run_clasp(args: list[str], log: Path, stage: str, echo=print, threads: int | None = None) -> float:

@@ -30,6 +30,8 @@ import os
 from pathlib import Path
 from typing import Iterator
 
+from clasp.errors import InputError
+
 LOCK_NAME = ".clasp.lock"
 LEGACY_LOCK_NAMES = (".clasp-label.lock",)  # what earlier versions of `clasp label` left in a shard folder
 ATTEMPTS = 5  # deleted-under-us retries before giving up; each needs another command to finish in between
@@ -37,7 +39,7 @@ ATTEMPTS = 5  # deleted-under-us retries before giving up; each needs another co
 log = logging.getLogger("clasp")
 
 
-class FolderLockError(Exception):
+class FolderLockError(InputError):
     """The folder is being written by another command, or cannot hold a lock at all; one line naming it."""
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from clasp.errors import InputError
 
-class StoreError(Exception):
+
+class StoreError(InputError):
     """A shard folder, manifest or shard that a reader must not accept."""
 
     def __init__(self, path: str | Path, problem: str) -> None:

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from clasp.errors import RunError
 from clasp.store.errors import NotAStoreError, StoreError
 
 log = logging.getLogger("clasp")
@@ -54,7 +55,7 @@ class UnusableUrlError(RemoteStoreError, NotAStoreError):
     """The URL cannot be read as a store at all (no backend, nothing there, a cache too small): exit 2."""
 
 
-class FetchError(Exception):
+class FetchError(RunError):
     """A fetch that still failed after its retries: the server or the network, not the store (exit 1)."""
 
     def __init__(self, url: str, problem: str) -> None:
