@@ -6,23 +6,25 @@ Heavy imports (torch, transformers, h5py) happen inside the commands so that
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import os
 import sys
 from pathlib import Path
 
 import click
 
 from clasp import __version__
+from clasp.errors import InputError, RunError
 from clasp.hardware import PRECISION_HELP, PRECISIONS
 from clasp.pretraining.config import ON_BAD_ROW_HELP
-from clasp.runs.error_log import write_error_log
+from clasp.runs.error_log import ERROR_LOG, write_error_log
 
 
 
 
-class UserError(click.ClickException):
-    """A problem with the user's input: one line on stderr, exit code 2, no traceback."""
+class UserError(InputError, click.ClickException):
+    """A problem with the user's input that the command line itself finds (a bad option, a path that is a file):
+    one line on stderr, exit code 2, no traceback."""
 
     exit_code = 2
 
@@ -30,8 +32,8 @@ class UserError(click.ClickException):
         click.echo(f"error: {self.format_message()}", err=True, file=file)
 
 
-# Commands whose `--out` is a folder of their own: an unexpected failure is also recorded there as error.log.
-OUT_FOLDER_COMMANDS = frozenset({"pretrain", "reid", "attributes", "parsing"})
+# Commands whose `--out` is a folder of their own: a failed run is also recorded there as error.log.
+OUT_FOLDER_COMMANDS = frozenset({"pretrain", "reid", "attributes", "parsing", "pose"})
 
 
 class ClaspCommand(click.Command):
@@ -49,9 +51,11 @@ NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 class ClaspGroup(click.Group):
     """The policy of every command, in one place: a failure is one `error:` line, never a traceback.
 
-    User errors (UserError, click's usage errors) exit 2 as they are raised. Any
-    other exception exits 1 with `error: <command>: <ExceptionType>: <message>`
-    (and error.log in a run folder); `clasp --debug ...` shows the traceback instead.
+    - `clasp.errors.InputError` (and UserError, click's usage errors): `error: <message>`, exit 2.
+    - `clasp.errors.RunError`: `error: <message>`, exit 1, and the same line in OUT/error.log
+      where the command has a run folder (OUT_FOLDER_COMMANDS).
+    - Any other exception: `error: <command>: <ExceptionType>: <message>`, exit 1 (and error.log in a
+      run folder); `clasp --debug ...` shows its traceback instead.
     """
 
     command_class = ClaspCommand
@@ -75,6 +79,14 @@ class ClaspGroup(click.Group):
             raise UserError(f"{path}: {exc.format_message()} (see `{path} --help`)") from None
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit, KeyboardInterrupt):
             raise
+        except InputError as exc:  # input the user must fix
+            raise UserError(str(exc)) from None
+        except RunError as exc:  # a run that failed after its inputs were accepted
+            path, name, params = ctx.find_root().meta.get("clasp.command", (ctx.command_path, None, {}))
+            if name in OUT_FOLDER_COMMANDS and params.get("out") is not None:
+                _record_once(params["out"], str(exc))
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
         except Exception as exc:  # noqa: BLE001 - the one place unexpected errors become one line
             if ctx.find_root().params.get("debug"):
                 raise
@@ -92,6 +104,19 @@ class ClaspGroup(click.Group):
 
 
 ClaspGroup.group_class = ClaspGroup
+
+
+def _record_once(out, message: str) -> None:
+    """`message` in OUT/error.log unless the run already wrote it there (the library logs its own failures on
+    rank 0); one process of a launch writes it."""
+    if os.environ.get("RANK", "0") != "0":
+        return
+    try:
+        last = (Path(out) / ERROR_LOG).read_text(encoding="utf-8").splitlines()[-1:]
+    except (OSError, UnicodeDecodeError):
+        last = []
+    if last != [f"error: {message}"]:
+        write_error_log(out, message, create=False)
 
 
 @click.group(cls=ClaspGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -155,18 +180,6 @@ def _cache_config(settings: dict):
     return CacheConfig(**given(settings))
 
 
-@contextlib.contextmanager
-def _fetch_failures():
-    """A URL store that stopped answering (after the retries): one line naming the URL, exit 1."""
-    from clasp.store.fetch import FetchError
-
-    try:
-        yield
-    except FetchError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-
-
 @main.command()
 @_store_argument
 @click.option("--deep", is_flag=True, default=False, show_default=True,
@@ -183,13 +196,9 @@ def verify(shards: Path | str, deep: bool, **cache) -> None:
     Exit 2: SHARDS is missing, not a folder, or has no manifest.json (a URL: no
             backend installed for it, or no manifest there).
     """
-    from clasp.store import NotAStoreError, verify_store
+    from clasp.store import verify_store
 
-    try:
-        with _fetch_failures():
-            report = verify_store(shards, deep=deep, cache=_cache_config(cache))
-    except NotAStoreError as exc:
-        raise UserError(str(exc)) from None
+    report = verify_store(shards, deep=deep, cache=_cache_config(cache))
     for t in report.timings:
         click.echo(f"checked {t.path}: {t.rows} rows in {t.seconds:.2f} s")
     for p in report.problems:
@@ -249,17 +258,10 @@ def label(**settings) -> None:
     reason in the manifest. Rerunning the same command keeps finished shards
     whose inputs did not change and does the rest.
     """
-    from clasp.labeling.errors import LabelingError, LabelingRunError
     from clasp.labeling.run import LabelConfig, run_labeling
 
     config = LabelConfig(**{k: v for k, v in settings.items() if v is not None})
-    try:
-        summary = run_labeling(config)
-    except LabelingError as exc:
-        raise UserError(str(exc)) from None
-    except LabelingRunError as exc:  # e.g. disk full: a failed run, not a user mistake
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+    summary = run_labeling(config)
     click.echo(summary.line())
     if config.strict and summary.skipped_inputs:
         first = summary.skipped_inputs[0]
@@ -286,15 +288,11 @@ def train_clip(**settings) -> None:
     crops (each patch token against its tile's caption). Held-out retrieval
     accuracy is printed at the end and written to OUT/train_report.json.
     """
-    from clasp.labeling.errors import LabelingError
     from clasp.labeling.train_clip import train_clip as run
     from clasp.labeling.train_clip_config import TrainClipConfig
     from clasp.settings.click_options import given
 
-    try:
-        report = run(TrainClipConfig(**given(settings)))
-    except LabelingError as exc:
-        raise UserError(str(exc)) from None
+    report = run(TrainClipConfig(**given(settings)))
     click.echo(report.line())
 
 
@@ -313,16 +311,12 @@ def tiny_clip(out_dir: Path, seed: int, vocab: Path | None) -> None:
     from transformers.utils import logging as transformers_logging
 
     from clasp.labeling.tiny_clip import write_tiny_clip
-    from clasp.store import StoreError
 
     transformers_logging.disable_progress_bar()
 
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir}: exists and is not a folder")
-    try:
-        written = write_tiny_clip(out_dir, seed=seed, vocab_file=vocab)
-    except StoreError as exc:
-        raise UserError(str(exc)) from None
+    written = write_tiny_clip(out_dir, seed=seed, vocab_file=vocab)
     click.echo(f"wrote tiny CLIP (seed {seed}) to {written}; use --clip-model {written}")
 
 
@@ -343,15 +337,10 @@ def inspect_command(shards: Path | str, as_json: bool, examples: int, on_bad_row
     """
     import json
 
-    from clasp.store import StoreError
     from clasp.store.inspect import InspectConfig, inspect_store, render_summary
 
-    try:
-        with _fetch_failures():
-            summary = inspect_store(InspectConfig(shards, examples_per_reason=examples, on_bad_row=on_bad_row,
-                                                  cache=_cache_config(cache)))
-    except StoreError as exc:
-        raise UserError(str(exc)) from None
+    summary = inspect_store(InspectConfig(shards, examples_per_reason=examples, on_bad_row=on_bad_row,
+                                          cache=_cache_config(cache)))
     click.echo(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False) if as_json else render_summary(summary))
 
 
@@ -381,7 +370,6 @@ def show(shards: Path | str, out: Path, n: int, seed: int, shard: str | None, co
     Writes OUT/contact_sheet.png and prints its path. Exit 2 with one line when
     SHARDS is not a readable shard folder or OUT is not a folder.
     """
-    from clasp.store import StoreError
     from clasp.store.contact_sheet import ContactSheetConfig, make_contact_sheet
 
     if out.exists() and not out.is_dir():
@@ -389,11 +377,7 @@ def show(shards: Path | str, out: Path, n: int, seed: int, shard: str | None, co
     config = ContactSheetConfig(shards, out, n=n, seed=seed, shard=shard, columns=columns,
                                 image_height=image_height, attribute_lines=attribute_lines, on_bad_row=on_bad_row,
                                 cache=_cache_config(cache))
-    try:
-        with _fetch_failures():
-            sheet = make_contact_sheet(config)
-    except StoreError as exc:
-        raise UserError(str(exc)) from None
+    sheet = make_contact_sheet(config)
     for note in sheet.notes:
         click.echo(f"note: {note}", err=True)
     click.echo(str(sheet.path))
@@ -424,23 +408,15 @@ def pretrain(config_file: Path | None, **settings) -> None:
     at once, keeping the last complete checkpoint.
     """
     from clasp.pretraining.config import ConfigError, build_config
-    from clasp.pretraining.train import PretrainInputError, RunFailedError, run_pretraining
+    from clasp.pretraining.train import run_pretraining
     from clasp.settings.click_options import given
 
     try:
         config = build_config(config_file, **given(settings))
-    except ConfigError as exc:
-        if settings.get("out") is not None:
-            write_error_log(settings["out"], str(exc))
-        raise UserError(str(exc)) from None
-    try:
-        with _fetch_failures():
-            result = run_pretraining(config)
-    except PretrainInputError as exc:
-        raise UserError(str(exc)) from None
-    except RunFailedError as exc:  # disk full, out of memory, a bad row, a NaN loss: error.log is written
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+    except ConfigError as exc:  # a refused start: its line in OUT/error.log too (an InputError: exit 2)
+        write_error_log(settings.get("out"), str(exc))
+        raise
+    result = run_pretraining(config)
     if result.stopped_by not in ("end", "stop_at"):
         click.echo(f"stopped by {result.stopped_by} after step {result.step}; continue with --resume", err=True)
 
@@ -462,17 +438,11 @@ def export_command(run: Path, **settings) -> None:
     Load it with `clasp.pretraining.load_backbone(OUT)` (or a hub id it was uploaded to): images
     (B, 3, 256, 128), uint8 or float in [0, 1] -> (CLS (B, D), patch features (B, N, D)).
     """
-    from clasp.pretraining.export import ExportConfig, ExportError, ExportWriteError, export_backbone
+    from clasp.pretraining.export import ExportConfig, export_backbone
     from clasp.settings.click_options import given
 
     config = ExportConfig(run=run, **given(settings))
-    try:
-        folder = export_backbone(config)
-    except ExportWriteError as exc:  # disk full, the ONNX exporter: a failed run, not a user mistake
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-    except ExportError as exc:
-        raise UserError(str(exc)) from None
+    folder = export_backbone(config)
     click.echo(f"exported the {'student' if config.student else 'teacher'} backbone ({config.task}) "
                f"as {config.format} to {folder}")
 
@@ -496,25 +466,16 @@ def _finetune_options(task: str):
 
 def _run_finetune(task: str, config_file: Path | None, resume: bool, force: bool, settings: dict) -> None:
     from clasp.finetune.config import FinetuneConfigError, build_config
-    from clasp.finetune.data import FinetuneInputError
     from clasp.finetune.loop import run_finetune
-    from clasp.runs.step_stats import NonFiniteLossError
     from clasp.finetune.recipes import unscored_main_metric
 
     flags = {**settings, "task": task, "resume": resume or None, "force": force or None}
     try:
         config = build_config(config_file, **{k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items()})
-    except FinetuneConfigError as exc:
-        if settings.get("out") is not None:
-            write_error_log(str(settings["out"]), str(exc))
-        raise UserError(str(exc)) from None
-    try:
-        result = run_finetune(config)
-    except FinetuneInputError as exc:
-        raise UserError(str(exc)) from None
-    except NonFiniteLossError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+    except FinetuneConfigError as exc:  # a refused start: its line in OUT/error.log too (an InputError: exit 2)
+        write_error_log(settings.get("out"), str(exc))
+        raise
+    result = run_finetune(config)
     if result.results is not None:
         shown = {k: v for k, v in result.results.items() if isinstance(v, float) and k in
                  ("map", "rank1", "rank5", "rank10", "map_rerank", "ma", "accuracy", "precision", "recall", "f1", "miou",
@@ -651,7 +612,6 @@ def eval_command(backbone: Path, data: Path, tasks: str | None, out: Path | None
                  pose_train_instances: int) -> None:
     """Probe a frozen backbone: attributes (linear, mA), parsing (linear on patches, mIoU), re-ID (cosine kNN, mAP,
     rank-1), pose (linear on patches to heat maps, OKS AP)."""
-    from clasp.errors import InputError
     from clasp.evaluation.probes import ProbeSettings
     from clasp.evaluation.run_eval import EvalConfig, evaluate, format_table, unscored_main_metric
 
@@ -659,10 +619,7 @@ def eval_command(backbone: Path, data: Path, tasks: str | None, out: Path | None
     config = EvalConfig(backbone=backbone, data=data, tasks=chosen, out=out, batch_size=batch_size,
                         precision=precision, task_prompt=task_prompt, probe=ProbeSettings(steps=probe_steps),
                         detections=detections, pose_train_instances=pose_train_instances)
-    try:
-        results = evaluate(config, log=lambda msg: click.echo(msg, err=True))
-    except InputError as exc:
-        raise UserError(str(exc)) from None
+    results = evaluate(config, log=lambda msg: click.echo(msg, err=True))
     click.echo(format_table(results))
     if out is not None:
         click.echo(f"results written to {out}")
@@ -676,14 +633,9 @@ def eval_command(backbone: Path, data: Path, tasks: str | None, out: Path | None
               help="Write the results as JSON here.")
 def eval_labels(shards: Path, truth: Path, out: Path | None) -> None:
     """Quality of pseudo-labels against synthetic ground truth: IoU per part, accuracy per attribute group."""
-    from clasp.errors import InputError
     from clasp.evaluation.label_quality import LabelQualityConfig, evaluate_labels, format_label_quality
-    from clasp.store import StoreError
 
-    try:
-        results = evaluate_labels(LabelQualityConfig(shards=shards, truth=truth, out=out))
-    except (InputError, StoreError) as exc:
-        raise UserError(str(exc)) from None
+    results = evaluate_labels(LabelQualityConfig(shards=shards, truth=truth, out=out))
     click.echo(format_label_quality(results))
     if out is not None:
         click.echo(f"results written to {out}")
@@ -704,15 +656,10 @@ def truth_labels(world: Path, out: Path, noise: float, grid: tuple[int, int], se
     A control no real data set has: pre-training on it tells what labels of a
     known quality buy (noise 0 is the upper bound). Read it like any store.
     """
-    from clasp.errors import InputError
     from clasp.evaluation.truth_store import TruthStoreConfig, write_truth_store
-    from clasp.store import StoreError
 
     config = TruthStoreConfig(world=world, out=out, noise=noise, grid=grid, seed=seed, shard_size=shard_size)
-    try:
-        summary = write_truth_store(config)
-    except (InputError, StoreError) as exc:
-        raise UserError(str(exc)) from None
+    summary = write_truth_store(config)
     click.echo(f"wrote {summary.rows} rows in {summary.shards} shards to {out} in {summary.seconds:.1f} s; "
                f"changed {summary.part_cells_changed:.1%} of part cells and {summary.attribute_values_changed:.1%} "
                "of attribute values")

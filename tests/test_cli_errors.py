@@ -1,5 +1,6 @@
-"""The one error policy of every command (cli.py's ClaspGroup): an unexpected exception is one line, exit 1,
-error.log in a run folder; `clasp --debug` shows the traceback instead."""
+"""The one error policy of every command (cli.py's ClaspGroup): an InputError is one line, exit 2; a RunError
+one line, exit 1, error.log in a run folder; an unexpected exception is one line naming its type, exit 1,
+error.log in a run folder; `clasp --debug` shows the traceback of the last instead."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from clasp.cli import main
+from clasp.cli import UserError, main
+from clasp.errors import InputError, RunError
 
 
 def _boom(*args, **kwargs):
@@ -64,3 +66,60 @@ def test_bad_options_are_one_line_exit_2(tmp_path: Path) -> None:
     assert not (tmp_path / "o").exists()
     alone = CliRunner().invoke(main, [])
     assert alone.output.startswith("Usage:") and "error:" not in alone.output  # `clasp` alone shows its help
+
+
+def _raise(exc: Exception):
+    def fail(*args, **kwargs):
+        raise exc
+    return fail
+
+
+def test_an_input_error_is_one_line_and_exit_2(monkeypatch, tmp_path: Path) -> None:
+    from clasp.evaluation.errors import EvalInputError
+    from clasp.store import StoreError
+
+    monkeypatch.setattr("clasp.evaluation.run_eval.evaluate", _raise(EvalInputError(f"{tmp_path}: not an export")))
+    result = CliRunner().invoke(main, ["eval", "--backbone", str(tmp_path), "--data", str(tmp_path)])
+    assert result.exit_code == 2 and result.output.splitlines() == [f"error: {tmp_path}: not an export"]
+    monkeypatch.setattr("clasp.store.inspect.inspect_store", _raise(StoreError(tmp_path / "manifest.json", "bad")))
+    result = CliRunner().invoke(main, ["inspect", str(tmp_path)])
+    assert result.exit_code == 2 and result.output.splitlines() == [f"error: {tmp_path / 'manifest.json'}: bad"]
+    assert issubclass(UserError, InputError)
+
+
+def test_a_run_error_is_one_line_exit_1_and_error_log_in_the_run_folder(monkeypatch, tmp_path: Path) -> None:
+    out, shards = tmp_path / "run", tmp_path / "shards"
+    out.mkdir()
+    shards.mkdir()
+    monkeypatch.setattr("clasp.pretraining.train.run_pretraining", _raise(RunError(f"{out}: no space left on device")))
+    result = CliRunner().invoke(main, ["pretrain", "--shards", str(shards), "--out", str(out)])
+    assert result.exit_code == 1 and result.output.splitlines() == [f"error: {out}: no space left on device"]
+    assert (out / "error.log").read_text() == f"error: {out}: no space left on device\n"
+
+
+def test_a_run_error_the_run_logged_itself_is_logged_once(monkeypatch, tmp_path: Path) -> None:
+    from clasp.runs.error_log import write_error_log
+
+    out, shards = tmp_path / "run", tmp_path / "shards"
+    out.mkdir()
+    shards.mkdir()
+    (out / "error.log").write_text("error: an earlier start\n")
+
+    def run(config):
+        write_error_log(out, "step 3: loss is nan")
+        raise RunError("step 3: loss is nan")
+
+    monkeypatch.setattr("clasp.pretraining.train.run_pretraining", run)
+    result = CliRunner().invoke(main, ["pretrain", "--shards", str(shards), "--out", str(out)])
+    assert result.exit_code == 1 and result.output.splitlines() == ["error: step 3: loss is nan"]
+    assert (out / "error.log").read_text().splitlines() == ["error: an earlier start", "error: step 3: loss is nan"]
+
+
+def test_a_run_error_without_a_run_folder_writes_no_log(monkeypatch, tmp_path: Path) -> None:
+    from clasp.labeling.errors import LabelingRunError
+
+    monkeypatch.setattr("clasp.labeling.run.run_labeling", _raise(LabelingRunError("shard-000001.h5: disk full")))
+    out = tmp_path / "shards"
+    result = CliRunner().invoke(main, ["label", "--images", str(tmp_path), "--out", str(out)])
+    assert result.exit_code == 1 and result.output.splitlines() == ["error: shard-000001.h5: disk full"]
+    assert not out.exists()
