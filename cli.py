@@ -15,9 +15,9 @@ import click
 
 from clasp import __version__
 from clasp.errors import InputError, RunError
-from clasp.hardware import PRECISION_HELP, PRECISIONS
 from clasp.pretraining.config import ON_BAD_ROW_HELP
 from clasp.runs.error_log import ERROR_LOG, write_error_log
+from clasp.settings.click_options import config_from, declared_options
 
 
 
@@ -218,25 +218,13 @@ def verify(shards: Path | str, deep: bool, **cache) -> None:
 # --------------------------------------------------------------------------- label
 
 
-def _parse_hw(ctx, param, value: str | None) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    try:
-        h, w = (int(x) for x in value.lower().split("x"))
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not HEIGHTxWIDTH, e.g. 448x224") from None
-    if h < 1 or w < 1:
-        raise click.BadParameter(f"{value!r}: both sizes must be positive")
-    return h, w
-
-
 def _at_most_per_core(ctx, param, value: int | None) -> int | None:
-    """A count of local processes: at most 4 per core this process may use (`clasp.hardware.available_cores`)."""
-    from clasp.hardware import available_cores
+    """A count of local processes, within `clasp.hardware`'s per-core rule."""
+    from clasp.hardware.cores import beyond_cores
 
-    cores = available_cores()
-    if value is not None and value > 4 * cores:
-        raise click.BadParameter(f"{value} processes is more than 4 per available core (4 x {cores} = {4 * cores})")
+    problem = beyond_cores(value)
+    if problem:
+        raise click.BadParameter(f"{value} processes {problem}")
     return value
 
 
@@ -245,8 +233,7 @@ def _label_options(func):
     from clasp.labeling.config import LabelConfig
     from clasp.settings.click_options import click_options
 
-    return click_options(LabelConfig, extra={"clip_size": {"callback": _parse_hw},
-                                             "workers": {"callback": _at_most_per_core}})(func)
+    return click_options(LabelConfig, extra={"workers": {"callback": _at_most_per_core}})(func)
 
 
 @main.command()
@@ -276,7 +263,7 @@ def _train_clip_options(func):
     from clasp.labeling.train_clip_config import TrainClipConfig
     from clasp.settings.click_options import click_options
 
-    return click_options(TrainClipConfig, extra={"input_hw": {"callback": _parse_hw}})(func)
+    return click_options(TrainClipConfig)(func)
 
 
 @main.command("train-clip")
@@ -532,135 +519,92 @@ def finetune_pose(config_file, resume, force, **settings) -> None:
 
 
 @main.command()
-@click.option("--out", required=True, type=click.Path(path_type=Path),
-              help="Folder for images/ and truth/ (created).")
-@click.option("--identities", type=click.IntRange(min=1), default=100, show_default=True, help="Number of people.")
-@click.option("--images-per-id", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Images of each person; image n is taken by camera (id + n) % cameras.")
-@click.option("--cameras", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Cameras, each with its own background, lighting and colour cast.")
-@click.option("--seed", type=int, default=0, show_default=True, help="The world; the same seed gives the same files.")
-@click.option("--layout", type=click.Choice(["market1501", "msmt17", "pa100k", "peta", "lip", "cihp", "coco"]), default=None,
-              show_default="clasp's own (images/ + truth/)", help="Write the world in this benchmark's folder format.")
-def synth(out: Path, identities: int, images_per_id: int, cameras: int, seed: int, layout: str | None) -> None:
+@declared_options("clasp.datasets.synth_config", "SynthConfig")
+def synth(**settings) -> None:
     """Draw a synthetic person world with ground truth: OUT/images/ (for `clasp label`) and OUT/truth/."""
-    from clasp.datasets.synth import SynthConfig, synthesize
+    from clasp.datasets.synth import synthesize
+    from clasp.datasets.synth_config import SynthConfig
 
-    if layout is not None:
+    config = config_from(SynthConfig, settings)
+    if config.layout is not None:
         from clasp.datasets.synth.layouts import check_layout_limits, write_layout
 
-        config = SynthConfig(out=out, identities=identities, images_per_id=images_per_id, cameras=cameras, seed=seed)
         try:
-            check_layout_limits(layout, config)
+            check_layout_limits(config.layout, config)
         except ValueError as exc:
-            raise UserError(f"--layout {layout}: {exc}") from None
-        write_layout(layout, config)
-        click.echo(f"wrote the synthetic world ({identities} identities) to {out} in the {layout} layout")
+            raise UserError(f"--layout {config.layout}: {exc}") from None
+        write_layout(config.layout, config)
+        click.echo(f"wrote the synthetic world ({config.identities} identities) to {config.out} in the "
+                   f"{config.layout} layout")
         return
-    summary = synthesize(SynthConfig(out=out, identities=identities, images_per_id=images_per_id,
-                                     cameras=cameras, seed=seed))
+    summary = synthesize(config)
     click.echo(f"wrote {summary.images} images of {summary.identities} identities from {summary.cameras} cameras "
-               f"to {out} in {summary.seconds:.1f} s ({summary.images_per_second:.0f} images/s)")
+               f"to {config.out} in {summary.seconds:.1f} s ({summary.images_per_second:.0f} images/s)")
 
 
 @main.command("synth-corpus")
-@click.option("--out", required=True, type=click.Path(path_type=Path),
-              help="Folder for images/ and captions.jsonl (created).")
-@click.option("--pairs", type=click.IntRange(min=1), default=12000, show_default=True, help="Image-caption pairs to draw.")
-@click.option("--cameras", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Corpus cameras (backgrounds, lighting), none shared with any `clasp synth` world.")
-@click.option("--seed", type=int, default=0, show_default=True, help="The corpus; the same seed gives the same files.")
-def synth_corpus(out: Path, pairs: int, cameras: int, seed: int) -> None:
+@declared_options("clasp.datasets.synth_config", "CorpusConfig")
+def synth_corpus(**settings) -> None:
     """Draw an image-caption corpus (persons, body regions, items, scenes) to train `clasp train-clip` on.
 
     Identities, cameras and random streams are disjoint from every `clasp synth`
     world, even for the same seed. Only images and captions are written.
     """
-    from clasp.datasets.synth.corpus import CorpusConfig, write_corpus
+    from clasp.datasets.synth.corpus import write_corpus
+    from clasp.datasets.synth_config import CorpusConfig
 
-    summary = write_corpus(CorpusConfig(out=out, pairs=pairs, cameras=cameras, seed=seed))
+    config = config_from(CorpusConfig, settings)
+    summary = write_corpus(config)
     kinds = ", ".join(f"{k} {n}" for k, n in summary.kinds.items())
-    click.echo(f"wrote {summary.pairs} image-caption pairs to {out} in {summary.seconds:.1f} s "
+    click.echo(f"wrote {summary.pairs} image-caption pairs to {config.out} in {summary.seconds:.1f} s "
                f"({summary.pairs_per_second:.0f} pairs/s): {kinds}")
 
 
 @main.command("eval")
-@click.option("--backbone", required=True, type=click.Path(path_type=Path), help="Folder written by `clasp export`.")
-@click.option("--data", required=True, type=click.Path(path_type=Path),
-              help="A `clasp synth` folder (all tasks), a COCO person-keypoints folder (annotations/, train2017/, "
-                   "val2017/: pose), or a Market-1501 (query/, bounding_box_test/) or MSMT17 (list_query.txt, "
-                   "list_gallery.txt) folder (reid).")
-@click.option("--tasks", default=None, show_default="every task the data supports",
-              help="Comma-separated subset of attributes,parsing,reid,pose.")
-@click.option("--out", type=click.Path(path_type=Path), default=None, show_default="no file",
-              help="Write the results as JSON here.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Images per forward pass when extracting features.")
-@click.option("--probe-steps", type=click.IntRange(min=1), default=300, show_default=True,
-              help="L-BFGS iterations (at most) of the linear probes.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
-              help="Of feature extraction. " + PRECISION_HELP)
-@click.option("--task-prompt", type=click.Choice(["export", "per-probe"]), default="export", show_default=True,
-              help="export: every probe reads the export's task prompt; per-probe: attributes read the 'attribute' "
-                   "prompt, parsing and pose 'part', re-ID 'instance'.")
-@click.option("--detections", type=click.Path(path_type=Path), default=None, show_default="ground-truth boxes",
-              help="COCO: person boxes of val2017 in COCO's results format (a detector's JSON) to score instead.")
-@click.option("--pose-train-instances", type=click.IntRange(min=1), default=20000, show_default=True,
-              help="COCO: training persons the pose probe is fitted on, at most (a fixed-seed sample).")
-def eval_command(backbone: Path, data: Path, tasks: str | None, out: Path | None, batch_size: int,
-                 probe_steps: int, precision: str, task_prompt: str, detections: Path | None,
-                 pose_train_instances: int) -> None:
+@declared_options("clasp.evaluation.config", "EvalConfig")
+def eval_command(**settings) -> None:
     """Probe a frozen backbone: attributes (linear, mA), parsing (linear on patches, mIoU), re-ID (cosine kNN, mAP,
     rank-1), pose (linear on patches to heat maps, OKS AP)."""
-    from clasp.evaluation.probes import ProbeSettings
-    from clasp.evaluation.run_eval import EvalConfig, evaluate, format_table, unscored_main_metric
+    from clasp.evaluation.config import EvalConfig
+    from clasp.evaluation.run_eval import evaluate, format_table, unscored_main_metric
 
-    chosen = tuple(t.strip() for t in tasks.split(",") if t.strip()) if tasks is not None else None
-    config = EvalConfig(backbone=backbone, data=data, tasks=chosen, out=out, batch_size=batch_size,
-                        precision=precision, task_prompt=task_prompt, probe=ProbeSettings(steps=probe_steps),
-                        detections=detections, pose_train_instances=pose_train_instances)
+    config = config_from(EvalConfig, settings)
     results = evaluate(config, log=lambda msg: click.echo(msg, err=True))
     click.echo(format_table(results))
-    if out is not None:
-        click.echo(f"results written to {out}")
+    if config.out is not None:
+        click.echo(f"results written to {config.out}")
     _fail_if_unscored(unscored_main_metric(results))
 
 
 @main.command("eval-labels")
-@click.option("--shards", required=True, type=click.Path(path_type=Path), help="Shard folder written by `clasp label`.")
-@click.option("--truth", required=True, type=click.Path(path_type=Path), help="The `clasp synth` folder the images came from.")
-@click.option("--out", type=click.Path(path_type=Path), default=None, show_default="no file",
-              help="Write the results as JSON here.")
-def eval_labels(shards: Path, truth: Path, out: Path | None) -> None:
+@declared_options("clasp.evaluation.config", "LabelQualityConfig")
+def eval_labels(**settings) -> None:
     """Quality of pseudo-labels against synthetic ground truth: IoU per part, accuracy per attribute group."""
-    from clasp.evaluation.label_quality import LabelQualityConfig, evaluate_labels, format_label_quality
+    from clasp.evaluation.config import LabelQualityConfig
+    from clasp.evaluation.label_quality import evaluate_labels, format_label_quality
 
-    results = evaluate_labels(LabelQualityConfig(shards=shards, truth=truth, out=out))
+    config = config_from(LabelQualityConfig, settings)
+    results = evaluate_labels(config)
     click.echo(format_label_quality(results))
-    if out is not None:
-        click.echo(f"results written to {out}")
+    if config.out is not None:
+        click.echo(f"results written to {config.out}")
 
 
 @main.command("truth-labels")
 @click.argument("world", type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Shard folder to write (new or empty).")
-@click.option("--noise", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-              help="Share of part cells and of attribute values replaced by another value, at random.")
-@click.option("--grid", default="16x8", show_default=True, callback=_parse_hw,
-              help="Label grid HEIGHTxWIDTH (a `clasp label` store of a 224x112 CLIP input has 14x7).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the corruption.")
-@click.option("--shard-size", type=click.IntRange(min=1), default=4096, show_default=True, help="Rows per shard.")
-def truth_labels(world: Path, out: Path, noise: float, grid: tuple[int, int], seed: int, shard_size: int) -> None:
+@declared_options("clasp.evaluation.config", "TruthStoreConfig")
+def truth_labels(world: Path, **settings) -> None:
     """A label store of a `clasp synth` WORLD whose labels are its ground truth, optionally corrupted.
 
     A control no real data set has: pre-training on it tells what labels of a
     known quality buy (noise 0 is the upper bound). Read it like any store.
     """
-    from clasp.evaluation.truth_store import TruthStoreConfig, write_truth_store
+    from clasp.evaluation.config import TruthStoreConfig
+    from clasp.evaluation.truth_store import write_truth_store
 
-    config = TruthStoreConfig(world=world, out=out, noise=noise, grid=grid, seed=seed, shard_size=shard_size)
+    config = config_from(TruthStoreConfig, settings, world=world)
     summary = write_truth_store(config)
-    click.echo(f"wrote {summary.rows} rows in {summary.shards} shards to {out} in {summary.seconds:.1f} s; "
+    click.echo(f"wrote {summary.rows} rows in {summary.shards} shards to {config.out} in {summary.seconds:.1f} s; "
                f"changed {summary.part_cells_changed:.1%} of part cells and {summary.attribute_values_changed:.1%} "
                "of attribute values")
 

@@ -15,26 +15,25 @@ images), scaled per layer by `layer_decay ** (depth + 1 - layer)` when
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from clasp.errors import InputError
-from clasp.hardware import PRECISION_HELP, PRECISIONS
+from clasp.hardware import PRECISIONS
+from clasp.pretraining.tasks import TASKS as PROMPTS  # the backbone's task prompts
 from clasp.runs.layout import RUN_CONFIG
 from clasp.runs.saved_config import ResumeRule, load_saved
-from clasp.runs.settings import RunSettings
+from clasp.runs.settings import STEPS, RunSettings, workers_problem
 from clasp.runs.trackers import TrackerSettings, report_to_problem
 from clasp.settings import check_value, same_as, setting, settings_of
-from clasp.settings.layers import merge_layers, read_settings_file
+from clasp.settings.layers import config_layers
 
 TASKS = ("reid", "attributes", "parsing", "pose")
 LAYOUTS = {"reid": ("market1501", "msmt17"), "attributes": ("pa100k", "peta"), "parsing": ("lip", "cihp"),
            "pose": ("coco",)}
 SCHEDULES = ("cosine", "step")
-PROMPTS = ("instance", "part", "attribute")  # the backbone's task prompts
 
 
 class FinetuneConfigError(InputError, ValueError):
@@ -58,7 +57,7 @@ class FinetuneConfig:
                               "recognised from the folder.")
     prompt: str = setting("", "Task prompt of the backbone; none: the export's.", choices=PROMPTS)
     # --- length: `steps` wins when set, else `epochs` passes over the training split
-    steps: int | None = setting(None, "Optimizer steps; wins over --epochs.", limits=(1, 10_000_000))
+    steps: int | None = setting(None, "Optimizer steps; wins over --epochs.", limits=STEPS)
     epochs: int | None = setting(60, "Passes over the training split (when --steps is not set).",
                                  limits=(1, 100_000))
     # --- batches (per process)
@@ -96,24 +95,21 @@ class FinetuneConfig:
     detections: str = setting("", "Person boxes of val2017 in COCO's results format (a detector's JSON) to "
                                   "score instead of the ground-truth boxes.", resumable=True)
     # --- run
-    precision: str = setting("auto", PRECISION_HELP, choices=PRECISIONS, resumable=True)
-    num_workers: int | None = setting(None, "Image-loading workers per process; none: from the cores.",
-                                      limits=(0, 1_000_000), resumable=True)
+    precision: str = same_as(RunSettings, "precision")
+    # each image is read by its index, whatever the worker count: it may change on resume
+    num_workers: int | None = same_as(RunSettings, "num_workers", resumable=True)
     threads: int | None = same_as(RunSettings, "threads")
     eval_batch_size: int = setting(64, "Images per forward pass when evaluating.", limits=(1, 65_536),
                                    resumable=True)
-    save_every: int = setting(500, "Steps between checkpoints (plus one at the end).", limits=(1, 10_000_000),
-                              resumable=True)
-    keep_checkpoints: int = setting(2, "Newest checkpoints to keep.", limits=(1, 1000), resumable=True)
-    log_every: int = setting(10, "Steps between lines of metrics.jsonl.", limits=(1, 10_000_000), resumable=True)
+    save_every: int = same_as(RunSettings, "save_every", default=500)
+    keep_checkpoints: int = same_as(RunSettings, "keep_checkpoints", default=2)
+    log_every: int = same_as(RunSettings, "log_every")
     report_to: str = same_as(TrackerSettings, "report_to")
     run_name: str = same_as(TrackerSettings, "run_name")
-    stop_at: int | None = setting(None, "Stop after this step with a checkpoint (schedule unchanged); --resume "
-                                        "continues.", limits=(1, 10_000_000), resumable=True, inherited=False)
-    seed: int = setting(0, "Seed of the head, data order and augmentation.", limits=(0, 2**32 - 1))
-    resume: bool = setting(False, "Continue the run in --out from its newest checkpoint, with its saved settings.",
-                           resumable=True, inherited=False)
-    force: bool = setting(False, "Start over in an --out that holds another run.", resumable=True, inherited=False)
+    stop_at: int | None = same_as(RunSettings, "stop_at")
+    seed: int = same_as(RunSettings, "seed")
+    resume: bool = same_as(RunSettings, "resume")
+    force: bool = same_as(RunSettings, "force")
 
     def validate(self) -> "FinetuneConfig":
         for name in ("task", "backbone", "data", "out"):
@@ -141,17 +137,14 @@ class FinetuneConfig:
 
     def check_bounds(self) -> None:
         """Numbers finite and within their declared limits (the rule of `clasp.settings.check_value`, as for
-        `clasp pretrain`); `num_workers` at most 4 per available core."""
-        from clasp.hardware import available_cores
-
+        `clasp pretrain`); `num_workers` within `clasp.hardware`'s per-core rule."""
         for name, info in SETTINGS.items():
             problem = check_value(info, getattr(self, name)) if info.limits is not None else None
             if problem:
                 raise FinetuneConfigError(problem)
-        cores = available_cores()
-        if self.num_workers is not None and self.num_workers > 4 * cores:
-            raise FinetuneConfigError(f"num_workers {self.num_workers} is more than 4 per available core "
-                                      f"(4 x {cores} = {4 * cores})")
+        problem = workers_problem(self.num_workers)
+        if problem:
+            raise FinetuneConfigError(problem)
 
     def milestone_fractions(self) -> list[float]:
         try:
@@ -169,7 +162,6 @@ class FinetuneConfig:
 SETTINGS = {info.name: info for info in settings_of(FinetuneConfig)}
 KEYS = tuple(SETTINGS)
 DEFAULTS = FinetuneConfig()
-OPTIONAL_INTS = frozenset(k for k, i in SETTINGS.items() if i.optional)
 # May change between a checkpoint and `resume`: where things are, saving/logging, stopping, precision, evaluation.
 RESUMABLE_CHANGES = frozenset(k for k, i in SETTINGS.items() if i.resumable)
 NOT_INHERITED_ON_RESUME = frozenset(k for k, i in SETTINGS.items() if not i.inherited)
@@ -187,63 +179,19 @@ def recipe_settings(task: str) -> tuple[str, ...]:
     return tuple(k for k, i in SETTINGS.items() if i.flag and k not in others)
 
 
-def _coerce(key: str, value: Any, source: str) -> Any:
-    kind = type(getattr(DEFAULTS, key))
-    if value is None:
-        if key in OPTIONAL_INTS:
-            return None
-        raise FinetuneConfigError(f"{source}: setting {key!r} cannot be empty")
-    ok = True
-    if key in OPTIONAL_INTS or kind is int:
-        ok = not isinstance(value, bool) and (isinstance(value, int) or (isinstance(value, float) and value.is_integer()))
-        value = int(value) if ok else value
-    elif kind is float:
-        try:
-            value, ok = (float(value), True) if not isinstance(value, bool) else (value, False)
-        except (TypeError, ValueError):
-            ok = False
-    elif kind is bool:
-        ok = isinstance(value, bool)
-    elif kind is str:
-        ok = isinstance(value, (str, Path))
-        value = str(value) if ok else value
-    if not ok:
-        raise FinetuneConfigError(f"{source}: setting {key!r} must be {'an integer' if key in OPTIONAL_INTS else kind.__name__}, "
-                                  f"got {value!r}")
-    return value
-
-
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML or JSON file of settings; unknown keys and bad values name the key and file."""
-    try:
-        data = read_settings_file(path, KEYS)
-    except ValueError as exc:
-        raise FinetuneConfigError(str(exc)) from None
-    return {k: _coerce(k, v, str(path)) for k, v in data.items()}
-
-
 def build_config(config_file: str | Path | None = None, **overrides: Any) -> FinetuneConfig:
     """Defaults <- [saved run settings with resume] <- config file <- overrides (None = not given); validated."""
-    given = {k: v for k, v in overrides.items() if v is not None}
-    unknown = sorted(set(given) - set(KEYS))
-    if unknown:
-        raise FinetuneConfigError(f"unknown setting {unknown[0]!r}")
-    layers = [load_config_file(config_file) if config_file is not None else {},
-              {k: _coerce(k, v, "command line") for k, v in given.items()}]
-    sources = [str(config_file), "command line"]
-    merged = {**layers[0], **layers[1]}
-    saved_path = Path(merged.get("out", "")) / RUN_CONFIG
-    if merged.get("resume") and merged.get("out") and saved_path.is_file():
-        saved, _ = load_saved(saved_path, FinetuneConfigError)
-        layers.insert(0, {k: _coerce(k, v, str(saved_path)) for k, v in saved.items()
-                          if k in KEYS and k not in NOT_INHERITED_ON_RESUME})
-        sources.insert(0, str(saved_path))
-    values = merge_layers(layers)
+    try:
+        layers = config_layers(FinetuneConfig, config_file, overrides, RUN_CONFIG,
+                               lambda path: load_saved(path, FinetuneConfigError))
+    except ValueError as exc:  # an unknown key, a value of the wrong type, a file that does not parse
+        raise FinetuneConfigError(str(exc)) from None
+    values = layers.values()
     try:
         return FinetuneConfig(**values).validate()
     except FinetuneConfigError as exc:  # name the file (or the command line) that set the refused key
         key = str(exc).split(" ", 1)[0].strip("`")
-        given_in = [source for layer, source in zip(layers, sources) if key in layer]
-        if not given_in:
+        source = layers.source_of(key)
+        if source is None:
             raise
-        raise FinetuneConfigError(f"{given_in[-1]}: {exc}") from None
+        raise FinetuneConfigError(f"{source}: {exc}") from None

@@ -17,7 +17,6 @@ saved config's `derived` block is the rate actually used.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -25,13 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from clasp.errors import InputError
-from clasp.hardware import PRECISION_HELP, PRECISIONS
 from clasp.runs.layout import RUN_CONFIG
 from clasp.runs.saved_config import ResumeRule, load_saved
-from clasp.runs.settings import RunSettings
+from clasp.runs.settings import STEPS, RunSettings, workers_problem
 from clasp.runs.trackers import TrackerSettings, report_to_problem
-from clasp.settings import coerce, first_problem, same_as, setting, settings_of
-from clasp.settings.layers import merge_layers, read_settings_file
+from clasp.settings import first_problem, same_as, setting, settings_of
+from clasp.settings.layers import config_layers
 from clasp.store.cache_config import CacheConfig
 from clasp.common.person_size import PERSON_HW
 
@@ -53,12 +51,9 @@ class ConfigError(InputError, ValueError):
 
 # Temperatures divide logits: they must be above 0 and at most this.
 MAX_TEMPERATURE = 1.0
-# DataLoader workers per available core (clasp.hardware.available_cores) at most.
-WORKERS_PER_CORE = 4
 # Bytes per student parameter: fp32 weights, gradient, two AdamW moments, and the EMA teacher's copy.
 BYTES_PER_PARAMETER = 20
 CROP_HW = {"global": PERSON_HW, "local": (PERSON_HW[0] // 2, PERSON_HW[1] // 2)}
-STEPS = (1, 10_000_000)  # bounds of any count of optimizer steps
 ON_BAD_ROW_HELP = ("A row that fails a check (a chunk that does not decompress, an image that does not decode, "
                    "part_mask outside the vocabulary, part_conf outside [0, 1], attr_logits not finite): stop with "
                    "one line naming shard, row and field, or skip it and count it.")
@@ -125,13 +120,10 @@ class PretrainConfig:
                                       "momentum_teacher_end).", limits=(0, 1))
     momentum_teacher_end: float = setting(1.0, "EMA momentum of the teacher at the end.", limits=(0, 1), flag=False)
     clip_grad: float = setting(3.0, "Max gradient norm (0: no clipping).", limits=(0, 1e6))
-    precision: str = setting("auto", PRECISION_HELP + " fp16 needs a GPU (see Speed). `no`, the old spelling of "
-                             "fp32 in saved configs, reads as fp32.", choices=PRECISIONS, resumable=True)
-    # --- data loading
-    num_workers: int | None = setting(
-        None, "DataLoader worker processes per training process; from the cores: 1 per 8 cores on a CPU, cores - 1 "
-        "(at most 8) on a GPU, counting only the cores this process may use. The count used is saved.",
-        shown="from the cores", limits=(0, math.inf))
+    precision: str = same_as(RunSettings, "precision", note="fp16 needs a GPU (see Speed). `no`, the old spelling "
+                             "of fp32 in saved configs, reads as fp32.")
+    # --- data loading (the data order depends on the worker count: it may not change on resume)
+    num_workers: int | None = same_as(RunSettings, "num_workers", note="The count used is saved.")
     threads: int | None = same_as(RunSettings, "threads")
     shuffle_buffer: int = setting(2048, "Rows held by each worker's shuffle buffer.", limits=(1, 1_000_000),
                                   flag=False)
@@ -140,21 +132,15 @@ class PretrainConfig:
     cache_dir: str = same_as(CacheConfig, "cache_dir")
     cache_size: str = same_as(CacheConfig, "cache_size")
     # --- checkpoints, logging, stopping
-    save_every: int = setting(1000, "Optimizer steps between checkpoints (there is always one at the end).",
-                              limits=STEPS, resumable=True)
-    keep_checkpoints: int = setting(3, "Newest checkpoints kept in OUT/checkpoints.", limits=(1, 1000),
-                                    resumable=True)
-    log_every: int = setting(10, "Optimizer steps between lines of OUT/metrics.jsonl.", limits=STEPS,
-                             resumable=True)
+    save_every: int = same_as(RunSettings, "save_every")
+    keep_checkpoints: int = same_as(RunSettings, "keep_checkpoints")
+    log_every: int = same_as(RunSettings, "log_every")
     report_to: str = same_as(TrackerSettings, "report_to")
     run_name: str = same_as(TrackerSettings, "run_name")
-    stop_at: int | None = setting(None, "Stop cleanly after this step with a checkpoint (schedule unchanged); "
-                                  "--resume continues.", limits=STEPS, resumable=True, inherited=False)
-    seed: int = setting(0, "Seed of the model init, data order and augmentation.", limits=(0, 2**32 - 1))
-    resume: bool = setting(False, "Continue the run in --out from its newest checkpoint, with its saved settings.",
-                           resumable=True, inherited=False)
-    force: bool = setting(False, "Start over in an --out that holds another run (deletes that run's files).",
-                          resumable=True, inherited=False)
+    stop_at: int | None = same_as(RunSettings, "stop_at")
+    seed: int = same_as(RunSettings, "seed")
+    resume: bool = same_as(RunSettings, "resume")
+    force: bool = same_as(RunSettings, "force")
     log_rows: bool = setting(False, "Debug: write the row ids each process reads to OUT/rows-rankR.jsonl.",
                              hidden=True, resumable=True)
 
@@ -226,12 +212,11 @@ class PretrainConfig:
 
     def check_resources(self) -> None:
         """Counts that become processes or memory, against what this machine has (README, "Bounds")."""
-        from clasp.hardware import available_cores, available_memory
+        from clasp.hardware import available_memory
 
-        cores = available_cores()
-        if self.num_workers is not None and self.num_workers > WORKERS_PER_CORE * cores:
-            raise ConfigError(f"num_workers {self.num_workers} is more than {WORKERS_PER_CORE} per available core "
-                              f"({WORKERS_PER_CORE} x {cores} = {WORKERS_PER_CORE * cores})", "num_workers")
+        problem = workers_problem(self.num_workers)
+        if problem:
+            raise ConfigError(problem, "num_workers")
         memory = available_memory()
         if memory is None:
             return
@@ -250,7 +235,6 @@ class PretrainConfig:
 SETTINGS = {info.name: info for info in settings_of(PretrainConfig)}
 KEYS: tuple[str, ...] = tuple(SETTINGS)
 DEFAULTS = PretrainConfig()
-LIMITS: dict[str, tuple[float, float]] = {k: i.limits for k, i in SETTINGS.items() if i.limits is not None}
 
 # Settings that may change between a checkpoint and `--resume` without breaking the run (declared
 # `resumable`): where things are, how often to save/log, when to stop, the arithmetic precision.
@@ -268,50 +252,29 @@ def default_of(name: str) -> Any:
     return getattr(DEFAULTS, name)
 
 
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML or JSON file of settings; unknown keys and bad values name the key and file."""
-    try:
-        data = read_settings_file(path, KEYS)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    return {key: _coerce(key, value, str(path)) for key, value in data.items()}
-
-
 def build_config(config_file: str | Path | None = None, **overrides: Any) -> PretrainConfig:
     """Defaults <- [saved run settings] <- config file <- overrides (None means 'not given'); validated.
 
     With `resume`, the settings saved in `out`/config.json form the base, so
     `clasp pretrain --out RUN --resume` alone continues a run however it was
     configured. Giving `steps` clears `epochs` from a lower layer and vice
-    versa, so that a flag always decides the run length.
+    versa, so that a flag always decides the run length (`clasp.settings.layers`).
     """
-    given = {k: v for k, v in overrides.items() if v is not None}
-    unknown = sorted(set(given) - set(KEYS))
-    if unknown:
-        raise ConfigError(f"unknown setting {unknown[0]!r}")
-    file_layer = load_config_file(config_file) if config_file is not None else {}
-    flags = {k: _coerce(k, v, "command line") for k, v in given.items()}
-    layers = [file_layer, flags]
-    sources = [str(config_file), "command line"]
-    merged = {**file_layer, **flags}
-    if merged.get("resume") and merged.get("out"):
-        saved_path = Path(merged["out"]) / RUN_CONFIG
-        if saved_path.is_file():
-            saved, _ = load_saved(saved_path, ConfigError)
-            base = {k: _coerce(k, v, str(saved_path)) for k, v in saved.items()
-                    if k in KEYS and k not in NOT_INHERITED_ON_RESUME}
-            layers.insert(0, base)
-            sources.insert(0, str(saved_path))
-    values = merge_layers(layers)
+    try:
+        layers = config_layers(PretrainConfig, config_file, overrides, RUN_CONFIG,
+                               lambda path: load_saved(path, ConfigError))
+    except ValueError as exc:  # an unknown key, a value of the wrong type, a file that does not parse
+        raise ConfigError(str(exc)) from None
+    values = layers.values()
     if values.get("shards") and not values.get("out") and not values.get("resume"):
         values["out"] = default_run_folder(values["shards"])
     try:
         return PretrainConfig(**values).validate()
     except ConfigError as exc:
-        given_in = [source for layer, source in zip(layers, sources) if exc.key in layer]
-        if exc.key is None or not given_in:
+        source = layers.source_of(exc.key) if exc.key is not None else None
+        if source is None:
             raise
-        raise ConfigError(f"{given_in[-1]}: {exc}", exc.key) from None
+        raise ConfigError(f"{source}: {exc}", exc.key) from None
 
 
 def default_run_folder(shards: str, now: float | None = None) -> str:
@@ -326,11 +289,3 @@ def default_run_folder(shards: str, now: float | None = None) -> str:
     out = str(Path(RUNS_DIR) / f"{Path(shards).resolve().name or 'shards'}-{stamp}")
     log.info(f"run folder: {out} (no --out given)")
     return out
-
-
-def _coerce(key: str, value: Any, source: str) -> Any:
-    """Check a value against the setting's declared type (ints stay ints; '1e-4' from YAML becomes a float)."""
-    try:
-        return coerce(SETTINGS[key], value, source)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
