@@ -186,7 +186,7 @@ def _loader(config, recipe, plan, accelerator, start: int, end: int):
     from clasp.hardware import dataloader_workers, use_available_cores
 
     on_host = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
-    use_available_cores(on_host)
+    use_available_cores(on_host, config.threads)
     workers = config.num_workers if config.num_workers is not None else dataloader_workers(
         accelerator.device.type, on_host)
     data = StepData(recipe, plan, config.seed, accelerator.process_index)

@@ -196,13 +196,14 @@ def resume_or_seed(config: PretrainConfig, accelerator, inputs: RunInputs, core,
 
 def use_process_cores(config: PretrainConfig, accelerator) -> dict[str, Any]:
     """Torch threads and DataLoader workers from the cores this process may use; what was chosen, for the record."""
-    from clasp.hardware import available_cores, dataloader_workers, use_available_cores
+    from clasp.hardware import available_cores, dataloader_workers, set_torch_threads
 
     on_host = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
     if config.num_workers is None:
         config.num_workers = dataloader_workers(accelerator.device.type, on_host)
-    return {"available_cores": available_cores(), "processes_on_host": on_host,
-            "torch_threads": use_available_cores(on_host), "num_workers": config.num_workers}
+    threads = set_torch_threads(on_host, config.threads)
+    return {"available_cores": available_cores(), "processes_on_host": on_host, "torch_threads": threads.threads,
+            "torch_threads_from": threads.source, "num_workers": config.num_workers}
 
 
 def model_config_for(config: PretrainConfig, vocab):

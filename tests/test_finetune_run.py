@@ -359,3 +359,14 @@ def test_a_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(w
         run_finetune(reid_config(world, out, steps=4, save_every=2))
     assert (out / "error.log").read_text() == f"error: {caught.value}\n"
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000002"]
+
+
+def test_threads_given_win_over_omp_num_threads(world, tmp_path: Path, monkeypatch) -> None:
+    """OMP_NUM_THREADS is 1 in this module; --threads 2 is what the run's process computes with."""
+    import clasp.hardware.cores as cores
+
+    chosen = []
+    choose = cores.thread_choice
+    monkeypatch.setattr(cores, "thread_choice", lambda *args: chosen.append(choose(*args)) or chosen[-1])
+    run_finetune(reid_config(world, tmp_path / "run", steps=1, threads=2))
+    assert [(c.threads, c.source) for c in chosen] == [(2, "--threads")]

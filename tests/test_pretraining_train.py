@@ -103,8 +103,9 @@ def test_metrics_and_checkpoint_contents(store: Path, tmp_path: Path) -> None:
     folder = out / "checkpoints" / "step-00000003"
     saved = json.loads((folder / "config.json").read_text())
     assert saved["config"]["batch_size"] == 4 and saved["derived"]["total_steps"] == 3
-    assert saved["hardware"] | {"torch_threads": None} == resolve_precision("fp32", CPU).record() | {
-        "available_cores": available_cores(), "processes_on_host": 1, "torch_threads": None, "num_workers": 0}
+    unmeasured = {"torch_threads": None, "torch_threads_from": None}
+    assert saved["hardware"] | unmeasured == resolve_precision("fp32", CPU).record() | {
+        "available_cores": available_cores(), "processes_on_host": 1, "num_workers": 0} | unmeasured
     for path in folder.iterdir():
         if path.suffix == ".safetensors":
             assert any(k.startswith("teacher.") for k in load_file(path))
@@ -126,6 +127,14 @@ def test_auto_precision_and_loader_workers_are_resolved_and_saved(store: Path, t
     assert read_metrics(out)[0]["precision"] == auto.precision
     # a config saved with accelerate's old spelling of full precision still loads, as fp32
     assert PretrainConfig(**{**TINY, "shards": "s", "out": "o", "precision": "no"}).validate().precision == "fp32"
+
+
+def test_threads_given_win_and_are_recorded_with_their_source(store: Path, tmp_path: Path) -> None:
+    before = torch.get_num_threads()
+    train(store, tmp_path / "run", steps=1, threads=1)
+    hardware = json.loads((tmp_path / "run" / "config.json").read_text())["hardware"]
+    assert (hardware["torch_threads"], hardware["torch_threads_from"]) == (1, "--threads")
+    assert torch.get_num_threads() == before  # the run's own count is not left behind
 
 
 def test_a_bad_row_is_skipped_when_the_run_says_so(store: Path, tmp_path: Path) -> None:
