@@ -11,8 +11,8 @@ its own, its resume rule); the training commands' shared settings are
 command-line options (`click_options`), the config-file keys and their type
 checks (`coerce`), the layering of defaults, saved run, config file and flags
 (`layers.config_layers`), the bounds check (`check_value`), which settings may
-change on resume, and the option tables of docs/commands (`python -m
-clasp.settings` rewrites them; a test fails when they drift). This package
+change on resume, and the option tables of docs/commands (`option_tables.py` renders a class;
+`python -m clasp.command_pages` rewrites the pages; a test fails when they drift). This package
 imports nothing of ours, so every stage can use it.
 """
 

@@ -7,14 +7,15 @@ import math
 import pytest
 
 from clasp.settings import check_value, coerce, settings_of
-from clasp.settings.readme_tables import PAGES, TABLES, blocks, page, render, rewrite
+from clasp.command_pages import PAGES, TABLES, page, rewrite, table
+from clasp.settings.option_tables import blocks
 
 
 def test_option_tables_are_the_dataclasses() -> None:
     for name in TABLES:
         found = blocks(page(name).read_text(encoding="utf-8"))
         assert set(found) == {name}, f"docs/commands/{name}.md has the settings tables {sorted(found)}, not [{name!r}]"
-        assert found[name] == render(name), f"the table of {name!r} drifted: run `python -m clasp.settings`"
+        assert found[name] == table(name), f"the table of {name!r} drifted: run `python -m clasp.command_pages`"
     for other in PAGES.glob("*.md"):
         assert set(blocks(other.read_text(encoding="utf-8"))) <= {other.stem}, f"{other.name} holds another command's table"
 
@@ -22,7 +23,7 @@ def test_option_tables_are_the_dataclasses() -> None:
 def test_a_command_added_to_the_mapping_takes_over_its_hand_written_table() -> None:
     written = "# `clasp export`\n\n## Options\n\nBy hand:\n\n| option | default | meaning |\n| --- | --- | --- |\n| `--out` | x | y |\n\n## Examples\n"
     rewritten = rewrite(written, "export")
-    assert blocks(rewritten) == {"export": render("export")}
+    assert blocks(rewritten) == {"export": table("export")}
     assert rewritten.startswith("# `clasp export`\n\n## Options\n\nBy hand:\n\n<!-- settings: export -->\n")
     assert rewritten.endswith("<!-- /settings -->\n\n## Examples\n") and rewrite(rewritten, "export") == rewritten
     assert rewrite(written, "verify") == written  # a command without declarations keeps its table
