@@ -32,7 +32,7 @@ reproduce: install
 reproduce-ladder: install
 	$(PY) reproduce/run.py --ladder --out reproduce/ladder
 
-# Fine-tuning of the three exports of `make reproduce` (made first when missing); budget in the README.
+# Fine-tuning of the three exports of `make reproduce` (made first when missing); budget in docs/results.md.
 reproduce-finetune: install
 	test -f reproduce/out/exports/clasp/config.json || $(PY) reproduce/run.py
 	$(PY) reproduce/finetune.py

@@ -380,7 +380,7 @@ def _pretrain_options(func):
 
     func = click_options(PretrainConfig)(func)
     return click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, show_default="none",
-                        help="YAML or JSON file of settings (keys as in the README); flags override it. "
+                        help="YAML or JSON file of settings (keys as in docs/commands/pretrain.md); flags override it. "
                              "With --resume the run's saved settings come first.")(func)
 
 
@@ -446,7 +446,7 @@ def _finetune_options(task: str):
         func = click_options(FinetuneConfig, names=recipe_settings(task))(func)
         return click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
                             show_default="none",
-                            help="YAML or JSON file of settings (keys as in the README); flags override it.")(func)
+                            help="YAML or JSON file of settings (keys as in docs/commands/finetune.md); flags override it.")(func)
 
     return decorate
 

@@ -6,6 +6,7 @@
   bootstrap intervals, re-ranking, and results files that never hold NaN;
 - `pose_crops.py`, `heatmaps.py`, `oks.py`: top-down crops, heat maps and OKS AP, shared with
   `clasp finetune pose`;
+- `config.py`: the declared settings of `clasp eval`, `eval-labels` and `truth-labels`;
 - `label_quality.py`: `clasp eval-labels`; `truth_store.py`: `clasp truth-labels` (the ground-truth control);
 - `no_information.py`, `reid_reference.py`: where losses and re-ID scores start when nothing is learned;
 - `plots.py`: the charts of every report.

@@ -44,7 +44,7 @@ class FinetuneConfigError(InputError, ValueError):
 class FinetuneConfig:
     """Every setting of a fine-tuning run; `clasp finetune` offers each as a flag (`RECIPE_ONLY`: which recipe's).
 
-    `limits` bound each number (README, "Errors and bad input"): beyond them no run is sane on any machine.
+    `limits` bound each number (docs/errors.md): beyond them no run is sane on any machine.
     """
 
     # --- what and where

@@ -60,7 +60,7 @@ def detect_layout(task: str, data: Path) -> str:
     for layout in LAYOUTS[task]:
         if tests[layout](data):
             return layout
-    raise FinetuneInputError(f"{data}: not a {' or '.join(LAYOUTS[task])} folder (see the README for each layout)")
+    raise FinetuneInputError(f"{data}: not a {' or '.join(LAYOUTS[task])} folder (each layout: docs/commands/finetune.md)")
 
 
 def load_data(config: FinetuneConfig):

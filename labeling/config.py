@@ -5,7 +5,7 @@ model, its input size, dense mode, precision and device, plus the vocabulary);
 it is frozen and hashable, so it also keys each worker's labeler cache.
 `LabelConfig` is the whole run: those settings (declared by reference to
 `ClipLabelerConfig`, not again) plus the folders, sharding and parallelism.
-The command-line options and the README table are derived from `LabelConfig`.
+The command-line options and the table of docs/commands/label.md are derived from `LabelConfig`.
 This module imports no torch, so the command line can read it at once.
 """
 

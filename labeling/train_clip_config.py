@@ -1,6 +1,6 @@
 """Every setting of `clasp train-clip`, declared once.
 
-The command-line options and the README table are derived from `TrainClipConfig`
+The command-line options and the table of docs/commands/train-clip.md are derived from `TrainClipConfig`
 (the settings that only a program or a test changes are declared too, with
 `flag=False`). This module imports no torch, so the command line can read it at once.
 """

@@ -61,7 +61,7 @@ ON_BAD_ROW_HELP = ("A row that fails a check (a chunk that does not decompress, 
 
 @dataclass
 class PretrainConfig:
-    """Every setting of a run; `limits` are the README's "Bounds" (counts that become processes or
+    """Every setting of a run; `limits` are the "Bounds" of docs/commands/pretrain.md (counts that become processes or
     memory are also checked against this machine in `check_resources`)."""
 
     # --- data and run folder
@@ -211,7 +211,7 @@ class PretrainConfig:
         return self.batch_size * pixels * 3 * 4
 
     def check_resources(self) -> None:
-        """Counts that become processes or memory, against what this machine has (README, "Bounds")."""
+        """Counts that become processes or memory, against what this machine has (docs/commands/pretrain.md, "Bounds")."""
         from clasp.hardware import available_memory
 
         problem = workers_problem(self.num_workers)

@@ -16,7 +16,7 @@ thread, and two threads of one run on two shared cores mostly wait for each
 other, while two one-thread runs keep both cores busy.
 
 Environment: EXPORTS, FT_STEPS (default 60 per run), FT_IDENTITIES (default 60),
-FT_PRECISION (default auto), FT_JOBS. See the README for the time measured.
+FT_PRECISION (default auto), FT_JOBS. The time measured: docs/results.md.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ One module per concern, each the only place that concern is implemented:
 Who uses what: `clasp pretrain` and `clasp finetune` all of it; `clasp train-clip` the folder lock,
 error.log, metrics.jsonl and trackers, the schedules and the stop signals (it has no checkpoints and no
 resume); `clasp label` the folder lock and error.log. This package imports nothing of ours but
-`clasp.errors`, `clasp.common` (atomic writes), `clasp.settings` (the tracker settings) and
+`clasp.errors`, `clasp.common` (atomic writes), `clasp.settings` (the shared training settings of `settings.py`, the tracker settings) and
 `clasp.hardware` (the precision).
 """
 

@@ -28,7 +28,7 @@ class SettingInfo:
     open_low: bool = False
     open_high: bool = False
     flag: bool = True  # offered on the command line (else: config file only)
-    hidden: bool = False  # a debugging flag, left out of --help and the README
+    hidden: bool = False  # a debugging flag, left out of --help and the command pages
     required: bool = False  # the command line must give it
     resumable: bool = False  # may differ between a checkpoint and --resume
     inherited: bool = True  # a resumed run starts from the saved value
