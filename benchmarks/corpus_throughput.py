@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=3000)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    print_header("auto", note="no model here: drawing and JPEG encoding are the same in every precision")
+    print_header(note="no model here: drawing and JPEG encoding are the same in every precision")
     best = best_times({
         "corpus": lambda folder: write_corpus(CorpusConfig(folder, pairs=args.pairs, seed=0)),
         "baseline": lambda folder: write_jpegs(folder, args.pairs, JPEG_QUALITY),

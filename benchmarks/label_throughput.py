@@ -34,7 +34,6 @@ part of the ratio; with few images they weigh more, which can only lower it.
 from __future__ import annotations
 
 import argparse
-import io
 import statistics
 import sys
 import tempfile
@@ -45,7 +44,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from clasp.hardware import PRECISIONS, use_available_cores
+from clasp.hardware import DEFAULT_PRECISION, PRECISIONS, use_available_cores
 from clasp.labeling.decode import decode_input
 from clasp.labeling.discover import discover_images
 from clasp.labeling.run import LabelConfig, run_labeling
@@ -71,7 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--preset", default="ViT-B/16", choices=["ViT-B/16", "tiny"], help="CLIP architecture (random weights)")
     p.add_argument("--images", type=int, default=IMAGES, help="number of JPEG files to label")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--precision", default="auto", choices=PRECISIONS, help="resolved as `clasp label` does")
+    p.add_argument("--precision", default=DEFAULT_PRECISION, choices=PRECISIONS, help="resolved as `clasp label` does")
     p.add_argument("--clip-size", default="448x224", help="CLIP input HEIGHTxWIDTH")
     p.add_argument("--workers", type=int, default=0, help="as `clasp label --workers` (0: in this process)")
     p.add_argument("--repeats", type=int, default=1, help="measure both this many times (ABBA order); report medians")

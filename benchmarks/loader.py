@@ -288,7 +288,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=BATCH, help="images per batch, as clasp pretrain's")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    print_header("auto", note="no model here: the loader's work is the same in every precision")
+    print_header(note="no model here: the loader's work is the same in every precision")
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
         if args.shards:

@@ -23,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from clasp.hardware import PrecisionChoice, PrecisionError, available_cores, probe_capability, resolve_precision
+from clasp.hardware import DEFAULT_PRECISION, PrecisionChoice, PrecisionError, available_cores, probe_capability, resolve_precision
 
 CPUINFO = Path("/proc/cpuinfo")
 
@@ -60,7 +60,7 @@ def header_lines(choice: PrecisionChoice) -> list[str]:
     return [machine, precision]
 
 
-def print_header(requested: str = "auto", device: str = "cpu", note: str = "") -> PrecisionChoice:
+def print_header(requested: str = DEFAULT_PRECISION, device: str = "cpu", note: str = "") -> PrecisionChoice:
     """Resolve `requested`, print the two header lines (`note` ends the second), return the choice.
 
     Call it after setting torch's threads, so that the count printed is the one measured with.

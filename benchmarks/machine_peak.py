@@ -166,10 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the cores available)")
     args = parser.parse_args(argv)
-    from clasp.hardware import use_available_cores
+    from clasp.hardware import DEFAULT_PRECISION, use_available_cores
 
     torch.set_num_threads(args.threads) if args.threads else use_available_cores()
-    for line in header_lines(choose_precision("auto", args.device)):
+    for line in header_lines(choose_precision(DEFAULT_PRECISION, args.device)):
         print(line, flush=True)
     if args.device == "cpu" and "fp16" in args.precisions:
         print("note: fp16 on a CPU has no fast path (`clasp` refuses it there); measured for reference only")

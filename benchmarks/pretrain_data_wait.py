@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loader import make_data  # noqa: E402  (the loader benchmark's store generator)
 from machine import print_header, verdict  # noqa: E402
 
-from clasp.hardware import PRECISIONS, use_available_cores  # noqa: E402
+from clasp.hardware import DEFAULT_PRECISION, PRECISIONS, use_available_cores  # noqa: E402
 
 TARGET = 0.10
 
@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--preset", default="small")
-    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="passed to `clasp pretrain`")
+    parser.add_argument("--precision", default=DEFAULT_PRECISION, choices=PRECISIONS, help="passed to `clasp pretrain`")
     parser.add_argument("--num-workers", type=int, default=1)
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--workdir", type=Path, default=None)

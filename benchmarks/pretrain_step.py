@@ -44,7 +44,7 @@ from pathlib import Path
 
 import torch
 
-from clasp.hardware import PRECISIONS, PrecisionChoice, use_available_cores
+from clasp.hardware import DEFAULT_PRECISION, PRECISIONS, PrecisionChoice, use_available_cores
 from clasp.hardware.compile import compiled_or_eager
 from clasp.pretraining.batch import MultiCropBatch
 from clasp.pretraining.host_memory import keep_freed_memory
@@ -111,7 +111,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--global-crops", type=int, default=2)
     parser.add_argument("--local-crops", type=int, default=6)
-    parser.add_argument("--precision", default="auto", choices=PRECISIONS)
+    parser.add_argument("--precision", default=DEFAULT_PRECISION, choices=PRECISIONS)
     parser.add_argument("--moe-layers", type=int, default=4)
     parser.add_argument("--experts", type=int, default=6)
     parser.add_argument("--top-k", type=int, default=2)

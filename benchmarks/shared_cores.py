@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loader import make_data  # noqa: E402  (the loader benchmark's store generator)
 from machine import print_header, verdict  # noqa: E402
 
-from clasp.hardware import available_cores  # noqa: E402
+from clasp.hardware import DEFAULT_PRECISION, available_cores  # noqa: E402
 
 LOADED_TARGET, IDLE_TARGET = 0.40, 0.97
 SPIN = "while True: pass"
@@ -58,7 +58,7 @@ def env_for(rule: str) -> dict[str, str]:
 def pretrain_images_per_s(shards: Path, out: Path, steps: int, rule: str) -> float:
     """Median images/s of the steps after the first of a tiny `clasp pretrain` (batch 16, 2+2 crops)."""
     subprocess.run([sys.executable, "-m", "clasp.cli", "pretrain", "--shards", str(shards), "--out", str(out),
-                    "--force", "--preset", "tiny", "--precision", "auto", "--batch-size", "16", "--global-crops", "2",
+                    "--force", "--preset", "tiny", "--precision", DEFAULT_PRECISION, "--batch-size", "16", "--global-crops", "2",
                     "--local-crops", "2", "--num-workers", "1", "--steps", str(steps), "--log-every", "1",
                     "--save-every", str(steps)], check=True, env=env_for(rule), capture_output=True)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -68,7 +68,7 @@ def pretrain_images_per_s(shards: Path, out: Path, steps: int, rule: str) -> flo
 def label_images_per_s(images: Path, clip: Path, out: Path, rule: str) -> float:
     """images/s of `clasp label` with the offline tiny CLIP at 224x112, from its summary line."""
     result = subprocess.run([sys.executable, "-m", "clasp.cli", "label", "--images", str(images), "--out", str(out),
-                             "--force", "--clip-model", str(clip), "--clip-size", "224x112", "--precision", "auto"],
+                             "--force", "--clip-model", str(clip), "--clip-size", "224x112", "--precision", DEFAULT_PRECISION],
                             check=True, env=env_for(rule), capture_output=True, text=True)
     return float(re.search(r"([\d.]+) images/s", result.stdout).group(1))
 
@@ -80,7 +80,7 @@ def main() -> None:
     parser.add_argument("--only", choices=("pretrain", "label"), default=None)
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
-    print_header("auto", note=f"{available_cores()} cores allowed; busy processes are Python loops")
+    print_header(note=f"{available_cores()} cores allowed; busy processes are Python loops")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="clasp-shared-cores-"))
     images, shards, _ = make_data(workdir, args.images)
     clip = workdir / "clip"

@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--images-per-id", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    print_header("auto", note="no model here: drawing and JPEG encoding are the same in every precision")
+    print_header(note="no model here: drawing and JPEG encoding are the same in every precision")
     n = args.identities * args.images_per_id
     config = {"identities": args.identities, "images_per_id": args.images_per_id, "cameras": 4, "seed": 0}
     best = best_times({

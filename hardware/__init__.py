@@ -1,8 +1,8 @@
 """What the machine offers a run: the precision it computes in natively, and the cores it may use.
 
 Both stages and the evaluation ask here, so every command resolves `auto` and
-counts cores by the same rule. This package imports nothing of ours, and torch
-only when asked about a device, so the command line can import it cheaply.
+counts cores by the same rule. This package imports nothing of ours but
+`clasp.errors`, and torch only when asked about a device, so the command line can import it cheaply.
 """
 
 from clasp.hardware.cores import (
@@ -12,11 +12,13 @@ from clasp.hardware.cores import (
 from clasp.hardware.memory import available_memory
 from clasp.hardware.threads import THREADS_HELP, THREADS_LIMITS, THREADS_SHOWN, ThreadChoice, choose_threads
 from clasp.hardware.precision import (
-    PRECISION_HELP, PRECISIONS, Capability, PrecisionChoice, PrecisionError, probe_capability, resolve_precision,
+    DEFAULT_PRECISION, PRECISION_HELP, PRECISIONS, Capability, PrecisionChoice, PrecisionError, probe_capability,
+    resolve_precision,
 )
 
 __all__ = [
-    "PRECISION_HELP", "PRECISIONS", "THREADS_HELP", "THREADS_LIMITS", "THREADS_SHOWN", "Capability", "PrecisionChoice",
+    "DEFAULT_PRECISION", "PRECISION_HELP", "PRECISIONS", "THREADS_HELP", "THREADS_LIMITS", "THREADS_SHOWN", "Capability",
+    "PrecisionChoice",
     "PrecisionError", "ThreadChoice", "available_cores", "available_memory", "choose_threads", "cores_per_process",
     "dataloader_workers", "probe_capability", "resolve_precision", "set_torch_threads", "thread_choice",
     "torch_threads",

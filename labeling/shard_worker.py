@@ -22,7 +22,7 @@ from clasp.labeling.config import ClipLabelerConfig
 from clasp.labeling.decode import DecodedImage, DecodeSkip, decode_input
 from clasp.labeling.errors import LabelingRunError, write_problem
 from clasp.labeling.plan import ShardPlan
-from clasp.store import ClipInfo, LabelRows, Manifest, ShardEntry, SkippedInput, Vocabulary, write_shard_for
+from clasp.store import ClipInfo, LabelRows, Manifest, ShardEntry, SkippedInput, write_shard_for
 from clasp.store.schema import ORIG_HW_DTYPE
 
 PREFETCH_BATCHES = 2  # batches decoded ahead of the model: enough to hide decoding, little memory

@@ -163,13 +163,13 @@ def main() -> int:
     missing = [m for m in METHODS if not (exports / m / "config.json").is_file()]
     if missing:
         sys.exit(f"error: {exports}: no export of {', '.join(missing)}; run `make reproduce` first")
-    from clasp.hardware import available_cores
+    from clasp.hardware import DEFAULT_PRECISION, available_cores
 
     steps, identities = int(os.environ.get("FT_STEPS", 60)), int(os.environ.get("FT_IDENTITIES", 60))
     jobs = max(1, int(os.environ.get("FT_JOBS", available_cores())))
     start, load_start = time.perf_counter(), list(os.getloadavg())
     data = write_data(args.out, identities)
-    results = run_all(exports, args.out, data, steps, os.environ.get("FT_PRECISION", "auto"), jobs)
+    results = run_all(exports, args.out, data, steps, os.environ.get("FT_PRECISION", DEFAULT_PRECISION), jobs)
     seconds, load = time.perf_counter() - start, (load_start, list(os.getloadavg()))
     (args.out / "results.json").write_text(json.dumps({"steps": steps, "identities": identities, "jobs": jobs,
                                                        "seconds": seconds, "load_average": load, "results": results},

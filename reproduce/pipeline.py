@@ -44,7 +44,7 @@ from clasp.datasets.market1501 import REQUIRED_PARTS
 from clasp.errors import RunError
 from clasp.reproduce.report import (Reproduction, loss_summary, render_report, results_summary,
                                                run_metrics, truth_method_name, truth_store_name)
-from clasp.hardware import available_cores
+from clasp.hardware import DEFAULT_PRECISION, available_cores
 from clasp.store import ShardStore
 from clasp.store.label_choices import DENSE_MODES
 
@@ -83,7 +83,7 @@ class ReproduceConfig:
     batch_size: int = 16
     local_crops: int = 2
     lr: float = 0.032  # per 256 images (`clasp pretrain --lr`): peak 0.032 * 16 / 256 = 2e-3
-    precision: str = "auto"  # resolved by each stage on its device (clasp.hardware)
+    precision: str = DEFAULT_PRECISION  # resolved by each stage on its device (clasp.hardware)
     # A short schedule needs a faster teacher than DINO's 0.996, or the exported
     # EMA teacher stays near its initialisation.
     momentum_teacher: float = 0.99
