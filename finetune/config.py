@@ -28,7 +28,7 @@ from clasp.runs.saved_config import ResumeRule, load_saved
 from clasp.runs.settings import STEPS, RunSettings, workers_problem
 from clasp.runs.trackers import TrackerSettings, report_to_problem
 from clasp.settings import check_value, same_as, setting, settings_of
-from clasp.settings.layers import config_layers
+from clasp.settings.layers import build_layered
 
 TASKS = ("reid", "attributes", "parsing", "pose")
 LAYOUTS = {"reid": ("market1501", "msmt17"), "attributes": ("pa100k", "peta"), "parsing": ("lip", "cihp"),
@@ -181,17 +181,10 @@ def recipe_settings(task: str) -> tuple[str, ...]:
 
 def build_config(config_file: str | Path | None = None, **overrides: Any) -> FinetuneConfig:
     """Defaults <- [saved run settings with resume] <- config file <- overrides (None = not given); validated."""
-    try:
-        layers = config_layers(FinetuneConfig, config_file, overrides, RUN_CONFIG,
-                               lambda path: load_saved(path, FinetuneConfigError))
-    except ValueError as exc:  # an unknown key, a value of the wrong type, a file that does not parse
-        raise FinetuneConfigError(str(exc)) from None
-    values = layers.values()
-    try:
-        return FinetuneConfig(**values).validate()
-    except FinetuneConfigError as exc:  # name the file (or the command line) that set the refused key
-        key = str(exc).split(" ", 1)[0].strip("`")
-        source = layers.source_of(key)
-        if source is None:
-            raise
-        raise FinetuneConfigError(f"{source}: {exc}") from None
+    return build_layered(FinetuneConfig, config_file, overrides, FinetuneConfigError, RUN_CONFIG,
+                         lambda path: load_saved(path, FinetuneConfigError), key_of=_refused_key)
+
+
+def _refused_key(exc: Exception) -> str:
+    """The setting a refusal names: its messages start with it (`lr must be ...`)."""
+    return str(exc).split(" ", 1)[0].strip("`")

@@ -29,7 +29,7 @@ from clasp.runs.saved_config import ResumeRule, load_saved
 from clasp.runs.settings import STEPS, RunSettings, workers_problem
 from clasp.runs.trackers import TrackerSettings, report_to_problem
 from clasp.settings import first_problem, same_as, setting, settings_of
-from clasp.settings.layers import config_layers
+from clasp.settings.layers import build_layered
 from clasp.store.cache_config import CacheConfig
 from clasp.common.person_size import PERSON_HW
 
@@ -260,21 +260,14 @@ def build_config(config_file: str | Path | None = None, **overrides: Any) -> Pre
     configured. Giving `steps` clears `epochs` from a lower layer and vice
     versa, so that a flag always decides the run length (`clasp.settings.layers`).
     """
-    try:
-        layers = config_layers(PretrainConfig, config_file, overrides, RUN_CONFIG,
-                               lambda path: load_saved(path, ConfigError))
-    except ValueError as exc:  # an unknown key, a value of the wrong type, a file that does not parse
-        raise ConfigError(str(exc)) from None
-    values = layers.values()
+    return build_layered(PretrainConfig, config_file, overrides, ConfigError, RUN_CONFIG,
+                         lambda path: load_saved(path, ConfigError), complete=_default_out)
+
+
+def _default_out(values: dict[str, Any]) -> None:
+    """A run given its shards but no folder (and not resuming) gets a new one."""
     if values.get("shards") and not values.get("out") and not values.get("resume"):
         values["out"] = default_run_folder(values["shards"])
-    try:
-        return PretrainConfig(**values).validate()
-    except ConfigError as exc:
-        source = layers.source_of(exc.key) if exc.key is not None else None
-        if source is None:
-            raise
-        raise ConfigError(f"{source}: {exc}", exc.key) from None
 
 
 def default_run_folder(shards: str, now: float | None = None) -> str:

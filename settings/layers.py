@@ -4,7 +4,8 @@ Layers, later winning: the defaults, (with resume) the saved run settings, the
 config file, the flags. `read_settings_file` reads the file; `merge_layers` stacks them;
 `config_layers` builds the layers of any config dataclass (`clasp pretrain` and
 `clasp finetune` both use it), each value coerced to its declared type and each
-layer remembering where it came from, so a refused value can name its file.
+layer remembering where it came from, so a refused value can name its file;
+`build_layered` builds and validates the config from them, naming that layer.
 """
 
 from __future__ import annotations
@@ -113,3 +114,32 @@ def config_layers(cls: type, config_file: str | Path | None, overrides: dict[str
             inherited = {k: v for k, v in saved.items() if k in infos and infos[k].inherited}
             layers.layers.insert(0, (str(path), coerced(cls, inherited, str(path))))
     return layers
+
+
+def build_layered(cls: type, config_file: str | Path | None, overrides: dict[str, Any], error: type[Exception],
+                  saved_file: str | None = None,
+                  load_saved: Callable[[Path], tuple[dict[str, Any], Any]] | None = None,
+                  complete: Callable[[dict[str, Any]], None] | None = None,
+                  key_of: Callable[[Exception], str | None] = lambda exc: getattr(exc, "key", None)) -> Any:
+    """`cls` from its layers (`config_layers`), validated; every refusal is an `error` of one line.
+
+    A layer that cannot be read is refused as it is; a value `cls.validate()` refuses (`key_of` names its
+    setting) is refused naming the layer that set it (`config.yaml: lr ...`, `command line: lr ...`), so the
+    user knows which file to fix. `complete` may fill values derived from others before validation.
+    """
+    try:
+        layers = config_layers(cls, config_file, overrides, saved_file, load_saved)
+    except ValueError as exc:  # an unknown key, a value of the wrong type, a file that does not parse
+        raise error(str(exc)) from None
+    values = layers.values()
+    if complete is not None:
+        complete(values)
+    try:
+        return cls(**values).validate()
+    except error as exc:
+        key = key_of(exc)
+        source = layers.source_of(key) if key is not None else None
+        if source is None:
+            raise
+        exc.args = (f"{source}: {exc}",)
+        raise exc from None
