@@ -15,7 +15,6 @@ import click
 
 from clasp import __version__
 from clasp.errors import InputError, RunError
-from clasp.pretraining.config import ON_BAD_ROW_HELP
 from clasp.runs.error_log import ERROR_LOG, write_error_log
 from clasp.settings.click_options import config_from, declared_options
 
@@ -164,28 +163,19 @@ def _cache_size(ctx, param, value: str | None) -> str | None:
     return value
 
 
-def _store_argument(func):
-    """SHARDS (a folder or a URL) and the cache options of a URL store, declared in `CacheConfig`."""
-    from clasp.settings.click_options import click_options
-    from clasp.store.cache_config import CacheConfig
+def _reader_options(name: str):
+    """SHARDS (a folder or a URL) and one option per setting of `clasp.store.reader_config`'s class `name`."""
 
-    func = click_options(CacheConfig, extra={"cache_size": {"callback": _cache_size}})(func)
-    return click.argument("shards", metavar="SHARDS", callback=_store_location)(func)
+    def decorate(func):
+        func = declared_options("clasp.store.reader_config", name, extra={"cache_size": {"callback": _cache_size}})(func)
+        return click.argument("shards", metavar="SHARDS", callback=_store_location)(func)
 
-
-def _cache_config(settings: dict):
-    from clasp.settings.click_options import given
-    from clasp.store.cache_config import CacheConfig
-
-    return CacheConfig(**given(settings))
+    return decorate
 
 
 @main.command()
-@_store_argument
-@click.option("--deep", is_flag=True, default=False, show_default=True,
-              help="Also decode every row: every compressed chunk, every image, every label value "
-                   "(part_mask in the vocabulary, part_conf in [0, 1], finite attr_logits); prints each shard's time.")
-def verify(shards: Path | str, deep: bool, **cache) -> None:
+@_reader_options("VerifyConfig")
+def verify(shards: Path | str, **settings) -> None:
     """Check every shard of SHARDS (a folder or a URL) against its manifest (schema, sha256, rows).
 
     \b
@@ -197,8 +187,10 @@ def verify(shards: Path | str, deep: bool, **cache) -> None:
             backend installed for it, or no manifest there).
     """
     from clasp.store import verify_store
+    from clasp.store.reader_config import VerifyConfig
 
-    report = verify_store(shards, deep=deep, cache=_cache_config(cache))
+    config = config_from(VerifyConfig, settings, root=shards)
+    report = verify_store(config.root, deep=config.deep, cache=config.cache)
     for t in report.timings:
         click.echo(f"checked {t.path}: {t.rows} rows in {t.seconds:.2f} s")
     for p in report.problems:
@@ -285,10 +277,8 @@ def train_clip(**settings) -> None:
 
 @main.command("tiny-clip")
 @click.argument("out_dir", metavar="DIR", type=click.Path(path_type=Path))
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights (same seed, same files).")
-@click.option("--vocab", type=click.Path(path_type=Path), default=None, show_default="the shipped default vocabulary only",
-              help="Extra vocabulary JSON whose prompts the tokenizer is also trained on.")
-def tiny_clip(out_dir: Path, seed: int, vocab: Path | None) -> None:
+@declared_options("clasp.labeling.tiny_clip_config", "TinyClipConfig")
+def tiny_clip(out_dir: Path, **settings) -> None:
     """Write a small offline CLIP (random weights, a few MB) to DIR.
 
     Use it with `clasp label --clip-model DIR` where no hub model can be
@@ -298,24 +288,20 @@ def tiny_clip(out_dir: Path, seed: int, vocab: Path | None) -> None:
     from transformers.utils import logging as transformers_logging
 
     from clasp.labeling.tiny_clip import write_tiny_clip
+    from clasp.labeling.tiny_clip_config import TinyClipConfig
 
     transformers_logging.disable_progress_bar()
 
+    config = config_from(TinyClipConfig, settings, out_dir=out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir}: exists and is not a folder")
-    written = write_tiny_clip(out_dir, seed=seed, vocab_file=vocab)
-    click.echo(f"wrote tiny CLIP (seed {seed}) to {written}; use --clip-model {written}")
+    written = write_tiny_clip(config.out_dir, seed=config.seed, vocab_file=config.vocab)
+    click.echo(f"wrote tiny CLIP (seed {config.seed}) to {written}; use --clip-model {written}")
 
 
 @main.command("inspect")
-@_store_argument
-@click.option("--json", "as_json", is_flag=True, default=False, show_default=True,
-              help="Print the summary as JSON (machine-readable) instead of text.")
-@click.option("--examples", default=3, show_default=True, type=click.IntRange(min=0),
-              help="Example paths listed for each skip reason.")
-@click.option("--on-bad-row", type=click.Choice(["stop", "skip"]), default="stop", show_default=True,
-              help=ON_BAD_ROW_HELP)
-def inspect_command(shards: Path | str, as_json: bool, examples: int, on_bad_row: str, **cache) -> None:
+@_reader_options("InspectConfig")
+def inspect_command(shards: Path | str, **settings) -> None:
     """Summarise the shard folder SHARDS: images, shards, bytes, CLIP settings, vocabulary,
     share of label cells per part, top attribute value per group, skipped inputs by reason.
 
@@ -326,29 +312,15 @@ def inspect_command(shards: Path | str, as_json: bool, examples: int, on_bad_row
 
     from clasp.store.inspect import InspectConfig, inspect_store, render_summary
 
-    summary = inspect_store(InspectConfig(shards, examples_per_reason=examples, on_bad_row=on_bad_row,
-                                          cache=_cache_config(cache)))
-    click.echo(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False) if as_json else render_summary(summary))
+    config = config_from(InspectConfig, settings, root=shards)
+    summary = inspect_store(config)
+    click.echo(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False) if config.as_json
+               else render_summary(summary))
 
 
 @main.command("show")
-@_store_argument
-@click.option("--out", required=True, type=click.Path(path_type=Path),
-              help="Folder to write contact_sheet.png into (created if missing).")
-@click.option("-n", "n", default=16, show_default=True, type=click.IntRange(min=1), help="Number of images on the sheet.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the random sample of images.")
-@click.option("--shard", default=None, show_default=True,
-              help="Sample from this shard only: its file name (shard-000003.h5) or its index. Default: all shards.")
-@click.option("--columns", default=None, show_default=True, type=click.IntRange(min=1),
-              help="Images per row of the sheet. Default: ceil(sqrt(n)), at most 8.")
-@click.option("--attributes", "attribute_lines", default=4, show_default=True, type=click.IntRange(min=0),
-              help="Attribute groups listed under each image, most confident first.")
-@click.option("--image-height", default=256, show_default=True, type=click.IntRange(min=16),
-              help="Display height of each image in pixels.")
-@click.option("--on-bad-row", type=click.Choice(["stop", "skip"]), default="stop", show_default=True,
-              help=ON_BAD_ROW_HELP + " A skipped image keeps its tile, greyed out.")
-def show(shards: Path | str, out: Path, n: int, seed: int, shard: str | None, columns: int | None,
-         attribute_lines: int, image_height: int, on_bad_row: str, **cache) -> None:
+@_reader_options("ContactSheetConfig")
+def show(shards: Path | str, **settings) -> None:
     """Draw a PNG contact sheet of N sampled images of SHARDS with their part masks and top attributes.
 
     Each image is shown plain and, beside it, greyed with its part mask in colour
@@ -359,11 +331,9 @@ def show(shards: Path | str, out: Path, n: int, seed: int, shard: str | None, co
     """
     from clasp.store.contact_sheet import ContactSheetConfig, make_contact_sheet
 
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: --out exists and is not a folder")
-    config = ContactSheetConfig(shards, out, n=n, seed=seed, shard=shard, columns=columns,
-                                image_height=image_height, attribute_lines=attribute_lines, on_bad_row=on_bad_row,
-                                cache=_cache_config(cache))
+    config = config_from(ContactSheetConfig, settings, root=shards)
+    if config.out.exists() and not config.out.is_dir():
+        raise UserError(f"{config.out}: --out exists and is not a folder")
     sheet = make_contact_sheet(config)
     for note in sheet.notes:
         click.echo(f"note: {note}", err=True)

@@ -28,6 +28,10 @@ TABLES: dict[str, tuple[str, str, bool]] = {
     "truth-labels": ("clasp.evaluation.config", "TruthStoreConfig", False),
     "synth": ("clasp.datasets.synth_config", "SynthConfig", False),
     "synth-corpus": ("clasp.datasets.synth_config", "CorpusConfig", False),
+    "verify": ("clasp.store.reader_config", "VerifyConfig", False),
+    "inspect": ("clasp.store.reader_config", "InspectConfig", False),
+    "show": ("clasp.store.reader_config", "ContactSheetConfig", False),
+    "tiny-clip": ("clasp.labeling.tiny_clip_config", "TinyClipConfig", False),
 }
 PAGES = Path(__file__).resolve().parent / "docs" / "commands"
 

@@ -31,6 +31,7 @@ from clasp.runs.trackers import TrackerSettings, report_to_problem
 from clasp.settings import first_problem, same_as, setting, settings_of
 from clasp.settings.layers import build_layered
 from clasp.store.cache_config import CacheConfig
+from clasp.store.reader_config import ReaderSettings
 from clasp.common.person_size import PERSON_HW
 
 log = logging.getLogger("clasp")
@@ -54,9 +55,6 @@ MAX_TEMPERATURE = 1.0
 # Bytes per student parameter: fp32 weights, gradient, two AdamW moments, and the EMA teacher's copy.
 BYTES_PER_PARAMETER = 20
 CROP_HW = {"global": PERSON_HW, "local": (PERSON_HW[0] // 2, PERSON_HW[1] // 2)}
-ON_BAD_ROW_HELP = ("A row that fails a check (a chunk that does not decompress, an image that does not decode, "
-                   "part_mask outside the vocabulary, part_conf outside [0, 1], attr_logits not finite): stop with "
-                   "one line naming shard, row and field, or skip it and count it.")
 
 
 @dataclass
@@ -127,8 +125,7 @@ class PretrainConfig:
     threads: int | None = same_as(RunSettings, "threads")
     shuffle_buffer: int = setting(2048, "Rows held by each worker's shuffle buffer.", limits=(1, 1_000_000),
                                   flag=False)
-    on_bad_row: str = setting("stop", ON_BAD_ROW_HELP + " May change on --resume.", choices=("stop", "skip"),
-                              resumable=True)
+    on_bad_row: str = same_as(ReaderSettings, "on_bad_row", note="May change on --resume.", resumable=True)
     cache_dir: str = same_as(CacheConfig, "cache_dir")
     cache_size: str = same_as(CacheConfig, "cache_size")
     # --- checkpoints, logging, stopping

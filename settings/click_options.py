@@ -44,7 +44,8 @@ def option_for(info: SettingInfo, **extra: Any) -> Callable:
         kwargs["type"] = click_type(info)
         if info.metavar:
             kwargs["metavar"] = info.metavar
-    if info.required:
+    if info.required:  # no default at all: click (8.2 and later) takes an explicit None for a given value
+        del kwargs["default"]
         kwargs.update(required=True, show_default=False)
     if info.parse is not None:
         kwargs["callback"] = _parsing(info.parse)

@@ -33,12 +33,13 @@ class SettingInfo:
     resumable: bool = False  # may differ between a checkpoint and --resume
     inherited: bool = True  # a resumed run starts from the saved value
     metavar: str | None = None
-    flag_name: str | None = None  # the option's name where the field's would not read well
+    flag_name: str | None = None  # the option's name where the field's would not read well ("-n": a short option)
     parse: Callable[[str], Any] | None = None  # text (a flag, a config-file string) -> value; ValueError says why
 
     @property
     def option(self) -> str:
-        return "--" + (self.flag_name or self.name.replace("_", "-"))
+        name = self.flag_name or self.name.replace("_", "-")
+        return name if name.startswith("-") else "--" + name
 
     @property
     def shown_default(self) -> str:

@@ -19,10 +19,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from clasp.store.attributes import TopValue, top_values
-from clasp.store.cache_config import CacheConfig
 from clasp.store.errors import StoreError
 from clasp.store.manifest import ShardEntry
 from clasp.store.reader import ShardStore
+from clasp.store.reader_config import ContactSheetConfig
 from clasp.store.rowcheck import BadDataError, BadRows, image_problem, label_problems
 
 SHEET_NAME = "contact_sheet.png"
@@ -37,21 +37,6 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
 BACKGROUND = (255, 255, 255)
 INK = (20, 20, 20)
 FAINT_INK = (110, 110, 110)
-
-
-@dataclass
-class ContactSheetConfig:
-    root: Path | str  # a shard folder or its URL
-    out: Path
-    n: int = 16  # images on the sheet (fewer if the store or shard holds fewer)
-    seed: int = 0  # seeds the sample of rows
-    shard: str | None = None  # sample from this shard only: its file name or its index in the manifest
-    columns: int | None = None  # tiles per row; default ceil(sqrt(n)), at most 8
-    image_height: int = 256  # display height of each image (width follows the stored aspect ratio)
-    attribute_lines: int = 4  # attribute groups listed per image, most confident first
-    alpha: float = 0.55  # opacity of the part colours over the greyscale image
-    on_bad_row: str = "stop"  # stop | skip: a sampled row that fails a check (see store/rowcheck.py)
-    cache: CacheConfig = field(default_factory=CacheConfig)  # where a URL store's shards are fetched to
 
 
 @dataclass

@@ -13,27 +13,18 @@ from __future__ import annotations
 import re
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from clasp.store.attributes import group_argmax
-from clasp.store.cache_config import CacheConfig
 from clasp.store.manifest import SkippedInput
 from clasp.common.percent import percent
 from clasp.store.reader import ShardStore
+from clasp.store.reader_config import InspectConfig
 from clasp.store.rowcheck import BadDataError, BadRows, label_problems
 from clasp.store.schema import LabelRows
 
 LABEL_FIELDS = ("part_mask", "part_conf", "attr_logits")
-
-
-@dataclass
-class InspectConfig:
-    root: Path | str  # a shard folder or its URL
-    examples_per_reason: int = 3  # example paths shown for each skip reason
-    on_bad_row: str = "stop"  # stop | skip: a row whose labels fail a check (see store/rowcheck.py)
-    cache: CacheConfig = field(default_factory=CacheConfig)  # where a URL store's shards are fetched to
 
 
 @dataclass

@@ -25,6 +25,10 @@ DECLARED = {
     ("truth-labels",): ("clasp.evaluation.config", "TruthStoreConfig"),
     ("synth",): ("clasp.datasets.synth_config", "SynthConfig"),
     ("synth-corpus",): ("clasp.datasets.synth_config", "CorpusConfig"),
+    ("verify",): ("clasp.store.reader_config", "VerifyConfig"),
+    ("inspect",): ("clasp.store.reader_config", "InspectConfig"),
+    ("show",): ("clasp.store.reader_config", "ContactSheetConfig"),
+    ("tiny-clip",): ("clasp.labeling.tiny_clip_config", "TinyClipConfig"),
 }
 
 
@@ -49,7 +53,10 @@ def test_every_option_is_a_declared_setting_that_leaves_the_default_to_the_datac
     assert options
     for option in options:
         info = infos[option.name]  # no hand-written option: each one is a declared setting
-        assert option.default is None, option.name  # "not given": the dataclass's default applies
+        if info.required:
+            assert option.required and option.default in (None, getattr(click.core, "UNSET", None)), option.name
+        else:
+            assert option.default is None, option.name  # "not given": the dataclass's default applies
         assert option.help == info.help and option.opts == [info.option], option.name
         if not info.required:
             assert option.show_default == info.shown_default, option.name
@@ -138,6 +145,88 @@ def test_eval_labels_takes_its_declared_options(tmp_path: Path, monkeypatch) -> 
     ok = CliRunner().invoke(main, ["eval-labels", "--shards", str(tmp_path), "--truth", str(tmp_path / "t")])
     assert ok.exit_code == 0, ok.output
     assert seen == [LabelQualityConfig(shards=tmp_path, truth=tmp_path / "t")]
+
+
+@pytest.mark.parametrize("path", [("verify",), ("inspect",), ("show",), ("tiny-clip",)], ids=" ".join)
+def test_every_declared_setting_is_an_option(path) -> None:
+    cls = config_class(*DECLARED[path])
+    options = {p.name for p in command(path).params if isinstance(p, click.Option)}
+    assert {info.name for info in settings_of(cls) if info.flag} <= options
+
+
+@pytest.mark.parametrize("args", [["eval"], ["export", "run"], ["synth"], ["show", "shards"]], ids=" ".join)
+def test_a_required_setting_left_out_is_a_usage_error(args) -> None:
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "Missing option" in result.output, result.output
+
+
+def test_a_short_option_and_a_flag_named_unlike_its_field() -> None:
+    from clasp.store.reader_config import ContactSheetConfig, InspectConfig
+
+    infos = {info.name: info for info in settings_of(ContactSheetConfig) + settings_of(InspectConfig)}
+    assert infos["n"].option == "-n" and infos["attribute_lines"].option == "--attributes"
+    assert infos["as_json"].option == "--json" and infos["examples_per_reason"].option == "--examples"
+    assert infos["image_height"].option == "--image-height"
+
+
+def test_the_readers_build_their_configs_from_the_declarations(tmp_path: Path, monkeypatch) -> None:
+    from clasp.store.reader_config import ContactSheetConfig, InspectConfig, VerifyConfig
+
+    seen = captured(monkeypatch, "clasp.store.inspect.inspect_store")
+    ok = CliRunner().invoke(main, ["inspect", str(tmp_path), "--json", "--examples", "0", "--cache-size", "1G"])
+    assert ok.exit_code == 0, ok.output
+    assert seen == [InspectConfig(tmp_path, as_json=True, examples_per_reason=0, cache_size="1G")]
+    assert seen[0].cache.limit == 1 << 30 and seen[0].on_bad_row == "stop"
+    bad = CliRunner().invoke(main, ["inspect", str(tmp_path), "--examples", "-1"])
+    assert bad.exit_code == 2 and "--examples" in bad.output
+
+    sheets = captured(monkeypatch, "clasp.store.contact_sheet.make_contact_sheet")
+    ok = CliRunner().invoke(main, ["show", str(tmp_path), "--out", str(tmp_path / "o"), "-n", "4", "--attributes",
+                                   "2", "--on-bad-row", "skip"])
+    assert ok.exit_code == 0, ok.output
+    assert sheets == [ContactSheetConfig(tmp_path, tmp_path / "o", n=4, attribute_lines=2, on_bad_row="skip")]
+    assert sheets[0].alpha == 0.55 and sheets[0].image_height == 256
+    for args in (["-n", "0"], ["--image-height", "15"], ["--on-bad-row", "ignore"]):
+        bad = CliRunner().invoke(main, ["show", str(tmp_path), "--out", str(tmp_path / "o"), *args])
+        assert bad.exit_code == 2 and args[0] in bad.output, args
+    missing = CliRunner().invoke(main, ["show", str(tmp_path)])
+    assert missing.exit_code == 2 and "--out" in missing.output
+
+    checks = []
+
+    def verify_store(root, deep, cache):
+        checks.append((root, deep, cache))
+        raise SystemExit(0)
+
+    monkeypatch.setattr("clasp.store.verify_store", verify_store)
+    ok = CliRunner().invoke(main, ["verify", "memory://x", "--deep"])
+    assert ok.exit_code == 0, ok.output
+    assert checks == [("memory://x", True, VerifyConfig("memory://x").cache)]
+
+
+def test_tiny_clip_builds_its_config_from_the_declaration(tmp_path: Path, monkeypatch) -> None:
+    from clasp.labeling.tiny_clip_config import TinyClipConfig
+
+    calls = []
+    monkeypatch.setattr("clasp.labeling.tiny_clip.write_tiny_clip",
+                        lambda out_dir, seed, vocab_file: calls.append((out_dir, seed, vocab_file)) or out_dir)
+    ok = CliRunner().invoke(main, ["tiny-clip", str(tmp_path / "clip"), "--seed", "3"])
+    assert ok.exit_code == 0, ok.output
+    assert calls == [(tmp_path / "clip", 3, None)] and "seed 3" in ok.output
+    assert TinyClipConfig(tmp_path).seed == 0 and TinyClipConfig(tmp_path).vocab is None
+
+
+def test_on_bad_row_is_declared_once_in_the_store() -> None:
+    from clasp.pretraining.config import PretrainConfig
+    from clasp.store.reader_config import ContactSheetConfig, InspectConfig, ReaderSettings
+    from clasp.store.rowcheck import ON_BAD_ROW
+
+    store = {info.name: info for info in settings_of(ReaderSettings)}["on_bad_row"]
+    assert store.choices == ON_BAD_ROW and store.default == "stop"
+    for cls in (PretrainConfig, InspectConfig, ContactSheetConfig):
+        info = {i.name: i for i in settings_of(cls)}["on_bad_row"]
+        assert info.choices == store.choices and info.help.startswith(store.help), cls.__name__
+    assert {i.name: i for i in settings_of(PretrainConfig)}["on_bad_row"].resumable
 
 
 def test_the_command_line_reads_no_heavy_module() -> None:
