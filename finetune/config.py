@@ -41,7 +41,7 @@ class FinetuneConfigError(InputError, ValueError):
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(RunSettings, TrackerSettings):
     """Every setting of a fine-tuning run; `clasp finetune` offers each as a flag (`RECIPE_ONLY`: which recipe's).
 
     `limits` bound each number (docs/errors.md): beyond them no run is sane on any machine.
@@ -95,21 +95,14 @@ class FinetuneConfig:
     detections: str = setting("", "Person boxes of val2017 in COCO's results format (a detector's JSON) to "
                                   "score instead of the ground-truth boxes.", resumable=True)
     # --- run
-    precision: str = same_as(RunSettings, "precision")
     # each image is read by its index, whatever the worker count: it may change on resume
     num_workers: int | None = same_as(RunSettings, "num_workers", resumable=True)
-    threads: int | None = same_as(RunSettings, "threads")
     eval_batch_size: int = setting(64, "Images per forward pass when evaluating.", limits=(1, 65_536),
                                    resumable=True)
+    # the other run settings (precision, threads, seed, cadence, resume) are RunSettings' and TrackerSettings',
+    # inherited; a fine-tuning run is short: it saves more often and keeps fewer checkpoints
     save_every: int = same_as(RunSettings, "save_every", default=500)
     keep_checkpoints: int = same_as(RunSettings, "keep_checkpoints", default=2)
-    log_every: int = same_as(RunSettings, "log_every")
-    report_to: str = same_as(TrackerSettings, "report_to")
-    run_name: str = same_as(TrackerSettings, "run_name")
-    stop_at: int | None = same_as(RunSettings, "stop_at")
-    seed: int = same_as(RunSettings, "seed")
-    resume: bool = same_as(RunSettings, "resume")
-    force: bool = same_as(RunSettings, "force")
 
     def validate(self) -> "FinetuneConfig":
         for name in ("task", "backbone", "data", "out"):

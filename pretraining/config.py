@@ -58,7 +58,7 @@ CROP_HW = {"global": PERSON_HW, "local": (PERSON_HW[0] // 2, PERSON_HW[1] // 2)}
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(RunSettings, TrackerSettings):
     """Every setting of a run; `limits` are the "Bounds" of docs/commands/pretrain.md (counts that become processes or
     memory are also checked against this machine in `check_resources`)."""
 
@@ -122,22 +122,12 @@ class PretrainConfig:
                              "of fp32 in saved configs, reads as fp32.")
     # --- data loading (the data order depends on the worker count: it may not change on resume)
     num_workers: int | None = same_as(RunSettings, "num_workers", note="The count used is saved.")
-    threads: int | None = same_as(RunSettings, "threads")
     shuffle_buffer: int = setting(2048, "Rows held by each worker's shuffle buffer.", limits=(1, 1_000_000),
                                   flag=False)
     on_bad_row: str = same_as(ReaderSettings, "on_bad_row", note="May change on --resume.", resumable=True)
     cache_dir: str = same_as(CacheConfig, "cache_dir")
     cache_size: str = same_as(CacheConfig, "cache_size")
-    # --- checkpoints, logging, stopping
-    save_every: int = same_as(RunSettings, "save_every")
-    keep_checkpoints: int = same_as(RunSettings, "keep_checkpoints")
-    log_every: int = same_as(RunSettings, "log_every")
-    report_to: str = same_as(TrackerSettings, "report_to")
-    run_name: str = same_as(TrackerSettings, "run_name")
-    stop_at: int | None = same_as(RunSettings, "stop_at")
-    seed: int = same_as(RunSettings, "seed")
-    resume: bool = same_as(RunSettings, "resume")
-    force: bool = same_as(RunSettings, "force")
+    # --- checkpoints, logging, stopping: RunSettings and TrackerSettings (inherited), and
     log_rows: bool = setting(False, "Debug: write the row ids each process reads to OUT/rows-rankR.jsonl.",
                              hidden=True, resumable=True)
 

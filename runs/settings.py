@@ -1,13 +1,14 @@
 """The settings every training command shares, declared once: precision, loader workers, seed, cadence, resume.
 
-`clasp pretrain`, `clasp finetune TASK` and `clasp train-clip` (and `clasp label`
-and `clasp eval` for the precision) take each of them with
-`same_as(RunSettings, name)`, so its name, type, help, bounds and resume rule are
-written here only. What a command must say otherwise is said at its `same_as`
-and nowhere else: its own default (`default=`), a sentence of its own (`note=`),
-or a resume rule (finetune's loader reads each image by index, so its worker
-count may change on resume; pre-training's data order depends on it, so it may
-not). The experiment trackers' `report_to` and `run_name` are declared the same
+`clasp pretrain` and `clasp finetune TASK` inherit all of them (their configs
+derive from `RunSettings` and `TrackerSettings`; `settings_of` lists a command's
+own settings first); `clasp train-clip`, `clasp label` and `clasp eval` take the
+few they have with `same_as(RunSettings, name)`. So a setting's name, type,
+help, bounds and resume rule are written here only. What a command must say
+otherwise it says by redeclaring the setting with `same_as` and nothing else:
+its own default (`default=`), a sentence of its own (`note=`), or a resume rule
+(finetune's loader reads each image by index, so its worker count may change on
+resume; pre-training's data order depends on it, so it may not). The experiment trackers' `report_to` and `run_name` are declared the same
 way in `runs/trackers.py` (`TrackerSettings`).
 
 Invariant: a setting named here is declared nowhere else; `tests/test_settings_shared.py`
@@ -30,7 +31,8 @@ SEEDS = (0, 2**32 - 1)  # numpy's and torch's seed range
 
 @dataclass
 class RunSettings:
-    """The shared settings of a training run; a command's config reuses each with `same_as(RunSettings, name)`."""
+    """The shared settings of a training run: inherited by the configs of pretrain and finetune, taken one by
+    one with `same_as(RunSettings, name)` elsewhere."""
 
     precision: str = setting(DEFAULT_PRECISION, PRECISION_HELP, choices=PRECISIONS, resumable=True)
     num_workers: int | None = setting(

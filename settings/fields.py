@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import types
 import typing
@@ -76,10 +77,13 @@ def same_as(cls: type, name: str, default: Any = MISSING, note: str = "", **info
 
 @functools.cache
 def settings_of(cls: type) -> tuple[SettingInfo, ...]:
-    """The declared settings of a config dataclass, in field order."""
+    """The declared settings of a config dataclass: its own in the order it declares them (a redeclared shared
+    setting in its place), then those it inherits unchanged (`clasp.runs.settings.RunSettings`), so a command's
+    options begin with what is particular to it."""
     hints = typing.get_type_hints(cls)
+    own = inspect.get_annotations(cls)
     out = []
-    for f in fields(cls):
+    for f in sorted(fields(cls), key=lambda f: f.name not in own):  # a stable sort: each part keeps its order
         if KEY not in f.metadata:
             continue
         kind, optional = _kind(hints[f.name])

@@ -144,3 +144,20 @@ def test_config_layers_name_each_source_and_start_from_the_saved_run(tmp_path: P
 
 def test_precision_help_is_written_once() -> None:
     assert SHARED["precision"].help == PRECISION_HELP
+
+
+def test_training_configs_inherit_the_run_settings_and_list_their_own_first() -> None:
+    from dataclasses import fields
+
+    from clasp.finetune.config import FinetuneConfig
+    from clasp.pretraining.config import PretrainConfig
+    from clasp.runs.settings import RunSettings
+    from clasp.runs.trackers import TrackerSettings
+
+    shared = {f.name for f in fields(RunSettings)} | {f.name for f in fields(TrackerSettings)}
+    for cls in (PretrainConfig, FinetuneConfig):
+        assert issubclass(cls, RunSettings) and issubclass(cls, TrackerSettings)
+        names = [info.name for info in settings_of(cls)]
+        inherited = [n for n in names if n in shared and n not in cls.__annotations__]
+        assert names[-len(inherited):] == inherited  # the inherited ones close the list
+    assert FinetuneConfig().save_every == 500 and PretrainConfig().save_every == RunSettings().save_every
