@@ -1,5 +1,10 @@
 """The label store: the only contract between `clasp label` and `clasp pretrain`.
 
+`schema.py` spells out a shard, `vocabulary.py` the labels' meaning, `manifest.py` the folder; `writer.py`
+writes shards that a crash cannot leave half-accepted, `reader.py` reads them (checked by `rowcheck.py`,
+`attributes.py`), `verify.py`, `inspect.py` and `contact_sheet.py` are `clasp verify`, `inspect` and `show`
+(settings in `reader_config.py`); `remote.py`, `fetch.py`, `cache.py` (`cache_config.py`) read a store at a URL.
+
 The public names below are imported on first use (PEP 562), so that light
 modules of the store (the schema, the manifest's choices) cost the CLI no
 h5py import.
