@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from clasp import __version__
-from clasp.errors import InputError, RunError
+from clasp.errors import InputError, RunError, one_line
 from clasp.runs.error_log import ERROR_LOG, write_error_log
 from clasp.settings.click_options import config_from, declared_options
 
@@ -90,10 +90,7 @@ class ClaspGroup(click.Group):
             if ctx.find_root().params.get("debug"):
                 raise
             path, name, params = ctx.find_root().meta.get("clasp.command", (ctx.command_path, None, {}))
-            text = str(exc).strip()
-            if "Original Traceback" in text:  # re-raised from a DataLoader worker: its own last line
-                text = text.splitlines()[-1]
-            message = " ".join(text.split())[:500] or "(no message)"
+            message = one_line(exc, 500) or "(no message)"  # a DataLoader worker's: the original's line
             line = f"{path}: {type(exc).__name__}: {message}"
             out = params.get("out")
             if name in OUT_FOLDER_COMMANDS and out is not None:

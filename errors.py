@@ -15,6 +15,8 @@ imports nothing, so every package may use it.
 
 from __future__ import annotations
 
+import re
+
 
 class ClaspError(Exception):
     """Any failure the project reports as one line; `exit_code` is what the command line exits with."""
@@ -32,3 +34,19 @@ class RunError(ClaspError):
     """A run that failed after its inputs were accepted; the message says what was kept."""
 
     exit_code = 1
+
+
+def one_line(exc: BaseException, limit: int | None = None, drop_types: tuple[str, ...] = ()) -> str:
+    """An exception's message on one line (at most `limit` characters).
+
+    One re-raised from a DataLoader worker reads "Caught X in DataLoader worker process N. Original
+    Traceback ..." with the original `module.X: message` as its last line: that line is kept, without its
+    `X: ` when X is one of `drop_types` (errors whose message already says everything).
+    """
+    text = str(exc).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1]
+        if drop_types:
+            text = re.sub(rf"^[\w.]*(?:{'|'.join(drop_types)}): ", "", text)
+    text = " ".join(text.split())
+    return text if limit is None else text[:limit]

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,7 +37,7 @@ from typing import Any
 
 import torch
 
-from clasp.errors import InputError, RunError
+from clasp.errors import InputError, RunError, one_line
 from clasp.hardware.recheck import watch_load
 from clasp.evaluation.results_json import write_results
 from clasp.finetune.config import RESUME_RULE, FinetuneConfig
@@ -103,7 +102,7 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
     except FolderLockError as exc:  # another run holds the folder: write nothing there, not even error.log
         raise FinetuneInputError(str(exc)) from None
     except InputError as exc:
-        message = input_error_line(exc)
+        message = one_line(exc, drop_types=("EvalInputError", "DatasetError"))
         if os.environ.get("RANK", "0") == "0":
             write_error_log(config.out, message)
         raise FinetuneInputError(message) from None
@@ -113,16 +112,6 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
         raise
     finally:
         torch.set_num_threads(threads)
-
-
-def input_error_line(exc: BaseException) -> str:
-    """The message on one line; for one re-raised from a DataLoader worker (torch puts "Caught X in
-    DataLoader worker process N. Original Traceback ..." before it), the original's message."""
-    text = str(exc).strip()
-    if "Original Traceback" in text and text.splitlines():
-        last = text.splitlines()[-1]
-        text = re.sub(r"^[\w.]*(EvalInputError|DatasetError): ", "", last)
-    return " ".join(text.split())
 
 
 def _setup(config: FinetuneConfig, accelerator):

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from clasp.errors import InputError
+from clasp.errors import InputError, one_line
 from clasp.hardware.recheck import watch_load
 from clasp.pretraining.batch_source import BatchSource  # noqa: F401 - tests patch it here
 from clasp.pretraining.config import PretrainConfig
@@ -255,17 +255,8 @@ def as_run_failure(run: RunState, exc: BaseException) -> RunFailedError | None:
                               f"crops; the last complete checkpoint is {last_complete(run)}")
     if isinstance(exc, OSError):
         return RunFailedError(f"{getattr(exc, 'filename', None) or run.out}: step {run.step + 1}: "
-                              f"{exc.strerror or one_line(exc)}; the last complete checkpoint is {last_complete(run)}")
+                              f"{exc.strerror or one_line(exc, 300)}; the last complete checkpoint is {last_complete(run)}")
     return None
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception's message on one line; for one re-raised from a DataLoader worker, its last line
-    (torch puts "Caught X in DataLoader worker process N. Original Traceback ..." before it)."""
-    text = str(exc).strip()
-    if "Original Traceback" in text and text.splitlines():
-        text = text.splitlines()[-1]
-    return " ".join(text.split())[:300]
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -39,12 +39,13 @@ def reduce_stats(accelerator, stats: dict[str, torch.Tensor], images: int = 0,
     vector = torch.cat(flat)
     if accelerator.num_processes > 1:
         vector = accelerator.reduce(vector, reduction="sum")
+    vector = vector.cpu()  # one copy (one device sync on a GPU), then slices of it
     out, offset = {}, 0
     for name, shape in zip(names, shapes):
         n = math.prod(shape)
-        out[name] = vector[offset:offset + n].reshape(shape).cpu()
+        out[name] = vector[offset:offset + n].reshape(shape)
         offset += n
-    out[IMAGES], out[STOP] = vector[offset].cpu(), vector[offset + 1].cpu()
+    out[IMAGES], out[STOP] = vector[offset], vector[offset + 1]
     return out
 
 
