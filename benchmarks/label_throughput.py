@@ -81,7 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="as `clasp label --threads` (default: the free cores)")
     p.add_argument("--no-peak", action="store_true", help="skip measuring the GEMM peak at CLIP's shapes")
     p.add_argument("--compile", action="store_true",
-                   help="as `clasp label --compile`: both sides' CLIP forwards through torch.compile")
+                   help="as `clasp label --compile on`: both sides' CLIP forwards through torch.compile from the "
+                        "first batch (without it both run eagerly: --compile off)")
     p.add_argument("--compile-backend", default="inductor",
                    help="torch.compile backend (eager: dynamo's tracing alone, a quick check of --compile)")
     return p.parse_args(argv)
@@ -206,14 +207,16 @@ def main(argv: list[str] | None = None) -> int:
         import clasp.labeling.labeler as labeler_module
 
         labeler_module.COMPILE_OPTIONS = {"backend": args.compile_backend}
+    compile_choice = "on" if args.compile else "off"
     spec = ClipLabelerConfig(str(model), None, clip_size, "maskclip", choice.precision, args.device,
-                             Vocabulary.default(), compile=args.compile)
+                             Vocabulary.default(), compile=compile_choice)
     labeler = cached_labeler(build_clip_labeler, spec)  # the run below reuses this process's labeler
     batches = prepared_batches(labeler, images, clip_size, args.batch_size)
     for pixels in batches[:1] + batches[-1:]:  # warm-up: kernel selection, allocator, compiling (the last batch
         labeler.vision_forward(pixels)  # may be smaller: its own graph)
         labeler.label(pixels)
-    flops_per_image = count_flops(lambda: labeler.model.vision_model(pixel_values=batches[0][:1].to(labeler.device),
+    one_image = batches[0][:1].to(labeler.device, labeler.weights_dtype)
+    flops_per_image = count_flops(lambda: labeler.model.vision_model(pixel_values=one_image,
                                                                       interpolate_pos_encoding=True))
     peak = float("nan") if args.no_peak else labeling_peak(labeler, choice.precision, args.batch_size, clip_size)
     print(f"torch threads {torch.get_num_threads()}, batch {args.batch_size}, {choice.precision}, "
@@ -224,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     def config_for(out: Path) -> LabelConfig:
         return LabelConfig(images=images, out=out, clip_model=str(model), clip_size=clip_size,
                            batch_size=args.batch_size, precision=choice.precision, workers=args.workers,
-                           device=args.device, threads=args.threads, compile=args.compile, progress=False)
+                           device=args.device, threads=args.threads, compile=compile_choice, progress=False)
 
     bare_rates, e2e_rates = measure(args, labeler, batches, config_for)
     bare, e2e = statistics.median(bare_rates), statistics.median(e2e_rates)

@@ -10,12 +10,25 @@ the compiled code ran once, so a later error is the model's, not the compiler's.
 
 Labeling, pre-training and fine-tuning call this one function, so a compile
 failure reads the same in every command.
+
+`--compile auto` turns it on only where it was measured to pay
+(`compile_pays`): the CLIP forward in bf16 on a CPU that multiplies bf16
+natively ran 1.5-1.7× faster compiled (AMX, docs/results.md). Elsewhere it was
+either not measured (CUDA, fp32 CPUs) or measured slower, so auto stays eager
+there rather than spend half a minute compiling on a guess.
 """
 
 from __future__ import annotations
 
 import logging
 from typing import Any, Callable
+
+COMPILE_CHOICES = ("auto", "on", "off")
+
+
+def compile_pays(precision: str, device_type: str) -> bool:
+    """Whether `--compile auto` compiles a forward at this resolved precision on this device type."""
+    return device_type == "cpu" and precision == "bf16"
 
 
 class CompiledOrEager:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from clasp.hardware.compile import COMPILE_CHOICES
 from clasp.hardware.cores import WORKERS_PER_CORE
 from clasp.labeling.errors import LabelingError
 from clasp.runs.settings import RunSettings
@@ -41,8 +42,10 @@ class ClipLabelerConfig:
     precision: str = same_as(RunSettings, "precision", note="fp16 needs CUDA.", resumable=False)
     device: str = setting("cpu", "Torch device for CLIP, e.g. cpu, cuda, cuda:1.")
     vocab: Any = None  # a clasp.store.Vocabulary
-    compile: bool = setting(False, "torch.compile the CLIP vision forward (where compiling fails: eager, with one "
-                            "warning line).")
+    compile: str = setting("auto", "torch.compile the CLIP vision forward: on, off, or auto (on for bf16 on a CPU "
+                           "from a process's 1025th image, where the half minute of compiling pays back within a "
+                           "shard; off elsewhere). Where compiling fails: eager, with one warning line.",
+                           choices=COMPILE_CHOICES)
 
     def check(self) -> None:
         """Refuse a choice or size no labeler can honour, naming it (the device is checked where it is used)."""
@@ -74,7 +77,7 @@ class LabelConfig:
                                     "workers must see --images and --out.", metavar="ADDR")
     precision: str = same_as(ClipLabelerConfig, "precision")
     device: str = same_as(ClipLabelerConfig, "device")
-    compile: bool = same_as(ClipLabelerConfig, "compile")
+    compile: str = same_as(ClipLabelerConfig, "compile")
     threads: int | None = same_as(RunSettings, "threads", note="In this process (--workers 0); each worker of "
                                   "--workers takes its share of its host's cores.")
     strict: bool = setting(False, "Exit with code 1 when any input was skipped (the shards are still written): one "

@@ -194,14 +194,17 @@ def _current_names(data: dict) -> dict:
 
 
 def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """softmax(q·kᵀ/√d)·v with the softmax in fp32.
+    """softmax(q·kᵀ/√d)·v as three plain ops.
 
     On CPU in bf16, PyTorch's fused attention kernel is 4-10× slower than these
     three plain ops at our sequence lengths (≤ 130 tokens; its backward above all),
-    so low-precision CPU runs take this path.
+    so low-precision CPU runs take this path. The softmax runs on the bf16 scores
+    directly: the CPU kernel accumulates in fp32 inside, so its output equals an
+    fp32 softmax rounded to bf16, and forward + backward cost a quarter of an
+    explicit fp32 round trip (two casts of a (B, H, N, N) tensor each way).
     """
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
-    return scores.float().softmax(-1).to(v.dtype) @ v
+    return scores.softmax(-1) @ v
 
 
 def resample_position_embedding(pos_embed: torch.Tensor, grid: tuple[int, int],

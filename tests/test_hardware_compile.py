@@ -58,7 +58,7 @@ def test_inductor_compiled_equals_eager_on_a_tiny_model() -> None:
     assert run.is_compiled, run.failure
 
 
-def _labels(tiny_clip_dir, vocab, compile: bool):
+def _labels(tiny_clip_dir, vocab, compile: str):
     from clasp.labeling.config import ClipLabelerConfig
     from clasp.labeling.labeler import ClipLabeler
 
@@ -73,8 +73,8 @@ def test_clasp_label_compile_labels_as_eager_does(tiny_clip_dir, vocab, monkeypa
     import clasp.labeling.labeler as labeler_module
 
     monkeypatch.setattr(labeler_module, "COMPILE_OPTIONS", {"backend": "eager"})  # dynamo's tracing, no codegen
-    _, eager, eager_vision = _labels(tiny_clip_dir, vocab, compile=False)
-    compiled, labels, vision = _labels(tiny_clip_dir, vocab, compile=True)
+    _, eager, eager_vision = _labels(tiny_clip_dir, vocab, compile="off")
+    compiled, labels, vision = _labels(tiny_clip_dir, vocab, compile="on")
     assert compiled._dense.is_compiled and compiled._vision.is_compiled
     np.testing.assert_array_equal(labels[0], eager[0])
     np.testing.assert_allclose(labels[1].astype(np.float32), eager[1].astype(np.float32), atol=1e-3)
@@ -82,20 +82,50 @@ def test_clasp_label_compile_labels_as_eager_does(tiny_clip_dir, vocab, monkeypa
     torch.testing.assert_close(vision, eager_vision, rtol=1e-5, atol=1e-5)
 
 
-def test_clasp_label_has_compile_off_by_default() -> None:
+def test_clasp_label_compiles_by_default_only_bf16_on_a_cpu_and_only_after_enough_images() -> None:
+    from clasp.hardware.compile import compile_pays
     from clasp.labeling.config import LabelConfig
 
     config = LabelConfig(images="i", out="o")
-    assert config.compile is False and config.labeler().compile is False
+    assert config.compile == "auto" and config.labeler().compile == "auto"
+    assert compile_pays("bf16", "cpu")
+    assert not any(compile_pays(p, d) for p, d in (("fp32", "cpu"), ("bf16", "cuda"), ("fp16", "cuda")))
+
+
+def test_auto_compiles_after_the_set_number_of_images_and_pads_a_short_batch(tiny_clip_dir, vocab,
+                                                                             monkeypatch) -> None:
+    import numpy as np
+
+    import clasp.labeling.labeler as labeler_module
+    from clasp.labeling.config import ClipLabelerConfig
+    from clasp.labeling.labeler import ClipLabeler
+
+    monkeypatch.setattr(labeler_module, "COMPILE_OPTIONS", {"backend": "eager"})
+    monkeypatch.setattr(labeler_module, "COMPILE_AFTER_IMAGES", 3)
+    monkeypatch.setattr(labeler_module, "compile_pays", lambda precision, device: True)
+    labeler = ClipLabeler(ClipLabelerConfig(clip_model=str(tiny_clip_dir), clip_size=(64, 32)), vocab)
+    eager = ClipLabeler(ClipLabelerConfig(clip_model=str(tiny_clip_dir), clip_size=(64, 32), compile="off"), vocab)
+    pixels = torch.randn(3, 3, 64, 32, generator=torch.Generator().manual_seed(0))
+    labeler.label(pixels)
+    assert labeler._dense is None  # the first 3 images: eager
+    labeler.label(pixels)  # 3 labeled before this batch: compiled
+    assert labeler._dense.is_compiled and labeler._compiled_rows == 3
+    short, reference = labeler.label(pixels[:2]), eager.label(pixels[:2])  # padded to the compiled 3 rows
+    assert short[0].shape[0] == 2 and labeler._compiled_rows == 3
+    np.testing.assert_array_equal(short[0], reference[0])
+    np.testing.assert_allclose(short[2].astype(np.float32), reference[2].astype(np.float32), atol=1e-2)
 
 
 @pytest.mark.slow
 def test_clasp_label_compile_with_inductor_labels_as_eager_does(tiny_clip_dir, vocab) -> None:
     import numpy as np
 
-    _, eager, eager_vision = _labels(tiny_clip_dir, vocab, compile=False)
-    compiled, labels, vision = _labels(tiny_clip_dir, vocab, compile=True)
+    _, eager, eager_vision = _labels(tiny_clip_dir, vocab, compile="off")
+    compiled, labels, vision = _labels(tiny_clip_dir, vocab, compile="on")
     assert compiled._dense.is_compiled, compiled._dense.failure
     np.testing.assert_allclose(labels[1].astype(np.float32), eager[1].astype(np.float32), atol=1e-2)
     np.testing.assert_allclose(labels[2].astype(np.float32), eager[2].astype(np.float32), atol=5e-2)
-    torch.testing.assert_close(vision, eager_vision, rtol=1e-3, atol=1e-3)
+    # inductor fuses and reorders: equal within the rounding of the dtype the tower computes in
+    scale = eager_vision.abs().max().item()
+    rtol, atol = (1e-3, 1e-3) if vision.dtype == torch.float32 else (2e-2, 2e-2 * scale)
+    torch.testing.assert_close(vision, eager_vision, rtol=rtol, atol=atol)

@@ -25,7 +25,8 @@ from clasp.store import Vocabulary
 
 @pytest.fixture(scope="module")
 def labeler(tiny_clip_dir: Path, vocab: Vocabulary) -> ClipLabeler:
-    return ClipLabeler(ClipLabelerConfig(clip_model=str(tiny_clip_dir)), vocab)
+    """In fp32 on every CPU kind: the reference math below runs on its (then fp32) weights."""
+    return ClipLabeler(ClipLabelerConfig(clip_model=str(tiny_clip_dir), precision="fp32"), vocab)
 
 
 @pytest.fixture(scope="module")
@@ -345,6 +346,9 @@ def test_bf16_agrees_with_fp32(tiny_clip_dir: Path, vocab: Vocabulary, labeler: 
     bf16 = ClipLabeler(ClipLabelerConfig(clip_model=str(tiny_clip_dir), precision="bf16"), vocab)
     mask32, conf32, attrs32 = labeler.label(pixels)
     mask16, conf16, attrs16 = bf16.label(pixels)
+    # on CPU: the vision tower's weights cast once (no autocast), the text side still fp32
+    assert bf16.weights_dtype == bf16.model.vision_model.embeddings.patch_embedding.weight.dtype == torch.bfloat16
+    assert bf16.text.attributes.dtype == bf16.model.text_projection.weight.dtype == torch.float32
     assert (mask32 == mask16).mean() >= 0.9
     assert np.abs(attrs32.astype(np.float32) - attrs16.astype(np.float32)).max() <= 0.05 * np.abs(attrs32).max()
 
