@@ -20,10 +20,15 @@ there rather than spend half a minute compiling on a guess.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import warnings
 from typing import Any, Callable
 
 COMPILE_CHOICES = ("auto", "on", "off")
+# max-autotune writes a table per GEMM it times to stderr (a hundred lines for a ViT): one warning line is
+# all --compile prints
+QUIET_AUTOTUNING = {"autotune_num_choices_displayed": 0, "max_autotune_report_choices_stats": False}
 
 
 def compile_pays(precision: str, device_type: str) -> bool:
@@ -34,11 +39,13 @@ def compile_pays(precision: str, device_type: str) -> bool:
 class CompiledOrEager:
     """`fn` compiled on the first call, or `fn` itself after a compile failure (one warning)."""
 
-    def __init__(self, fn: Callable[..., Any], what: str, **options: Any) -> None:
+    def __init__(self, fn: Callable[..., Any], what: str, inductor_config: dict | None = None,
+                 **options: Any) -> None:
         import torch
 
         self.eager, self.what = fn, what
         self.compiled: Callable[..., Any] | None = torch.compile(fn, **options)
+        self.inductor_config = inductor_config or {}  # patched in while the first call compiles
         self.first = True
         self.failure: str | None = None  # the error that made it fall back, if it did
 
@@ -48,7 +55,9 @@ class CompiledOrEager:
         if not self.first:
             return self.compiled(*args, **kwargs)
         try:
-            out = self.compiled(*args, **kwargs)
+            with _patched_inductor(self.inductor_config), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the compiler's own deprecation notes are not the user's business
+                out = self.compiled(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - any compiler failure means eager
             self.failure = _one_line(exc)
             logging.getLogger("clasp").warning(f"--compile: {self.what} runs eagerly, compiling failed "
@@ -63,6 +72,14 @@ class CompiledOrEager:
         return self.compiled is not None
 
 
+def _patched_inductor(config: dict) -> contextlib.AbstractContextManager:
+    """Inductor's settings `config` (quiet autotuning besides) while a compile runs, the process's own restored
+    after it: `freezing`, for one, is not reached through `torch.compile`'s options where inductor reads it."""
+    import torch._inductor.config as inductor
+
+    return inductor.patch({**QUIET_AUTOTUNING, **config})
+
+
 def _one_line(exc: BaseException) -> str:
     """The root cause of a compiler failure (dynamo wraps it), as `Type: first line`."""
     root = getattr(exc, "inner_exception", None) or exc
@@ -74,5 +91,6 @@ def _one_line(exc: BaseException) -> str:
 
 def compiled_or_eager(fn: Callable[..., Any], enabled: bool = True, what: str = "the model",
                       **options: Any) -> Callable[..., Any]:
-    """`fn` itself when not `enabled`, else a `CompiledOrEager` of it (`options`: torch.compile's)."""
+    """`fn` itself when not `enabled`, else a `CompiledOrEager` of it (`options`: torch.compile's, and
+    `inductor_config`: inductor settings for its compile)."""
     return CompiledOrEager(fn, what, **options) if enabled else fn

@@ -42,9 +42,9 @@ class ClipLabelerConfig:
     precision: str = same_as(RunSettings, "precision", note="fp16 needs CUDA.", resumable=False)
     device: str = setting("cpu", "Torch device for CLIP, e.g. cpu, cuda, cuda:1.")
     vocab: Any = None  # a clasp.store.Vocabulary
-    compile: str = setting("auto", "torch.compile the CLIP vision forward: on, off, or auto (on for bf16 on a CPU "
-                           "from a process's 1025th image, where the half minute of compiling pays back within a "
-                           "shard; off elsewhere). Where compiling fails: eager, with one warning line.",
+    compile: str = setting("auto", "torch.compile the CLIP vision forward: on, off, or auto (on for bf16 on a CPU, "
+                           "from a process's 2049th image: the minute of compiling pays back within half a "
+                           "default shard; off elsewhere). Where compiling fails: eager, with one warning line.",
                            choices=COMPILE_CHOICES)
 
     def check(self) -> None:

@@ -47,6 +47,22 @@ def test_a_working_backend_stays_compiled_and_equals_eager() -> None:
     assert run.is_compiled and run.failure is None
 
 
+def test_inductor_settings_hold_while_compiling_and_are_restored_after() -> None:
+    import torch._inductor.config as inductor
+
+    seen = []
+
+    def backend(graph, example_inputs):  # records what a compiler would read, then runs the graph as it is
+        seen.append((inductor.freezing, inductor.autotune_num_choices_displayed))
+        return graph.forward
+
+    before = (inductor.freezing, inductor.autotune_num_choices_displayed)
+    run = compiled_or_eager(torch.nn.Linear(3, 2), backend=backend, inductor_config={"freezing": not before[0]})
+    run(torch.randn(4, 3))
+    assert run.is_compiled and seen == [(not before[0], 0)]  # the asked setting, and no autotuning tables
+    assert (inductor.freezing, inductor.autotune_num_choices_displayed) == before
+
+
 @pytest.mark.slow
 def test_inductor_compiled_equals_eager_on_a_tiny_model() -> None:
     torch.manual_seed(0)
