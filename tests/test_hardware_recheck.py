@@ -4,6 +4,7 @@ fake /proc/stat snapshots)."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from clasp.hardware.load import busy_cores
 from clasp.hardware.recheck import LoadRecheck
 
+WINDOW_SECONDS = 0.1
 CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
 
 
@@ -37,6 +39,9 @@ class FakeProc:
         def advance(_seconds: float) -> None:  # the window: `busy` CPUs all busy, the rest all idle
             busy = {c: 100 for c in CPUS[:self.busy]}
             self.stat.write_text(stat_text(busy, {c: 100 for c in CPUS[self.busy:]}))
+            # a real window's length: this process's own CPU time in it is subtracted, and over a few
+            # microseconds an OpenMP thread still spinning after an earlier test's torch op reads as a whole core
+            time.sleep(WINDOW_SECONDS)
 
         return busy_cores(0.0, self.stat, self.loadavg, sleep=advance)
 
