@@ -26,8 +26,9 @@ Target: time ratio CLASP / DINO <= 1.5 at preset small, batch 32, 2 + 6 crops.
 On a GPU (`--device cuda`) each step is synchronised before its clock stops,
 and each step's MFU is printed against the card's datasheet dense bf16 peak
 (`machine.BF16_DENSE_TFLOPS`), beside the images/s one step consumes (what the
-loader must deliver). `--compile` runs the forward of both through
-`torch.compile` (eager, with one warning line, where that fails),
+loader must deliver). `--compile` compiles both as `clasp pretrain --compile on`
+does (`pretraining/compile_blocks.py`: the blocks' fixed-shape parts, eager with
+one warning line where that fails), after the FLOPs are counted,
 `--fused-adamw` the fused AdamW kernel, `--tf32` TF32 for fp32 matrix products.
 
     python benchmarks/pretrain_step.py --device cuda --preset base --batch-size 64 --precision bf16 --fused-adamw
@@ -45,8 +46,8 @@ from pathlib import Path
 import torch
 
 from clasp.hardware import DEFAULT_PRECISION, PRECISIONS, PrecisionChoice, use_available_cores
-from clasp.hardware.compile import compiled_or_eager
 from clasp.pretraining.batch import MultiCropBatch
+from clasp.pretraining.compile_blocks import compile_blocks
 from clasp.pretraining.host_memory import keep_freed_memory
 from clasp.pretraining.model import ClaspModel, ModelConfig
 from clasp.pretraining.moe import DISPATCH, DISPATCHES, set_dispatch
@@ -77,26 +78,28 @@ def synthetic_batch(batch_size: int, global_crops: int, local_crops: int, vocab:
 
 
 class Stepper:
-    def __init__(self, config: ModelConfig, choice: PrecisionChoice, device: str = "cpu", compile: bool = False,
-                 fused_adamw: bool = False, name: str = "the model", compile_backend: str = "inductor",
-                 moe_dispatch: str = DISPATCH) -> None:
+    def __init__(self, config: ModelConfig, choice: PrecisionChoice, device: str = "cpu",
+                 fused_adamw: bool = False, name: str = "the model", moe_dispatch: str = DISPATCH) -> None:
         self.device = device
         self.model = ClaspModel(config).to(device)
         set_dispatch(self.model, moe_dispatch)
-        self.forward = compiled_or_eager(self.model, compile, f"{name}'s forward", backend=compile_backend)
+        self.name = name
         self.optimizer = torch.optim.AdamW(self.model.param_groups(), lr=1e-4, weight_decay=0.04,
                                            **({"fused": True} if fused_adamw else {}))
         self.autocast_dtype = choice.autocast_dtype  # None: fp32, no autocast
 
-    def step(self, batch: MultiCropBatch, eager: bool = False) -> tuple[float, float]:
-        """(wall seconds, CPU seconds of this process) for one step (`eager`: without --compile)."""
+    def compile(self, backend: str) -> None:
+        compile_blocks(self.model, self.name, backend=backend)
+
+    def step(self, batch: MultiCropBatch) -> tuple[float, float]:
+        """(wall seconds, CPU seconds of this process) for one step."""
         device_type = torch.device(self.device).type
         autocast = (torch.autocast(device_type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
                     else contextlib.nullcontext())
         synchronize(self.device)
         start, start_cpu = time.perf_counter(), time.process_time()
         with autocast:
-            loss, _ = (self.model if eager else self.forward)(batch)
+            loss, _ = self.model(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -128,7 +131,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the cores available)")
     parser.add_argument("--profile", action="store_true", help="also print the top ops of one step of each by self time")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--compile", action="store_true", help="torch.compile both forwards (eager where it fails)")
+    parser.add_argument("--compile", action="store_true", help="compile both models' blocks as clasp pretrain --compile on does")
     parser.add_argument("--moe-dispatch", default=DISPATCH, choices=DISPATCHES,
                         help="how the PC-MoE runs its experts (pretraining/moe.py)")
     parser.add_argument("--compile-backend", default="inductor",
@@ -184,16 +187,18 @@ def main(argv: list[str] | None = None) -> None:
         head.update(dino_hidden_dim=args.dino_hidden_dim, dino_bottleneck_dim=min(256, args.dino_hidden_dim))
     clasp_config = ModelConfig.build(args.preset, vocab, moe_layers=args.moe_layers, experts=args.experts,
                                      top_k=args.top_k, expert_mlp_ratio=args.expert_mlp_ratio, **head, **vit)
-    options = dict(device=args.device, compile=args.compile, fused_adamw=args.fused_adamw,
-                   compile_backend=args.compile_backend, moe_dispatch=args.moe_dispatch)
+    options = dict(device=args.device, fused_adamw=args.fused_adamw, moe_dispatch=args.moe_dispatch)
     clasp = Stepper(clasp_config, choice, name="CLASP", **options)
     dino = Stepper(ModelConfig.dino_baseline(args.preset, **head, **vit), choice, name="DINO", **options)
     peak = (float("nan") if args.no_peak
             else peak_gflops(choice.precision, step_shapes(args, clasp_config), device=args.device))
 
     # counted eagerly: a compiled graph's kernels are not the ops FlopCounterMode sees
-    clasp_flops = count_flops(lambda: clasp.step(batch, eager=True))
-    dino_flops = count_flops(lambda: dino.step(batch, eager=True))
+    clasp_flops = count_flops(lambda: clasp.step(batch))
+    dino_flops = count_flops(lambda: dino.step(batch))
+    if args.compile:
+        clasp.compile(args.compile_backend)
+        dino.compile(args.compile_backend)
     print(f"FLOPs of one step (forward + backward): CLASP {clasp_flops / 1e9:.1f} G, DINO {dino_flops / 1e9:.1f} G; "
           f"{choice.precision} GEMM peak at the step's shapes {peak:.1f} GFLOP/s", flush=True)
     for _ in range(args.warmup - 1):

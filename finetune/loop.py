@@ -141,16 +141,18 @@ def _output_names(config: FinetuneConfig, data) -> Any:
     return list(data.names) if config.task == "attributes" else list(data.class_names)
 
 
-def _build_model(config, recipe, backbone, accelerator):
+def _build_model(config, recipe, backbone, accelerator, precision: str):
     from accelerate.utils import set_seed
 
     from clasp.finetune.model import FinetuneModel, param_groups
+    from clasp.pretraining.compile_blocks import compile_if_asked
 
     set_seed(config.seed)
     vit = backbone.backbone
     if config.freeze_backbone:
         backbone.requires_grad_(False)
     model = FinetuneModel(backbone, recipe.head(vit.config.dim, vit.config.grid))
+    compile_if_asked(model, config.compile, precision, accelerator.device.type)
     optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay, config.layer_decay), lr=0.0)
     model, optimizer = accelerator.prepare(model, optimizer)
     return model, optimizer, accelerator.unwrap_model(model)
@@ -195,7 +197,7 @@ def _resume_or_start(folder: RunPlan, model, optimizer, accelerator) -> int:
 
 def _run(config: FinetuneConfig, accelerator, precision) -> FinetuneResult:
     recipe, plan, backbone, derived = _setup(config, accelerator)
-    model, optimizer, unwrapped = _build_model(config, recipe, backbone, accelerator)
+    model, optimizer, unwrapped = _build_model(config, recipe, backbone, accelerator, precision.precision)
     hardware = precision.record()
     saved_config = saved_form(asdict(config), derived) | {"hardware": hardware}
     folder = plan_run_folder(config.out, config.resume, config.force, RUN_FILES, RESUME_RULE, asdict(config),

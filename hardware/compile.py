@@ -31,9 +31,17 @@ COMPILE_CHOICES = ("auto", "on", "off")
 QUIET_AUTOTUNING = {"autotune_num_choices_displayed": 0, "max_autotune_report_choices_stats": False}
 
 
-def compile_pays(precision: str, device_type: str) -> bool:
-    """Whether `--compile auto` compiles a forward at this resolved precision on this device type."""
-    return device_type == "cpu" and precision == "bf16"
+def compile_pays(precision: str, device_type: str, training: bool = False) -> bool:
+    """Whether `--compile auto` compiles a forward at this resolved precision on this device type.
+
+    Training: nowhere yet. On the AMX Xeon a compiled bf16 training step was slower than an eager one, and
+    no GPU figure exists (`benchmarks/gpu.sh` measures it)."""
+    return not training and device_type == "cpu" and precision == "bf16"
+
+
+def compiling(choice: str, precision: str, device_type: str, training: bool = False) -> bool:
+    """Whether `--compile choice` (on, off, auto) compiles here."""
+    return choice == "on" or (choice == "auto" and compile_pays(precision, device_type, training))
 
 
 class CompiledOrEager:

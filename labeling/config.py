@@ -16,7 +16,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from clasp.hardware.compile import COMPILE_CHOICES
 from clasp.hardware.cores import WORKERS_PER_CORE
 from clasp.labeling.errors import LabelingError
 from clasp.runs.settings import RunSettings
@@ -42,10 +41,8 @@ class ClipLabelerConfig:
     precision: str = same_as(RunSettings, "precision", note="fp16 needs CUDA.", resumable=False)
     device: str = setting("cpu", "Torch device for CLIP, e.g. cpu, cuda, cuda:1.")
     vocab: Any = None  # a clasp.store.Vocabulary
-    compile: str = setting("auto", "torch.compile the CLIP vision forward: on, off, or auto (on for bf16 on a CPU, "
-                           "from a process's 2049th image: the minute of compiling pays back within half a "
-                           "default shard; off elsewhere). Where compiling fails: eager, with one warning line.",
-                           choices=COMPILE_CHOICES)
+    compile: str = same_as(RunSettings, "compile", note="Here auto compiles bf16 on a CPU, from a process's "
+                           "2049th image: the minute of compiling pays back within half a default shard.")
 
     def check(self) -> None:
         """Refuse a choice or size no labeler can honour, naming it (the device is checked where it is used)."""

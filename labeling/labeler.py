@@ -40,7 +40,7 @@ import torch
 from PIL import Image
 
 from clasp.hardware import PrecisionChoice, PrecisionError, probe_capability, resolve_precision
-from clasp.hardware.compile import compile_pays, compiled_or_eager
+from clasp.hardware.compile import compiled_or_eager, compiling
 from clasp.labeling.clip_loading import load_clip, load_image_normalization, loaded_revision
 from clasp.labeling.config import ClipLabelerConfig
 from clasp.labeling.dense_features import DenseFeatures, dense_features
@@ -133,11 +133,9 @@ class ClipLabeler:
 
     def _compile_after(self, choice: str) -> int | None:
         """Images to label eagerly before compiling; None: never compile."""
-        if choice == "on":
-            return 0
-        if choice == "auto" and compile_pays(self.precision_choice.precision, self.device.type):
-            return COMPILE_AFTER_IMAGES
-        return None
+        if not compiling(choice, self.precision_choice.precision, self.device.type):
+            return None
+        return 0 if choice == "on" else COMPILE_AFTER_IMAGES
 
     def _compiling(self) -> bool:
         """Whether the next batch runs compiled; builds the compiled forwards the first time it does."""

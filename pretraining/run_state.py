@@ -159,6 +159,7 @@ def build_trainer(config: PretrainConfig, accelerator, inputs: RunInputs):
     """(model prepared by accelerate, optimizer, schedules, loader), the model initialised from `config.seed`."""
     from accelerate.utils import set_seed
 
+    from clasp.pretraining.compile_blocks import compile_if_asked
     from clasp.pretraining.host_memory import keep_freed_memory
     from clasp.pretraining.model import ClaspModel
     from clasp.pretraining.stream import make_loader
@@ -167,6 +168,7 @@ def build_trainer(config: PretrainConfig, accelerator, inputs: RunInputs):
         keep_freed_memory()  # steps would otherwise page-fault their activations in again each time
     set_seed(config.seed)
     model = ClaspModel(inputs.model_config)
+    compile_if_asked(model, config.compile, inputs.hardware["precision"], accelerator.device.type)
     optimizer = torch.optim.AdamW(model.param_groups(), lr=0.0)
     model, optimizer = accelerator.prepare(model, optimizer)
     loader = make_loader(inputs.stream, config.num_workers)

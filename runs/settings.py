@@ -1,4 +1,5 @@
-"""The settings every training command shares, declared once: precision, loader workers, seed, cadence, resume.
+"""The settings every training command shares, declared once: precision, loader workers, threads, compiling,
+seed, cadence, resume.
 
 `clasp pretrain` and `clasp finetune TASK` inherit all of them (their configs
 derive from `RunSettings` and `TrackerSettings`; `settings_of` lists a command's
@@ -20,6 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from clasp.hardware.compile import COMPILE_CHOICES
 from clasp.hardware.cores import beyond_cores
 from clasp.hardware.precision import DEFAULT_PRECISION, PRECISION_HELP, PRECISIONS
 from clasp.hardware.threads import THREADS_HELP, THREADS_LIMITS, THREADS_SHOWN
@@ -40,6 +42,9 @@ class RunSettings:
         "(at most 8) on a GPU, counting only the cores this process may use.",
         shown="from the cores", limits=(0, math.inf))
     threads: int | None = setting(None, THREADS_HELP, shown=THREADS_SHOWN, limits=THREADS_LIMITS, resumable=True)
+    compile: str = setting("auto", "torch.compile the model: on, off, or auto (on only where it was measured to "
+                           "pay, docs/hardware.md: so far labeling in bf16 on a CPU, no training). Where compiling "
+                           "fails: eager, with one warning line.", choices=COMPILE_CHOICES, resumable=True)
     seed: int = setting(0, "Seed of the model init, data order and augmentation.", limits=SEEDS)
     save_every: int = setting(1000, "Optimizer steps between checkpoints (there is always one at the end).",
                               limits=STEPS, resumable=True)

@@ -370,3 +370,19 @@ def test_threads_given_win_over_omp_num_threads(world, tmp_path: Path, monkeypat
     monkeypatch.setattr(cores, "thread_choice", lambda *args: chosen.append(choose(*args)) or chosen[-1])
     run_finetune(reid_config(world, tmp_path / "run", steps=1, threads=2))
     assert [(c.threads, c.source) for c in chosen] == [(2, "--threads")]
+
+
+def test_compile_on_fine_tunes_as_eager_does(world, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    import clasp.pretraining.compile_blocks as compile_blocks
+
+    monkeypatch.setattr(compile_blocks, "COMPILE_OPTIONS", {"backend": "eager"})  # dynamo's tracing, no codegen
+    run_finetune(reid_config(world, tmp_path / "eager", steps=3, compile="off"))
+    with caplog.at_level(logging.INFO, logger="clasp"):
+        run_finetune(reid_config(world, tmp_path / "compiled", steps=3, compile="on"))
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("--compile: ")]
+    assert len(said) == 1 and int(said[0].split()[1]) > 0, said  # the backbone's blocks, compiled
+    assert losses(tmp_path / "compiled") == pytest.approx(losses(tmp_path / "eager"), abs=1e-5)
+    assert json.loads((tmp_path / "compiled" / "config.json").read_text())["config"]["compile"] == "on"

@@ -106,19 +106,30 @@ def test_clasp_label_compiles_by_default_only_bf16_on_a_cpu_and_only_after_enoug
     assert config.compile == "auto" and config.labeler().compile == "auto"
     assert compile_pays("bf16", "cpu")
     assert not any(compile_pays(p, d) for p, d in (("fp32", "cpu"), ("bf16", "cuda"), ("fp16", "cuda")))
+    assert not compile_pays("bf16", "cpu", training=True)  # a compiled training step was measured slower
+
+
+def test_on_and_off_overrule_auto() -> None:
+    from clasp.hardware.compile import compiling
+
+    for precision, device, training in (("bf16", "cpu", False), ("fp32", "cpu", False), ("bf16", "cpu", True),
+                                        ("bf16", "cuda", True)):
+        assert compiling("on", precision, device, training) and not compiling("off", precision, device, training)
+    assert compiling("auto", "bf16", "cpu") and not compiling("auto", "bf16", "cpu", training=True)
 
 
 def test_auto_compiles_after_the_set_number_of_images_and_pads_a_short_batch(tiny_clip_dir, vocab,
                                                                              monkeypatch) -> None:
     import numpy as np
 
+    import clasp.hardware.compile as compile_module
     import clasp.labeling.labeler as labeler_module
     from clasp.labeling.config import ClipLabelerConfig
     from clasp.labeling.labeler import ClipLabeler
 
     monkeypatch.setattr(labeler_module, "COMPILE_OPTIONS", {"backend": "eager"})
     monkeypatch.setattr(labeler_module, "COMPILE_AFTER_IMAGES", 3)
-    monkeypatch.setattr(labeler_module, "compile_pays", lambda precision, device: True)
+    monkeypatch.setattr(compile_module, "compile_pays", lambda *args, **kwargs: True)
     labeler = ClipLabeler(ClipLabelerConfig(clip_model=str(tiny_clip_dir), clip_size=(64, 32)), vocab)
     eager = ClipLabeler(ClipLabelerConfig(clip_model=str(tiny_clip_dir), clip_size=(64, 32), compile="off"), vocab)
     pixels = torch.randn(3, 3, 64, 32, generator=torch.Generator().manual_seed(0))

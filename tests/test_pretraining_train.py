@@ -250,3 +250,20 @@ def test_pretrain_without_out_trains_into_a_new_run_folder(store: Path, tmp_path
     (run,) = (tmp_path / "runs").iterdir()
     assert run.name.startswith(f"{store.name}-") and f"run folder: runs/{run.name}" in caplog.text
     assert sorted(losses(run)) == [1] and (run / "checkpoints/step-00000001").is_dir()
+
+
+def test_compile_on_trains_as_eager_does_and_auto_stays_eager(store: Path, tmp_path: Path, monkeypatch,
+                                                               caplog) -> None:
+    import logging
+
+    import clasp.pretraining.compile_blocks as compile_blocks
+
+    monkeypatch.setattr(compile_blocks, "COMPILE_OPTIONS", {"backend": "eager"})  # dynamo's tracing, no codegen
+    with caplog.at_level(logging.INFO, logger="clasp"):
+        train(store, tmp_path / "auto", steps=3)
+        assert not any("--compile" in r.getMessage() for r in caplog.records)  # auto: training stays eager
+        train(store, tmp_path / "compiled", steps=3, compile="on")
+    assert any(r.getMessage().startswith("--compile: ") and "blocks run through torch.compile" in r.getMessage()
+               for r in caplog.records)
+    assert losses(tmp_path / "compiled") == pytest.approx(losses(tmp_path / "auto"), abs=1e-5)
+    assert json.loads((tmp_path / "compiled" / "config.json").read_text())["config"]["compile"] == "on"
