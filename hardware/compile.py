@@ -15,7 +15,7 @@ failure reads the same in every command.
 (`compile_pays`): the CLIP forward in bf16 on a CPU that multiplies bf16
 natively ran 1.5-1.7× faster compiled (AMX, docs/results.md). Elsewhere it was
 either not measured (CUDA, fp32 CPUs) or measured slower, so auto stays eager
-there rather than spend half a minute compiling on a guess.
+there rather than spend a minute compiling on a guess.
 """
 
 from __future__ import annotations
