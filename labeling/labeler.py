@@ -46,6 +46,7 @@ from clasp.labeling.config import ClipLabelerConfig
 from clasp.labeling.dense_features import DenseFeatures, dense_features
 from clasp.labeling.errors import LabelingError
 from clasp.labeling.pseudo_labels import attribute_logits, part_labels, part_logits
+from clasp.labeling.quick_gelu import fold_quick_gelu
 from clasp.labeling.text_embeddings import build_text_embeddings
 from clasp.store import ClipInfo, Vocabulary
 
@@ -94,6 +95,7 @@ class ClipLabeler:
         self._mean = torch.tensor(normalization.mean, dtype=torch.float32).view(1, 3, 1, 1)
         self._std = torch.tensor(normalization.std, dtype=torch.float32).view(1, 3, 1, 1)
         self.text = build_text_embeddings(self.model, self.tokenizer, self.vocab)
+        fold_quick_gelu(self.model.vision_model)  # before any cast: each weight rounded once
         self.weights_dtype = self._cast_vision_tower()
         self.compile_after = self._compile_after(config.compile)
         self.labeled = 0  # images labeled by this labeler, for --compile auto
