@@ -13,7 +13,7 @@ failure reads the same in every command.
 
 `--compile auto` turns it on only where it was measured to pay
 (`compile_pays`): the CLIP forward in bf16 on a CPU that multiplies bf16
-natively ran 1.5-1.7× faster compiled (AMX, docs/results.md). Elsewhere it was
+natively ran 1.2× faster compiled (AMX, docs/results.md). Elsewhere it was
 either not measured (CUDA, fp32 CPUs) or measured slower, so auto stays eager
 there rather than spend a minute compiling on a guess.
 """

@@ -69,12 +69,13 @@ def resolve_device_precision(config: ClipLabelerConfig) -> PrecisionChoice:
 
 # --compile's options (tests choose the quick "eager" backend). Labeling is inference with fixed weights, so
 # inductor may freeze them (fold and prepack them as constants), which its autotuned CPU GEMM templates need:
-# ViT-B/16 in bf16 on AMX labels at 9.0 images/s eagerly, 13.2 compiled by default, 15.3 so (61 s to compile).
+# ViT-B/16 in bf16 on AMX ran 9.0 images/s eagerly, 13.2 compiled by default, 15.3 so (61 s to compile), before
+# quick-GELU was folded (quick_gelu.py); with the fold, eager 9.2 against compiled 11.1 in one process.
 COMPILE_OPTIONS: dict = {"mode": "max-autotune-no-cudagraphs", "inductor_config": {"freezing": True}}
-# `--compile auto`: images a process labels eagerly before compiling. The minute of compiling saves ~0.045 s an
-# image (figures above), paid back ~1,350 images later: a process that has labeled half a default shard is
-# most likely to label that many more.
-COMPILE_AFTER_IMAGES = 2048
+# `--compile auto`: images a process labels eagerly before compiling. The 45-70 s of compiling save ~0.018 s an
+# image (figures above), paid back 2,500-3,900 images later: a process that has labeled a default shard is
+# most likely labeling many more.
+COMPILE_AFTER_IMAGES = 4096
 
 
 class ClipLabeler:
