@@ -131,7 +131,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the cores available)")
     parser.add_argument("--profile", action="store_true", help="also print the top ops of one step of each by self time")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--compile", action="store_true", help="compile both models' blocks as clasp pretrain --compile on does")
+    parser.add_argument("--compile", action="store_true",
+                        help="compile both models' blocks as clasp pretrain --compile on does")
     parser.add_argument("--moe-dispatch", default=DISPATCH, choices=DISPATCHES,
                         help="how the PC-MoE runs its experts (pretraining/moe.py)")
     parser.add_argument("--compile-backend", default="inductor",
