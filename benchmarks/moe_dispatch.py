@@ -11,9 +11,13 @@ tokens a row) and the local crops (128x64: 2 + 32 tokens a row), `--batch-size`
 images each. Both dispatches see the same layer, input and routing, timed
 alternately in ABBA order (median of `--iters` after `--warmup`); the router is
 random, so groups are near even (the case least favourable to the loop's small
-calls and most favourable to the batched padding). Per preset and precision it
-prints both times and the ratio batched / loop: below 1, the batched dispatch
-is faster, and `moe.DISPATCH` should become "batched" on that device.
+calls and most favourable to the batched padding). Each iteration draws new
+tokens, so the experts' row counts change as they do from one training step to
+the next. Per preset and precision it prints both times and the ratio batched /
+loop: below 1, the batched dispatch is faster, and `moe.DISPATCH` should become
+"batched" on that device. A third timing, the loop with its slices only aligned
+(`PCMoE.bucket_rows = False`), gives the ratio aligned / bucketed: what the
+bucketed row counts save where new shapes cost a kernel build (bf16 on CPU).
 """
 
 from __future__ import annotations
@@ -68,8 +72,12 @@ def step(moe: PCMoE, calls: list[tuple[torch.Tensor, torch.Tensor]], autocast) -
     loss.backward()
 
 
-def timed(moe: PCMoE, dispatch: str, calls, autocast, device: torch.device) -> float:
-    moe.dispatch = dispatch
+# name: (PCMoE.dispatch, PCMoE.bucket_rows)
+VARIANTS = {"loop": ("loop", None), "batched": ("batched", None), "aligned": ("loop", False)}
+
+
+def timed(moe: PCMoE, variant: str, calls, autocast, device: torch.device) -> float:
+    moe.dispatch, moe.bucket_rows = VARIANTS[variant]
     moe.zero_grad(set_to_none=True)
     synchronize(device)
     start = time.perf_counter()
@@ -78,30 +86,35 @@ def timed(moe: PCMoE, dispatch: str, calls, autocast, device: torch.device) -> f
     return time.perf_counter() - start
 
 
-def compare(args: argparse.Namespace, preset: str, precision: str, device: torch.device) -> tuple[float, float]:
-    """Median seconds of (loop, batched) for one forward + backward of a step's calls."""
+def step_calls(args: argparse.Namespace, dim: int, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(tokens, prompts) of one step's calls, freshly drawn: a new routing, new row counts."""
+    return [(torch.randn(args.batch_size * crops, tokens, dim, device=device),
+             torch.randn(args.batch_size * crops, dim, device=device))
+            for crops, tokens in ((args.global_crops, GLOBAL_TOKENS), (args.local_crops, LOCAL_TOKENS)) if crops]
+
+
+def compare(args: argparse.Namespace, preset: str, precision: str, device: torch.device) -> dict[str, float]:
+    """Median seconds of each of `VARIANTS` for one forward + backward of a step's calls."""
     vit = ViTConfig.preset(preset, experts=args.experts, top_k=args.top_k)
     torch.manual_seed(0)
     moe = PCMoE(vit.dim, vit.expert_hidden, args.experts, args.top_k).to(device)
-    calls = [(torch.randn(args.batch_size * crops, tokens, vit.dim, device=device),
-              torch.randn(args.batch_size * crops, vit.dim, device=device))
-             for crops, tokens in ((args.global_crops, GLOBAL_TOKENS), (args.local_crops, LOCAL_TOKENS)) if crops]
 
     def autocast():
         return (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
                 else contextlib.nullcontext())
 
-    for _ in range(args.warmup):
-        timed(moe, "loop", calls, autocast, device)
-        timed(moe, "batched", calls, autocast, device)
-    times = {"loop": [], "batched": []}
-    for i in range(args.iters):  # ABBA order: load drift on a shared machine biases neither side
-        for dispatch in (("loop", "batched") if i % 2 == 0 else ("batched", "loop")):
-            times[dispatch].append(timed(moe, dispatch, calls, autocast, device))
+    times = {variant: [] for variant in VARIANTS}
+    for i in range(args.warmup + args.iters):  # every variant on the same calls, in ABBA order
+        calls = step_calls(args, vit.dim, device)
+        for variant in (list(VARIANTS) if i % 2 == 0 else list(VARIANTS)[::-1]):
+            seconds = timed(moe, variant, calls, autocast, device)
+            if i >= args.warmup:
+                times[variant].append(seconds)
+    medians = {variant: statistics.median(t) for variant, t in times.items()}
     print(f"  {preset} (dim {vit.dim}, expert hidden {vit.expert_hidden}, {args.experts} experts, top-{args.top_k}) "
-          f"{precision}: loop {statistics.median(times['loop']) * 1e3:.2f} ms, "
-          f"batched {statistics.median(times['batched']) * 1e3:.2f} ms", flush=True)
-    return statistics.median(times["loop"]), statistics.median(times["batched"])
+          f"{precision}: " + ", ".join(f"{variant} {seconds * 1e3:.2f} ms" for variant, seconds in medians.items()),
+          flush=True)
+    return medians
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,9 +126,10 @@ def main(argv: list[str] | None = None) -> int:
           f"and {args.local_crops}x{args.batch_size} local crops, median of {args.iters}:", flush=True)
     for preset in args.presets:
         for precision in args.precisions:
-            loop, batched = compare(args, preset, precision, device)
-            print(f"ratio batched / loop, {preset} {precision}: {batched / loop:.3f} "
-                  f"({'batched' if batched < loop else 'loop'} is faster)", flush=True)
+            t = compare(args, preset, precision, device)
+            print(f"ratio batched / loop, {preset} {precision}: {t['batched'] / t['loop']:.3f} "
+                  f"({'batched' if t['batched'] < t['loop'] else 'loop'} is faster); "
+                  f"ratio aligned / bucketed rows: {t['aligned'] / t['loop']:.3f}", flush=True)
     return 0
 
 

@@ -21,6 +21,16 @@ kernels run a row count that is not a multiple of their tile markedly slower
 zero gate and land on a discarded extra row, so they change neither outputs nor
 gradients.
 
+In bf16 or fp16 on a CPU the slices are padded further, to one of
+`ROW_BUCKETS_PER_OCTAVE` sizes per power of two (at most 1/16 more rows;
+`bucketed_rows`). There oneDNN builds a matrix kernel for each new shape and
+caches it: ~5 ms for a new row count against ~1 ms to run a cached one (an
+expert's first layer at preset small, AMX Xeon). Routed counts change every
+step, so with rows only aligned nearly every expert call met a new shape and
+the experts' GEMMs ran at half the speed of the dense ones; with the buckets the
+few sizes a run meets are built once. fp32 matrix products (MKL) build nothing
+per shape, so fp32 keeps the finer alignment and no extra padding.
+
 Two ways to run the experts on those slices, the same sums (`PCMoE.dispatch`):
 
 - `"loop"` (the default): one small GEMM pair per expert on its own slice;
@@ -55,13 +65,23 @@ import torch.nn.functional as F
 from torch import nn
 
 ALIGN_ROWS = 32
+ROW_BUCKETS_PER_OCTAVE = 16
 DISPATCHES = ("loop", "batched")
 DISPATCH = "loop"  # the default of every PCMoE; "batched" once benchmarks/moe_dispatch.py says it is not slower
 
 
-def aligned(rows: int) -> int:
-    """`rows` rounded up to a multiple of `ALIGN_ROWS`."""
-    return -(-rows // ALIGN_ROWS) * ALIGN_ROWS
+def aligned(rows: int, bucketed: bool = False) -> int:
+    """`rows` rounded up to a multiple of `ALIGN_ROWS`; with `bucketed`, to a multiple of
+    2^(floor(log2 rows)) / `ROW_BUCKETS_PER_OCTAVE` if that is coarser: one of that many sizes per octave."""
+    step = ALIGN_ROWS
+    if bucketed:
+        step = max(step, (1 << (max(rows, 1).bit_length() - 1)) // ROW_BUCKETS_PER_OCTAVE)
+    return -(-rows // step) * step
+
+
+def bucketed_rows(x: torch.Tensor) -> bool:
+    """Whether the experts' inputs `x` need few distinct row counts (bf16 / fp16 on a CPU: module docstring)."""
+    return x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16)
 
 
 def set_dispatch(model: nn.Module, dispatch: str) -> int:
@@ -110,6 +130,7 @@ class PCMoE(nn.Module):
     """
 
     dispatch: str = DISPATCH
+    bucket_rows: bool | None = None  # pad the slices to bucketed sizes; None: where `bucketed_rows` says so
 
     def __init__(self, dim: int, hidden: int, experts: int, top_k: int) -> None:
         super().__init__()
@@ -157,7 +178,8 @@ class PCMoE(nn.Module):
         if self.dispatch not in DISPATCHES:
             raise ValueError(f"PCMoE.dispatch must be one of {DISPATCHES}, got {self.dispatch!r}")
         batched = self.dispatch == "batched"
-        source, gates, sizes, padded = self._dispatch(index, gate, same_rows=batched)
+        bucketed = bucketed_rows(flat) if self.bucket_rows is None else self.bucket_rows
+        source, gates, sizes, padded = self._dispatch(index, gate, same_rows=batched, bucketed=bucketed)
         padded_flat = torch.cat([flat, flat.new_zeros(1, dim)])  # row `tokens`: the padding row
         gathered = padded_flat.index_select(0, source)  # one gather; backward: one scatter-add
         if batched:
@@ -197,11 +219,12 @@ class PCMoE(nn.Module):
         return out.new_zeros(tokens + 1, dim).index_add_(0, source, out)
 
     def _dispatch(self, index: torch.Tensor, gate: torch.Tensor,
-                  same_rows: bool = False) -> tuple[torch.Tensor, torch.Tensor, list[int], list[int]]:
+                  same_rows: bool = False,
+                  bucketed: bool = False) -> tuple[torch.Tensor, torch.Tensor, list[int], list[int]]:
         """The (token, slot) pairs grouped by expert, each group padded to a multiple of `ALIGN_ROWS`.
 
-        With `same_rows`, every group is padded to the same size: the largest,
-        rounded up. Returns the token of each padded position (`tokens`, one
+        With `bucketed`, to one of the bucket sizes (`aligned`). With `same_rows`,
+        every group is padded to the same size: the largest, rounded up. Returns the token of each padded position (`tokens`, one
         past the last token, for padding), its gate (0 for padding), and the
         routed and padded size of each expert's group.
         """
@@ -210,7 +233,8 @@ class PCMoE(nn.Module):
         order = torch.argsort(slots, stable=True)
         counts = torch.bincount(slots, minlength=len(self.experts))
         sizes = counts.tolist()
-        padded = [aligned(max(sizes))] * len(sizes) if same_rows else [aligned(size) for size in sizes]
+        padded = ([aligned(max(sizes), bucketed)] * len(sizes) if same_rows
+                  else [aligned(size, bucketed) for size in sizes])
         # A sorted pair moves down by the padding of the groups before its own.
         padding_before = torch.tensor([0, *itertools.accumulate(p - s for p, s in zip(padded, sizes))][:-1],
                                       device=slots.device)

@@ -22,6 +22,7 @@ def test_moe_dispatch_prints_loop_batched_and_their_ratio_per_preset_and_precisi
                         "--local-crops", "1", "--warmup", "0", "--iters", "1", "--threads", "1")
     assert "ratio batched / loop, tiny fp32:" in out and "ratio batched / loop, tiny bf16:" in out
     assert "loop" in out and "batched" in out and "ms" in out
+    assert "ratio aligned / bucketed rows:" in out
 
 
 def gpu_sh(tmp_path: Path, *args: str, timeout: int = 300) -> tuple[subprocess.CompletedProcess, str]:

@@ -1,4 +1,5 @@
-"""PC-MoE: the batched dispatch (stacked experts, one baddbmm per layer) equals the loop of per-expert GEMMs."""
+"""PC-MoE: the batched dispatch (stacked experts, one baddbmm per layer) equals the loop of per-expert GEMMs,
+and the bucketed row counts (bf16 on CPU) change nothing but the padding."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from clasp.pretraining.moe import ALIGN_ROWS, PCMoE, set_dispatch
+from clasp.pretraining.moe import ALIGN_ROWS, ROW_BUCKETS_PER_OCTAVE, PCMoE, aligned, bucketed_rows, set_dispatch
 from clasp.pretraining.vit import PromptedViT, ViTConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -103,3 +104,52 @@ def test_an_unknown_dispatch_is_refused() -> None:
         moe(torch.randn(1, 2, 8), torch.randn(1, 8))
     with pytest.raises(ValueError, match="dispatch"):
         set_dispatch(moe, "grouped")
+
+
+def test_bucketed_rows_are_few_sizes_each_at_most_a_sixteenth_more() -> None:
+    for rows in range(0, 40_000):
+        size = aligned(rows, bucketed=True)
+        assert size >= aligned(rows) >= rows and size % ALIGN_ROWS == 0
+        assert size - rows < max(ALIGN_ROWS, rows / ROW_BUCKETS_PER_OCTAVE), rows
+    for octave in range(9, 15):  # above 512 rows the buckets are coarser than the alignment
+        sizes = {aligned(rows, bucketed=True) for rows in range(2 ** octave, 2 ** (octave + 1))}
+        assert len(sizes - {2 ** (octave + 1)}) == ROW_BUCKETS_PER_OCTAVE, (octave, sorted(sizes))
+    assert aligned(2784, bucketed=True) == 2816 and aligned(2784) == 2784
+
+
+def test_bucketed_padding_changes_neither_outputs_nor_gradients() -> None:
+    moe = skewed_moe(experts=3, top_k=2, empty=())
+    g = torch.Generator().manual_seed(2)
+    x, prompt = torch.randn(50, 60, 8, generator=g), torch.randn(50, 8, generator=g)
+    weights = torch.randn(50, 60, 8, generator=g)
+    route = moe.route(x, prompt)[1:]
+    fine, coarse = moe._dispatch(*route)[3], moe._dispatch(*route, bucketed=True)[3]
+    assert coarse != fine and all(c >= f for c, f in zip(coarse, fine)), (fine, coarse)
+
+    results = []
+    for bucket in (False, True):
+        moe.bucket_rows = bucket
+        results.append(run(moe, "loop", x, prompt, weights))
+    aligned_only, bucketed = results
+    torch.testing.assert_close(bucketed[0], aligned_only[0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(bucketed[1], aligned_only[1], rtol=1e-6, atol=1e-6)
+    for name in aligned_only[2]:
+        torch.testing.assert_close(bucketed[2][name], aligned_only[2][name], rtol=1e-5, atol=1e-5, msg=name)
+    torch.testing.assert_close(bucketed[3], aligned_only[3], rtol=0, atol=0)
+
+
+def test_rows_are_bucketed_in_bf16_and_fp16_on_cpu_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert bucketed_rows(torch.zeros(1, dtype=torch.bfloat16)) and bucketed_rows(torch.zeros(1, dtype=torch.float16))
+    assert not bucketed_rows(torch.zeros(1)) and not bucketed_rows(torch.zeros(1, dtype=torch.float64))
+    moe = skewed_moe(experts=3, top_k=2, empty=())
+    asked = []
+    real = moe._dispatch
+    monkeypatch.setattr(moe, "_dispatch", lambda *a, **kw: asked.append(kw["bucketed"]) or real(*a, **kw))
+    x, prompt = torch.randn(2, 5, 8), torch.randn(2, 8)
+    moe(x, prompt)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        moe(x, prompt)
+    moe.bucket_rows = False
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        moe(x, prompt)
+    assert asked == [False, True, False]
