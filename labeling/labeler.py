@@ -43,7 +43,7 @@ from clasp.hardware import PrecisionChoice, PrecisionError, probe_capability, re
 from clasp.hardware.compile import compiled_or_eager, compiling
 from clasp.labeling.clip_loading import load_clip, load_image_normalization, loaded_revision
 from clasp.labeling.config import ClipLabelerConfig
-from clasp.labeling.dense_features import DenseFeatures, dense_features
+from clasp.labeling.dense_features import DenseFeatures, dense_features, encode_tokens
 from clasp.labeling.errors import LabelingError
 from clasp.labeling.pseudo_labels import attribute_logits, part_labels, part_logits
 from clasp.labeling.quick_gelu import fold_quick_gelu
@@ -146,7 +146,7 @@ class ClipLabeler:
             return False
         if self._dense is None:
             self._dense = compiled_or_eager(self._dense_eager, True, "the CLIP vision forward", **COMPILE_OPTIONS)
-            self._vision = compiled_or_eager(self.model.vision_model, True, "the bare CLIP vision forward",
+            self._vision = compiled_or_eager(self._vision_eager, True, "the bare CLIP vision forward",
                                              **COMPILE_OPTIONS)
         return True
 
@@ -188,8 +188,11 @@ class ClipLabeler:
         return dense_features(self.model, pixels, self.config.dense_mode)
 
     def vision_forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        """The bare CLIP vision tower at the same size, precision and mode: the benchmark's baseline."""
-        vision = self._vision if self._compiling() else self.model.vision_model
+        """The bare CLIP vision tower's last hidden state at the same size and precision, its tokens padded as
+        `dense_features` pads them: the benchmark's baseline."""
+        vision = self._vision if self._compiling() else self._vision_eager
         with torch.inference_mode(), self._autocast():
-            out = vision(pixel_values=self._pixels(pixels), interpolate_pos_encoding=True)
-        return out.last_hidden_state
+            return vision(self._pixels(pixels))
+
+    def _vision_eager(self, pixels: torch.Tensor) -> torch.Tensor:
+        return encode_tokens(self.model, pixels, len(self.model.vision_model.encoder.layers))
