@@ -48,7 +48,7 @@ import torch
 from clasp.hardware import DEFAULT_PRECISION, PRECISIONS, PrecisionChoice, use_available_cores
 from clasp.pretraining.batch import MultiCropBatch
 from clasp.pretraining.compile_blocks import compile_blocks
-from clasp.pretraining.host_memory import keep_freed_memory
+from clasp.hardware.host_memory import keep_freed_memory
 from clasp.pretraining.model import ClaspModel, ModelConfig
 from clasp.pretraining.moe import DISPATCH, DISPATCHES, set_dispatch
 from clasp.store import Vocabulary

@@ -145,8 +145,10 @@ def _build_model(config, recipe, backbone, accelerator, precision: str):
     from accelerate.utils import set_seed
 
     from clasp.finetune.model import FinetuneModel, param_groups
+    from clasp.hardware.host_memory import keep_freed_memory_on
     from clasp.pretraining.compile_blocks import compile_if_asked
 
+    keep_freed_memory_on(accelerator.device.type)  # else each step page-faults its activations in again
     set_seed(config.seed)
     vit = backbone.backbone
     if config.freeze_backbone:

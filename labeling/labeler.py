@@ -41,6 +41,7 @@ from PIL import Image
 
 from clasp.hardware import PrecisionChoice, PrecisionError, probe_capability, resolve_precision
 from clasp.hardware.compile import compiled_or_eager, compiling
+from clasp.hardware.host_memory import keep_freed_memory_on
 from clasp.labeling.clip_loading import load_clip, load_image_normalization, loaded_revision
 from clasp.labeling.config import ClipLabelerConfig
 from clasp.labeling.dense_features import DenseFeatures, dense_features, encode_tokens
@@ -86,6 +87,7 @@ class ClipLabeler:
         self.config = config
         self.vocab = vocab if vocab is not None else config.vocab if config.vocab is not None else Vocabulary.default()
         self.device = torch.device(config.device)
+        keep_freed_memory_on(self.device.type)  # else each batch page-faults its activations in again
         self.model, self.tokenizer = load_clip(config.clip_model, config.revision, self.device)
         patch = self.model.config.vision_config.patch_size
         height, width = config.clip_size

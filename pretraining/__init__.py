@@ -7,7 +7,7 @@
   forward);
 - the run: `config.py` (its settings; the shared ones are `clasp.runs.settings`'), `run_state.py` (from a
   config to a run ready for its first step), `train.py` (the step it gives `clasp.runs.step_loop`),
-  `step_stats.py`, `run_logs.py`, `layout.py`, `host_memory.py`, `errors.py`; the run folder, checkpoints,
+  `step_stats.py`, `run_logs.py`, `layout.py`, `errors.py`; the run folder, checkpoints,
   stop signals and schedules are `clasp.runs`';
 - the result: `export.py` (`clasp export`, settings in `export_config.py`, `onnx_export.py`, `model_card.py`),
   `backbone.py` (`load_backbone`), `hub.py`.

@@ -160,12 +160,11 @@ def build_trainer(config: PretrainConfig, accelerator, inputs: RunInputs):
     from accelerate.utils import set_seed
 
     from clasp.pretraining.compile_blocks import compile_if_asked
-    from clasp.pretraining.host_memory import keep_freed_memory
+    from clasp.hardware.host_memory import keep_freed_memory_on
     from clasp.pretraining.model import ClaspModel
     from clasp.pretraining.stream import make_loader
 
-    if accelerator.device.type == "cpu":
-        keep_freed_memory()  # steps would otherwise page-fault their activations in again each time
+    keep_freed_memory_on(accelerator.device.type)  # else each step page-faults its activations in again
     set_seed(config.seed)
     model = ClaspModel(inputs.model_config)
     compile_if_asked(model, config.compile, inputs.hardware["precision"], accelerator.device.type)

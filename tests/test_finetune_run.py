@@ -364,12 +364,15 @@ def test_a_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(w
 def test_threads_given_win_over_omp_num_threads(world, tmp_path: Path, monkeypatch) -> None:
     """OMP_NUM_THREADS is 1 in this module; --threads 2 is what the run's process computes with."""
     import clasp.hardware.cores as cores
+    import clasp.hardware.host_memory as host_memory
 
-    chosen = []
+    chosen, kept = [], []
     choose = cores.thread_choice
     monkeypatch.setattr(cores, "thread_choice", lambda *args: chosen.append(choose(*args)) or chosen[-1])
+    monkeypatch.setattr(host_memory, "keep_freed_memory_on", kept.append)  # as a CPU run should
     run_finetune(reid_config(world, tmp_path / "run", steps=1, threads=2))
     assert [(c.threads, c.source) for c in chosen] == [(2, "--threads")]
+    assert kept == ["cpu"]
 
 
 def test_compile_on_fine_tunes_as_eager_does(world, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -129,9 +129,14 @@ def test_auto_precision_and_loader_workers_are_resolved_and_saved(store: Path, t
     assert PretrainConfig(**{**TINY, "shards": "s", "out": "o", "precision": "no"}).validate().precision == "fp32"
 
 
-def test_threads_given_win_and_are_recorded_with_their_source(store: Path, tmp_path: Path) -> None:
+def test_threads_given_win_and_are_recorded_with_their_source(store: Path, tmp_path: Path, monkeypatch) -> None:
+    import clasp.hardware.host_memory as host_memory
+
+    kept = []  # and the run keeps its freed memory, as a CPU run should (hardware/host_memory.py)
+    monkeypatch.setattr(host_memory, "keep_freed_memory_on", kept.append)
     before = torch.get_num_threads()
     train(store, tmp_path / "run", steps=1, threads=1)
+    assert kept == ["cpu"]
     hardware = json.loads((tmp_path / "run" / "config.json").read_text())["hardware"]
     assert (hardware["torch_threads"], hardware["torch_threads_from"]) == (1, "--threads")
     assert torch.get_num_threads() == before  # the run's own count is not left behind

@@ -11,7 +11,7 @@ import pytest
 PROBE = """
 import resource, sys
 import torch
-from clasp.pretraining.host_memory import keep_freed_memory
+from clasp.hardware.host_memory import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 
@@ -37,3 +37,22 @@ def test_a_steps_freed_activations_are_reused_without_page_faults() -> None:
     pages = 6 * 48 * 2**20 // 4096
     assert faults_on_reuse("default") > pages // 2  # glibc maps blocks over 32 MB afresh each time
     assert faults_on_reuse("keep") < pages // 50
+
+
+def test_only_a_cpu_model_keeps_freed_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    from clasp.hardware import host_memory
+
+    calls = []
+    monkeypatch.setattr(host_memory, "keep_freed_memory", lambda: calls.append(1) or True)
+    assert host_memory.keep_freed_memory_on("cpu") and calls == [1]
+    assert not host_memory.keep_freed_memory_on("cuda") and calls == [1]
+
+
+def test_the_labeler_keeps_freed_memory_on_cpu(tiny_clip_dir, monkeypatch: pytest.MonkeyPatch) -> None:
+    from clasp.labeling import labeler
+    from clasp.labeling.config import ClipLabelerConfig
+
+    asked = []
+    monkeypatch.setattr(labeler, "keep_freed_memory_on", asked.append)
+    labeler.ClipLabeler(ClipLabelerConfig(clip_model=str(tiny_clip_dir), clip_size=(64, 32), precision="fp32"))
+    assert asked == ["cpu"]
