@@ -42,7 +42,7 @@ class ClipLabelerConfig:
     device: str = setting("cpu", "Torch device for CLIP, e.g. cpu, cuda, cuda:1.")
     vocab: Any = None  # a clasp.store.Vocabulary
     compile: str = same_as(RunSettings, "compile", note="Here auto compiles bf16 on a CPU, from a process's "
-                           "4097th image: a process past its first default shard pays back the minute of compiling.")
+                           "16,385th image: a process past its fourth default shard pays back the minute of compiling.")
 
     def check(self) -> None:
         """Refuse a choice or size no labeler can honour, naming it (the device is checked where it is used)."""

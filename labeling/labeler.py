@@ -71,12 +71,14 @@ def resolve_device_precision(config: ClipLabelerConfig) -> PrecisionChoice:
 # --compile's options (tests choose the quick "eager" backend). Labeling is inference with fixed weights, so
 # inductor may freeze them (fold and prepack them as constants), which its autotuned CPU GEMM templates need:
 # ViT-B/16 in bf16 on AMX ran 9.0 images/s eagerly, 13.2 compiled by default, 15.3 so (61 s to compile), before
-# quick-GELU was folded (quick_gelu.py); with the fold, eager 9.2 against compiled 11.1 in one process.
+# quick-GELU was folded (quick_gelu.py); with the fold, eager 9.2 against compiled 11.1 in one process; with
+# the tokens padded (dense_features.py) and freed memory kept (hardware/host_memory.py), eager 14.9 against
+# compiled 15.8 (1.06x).
 COMPILE_OPTIONS: dict = {"mode": "max-autotune-no-cudagraphs", "inductor_config": {"freezing": True}}
-# `--compile auto`: images a process labels eagerly before compiling. The 45-70 s of compiling save ~0.018 s an
-# image (figures above), paid back 2,500-3,900 images later: a process that has labeled a default shard is
-# most likely labeling many more.
-COMPILE_AFTER_IMAGES = 4096
+# `--compile auto`: images a process labels eagerly before compiling. The 32-70 s of compiling save ~0.004 s an
+# image (figures above), paid back 8,000-18,000 images later: a process that has labeled four default shards
+# is most likely labeling many more.
+COMPILE_AFTER_IMAGES = 16384
 
 
 class ClipLabeler:
