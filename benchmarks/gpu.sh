@@ -56,7 +56,7 @@ if [ $DRY = 1 ]; then
     LABEL=(--preset tiny --images 8 --batch-size 4 --clip-size 64x32 --precision fp32 --no-peak --threads 1)
     PRETRAIN=(--preset tiny --depth 2 --dim 64 --heads 2 --dino-out-dim 64 --dino-hidden-dim 64 --moe-layers 1
               --experts 2 --top-k 1 --batch-size 2 --global-crops 1 --local-crops 1 --precision fp32 --warmup 1
-              --iters 1 --no-peak --threads 1)
+              --max-warmup 1 --iters 1 --no-peak --threads 1)
     COMPILE=(--compile --compile-backend eager)  # dynamo's tracing alone: the flags, not inductor's minutes
     LOADER=(--images 32 --repeats 1 --batch-size 8)
     MOE=(--presets tiny --batch-size 1 --global-crops 1 --local-crops 1 --warmup 0 --iters 1 --threads 1)

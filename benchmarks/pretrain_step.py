@@ -5,8 +5,14 @@ blocks, DINO + part + attribute heads, EMA teacher. DINO: the same ViT preset
 without MoE or extra heads (`ModelConfig.dino_baseline`). A step is forward +
 backward + AdamW step + teacher update. The two are timed alternately in ABBA
 order (so load from other processes hits both alike); the median of `--iters`
-steps each is reported after `--warmup` untimed steps, as wall time and as this
-process's CPU time. On a machine shared with other jobs, `--threads 1` gives
+steps each is reported after untimed warm-up steps, as wall time and as this
+process's CPU time. Each side warms up for at least `--warmup` steps and then
+until one of its steps page-faults fewer than `WARM_FAULTS` pages (at most
+`--max-warmup` steps): until then the process heap is still growing and, in
+bf16 on a CPU, the PC-MoE's matrix kernels for new routed row counts are still
+being built. At preset small in bf16 on an AMX Xeon, CLASP took ~8 steps to get
+there (its step fell from 5.7 to 4.7 s meanwhile, 1,000,000 page faults down to
+none), DINO one. On a machine shared with other jobs, `--threads 1` gives
 the steadiest figures (two OpenMP threads stall whenever one is descheduled).
 
     python benchmarks/pretrain_step.py      # preset small, batch 32, 2 + 6 crops, --precision auto
@@ -38,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import resource
 import statistics
 import sys
 import time
@@ -63,6 +70,8 @@ TARGET = 1.5
 # fp32 on an idle 2-core CPU: a CLASP + DINO pair of small steps takes about a minute;
 # 1 counted + 1 warm-up + 4 timed pairs fit in 10 minutes.
 WARMUP, ITERS = 2, 4
+MAX_WARMUP = 12
+WARM_FAULTS = 1000  # page faults of one step below which a side counts as warm (module docstring)
 
 
 def synthetic_batch(batch_size: int, global_crops: int, local_crops: int, vocab: Vocabulary) -> MultiCropBatch:
@@ -127,6 +136,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dino-hidden-dim", type=int, default=None, help="DINO head width (quick checks)")
     parser.add_argument("--warmup", type=int, default=WARMUP,
                         help="untimed steps first, the first one counting FLOPs (the heap reaches its steady size)")
+    parser.add_argument("--max-warmup", type=int, default=MAX_WARMUP,
+                        help=f"untimed steps at most, warming up until a step page-faults < {WARM_FAULTS} pages")
     parser.add_argument("--iters", type=int, default=ITERS)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the cores available)")
     parser.add_argument("--profile", action="store_true", help="also print the top ops of one step of each by self time")
@@ -151,6 +162,23 @@ def step_shapes(args: argparse.Namespace, config: ModelConfig) -> tuple:
                        config.vit.expert_hidden)
             + dino_head_shapes(dim, args.batch_size * crops, config.dino_hidden_dim, config.dino_bottleneck_dim,
                                args.dino_out_dim))
+
+
+def page_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def warm_up(stepper: Stepper, batch: MultiCropBatch, least: int, most: int, done: int = 1) -> int:
+    """Untimed steps (`done` already taken) until one page-faults fewer than `WARM_FAULTS` pages, at least
+    `least` and at most `most` in all; returns how many were taken."""
+    steps = done
+    while steps < max(least, most):
+        before = page_faults()
+        stepper.step(batch)
+        steps += 1
+        if steps >= least and page_faults() - before < WARM_FAULTS:
+            break
+    return steps
 
 
 def timed_steps(clasp: Stepper, dino: Stepper, batch: MultiCropBatch, iters: int) -> tuple[list, list]:
@@ -202,14 +230,14 @@ def main(argv: list[str] | None = None) -> None:
         dino.compile(args.compile_backend)
     print(f"FLOPs of one step (forward + backward): CLASP {clasp_flops / 1e9:.1f} G, DINO {dino_flops / 1e9:.1f} G; "
           f"{choice.precision} GEMM peak at the step's shapes {peak:.1f} GFLOP/s", flush=True)
-    for _ in range(args.warmup - 1):
-        clasp.step(batch)
-        dino.step(batch)
+    warm = {side.name: warm_up(side, batch, args.warmup, args.max_warmup) for side in (clasp, dino)}
+    print("warm-up steps: " + ", ".join(f"{name} {steps}" for name, steps in warm.items()), flush=True)
     clasp_times, dino_times = timed_steps(clasp, dino, batch, args.iters)
     clasp_s, dino_s = (statistics.median(t[0] for t in clasp_times), statistics.median(t[0] for t in dino_times))
     clasp_cpu, dino_cpu = (statistics.median(t[1] for t in clasp_times), statistics.median(t[1] for t in dino_times))
     print(f"preset={args.preset} batch={args.batch_size} crops={args.global_crops}+{args.local_crops} "
-          f"precision={choice.precision} threads={torch.get_num_threads()} warmup={args.warmup} iters={args.iters}")
+          f"precision={choice.precision} threads={torch.get_num_threads()} warm-up steps CLASP {warm['CLASP']}, "
+          f"DINO {warm['DINO']}, iters={args.iters}")
     print(f"CLASP step (3 branches, MoE {args.moe_layers}x{args.experts} top-{args.top_k}, 3 heads): "
           f"{clasp_s:.3f} s wall, {clasp_cpu:.3f} s CPU")
     print(f"DINO step (same ViT, no MoE, DINO head only): {dino_s:.3f} s wall, {dino_cpu:.3f} s CPU")
