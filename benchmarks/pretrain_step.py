@@ -12,7 +12,7 @@ until one of its steps page-faults fewer than `WARM_FAULTS` pages (at most
 bf16 on a CPU, the PC-MoE's matrix kernels for new routed row counts are still
 being built. At preset small in bf16 on an AMX Xeon, CLASP took ~8 steps to get
 there (its step fell from 5.7 to 4.7 s meanwhile, 1,000,000 page faults down to
-none), DINO one. On a machine shared with other jobs, `--threads 1` gives
+none), DINO three. On a machine shared with other jobs, `--threads 1` gives
 the steadiest figures (two OpenMP threads stall whenever one is descheduled).
 
     python benchmarks/pretrain_step.py      # preset small, batch 32, 2 + 6 crops, --precision auto
@@ -53,9 +53,9 @@ from pathlib import Path
 import torch
 
 from clasp.hardware import DEFAULT_PRECISION, PRECISIONS, PrecisionChoice, use_available_cores
+from clasp.hardware.host_memory import keep_freed_memory
 from clasp.pretraining.batch import MultiCropBatch
 from clasp.pretraining.compile_blocks import compile_blocks
-from clasp.hardware.host_memory import keep_freed_memory
 from clasp.pretraining.model import ClaspModel, ModelConfig
 from clasp.pretraining.moe import DISPATCH, DISPATCHES, set_dispatch
 from clasp.store import Vocabulary
@@ -135,7 +135,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--heads", type=int, default=None, help="attention heads instead of the preset's")
     parser.add_argument("--dino-hidden-dim", type=int, default=None, help="DINO head width (quick checks)")
     parser.add_argument("--warmup", type=int, default=WARMUP,
-                        help="untimed steps first, the first one counting FLOPs (the heap reaches its steady size)")
+                        help="untimed steps at least, the first one counting FLOPs")
     parser.add_argument("--max-warmup", type=int, default=MAX_WARMUP,
                         help=f"untimed steps at most, warming up until a step page-faults < {WARM_FAULTS} pages")
     parser.add_argument("--iters", type=int, default=ITERS)

@@ -57,8 +57,8 @@ zero tokens to a multiple of `KEY_MULTIPLE`, hidden from every query by an
 additive `-inf` key mask (each padded key weighs exactly 0, so no real token's
 output changes) and cut off before the last block. PyTorch's CPU flash-attention
 kernel takes its reduced-precision fast path only on such key counts: ViT-B/16
-at 448×224 has 393 tokens, and its attention ran 72 ms a layer at batch 32 on a
-2-core AMX Xeon against 48 ms on 400 (fp32: no difference). Padding the
+at 448×224 has 393 tokens, and its attention ran 76 ms a layer at batch 32 on a
+2-core AMX Xeon against 52 ms on 400 (fp32: no difference). Padding the
 sequence once costs 7/393 more rows in every matrix product; padding each
 layer's keys and values instead cost a copy of both per layer.
 """

@@ -223,8 +223,9 @@ class PCMoE(nn.Module):
                   bucketed: bool = False) -> tuple[torch.Tensor, torch.Tensor, list[int], list[int]]:
         """The (token, slot) pairs grouped by expert, each group padded to a multiple of `ALIGN_ROWS`.
 
-        With `bucketed`, to one of the bucket sizes (`aligned`). With `same_rows`,
-        every group is padded to the same size: the largest, rounded up. Returns the token of each padded position (`tokens`, one
+        With `bucketed`, to one of the bucket sizes (`aligned`). With
+        `same_rows`, every group is padded to the same size: the largest,
+        rounded up. Returns the token of each padded position (`tokens`, one
         past the last token, for padding), its gate (0 for padding), and the
         routed and padded size of each expert's group.
         """

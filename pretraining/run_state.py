@@ -159,8 +159,8 @@ def build_trainer(config: PretrainConfig, accelerator, inputs: RunInputs):
     """(model prepared by accelerate, optimizer, schedules, loader), the model initialised from `config.seed`."""
     from accelerate.utils import set_seed
 
-    from clasp.pretraining.compile_blocks import compile_if_asked
     from clasp.hardware.host_memory import keep_freed_memory_on
+    from clasp.pretraining.compile_blocks import compile_if_asked
     from clasp.pretraining.model import ClaspModel
     from clasp.pretraining.stream import make_loader
 

@@ -24,14 +24,10 @@ def test_reduced_precision_tokens_on_cpu_are_padded_with_masked_zeros() -> None:
     assert padded_tokens(torch.randn(1, 393, 8).half())[0].shape[1] == 400 == 25 * KEY_MULTIPLE
 
 
-def bf16_clip(tiny_clip_dir: Path):
-    model, _ = load_clip(str(tiny_clip_dir), None, torch.device("cpu"))
-    return model.to(torch.bfloat16)
-
-
 def test_padded_tokens_give_the_same_bf16_outputs_in_every_dense_mode(tiny_clip_dir: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    model = bf16_clip(tiny_clip_dir)
+    model, _ = load_clip(str(tiny_clip_dir), None, torch.device("cpu"))
+    model.to(torch.bfloat16)
     pixels = torch.randn(2, 3, 64, 32, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
     patch = model.config.vision_config.patch_size
     tokens = 1 + (64 // patch) * (32 // patch)
