@@ -85,16 +85,28 @@ def _cpu_flash_attention_backward_flops(grad_out, query, key, value, *args, out_
     return sdpa_backward_flop_count(grad_out, query, key, value)
 
 
-def _cpu_attention_mapping() -> dict:
-    """FLOP formulas for the CPU kernels of `scaled_dot_product_attention`, which FlopCounterMode does not count.
+def _onednn_linear_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+    """oneDNN's fused linear (`labeling/fused_linear.py`): X (..., K) times Wᵀ, W (N, K)."""
+    rows = 1
+    for size in x_shape[:-1]:
+        rows *= size
+    return 2 * rows * w_shape[0] * w_shape[1]
 
-    Without them the attention of CLIP and of the fp32 ViT would count as zero
-    FLOPs; the formulas are torch's own for the CUDA flash kernels.
+
+def _cpu_kernel_mapping() -> dict:
+    """FLOP formulas for CPU kernels FlopCounterMode does not count: those of `scaled_dot_product_attention`
+    and oneDNN's fused linear.
+
+    Without them the attention of CLIP and of the fp32 ViT, and the labeler's
+    linears, would count as zero FLOPs; the attention formulas are torch's own
+    for the CUDA flash kernels.
     """
     import torch
 
     aten = torch.ops.aten
     mapping = {}
+    if hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        mapping[torch.ops.mkldnn._linear_pointwise] = _onednn_linear_flops
     if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
         mapping[aten._scaled_dot_product_flash_attention_for_cpu] = _cpu_flash_attention_flops
     if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward"):
@@ -106,7 +118,7 @@ def count_flops(work: Callable[[], object]) -> int:
     """FLOPs of the matrix products (linear, matmul, conv, attention) that `work()` runs."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False, custom_mapping=_cpu_attention_mapping()) as counter:
+    with FlopCounterMode(display=False, custom_mapping=_cpu_kernel_mapping()) as counter:
         work()
     return int(counter.get_total_flops())
 

@@ -12,10 +12,12 @@ Labeling, pre-training and fine-tuning call this one function, so a compile
 failure reads the same in every command.
 
 `--compile auto` turns it on only where it was measured to pay
-(`compile_pays`): the CLIP forward in bf16 on a CPU that multiplies bf16
-natively ran 1.2× faster compiled (AMX, docs/results.md). Elsewhere it was
-either not measured (CUDA, fp32 CPUs) or measured slower, so auto stays eager
-there rather than spend a minute compiling on a guess.
+(`compile_pays`): nowhere at present. The CLIP forward in bf16 on an AMX CPU
+ran 1.06–1.2× faster compiled until its eager forward gained what inductor's
+frozen graph did (quick-GELU folded, oneDNN's fused linears); since then eager
+is as fast (docs/results.md), and a compiled bf16 training step was never
+faster. CUDA and fp32 CPUs are not measured, so auto stays eager there rather
+than spend a minute compiling on a guess.
 """
 
 from __future__ import annotations
@@ -34,9 +36,10 @@ QUIET_AUTOTUNING = {"autotune_num_choices_displayed": 0, "max_autotune_report_ch
 def compile_pays(precision: str, device_type: str, training: bool = False) -> bool:
     """Whether `--compile auto` compiles a forward at this resolved precision on this device type.
 
-    Training: nowhere yet. On the AMX Xeon a compiled bf16 training step was slower than an eager one, and
-    no GPU figure exists (`benchmarks/gpu.sh` measures it)."""
-    return not training and device_type == "cpu" and precision == "bf16"
+    Nowhere yet (module docstring): on the AMX Xeon neither the labeling forward (compiled 16.0 images/s against
+    eager 16.8) nor a bf16 training step ran faster compiled, and no GPU figure exists (`benchmarks/gpu.sh`
+    measures it). The arguments are what a measured exception would be decided on."""
+    return False
 
 
 def compiling(choice: str, precision: str, device_type: str, training: bool = False) -> bool:

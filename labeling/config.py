@@ -41,8 +41,7 @@ class ClipLabelerConfig:
     precision: str = same_as(RunSettings, "precision", note="fp16 needs CUDA.", resumable=False)
     device: str = setting("cpu", "Torch device for CLIP, e.g. cpu, cuda, cuda:1.")
     vocab: Any = None  # a clasp.store.Vocabulary
-    compile: str = same_as(RunSettings, "compile", note="Here auto compiles bf16 on a CPU, from a process's "
-                           "16,385th image: a process past its fourth default shard pays back the minute of compiling.")
+    compile: str = same_as(RunSettings, "compile")
 
     def check(self) -> None:
         """Refuse a choice or size no labeler can honour, naming it (the device is checked where it is used)."""

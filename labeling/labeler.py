@@ -23,10 +23,10 @@ ops at the same precision without re-casting each weight on every batch
 keeps layer norm and softmax in fp32, so there the weights stay fp32 under
 autocast.
 
-`--compile` (`clasp.hardware.compile`): `on` compiles from the first batch,
-`auto` from the first batch after `COMPILE_AFTER_IMAGES` images where
-`compile_pays`, so a small run never pays the minute of compiling. A
-compiled forward keeps one batch shape: a shorter batch (a shard's last) is
+`--compile` (`clasp.hardware.compile`): `on` compiles from the first batch;
+`auto` compiles where `compile_pays`, nowhere for labeling since its eager
+forward gained the fused linears (`fused_linear.py`). A compiled forward keeps
+one batch shape: a shorter batch (a shard's last) is
 padded with zero images to it and the padding's labels dropped, instead of
 compiling a second graph for a size seen once per shard.
 """
@@ -46,6 +46,7 @@ from clasp.labeling.clip_loading import load_clip, load_image_normalization, loa
 from clasp.labeling.config import ClipLabelerConfig
 from clasp.labeling.dense_features import DenseFeatures, dense_features, encode_tokens
 from clasp.labeling.errors import LabelingError
+from clasp.labeling.fused_linear import fusable, fuse_linears
 from clasp.labeling.pseudo_labels import attribute_logits, part_labels, part_logits
 from clasp.labeling.quick_gelu import fold_quick_gelu
 from clasp.labeling.text_embeddings import build_text_embeddings
@@ -73,12 +74,8 @@ def resolve_device_precision(config: ClipLabelerConfig) -> PrecisionChoice:
 # ViT-B/16 in bf16 on AMX ran 9.0 images/s eagerly, 13.2 compiled by default, 15.3 so (61 s to compile), before
 # quick-GELU was folded (quick_gelu.py); with the fold, eager 9.2 against compiled 11.1 in one process; with
 # the tokens padded (dense_features.py) and freed memory kept (hardware/host_memory.py), eager 14.9 against
-# compiled 15.8 (1.06x).
+# compiled 15.8 (1.06x); with the fused linears (fused_linear.py) as well, eager 16.8 against compiled 16.0.
 COMPILE_OPTIONS: dict = {"mode": "max-autotune-no-cudagraphs", "inductor_config": {"freezing": True}}
-# `--compile auto`: images a process labels eagerly before compiling. The 32-70 s of compiling save ~0.004 s an
-# image (figures above), paid back 8,000-18,000 images later: a process that has labeled four default shards
-# is most likely labeling many more.
-COMPILE_AFTER_IMAGES = 16384
 
 
 class ClipLabeler:
@@ -102,8 +99,9 @@ class ClipLabeler:
         self.text = build_text_embeddings(self.model, self.tokenizer, self.vocab)
         fold_quick_gelu(self.model.vision_model)  # before any cast: each weight rounded once
         self.weights_dtype = self._cast_vision_tower()
-        self.compile_after = self._compile_after(config.compile)
-        self.labeled = 0  # images labeled by this labeler, for --compile auto
+        if fusable(self.device, self.weights_dtype):
+            fuse_linears(self.model.vision_model.encoder)
+        self.compiles = compiling(config.compile, self.precision_choice.precision, self.device.type)
         self._dense = self._vision = None  # the compiled forwards, once compiling starts
         self._compiled_rows = 0  # the batch size the compiled dense forward was built for
         self.logit_scale = self.model.logit_scale.detach().float()
@@ -138,15 +136,9 @@ class ClipLabeler:
         self.model.visual_projection.to(dtype)
         return dtype
 
-    def _compile_after(self, choice: str) -> int | None:
-        """Images to label eagerly before compiling; None: never compile."""
-        if not compiling(choice, self.precision_choice.precision, self.device.type):
-            return None
-        return 0 if choice == "on" else COMPILE_AFTER_IMAGES
-
     def _compiling(self) -> bool:
         """Whether the next batch runs compiled; builds the compiled forwards the first time it does."""
-        if self.compile_after is None or self.labeled < self.compile_after:
+        if not self.compiles:
             return False
         if self._dense is None:
             self._dense = compiled_or_eager(self._dense_eager, True, "the CLIP vision forward", **COMPILE_OPTIONS)
@@ -170,7 +162,6 @@ class ClipLabeler:
                     np.zeros((0, self.vocab.num_attributes), np.float16))
         with torch.inference_mode(), self._autocast():
             features = self._dense_features(self._pixels(pixels))
-        self.labeled += len(pixels)
         with torch.inference_mode():
             mask, conf = part_labels(part_logits(features.patches, self.text, self.logit_scale))
             attrs = attribute_logits(features.image, self.text, self.logit_scale)

@@ -43,8 +43,8 @@ class RunSettings:
         shown="from the cores", limits=(0, math.inf))
     threads: int | None = setting(None, THREADS_HELP, shown=THREADS_SHOWN, limits=THREADS_LIMITS, resumable=True)
     compile: str = setting("auto", "torch.compile the model: on, off, or auto (on only where it was measured to "
-                           "pay, docs/hardware.md: so far labeling in bf16 on a CPU, no training). Where compiling "
-                           "fails: eager, with one warning line.", choices=COMPILE_CHOICES, resumable=True)
+                           "pay, docs/hardware.md: nowhere at present). Where compiling fails: eager, with one "
+                           "warning line.", choices=COMPILE_CHOICES, resumable=True)
     seed: int = setting(0, "Seed of the model init, data order and augmentation.", limits=SEEDS)
     save_every: int = setting(1000, "Optimizer steps between checkpoints (there is always one at the end).",
                               limits=STEPS, resumable=True)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -75,3 +76,17 @@ def test_the_card_peaks_are_found_by_the_name_torch_reports() -> None:
     assert card_peak_tflops("NVIDIA L4") == 121.0 and card_peak_tflops("NVIDIA L40S") == 362.0
     assert card_peak_tflops("NVIDIA GeForce RTX 4090") == 165.0
     assert card_peak_tflops("Tesla T4") is None
+
+
+def test_flops_of_onednn_fused_linears_and_cpu_attention_are_counted() -> None:
+    """The labeler's fused linears and CPU attention count as the plain ops they replace would."""
+    import torch.nn.functional as F
+
+    sys.path.insert(0, str(BENCHMARKS))
+    from machine import count_flops
+
+    x, w, b = torch.randn(2, 10, 16), torch.randn(32, 16), torch.randn(32)
+    assert count_flops(lambda: torch.ops.mkldnn._linear_pointwise(x, w, b, "swish", [], "")) == 2 * 20 * 32 * 16
+    assert count_flops(lambda: F.linear(x, w, b)) == 2 * 20 * 32 * 16
+    q = torch.randn(1, 2, 8, 4)
+    assert count_flops(lambda: F.scaled_dot_product_attention(q, q, q)) == 4 * 2 * 8 * 8 * 4
