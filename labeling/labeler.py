@@ -26,9 +26,9 @@ autocast.
 `--compile` (`clasp.hardware.compile`): `on` compiles from the first batch;
 `auto` compiles where `compile_pays`, nowhere for labeling since its eager
 forward gained the fused linears (`fused_linear.py`). A compiled forward keeps
-one batch shape: a shorter batch (a shard's last) is
-padded with zero images to it and the padding's labels dropped, instead of
-compiling a second graph for a size seen once per shard.
+one batch shape: a shorter batch (a shard's last) is padded with zero images to
+it and the padding's labels dropped, instead of compiling a second graph for a
+size seen once per shard.
 """
 
 from __future__ import annotations
