@@ -1,4 +1,6 @@
-"""What the machine offers a run: the precision it computes in natively, and the cores it may use.
+"""What the machine offers a run: the precision it computes in natively, the cores it may use, whether
+compiling pays (`compile.py`), and host memory kept for reuse where a model computes on the CPU
+(`host_memory.py`).
 
 Both stages and the evaluation ask here, so every command resolves `auto` and
 counts cores by the same rule. This package imports nothing of ours but
