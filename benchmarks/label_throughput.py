@@ -75,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=0, help="as `clasp label --workers` (0: in this process)")
     p.add_argument("--repeats", type=int, default=1, help="measure both this many times (ABBA order); report medians")
     p.add_argument("--profile", action="store_true",
-                   help="also time each stage on its own, and print the top ops of one labeling batch by self time")
+                   help="also time each stage on its own, and print the top ops of one labeling batch by time")
     p.add_argument("--work", type=Path, default=OUT, help="folder for the model, the images and the shards")
     p.add_argument("--device", default="cpu", help="as `clasp label --device` (cpu, cuda, cuda:N)")
     p.add_argument("--threads", type=int, default=None, help="as `clasp label --threads` (default: the free cores)")

@@ -140,7 +140,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"untimed steps at most, warming up until a step page-faults < {WARM_FAULTS} pages")
     parser.add_argument("--iters", type=int, default=ITERS)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the cores available)")
-    parser.add_argument("--profile", action="store_true", help="also print the top ops of one step of each by self time")
+    parser.add_argument("--profile", action="store_true", help="also print the top ops of one step of each by time")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--compile", action="store_true",
                         help="compile both models' blocks as clasp pretrain --compile on does")

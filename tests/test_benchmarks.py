@@ -90,3 +90,20 @@ def test_flops_of_onednn_fused_linears_and_cpu_attention_are_counted() -> None:
     assert count_flops(lambda: F.linear(x, w, b)) == 2 * 20 * 32 * 16
     q = torch.randn(1, 2, 8, 4)
     assert count_flops(lambda: F.scaled_dot_product_attention(q, q, q)) == 4 * 2 * 8 * 8 * 4
+
+
+def test_op_shares_rank_the_ops_by_the_time_they_took() -> None:
+    sys.path.insert(0, str(BENCHMARKS))
+    from machine import op_shares, op_shares_line
+
+    a, small = torch.randn(400, 400), torch.randn(10)
+
+    def work() -> None:
+        for _ in range(3):
+            a @ a  # ~0.4 GFLOP: far longer than the adds
+        small + small
+
+    shares = op_shares(work, top=8)
+    assert [name for name, _ in shares] == ["mm", "add"]
+    assert shares[0][1] > shares[1][1] and sum(share for _, share in shares) == pytest.approx(1.0)
+    assert op_shares_line("work", shares).startswith("work, top 2 ops by time: mm ")
