@@ -102,7 +102,10 @@ class ClipLabeler:
         if fusable(self.device, self.weights_dtype):
             fuse_linears(self.model.vision_model.encoder)
         self.compiles = compiling(config.compile, self.precision_choice.precision, self.device.type)
-        self._dense = self._vision = None  # the compiled forwards, once compiling starts
+        # both forwards through torch.compile under --compile, each falling back to eager on its own
+        self._dense = compiled_or_eager(self._dense_eager, self.compiles, "the CLIP vision forward", **COMPILE_OPTIONS)
+        self._vision = compiled_or_eager(self._vision_eager, self.compiles, "the bare CLIP vision forward",
+                                         **COMPILE_OPTIONS)
         self._compiled_rows = 0  # the batch size the compiled dense forward was built for
         self.logit_scale = self.model.logit_scale.detach().float()
         self.clip_info = ClipInfo(
@@ -136,16 +139,6 @@ class ClipLabeler:
         self.model.visual_projection.to(dtype)
         return dtype
 
-    def _compiling(self) -> bool:
-        """Whether the next batch runs compiled; builds the compiled forwards the first time it does."""
-        if not self.compiles:
-            return False
-        if self._dense is None:
-            self._dense = compiled_or_eager(self._dense_eager, True, "the CLIP vision forward", **COMPILE_OPTIONS)
-            self._vision = compiled_or_eager(self._vision_eager, True, "the bare CLIP vision forward",
-                                             **COMPILE_OPTIONS)
-        return True
-
     def _autocast(self) -> contextlib.AbstractContextManager:
         dtype = self.precision_choice.autocast_dtype
         if dtype is None or self.weights_dtype == dtype:
@@ -168,9 +161,9 @@ class ClipLabeler:
         return (mask.cpu().numpy(), conf.to(torch.float16).cpu().numpy(), attrs.to(torch.float16).cpu().numpy())
 
     def _dense_features(self, pixels: torch.Tensor) -> DenseFeatures:
-        """`dense_features`, compiled once `--compile` says so, a short batch padded to the compiled size."""
-        if not self._compiling():
-            return self._dense_eager(pixels)
+        """`dense_features`, compiled under `--compile`, a short batch padded to the compiled size."""
+        if not self.compiles:
+            return self._dense(pixels)
         rows = len(pixels)
         self._compiled_rows = self._compiled_rows or rows
         if rows >= self._compiled_rows:
@@ -185,9 +178,8 @@ class ClipLabeler:
     def vision_forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """The bare CLIP vision tower's last hidden state at the same size and precision, its tokens padded as
         `dense_features` pads them: the benchmark's baseline."""
-        vision = self._vision if self._compiling() else self._vision_eager
         with torch.inference_mode(), self._autocast():
-            return vision(self._pixels(pixels))
+            return self._vision(self._pixels(pixels))
 
     def _vision_eager(self, pixels: torch.Tensor) -> torch.Tensor:
         return encode_tokens(self.model, pixels, len(self.model.vision_model.encoder.layers))

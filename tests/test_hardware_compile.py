@@ -131,7 +131,7 @@ def test_compile_on_pads_a_short_batch_to_the_compiled_size(tiny_clip_dir, vocab
     monkeypatch.setattr(labeler_module, "COMPILE_OPTIONS", {"backend": "eager"})
     labeler = ClipLabeler(ClipLabelerConfig(clip_model=str(tiny_clip_dir), clip_size=(64, 32), compile="on"), vocab)
     eager = ClipLabeler(ClipLabelerConfig(clip_model=str(tiny_clip_dir), clip_size=(64, 32), compile="off"), vocab)
-    assert eager._dense is None and not eager.compiles
+    assert eager._dense == eager._dense_eager and not eager.compiles  # no compiled forward
     pixels = torch.randn(3, 3, 64, 32, generator=torch.Generator().manual_seed(0))
     labeler.label(pixels)  # compiled from the first batch
     assert labeler._dense.is_compiled and labeler._compiled_rows == 3
