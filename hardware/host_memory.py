@@ -11,7 +11,10 @@ system time a batch, and ran at 10.4 images/s against 13.8 with the memory kept
 (2-core AMX Xeon). PyTorch's CUDA caching allocator keeps device memory for the
 same reason; this is the host counterpart: serve every allocation from the heap
 and never trim it. The price is that the process keeps its peak footprint,
-which it reaches again on every step or batch anyway. `clasp pretrain`,
+which it reaches again on every step or batch anyway. Trimming is switched off
+outright (-1), not set to the largest threshold an int allows: with that, a
+heap top of more than 2 GiB freed at once (a large batch's activations) was
+still handed back, and page-faulted in again on the next step. `clasp pretrain`,
 `clasp finetune` and `clasp label` ask for it where they compute on the CPU.
 """
 
@@ -24,7 +27,7 @@ import functools
 # mallopt parameters (glibc's malloc.h).
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
-NEVER_TRIM = 2**31 - 1  # the largest value mallopt accepts (an int)
+NEVER_TRIM = -1  # mallopt(3): "-1 disables trimming completely"; any positive int is at most 2 GiB
 
 
 @functools.cache
