@@ -13,7 +13,8 @@
 #             with random weights, 448x224, bf16, batch 256), images/s and MFU of both; eager, then --compile
 #   pretrain  pretrain_step.py: CLASP step / DINO step (preset base, batch 64, 2 + 6 crops, bf16), MFU of each
 #             against the card's dense bf16 peak, images/s one step consumes; plain AdamW, then fused AdamW
-#             with TF32, then the same with the batched MoE dispatch, then with --compile
+#             with TF32, then the same with the batched MoE dispatch, then with --compile; the first also times
+#             the --fixed-experts control (CLASP with its experts unrouted: what the routing costs)
 #   loader    loader.py: images/s of one loader worker (2 + 6 crops, batch 64), so the summary can say how many
 #             workers a GPU needs to keep up with the step
 #   moe       moe_dispatch.py: PC-MoE loop / batched dispatch at the small and base shapes, fp32 and bf16
@@ -110,7 +111,7 @@ if wants label; then
     run "label eager" "$LIMIT" label_throughput.py --device "$DEVICE" --work "$WORK/label" "${LABEL[@]}"
 fi
 if wants pretrain; then
-    run "pretrain plain AdamW" "$LIMIT" pretrain_step.py --device "$DEVICE" "${PRETRAIN[@]}"
+    run "pretrain plain AdamW" "$LIMIT" pretrain_step.py --device "$DEVICE" "${PRETRAIN[@]}" --fixed-experts
     run "pretrain fused AdamW, TF32" "$LIMIT" pretrain_step.py --device "$DEVICE" "${PRETRAIN[@]}" --fused-adamw --tf32
     run "pretrain fused AdamW, TF32, batched MoE" "$LIMIT" pretrain_step.py --device "$DEVICE" "${PRETRAIN[@]}" \
         --fused-adamw --tf32 --moe-dispatch batched
@@ -133,7 +134,7 @@ fi
 {
     echo "## summary"
     awk '/^## / { step = substr($0, 4, index($0, ":") - 4) }
-         /^(ratio |time ratio |FLOP ratio |images\/s one step consumes|shards per worker|baseline |end to end |FAILED|SKIPPED)/ ||
+         /^(ratio |time ratio |FLOP ratio |control |routing |images\/s one step consumes|shards per worker|baseline |end to end |FAILED|SKIPPED)/ ||
          / MFU/ { print step ": " $0 }' "$OUT"
     # the fastest CLASP step of the pretrain variants against one worker's rate: the workers a GPU needs
     awk '/^images\/s one step consumes: CLASP/ { v = $6 + 0; if (v > step) step = v }

@@ -38,6 +38,14 @@ one warning line where that fails), after the FLOPs are counted,
 `--fused-adamw` the fused AdamW kernel, `--tf32` TF32 for fp32 matrix products.
 
     python benchmarks/pretrain_step.py --device cuda --preset base --batch-size 64 --precision bf16 --fused-adamw
+
+`--fixed-experts` times a third side, a control: CLASP with every PC-MoE
+replaced by its first `top_k` experts applied to every token and summed (the
+experts' arithmetic without the router, the gather, the gates and the
+scatter-add; not a model anyone trains). Its time ratio to DINO against its FLOP
+ratio says how much of CLASP's cost beyond its FLOPs is the routing; on the AMX
+Xeon in bf16 it was all of it (control 1.29 at a FLOP ratio of 1.31, CLASP 1.48
+at 1.32): 0.54 s of a 4.53 s step.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ import resource
 import statistics
 import sys
 import time
+import types
 from pathlib import Path
 
 import torch
@@ -57,7 +66,7 @@ from clasp.hardware.host_memory import keep_freed_memory
 from clasp.pretraining.batch import MultiCropBatch
 from clasp.pretraining.compile_blocks import compile_blocks
 from clasp.pretraining.model import ClaspModel, ModelConfig
-from clasp.pretraining.moe import DISPATCH, DISPATCHES, set_dispatch
+from clasp.pretraining.moe import DISPATCH, DISPATCHES, PCMoE, set_dispatch
 from clasp.store import Vocabulary
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -117,6 +126,19 @@ class Stepper:
         return time.perf_counter() - start, time.process_time() - start_cpu
 
 
+def _fixed_experts_forward(self: PCMoE, x: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+    return sum(expert(x) for expert in self.experts[:self.top_k])
+
+
+def fix_experts(model: torch.nn.Module) -> int:
+    """Make every PC-MoE in `model` (student and teacher) run its first `top_k` experts on every token, unrouted:
+    the `--fixed-experts` control (module docstring). Returns how many were changed."""
+    layers = [m for m in model.modules() if isinstance(m, PCMoE)]
+    for layer in layers:
+        layer.forward = types.MethodType(_fixed_experts_forward, layer)
+    return len(layers)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="small", choices=["tiny", "small", "base"])
@@ -150,6 +172,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="torch.compile backend (eager: dynamo's tracing alone, a quick check of --compile)")
     parser.add_argument("--fused-adamw", action="store_true", help="AdamW(fused=True)")
     parser.add_argument("--tf32", action="store_true", help="TF32 for fp32 matrix products and convolutions (CUDA)")
+    parser.add_argument("--fixed-experts", action="store_true",
+                        help="also time CLASP with its experts unrouted, a control (module docstring)")
     parser.add_argument("--no-peak", action="store_true",
                         help="skip measuring the GEMM peak at the step's shapes (its efficiency lines then say n/a)")
     return parser.parse_args(argv)
@@ -181,18 +205,16 @@ def warm_up(stepper: Stepper, batch: MultiCropBatch, least: int, most: int, done
     return steps
 
 
-def timed_steps(clasp: Stepper, dino: Stepper, batch: MultiCropBatch, iters: int) -> tuple[list, list]:
-    clasp_times, dino_times = [], []
-    for i in range(iters):  # ABBA order: load drift on a shared machine biases neither side
-        if i % 2 == 0:
-            clasp_times.append(clasp.step(batch))
-            dino_times.append(dino.step(batch))
-        else:
-            dino_times.append(dino.step(batch))
-            clasp_times.append(clasp.step(batch))
-        print(f"  step {i + 1}: CLASP {clasp_times[-1][0]:.2f} s wall ({clasp_times[-1][1]:.2f} s CPU), "
-              f"DINO {dino_times[-1][0]:.2f} s wall ({dino_times[-1][1]:.2f} s CPU)", flush=True)
-    return clasp_times, dino_times
+def timed_steps(sides: list[Stepper], batch: MultiCropBatch, iters: int) -> dict[str, list]:
+    """(wall, CPU) seconds of `iters` steps of each side, by name. The order turns round every step (ABBA for
+    two sides), so load drift on a shared machine biases none of them."""
+    times: dict[str, list] = {side.name: [] for side in sides}
+    for i in range(iters):
+        for side in (sides if i % 2 == 0 else sides[::-1]):
+            times[side.name].append(side.step(batch))
+        print(f"  step {i + 1}: " + ", ".join(f"{name} {t[-1][0]:.2f} s wall ({t[-1][1]:.2f} s CPU)"
+                                              for name, t in times.items()), flush=True)
+    return times
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -219,38 +241,62 @@ def main(argv: list[str] | None = None) -> None:
     options = dict(device=args.device, fused_adamw=args.fused_adamw, moe_dispatch=args.moe_dispatch)
     clasp = Stepper(clasp_config, choice, name="CLASP", **options)
     dino = Stepper(ModelConfig.dino_baseline(args.preset, **head, **vit), choice, name="DINO", **options)
+    sides = [clasp, dino]
+    if args.fixed_experts:
+        control = Stepper(clasp_config, choice, name="control", **options)
+        fix_experts(control.model)
+        sides.append(control)
     peak = (float("nan") if args.no_peak
             else peak_gflops(choice.precision, step_shapes(args, clasp_config), device=args.device))
 
     # counted eagerly: a compiled graph's kernels are not the ops FlopCounterMode sees
-    clasp_flops = count_flops(lambda: clasp.step(batch))
-    dino_flops = count_flops(lambda: dino.step(batch))
+    flops = {side.name: count_flops(lambda: side.step(batch)) for side in sides}
     if args.compile:
-        clasp.compile(args.compile_backend)
-        dino.compile(args.compile_backend)
-    print(f"FLOPs of one step (forward + backward): CLASP {clasp_flops / 1e9:.1f} G, DINO {dino_flops / 1e9:.1f} G; "
+        for side in sides:
+            side.compile(args.compile_backend)
+    print(f"FLOPs of one step (forward + backward): CLASP {flops['CLASP'] / 1e9:.1f} G, "
+          f"DINO {flops['DINO'] / 1e9:.1f} G; "
           f"{choice.precision} GEMM peak at the step's shapes {peak:.1f} GFLOP/s", flush=True)
-    warm = {side.name: warm_up(side, batch, args.warmup, args.max_warmup) for side in (clasp, dino)}
+    warm = {side.name: warm_up(side, batch, args.warmup, args.max_warmup) for side in sides}
     print("warm-up steps: " + ", ".join(f"{name} {steps}" for name, steps in warm.items()), flush=True)
-    clasp_times, dino_times = timed_steps(clasp, dino, batch, args.iters)
-    clasp_s, dino_s = (statistics.median(t[0] for t in clasp_times), statistics.median(t[0] for t in dino_times))
-    clasp_cpu, dino_cpu = (statistics.median(t[1] for t in clasp_times), statistics.median(t[1] for t in dino_times))
+    times = timed_steps(sides, batch, args.iters)
+    wall = {name: statistics.median(t[0] for t in side_times) for name, side_times in times.items()}
+    cpu = {name: statistics.median(t[1] for t in side_times) for name, side_times in times.items()}
+    report(args, choice, warm, wall, cpu, flops, peak)
+    if args.profile:
+        for side in sides:
+            print(op_shares_line(f"{side.name} step", op_shares(lambda: side.step(batch))))
+
+
+def report(args: argparse.Namespace, choice: PrecisionChoice, warm: dict[str, int], wall: dict[str, float],
+           cpu: dict[str, float], flops: dict[str, float], peak: float) -> None:
+    """The figures of the timed steps, each side by its name (CLASP, DINO and the control with --fixed-experts)."""
+    clasp_s, dino_s = wall["CLASP"], wall["DINO"]
     print(f"preset={args.preset} batch={args.batch_size} crops={args.global_crops}+{args.local_crops} "
           f"precision={choice.precision} threads={torch.get_num_threads()} warm-up steps CLASP {warm['CLASP']}, "
           f"DINO {warm['DINO']}, iters={args.iters}")
     print(f"CLASP step (3 branches, MoE {args.moe_layers}x{args.experts} top-{args.top_k}, 3 heads): "
-          f"{clasp_s:.3f} s wall, {clasp_cpu:.3f} s CPU")
-    print(f"DINO step (same ViT, no MoE, DINO head only): {dino_s:.3f} s wall, {dino_cpu:.3f} s CPU")
-    print(efficiency_line("CLASP step, forward + backward", clasp_flops, clasp_s, peak, choice.precision))
-    print(efficiency_line("DINO step, forward + backward", dino_flops, dino_s, peak, choice.precision))
-    print(mfu_line("CLASP step", clasp_flops, clasp_s, args.device))
-    print(mfu_line("DINO step", dino_flops, dino_s, args.device))
+          f"{clasp_s:.3f} s wall, {cpu['CLASP']:.3f} s CPU")
+    print(f"DINO step (same ViT, no MoE, DINO head only): {dino_s:.3f} s wall, {cpu['DINO']:.3f} s CPU")
+    print(efficiency_line("CLASP step, forward + backward", flops["CLASP"], clasp_s, peak, choice.precision))
+    print(efficiency_line("DINO step, forward + backward", flops["DINO"], dino_s, peak, choice.precision))
+    print(mfu_line("CLASP step", flops["CLASP"], clasp_s, args.device))
+    print(mfu_line("DINO step", flops["DINO"], dino_s, args.device))
     print(f"images/s one step consumes: CLASP {args.batch_size / clasp_s:.1f}, DINO {args.batch_size / dino_s:.1f} "
           f"(batch {args.batch_size})")
-    report_ratios(clasp_s / dino_s, clasp_cpu / dino_cpu, clasp_flops / dino_flops)
-    if args.profile:
-        print(op_shares_line("CLASP step", op_shares(lambda: clasp.step(batch))))
-        print(op_shares_line("DINO step", op_shares(lambda: dino.step(batch))))
+    report_ratios(clasp_s / dino_s, cpu["CLASP"] / cpu["DINO"], flops["CLASP"] / flops["DINO"])
+    if args.fixed_experts:
+        report_control(wall, flops)
+
+
+def report_control(wall: dict[str, float], flops: dict[str, float]) -> None:
+    """The `--fixed-experts` lines: the control against DINO, and what routing adds to a CLASP step."""
+    ratio, flop_ratio = wall["control"] / wall["DINO"], flops["control"] / flops["DINO"]
+    routing = wall["CLASP"] - wall["control"] * flops["CLASP"] / flops["control"]
+    print(f"control (experts unrouted): {wall['control']:.3f} s wall; time ratio to DINO {ratio:.3f} at a FLOP ratio "
+          f"of {flop_ratio:.3f} ({ratio / flop_ratio:.2f})")
+    print(f"routing beyond its arithmetic: {routing:.3f} s a CLASP step ({100 * routing / wall['CLASP']:.0f} %): "
+          f"the control's time scaled to CLASP's FLOPs, taken from CLASP's")
 
 
 def report_ratios(wall: float, cpu: float, flops: float) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +62,8 @@ def test_gpu_sh_dry_run_runs_every_step(tmp_path: Path) -> None:
                  "MoE dispatch", "label compiled", "pretrain compiled, fused AdamW, TF32"):
         assert f"## {step}:" in figures, step
     assert "pretrain fused AdamW, TF32: time ratio CLASP / DINO" in figures
+    assert "pretrain plain AdamW: control (experts unrouted):" in figures
+    assert "pretrain plain AdamW: routing beyond its arithmetic:" in figures
     assert "label eager: ratio end-to-end / baseline" in figures
     assert "loader workers to keep up with the fastest CLASP step:" in figures and "steps failed: 0" in figures
 
@@ -107,3 +110,36 @@ def test_op_shares_rank_the_ops_by_the_time_they_took() -> None:
     assert [name for name, _ in shares] == ["mm", "add"]
     assert shares[0][1] > shares[1][1] and sum(share for _, share in shares) == pytest.approx(1.0)
     assert op_shares_line("work", shares).startswith("work, top 2 ops by time: mm ")
+
+
+def test_the_fixed_experts_control_runs_the_first_top_k_experts_on_every_token() -> None:
+    sys.path.insert(0, str(BENCHMARKS))
+    from pretrain_step import fix_experts
+
+    from clasp.pretraining.model import ClaspModel, ModelConfig
+    from clasp.store import Vocabulary
+
+    config = ModelConfig.build("tiny", Vocabulary.default(), depth=2, dim=32, heads=2, moe_layers=2, experts=3,
+                               top_k=2, dino_out_dim=16, dino_hidden_dim=16, dino_bottleneck_dim=16)
+    model = ClaspModel(config)
+    assert fix_experts(model) == 4  # two MoE layers in the student, two in the teacher
+    layer = model.student["backbone"].moe_blocks[0].moe
+    x, prompt = torch.randn(2, 5, 32), torch.randn(2, 32)
+    expected = layer.experts[0](x) + layer.experts[1](x)
+    assert torch.equal(layer(x, prompt), expected)
+    assert not torch.equal(layer.experts[2](x), layer.experts[0](x))  # the third expert is left out
+
+
+def test_pretrain_step_reports_the_control_against_dino_and_what_routing_costs() -> None:
+    out = run_benchmark("pretrain_step.py", "--preset", "tiny", "--depth", "2", "--dim", "64", "--heads", "2",
+                        "--dino-out-dim", "64", "--dino-hidden-dim", "64", "--moe-layers", "1", "--experts", "2",
+                        "--top-k", "1", "--batch-size", "2", "--global-crops", "1", "--local-crops", "1",
+                        "--precision", "fp32", "--warmup", "1", "--max-warmup", "1", "--iters", "2", "--no-peak",
+                        "--threads", "1", "--fixed-experts")
+    assert "warm-up steps: CLASP 1, DINO 1, control 1" in out
+    assert out.count(" control ") >= 2  # each timed step lists the control beside CLASP and DINO
+    found = re.search(r"control \(experts unrouted\): ([\d.]+) s wall; time ratio to DINO ([\d.]+) "
+                      r"at a FLOP ratio of ([\d.]+)", out)
+    assert found and all(float(value) > 0 for value in found.groups())
+    assert float(found.group(3)) < float(re.search(r"FLOP ratio CLASP / DINO: ([\d.]+)", out).group(1))
+    assert re.search(r"routing beyond its arithmetic: -?[\d.]+ s a CLASP step \(-?\d+ %\)", out)
