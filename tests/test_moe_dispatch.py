@@ -44,7 +44,7 @@ def test_batched_equals_the_loop_in_outputs_gradients_and_balance_with_empty_exp
     g = torch.Generator().manual_seed(1)
     x, prompt = torch.randn(7, 11, 8, generator=g), torch.randn(7, 8, generator=g)
     weights = torch.randn(7, 11, 8, generator=g)
-    sizes = moe._dispatch(*moe.route(x, prompt)[1:])[2]
+    sizes = moe._dispatch(*moe.route(x, prompt)[1:])[3]
     assert sizes[2] == sizes[4] == 0 and len(set(sizes)) > 2, sizes  # uneven, two experts empty
 
     loop, batched = run(moe, "loop", x, prompt, weights), run(moe, "batched", x, prompt, weights)
@@ -60,10 +60,12 @@ def test_batched_equals_the_loop_in_outputs_gradients_and_balance_with_empty_exp
 def test_batched_pads_every_group_to_the_largest_rounded_up() -> None:
     moe = skewed_moe(experts=4, top_k=2, empty=(3,))
     x, prompt = torch.randn(9, 5, 8), torch.randn(9, 8)
-    source, gates, sizes, padded = moe._dispatch(*moe.route(x, prompt)[1:], same_rows=True)
+    source, gates, slots, sizes, padded = moe._dispatch(*moe.route(x, prompt)[1:], same_rows=True)
     rows = -(-max(sizes) // ALIGN_ROWS) * ALIGN_ROWS
     assert padded == [rows] * 4 and source.numel() == 4 * rows and sum(sizes) == 90
-    assert float(gates.detach()[source == 45].abs().sum()) == 0.0  # padding rows carry no gate
+    padding = torch.ones(4 * rows, dtype=torch.bool)
+    padding[slots.reshape(-1)] = False
+    assert float(gates.detach()[padding].abs().sum()) == 0.0  # padding rows carry no gate
 
 
 def test_batched_equals_the_loop_under_bf16_autocast() -> None:
@@ -123,7 +125,7 @@ def test_bucketed_padding_changes_neither_outputs_nor_gradients() -> None:
     x, prompt = torch.randn(50, 60, 8, generator=g), torch.randn(50, 8, generator=g)
     weights = torch.randn(50, 60, 8, generator=g)
     route = moe.route(x, prompt)[1:]
-    fine, coarse = moe._dispatch(*route)[3], moe._dispatch(*route, bucketed=True)[3]
+    fine, coarse = moe._dispatch(*route)[4], moe._dispatch(*route, bucketed=True)[4]
     assert coarse != fine and all(c >= f for c, f in zip(coarse, fine)), (fine, coarse)
 
     results = []
@@ -153,3 +155,21 @@ def test_rows_are_bucketed_in_bf16_and_fp16_on_cpu_only(monkeypatch: pytest.Monk
     with torch.autocast("cpu", dtype=torch.bfloat16):
         moe(x, prompt)
     assert asked == [False, True, False]
+
+
+def test_gather_copies_sums_each_rows_copies_and_drops_the_paddings_gradient() -> None:
+    from clasp.pretraining.moe import GatherCopies, gather_copies
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(5, 3, generator=g, requires_grad=True)
+    slots = torch.randperm(16, generator=g)[:10].view(5, 2)  # 10 of 16 positions; the other 6 are padding
+    source = torch.zeros(16, dtype=torch.long)  # padding reads row 0
+    source[slots.reshape(-1)] = torch.arange(5).repeat_interleave(2)
+    real = torch.zeros(16, dtype=torch.bool)
+    real[slots.reshape(-1)] = True
+    weights = torch.randn(16, 3, generator=g)
+    (GatherCopies.apply(x, source, slots) * weights).sum().backward()
+    torch.testing.assert_close(x.grad, torch.zeros(5, 3).index_add_(0, source[real], weights[real]))
+    assert torch.equal(gather_copies(x, source, slots), x.index_select(0, source))
+    with torch.no_grad():
+        assert gather_copies(x, source, slots).grad_fn is None

@@ -52,9 +52,12 @@ def test_moe_gradients_equal_the_explicit_mixture_padding_included() -> None:
     moe = PCMoE(dim=8, hidden=16, experts=3, top_k=2)
     x = torch.randn(37, 1, 8, requires_grad=True)
     prompt = torch.randn(37, 8)
-    source, gates, sizes, padded = moe._dispatch(*moe.route(x, prompt)[1:])
+    source, gates, slots, sizes, padded = moe._dispatch(*moe.route(x, prompt)[1:])
     assert sum(sizes) == 74 and all(p % ALIGN_ROWS == 0 and p >= s for s, p in zip(sizes, padded))
-    assert int((source == 37).sum()) == sum(padded) - 74 and float(gates.detach()[source == 37].abs().sum()) == 0.0
+    assert torch.equal(source[slots], torch.arange(37).unsqueeze(1).expand(37, 2))  # each pair reads its token
+    padding = torch.ones(sum(padded), dtype=torch.bool)
+    padding[slots.reshape(-1)] = False
+    assert int(padding.sum()) == sum(padded) - 74 and float(gates.detach()[padding].abs().sum()) == 0.0
     weights = torch.randn(37, 1, 8)
     (moe(x, prompt) * weights).sum().backward()
     fast = [x.grad.clone()] + [p.grad.clone() for p in moe.parameters()]
