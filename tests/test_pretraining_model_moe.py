@@ -94,7 +94,7 @@ def test_task_prompts_route_the_same_tokens_differently() -> None:
     vit.moe_blocks[0].moe.register_forward_hook(lambda m, args, out: seen.append(args[0]))
     with torch.no_grad():
         features, _ = vit(images(4), ("instance", "part"))
-        x = seen[0]  # the tokens of the instance pass
+        x = seen[0][:4]  # the instance rows of the tasks' stacked batch
         instance_prompt, part_prompt = vit.task_prompts[0].expand(4, -1), vit.task_prompts[1].expand(4, -1)
         _, by_instance, _ = vit.moe_blocks[0].moe.route(x, instance_prompt)
         _, by_part, _ = vit.moe_blocks[0].moe.route(x, part_prompt)
@@ -167,7 +167,7 @@ def test_moe_statistics_cover_every_call_since_reset() -> None:
     torch.testing.assert_close(load, torch.bincount(index.reshape(-1), minlength=4).float() / index.numel())
 
 
-def test_shared_blocks_run_once_per_image_and_moe_blocks_once_per_task() -> None:
+def test_shared_blocks_run_once_per_image_the_upper_ones_on_the_tasks_stacked_the_last_once_per_task() -> None:
     vit = tiny_vit(depth=4, moe_layers=2)
     rows: dict[str, list[int]] = {}
     for i, block in enumerate(vit.blocks):
@@ -176,7 +176,7 @@ def test_shared_blocks_run_once_per_image_and_moe_blocks_once_per_task() -> None
         block.register_forward_hook(lambda m, a, o, i=i: rows.setdefault(f"moe{i}", []).append(a[0].shape[0]))
     with torch.no_grad():
         features, stats = vit(images(5), ("instance", "part", "attribute"))
-    assert rows == {"shared0": [5], "shared1": [5], "moe0": [5, 5, 5], "moe1": [5, 5, 5]}
+    assert rows == {"shared0": [5], "shared1": [5], "moe0": [15], "moe1": [5, 5, 5]}
     assert set(features) == {"instance", "part", "attribute"}
     for cls, patches in features.values():
         assert cls.shape == (5, 32) and patches.shape == (5, 16 * 8, 32)
