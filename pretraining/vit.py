@@ -383,16 +383,17 @@ class PromptedViT(nn.Module):
             cls = out[:, 0]
             patches = out[:, 1:] if out.shape[1] > 1 else None
             return {task: (cls, None if task in cls_only else patches) for task in tasks}
+        if not tasks:
+            return {}
         rows = tokens.shape[0]
         prompts = [self.task_prompts[self.task_index(task)].expand(rows, -1) for task in tasks]
-        prompted = [torch.cat([tokens[:, :1], p.unsqueeze(1).to(tokens.dtype), tokens[:, 1:]], dim=1) for p in prompts]
-        if len(tasks) == 1:  # no stacking: nothing to copy, and an export traces no split by the batch size
-            x, prompt = prompted[0], prompts[0]
-        else:
-            x, prompt = torch.cat(prompted), torch.cat(prompts)
+        prompted = [torch.cat([tokens[:, :1], p.unsqueeze(1).to(tokens.dtype), tokens[:, 1:]], dim=1)
+                    for p in prompts]
+        stacked = len(tasks) > 1  # one task alone: nothing to copy, and an export traces no split by batch size
+        x, prompt = (torch.cat(prompted), torch.cat(prompts)) if stacked else (prompted[0], prompts[0])
         for block in self.moe_blocks[:-1]:
             x = block(x, prompt)
-        per_task = x.split(rows) if len(tasks) > 1 else (x,)
+        per_task = x.split(rows) if stacked else (x,)
         return {task: self._last_block(x_task, prompt_task, task in cls_only)
                 for task, x_task, prompt_task in zip(tasks, per_task, prompts)}
 
