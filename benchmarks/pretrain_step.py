@@ -77,8 +77,8 @@ from machine import (  # noqa: E402
 from machine_peak import dino_head_shapes, peak_gflops, vit_shapes  # noqa: E402
 
 TARGET = 1.5
-# fp32 on an idle 2-core CPU: a CLASP + DINO pair of small steps takes about a minute;
-# 1 counted + 1 warm-up + 4 timed pairs fit in 10 minutes.
+# fp32 on an idle 2-core CPU: a CLASP + DINO pair of small steps takes about a minute; 1 counted + 1 warm-up
+# + 4 timed pairs fit in 10 minutes (more warm-up steps only while a side's heap still grows: module docstring).
 WARMUP, ITERS = 2, 4
 MAX_WARMUP = 12
 WARM_FAULTS = 1000  # page faults of one step below which a side counts as warm (module docstring)

@@ -24,7 +24,7 @@ reaching the experts is 0, and the gather's backward never reads them
 
 In bf16 or fp16 on a CPU the slices are padded further, to one of
 `ROW_BUCKETS_PER_OCTAVE` sizes per power of two (at most 1/16 more rows;
-`bucketed_rows`). There oneDNN builds a matrix kernel for each new shape and
+`low_precision_on_cpu`). There oneDNN builds a matrix kernel for each new shape and
 caches it: ~5 ms for a new row count against ~1 ms to run a cached one (an
 expert's first layer at preset small, AMX Xeon). Routed counts change every
 step, so with rows only aligned nearly every expert call met a new shape and
@@ -80,8 +80,9 @@ def aligned(rows: int, bucketed: bool = False) -> int:
     return -(-rows // step) * step
 
 
-def bucketed_rows(x: torch.Tensor) -> bool:
-    """Whether the experts' inputs `x` need few distinct row counts (bf16 / fp16 on a CPU: module docstring)."""
+def low_precision_on_cpu(x: torch.Tensor) -> bool:
+    """Whether `x` is bf16 or fp16 on a CPU, where oneDNN computes it: there the experts' slices take few distinct
+    row counts (module docstring) and the ViT's attention runs as plain ops (`vit.explicit_attention`)."""
     return x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16)
 
 
@@ -160,7 +161,7 @@ class PCMoE(nn.Module):
     """
 
     dispatch: str = DISPATCH
-    bucket_rows: bool | None = None  # pad the slices to bucketed sizes; None: where `bucketed_rows` says so
+    bucket_rows: bool | None = None  # pad the slices to bucketed sizes; None: where `low_precision_on_cpu`
 
     def __init__(self, dim: int, hidden: int, experts: int, top_k: int) -> None:
         super().__init__()
@@ -208,7 +209,7 @@ class PCMoE(nn.Module):
         if self.dispatch not in DISPATCHES:
             raise ValueError(f"PCMoE.dispatch must be one of {DISPATCHES}, got {self.dispatch!r}")
         batched = self.dispatch == "batched"
-        bucketed = bucketed_rows(flat) if self.bucket_rows is None else self.bucket_rows
+        bucketed = low_precision_on_cpu(flat) if self.bucket_rows is None else self.bucket_rows
         source, gates, slots, sizes, padded = self._dispatch(index, gate, same_rows=batched, bucketed=bucketed)
         gathered = gather_copies(flat, source, slots)
         if batched:

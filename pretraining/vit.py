@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clasp.pretraining.moe import MLP, PCMoE
+from clasp.pretraining.moe import MLP, PCMoE, low_precision_on_cpu
 from clasp.pretraining.tasks import TASKS
 from clasp.common.person_size import PERSON_HW
 
@@ -242,7 +242,7 @@ class Attention(nn.Module):
                 2, 0, 3, 1, 4)
         else:
             q, k, v = self.qkv(x).reshape(b, n, 3, *split[2:]).permute(2, 0, 3, 1, 4)
-        if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
+        if low_precision_on_cpu(q):
             out = explicit_attention(q, k, v)
         else:
             out = F.scaled_dot_product_attention(q, k, v)

@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from clasp.pretraining.moe import ALIGN_ROWS, ROW_BUCKETS_PER_OCTAVE, PCMoE, aligned, bucketed_rows, set_dispatch
+from clasp.pretraining.moe import ALIGN_ROWS, ROW_BUCKETS_PER_OCTAVE, PCMoE, aligned, low_precision_on_cpu, set_dispatch
 from clasp.pretraining.vit import PromptedViT, ViTConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -141,8 +141,9 @@ def test_bucketed_padding_changes_neither_outputs_nor_gradients() -> None:
 
 
 def test_rows_are_bucketed_in_bf16_and_fp16_on_cpu_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert bucketed_rows(torch.zeros(1, dtype=torch.bfloat16)) and bucketed_rows(torch.zeros(1, dtype=torch.float16))
-    assert not bucketed_rows(torch.zeros(1)) and not bucketed_rows(torch.zeros(1, dtype=torch.float64))
+    assert low_precision_on_cpu(torch.zeros(1, dtype=torch.bfloat16))
+    assert low_precision_on_cpu(torch.zeros(1, dtype=torch.float16))
+    assert not low_precision_on_cpu(torch.zeros(1)) and not low_precision_on_cpu(torch.zeros(1, dtype=torch.float64))
     moe = skewed_moe(experts=3, top_k=2, empty=())
     asked = []
     real = moe._dispatch
