@@ -134,7 +134,8 @@ fi
 {
     echo "## summary"
     awk '/^## / { step = substr($0, 4, index($0, ":") - 4) }
-         /^(ratio |time ratio |FLOP ratio |control |routing |images\/s one step consumes|shards per worker|baseline |end to end |FAILED|SKIPPED)/ ||
+         /^(ratio |time ratio |FLOP ratio |control |routing |images\/s one step consumes)/ ||
+         /^(shards per worker|baseline |end to end |FAILED|SKIPPED)/ ||
          / MFU/ { print step ": " $0 }' "$OUT"
     # the fastest CLASP step of the pretrain variants against one worker's rate: the workers a GPU needs
     awk '/^images\/s one step consumes: CLASP/ { v = $6 + 0; if (v > step) step = v }

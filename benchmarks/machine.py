@@ -20,6 +20,7 @@ Benchmarks are run as `python benchmarks/NAME.py`, so their folder is on
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Callable
@@ -88,10 +89,7 @@ def _cpu_flash_attention_backward_flops(grad_out, query, key, value, *args, out_
 
 def _onednn_linear_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
     """oneDNN's fused linear (`labeling/fused_linear.py`): X (..., K) times Wᵀ, W (N, K)."""
-    rows = 1
-    for size in x_shape[:-1]:
-        rows *= size
-    return 2 * rows * w_shape[0] * w_shape[1]
+    return 2 * math.prod(x_shape[:-1]) * w_shape[0] * w_shape[1]
 
 
 def _cpu_kernel_mapping() -> dict:

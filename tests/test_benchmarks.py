@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def benchmark_module(name: str) -> ModuleType:
+    """A script of benchmarks/ imported as a module; the scripts import each other by name, so their folder
+    goes on the path (once)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    return importlib.import_module(name)
 
 
 def run_benchmark(*args: str, timeout: int = 120) -> str:
@@ -69,8 +79,7 @@ def test_gpu_sh_dry_run_runs_every_step(tmp_path: Path) -> None:
 
 
 def test_the_card_peaks_are_found_by_the_name_torch_reports() -> None:
-    sys.path.insert(0, str(BENCHMARKS))
-    from machine import card_peak_tflops
+    card_peak_tflops = benchmark_module("machine").card_peak_tflops
 
     assert card_peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
     assert card_peak_tflops("NVIDIA H100 PCIe") == 756.0
@@ -85,8 +94,7 @@ def test_flops_of_onednn_fused_linears_and_cpu_attention_are_counted() -> None:
     """The labeler's fused linears and CPU attention count as the plain ops they replace would."""
     import torch.nn.functional as F
 
-    sys.path.insert(0, str(BENCHMARKS))
-    from machine import count_flops
+    count_flops = benchmark_module("machine").count_flops
 
     x, w, b = torch.randn(2, 10, 16), torch.randn(32, 16), torch.randn(32)
     assert count_flops(lambda: torch.ops.mkldnn._linear_pointwise(x, w, b, "swish", [], "")) == 2 * 20 * 32 * 16
@@ -96,8 +104,8 @@ def test_flops_of_onednn_fused_linears_and_cpu_attention_are_counted() -> None:
 
 
 def test_op_shares_rank_the_ops_by_the_time_they_took() -> None:
-    sys.path.insert(0, str(BENCHMARKS))
-    from machine import op_shares, op_shares_line
+    machine = benchmark_module("machine")
+    op_shares, op_shares_line = machine.op_shares, machine.op_shares_line
 
     a, small = torch.randn(400, 400), torch.randn(10)
 
@@ -113,8 +121,7 @@ def test_op_shares_rank_the_ops_by_the_time_they_took() -> None:
 
 
 def test_the_fixed_experts_control_runs_the_first_top_k_experts_on_every_token() -> None:
-    sys.path.insert(0, str(BENCHMARKS))
-    from pretrain_step import fix_experts
+    fix_experts = benchmark_module("pretrain_step").fix_experts
 
     from clasp.pretraining.model import ClaspModel, ModelConfig
     from clasp.store import Vocabulary
